@@ -1,0 +1,414 @@
+//! Configuration: the TOML file as written ([`RawConfig`], serde with
+//! `deny_unknown_fields` and RFC 5321 defaults), and the validated [`Config`] the rest
+//! of the proxy uses, which cannot hold an invalid combination. Every error names the
+//! key and the line it is on. `config/portcullis.toml` documents every key in place.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+pub use crate::smtp::data::BareLineEndings;
+
+/// A configuration error: which key, on which line, and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{key}: {message}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+pub struct ConfigError {
+    /// The dotted key path, e.g. `listener[0].address`.
+    pub key: String,
+    /// The 1-based line of the offending value, when known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Identity and process-wide limits.
+    pub server: ServerConfig,
+    /// The downstream SMTP server's limits and policies.
+    pub smtp: SmtpConfig,
+    /// The ports to listen on (at least one).
+    pub listeners: Vec<ListenerConfig>,
+    /// The MTA behind the proxy.
+    pub upstream: UpstreamConfig,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// The name used in the greeting, in EHLO replies, and in our EHLO upstream.
+    pub hostname: String,
+    /// Concurrent client connections over all listeners; past it: 421 4.7.0 and close.
+    pub max_connections: usize,
+    /// On SIGTERM/SIGINT, how long running transactions may take to finish.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            hostname: "localhost".into(),
+            max_connections: 1000,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What to answer to VRFY or EXPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyPolicy {
+    /// Answer locally without revealing anything (VRFY: 252, EXPN: 502).
+    Refuse,
+    /// Pass the command to the upstream and relay its reply.
+    Relay,
+}
+
+/// `[smtp]`: limits and policies of the downstream server, RFC 5321 defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4: at least 512).
+    #[serde(deserialize_with = "at_least_512")]
+    pub command_line_limit: usize,
+    /// Longest line of message text, CRLF included (RFC 5321 §4.5.3.1.6: at least 1000).
+    #[serde(deserialize_with = "at_least_1000")]
+    pub text_line_limit: usize,
+    /// Recipients per message; past it: 452 4.5.3 (RFC 5321 §4.5.3.1.8: at least 100).
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_recipients: usize,
+    /// Largest message in octets, announced with SIZE; past it: 552 5.3.4.
+    #[serde(deserialize_with = "positive_u64")]
+    pub max_message_size: u64,
+    /// Error replies a client may provoke before it is disconnected with 421.
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_errors: usize,
+    /// Bare CR or LF inside a message: `reject` (5xx after the message) or `normalize`.
+    pub bare_line_endings: BareLineEndings,
+    /// VRFY: `refuse` (252) or `relay` to the upstream.
+    pub vrfy: VerifyPolicy,
+    /// EXPN: `refuse` (502) or `relay` to the upstream.
+    pub expn: VerifyPolicy,
+    /// Longest time for one whole command line to arrive (RFC 5321 §4.5.3.2.7: 5 min).
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Longest wait for the next chunk of message data (§4.5.3.2.5: 3 min).
+    #[serde(with = "humantime_serde")]
+    pub data_block_timeout: Duration,
+    /// Longest time for a whole message to arrive, from 354 to the final dot.
+    #[serde(with = "humantime_serde")]
+    pub data_timeout: Duration,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            command_line_limit: 512,
+            text_line_limit: 1000,
+            max_recipients: 100,
+            max_message_size: 50 * 1024 * 1024,
+            max_errors: 10,
+            bare_line_endings: BareLineEndings::Reject,
+            vrfy: VerifyPolicy::Refuse,
+            expn: VerifyPolicy::Refuse,
+            command_timeout: Duration::from_secs(300),
+            data_block_timeout: Duration::from_secs(180),
+            data_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// One `[[listener]]`.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// A unique name, used in logs.
+    pub name: String,
+    /// The address to bind (`127.0.0.1:0` picks a free port).
+    pub address: SocketAddr,
+}
+
+/// How the upstream learns the real client address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientAddressMode {
+    /// Not at all: the upstream sees the proxy's address.
+    None,
+    /// Postfix's XCLIENT command (ADDR, PORT, NAME, HELO, PROTO).
+    Xclient,
+    /// A PROXY protocol version 1 header (text).
+    ProxyV1,
+    /// A PROXY protocol version 2 header (binary).
+    ProxyV2,
+}
+
+/// Where the upstream is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamTarget {
+    /// A real MTA at `host:port`.
+    Address(String),
+    /// The built-in development upstream, writing each message to this folder.
+    Development(PathBuf),
+}
+
+/// `[upstream]`, validated.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Where to connect.
+    pub target: UpstreamTarget,
+    /// How the real client address reaches the upstream.
+    pub client_address: ClientAddressMode,
+    /// Timeouts of the client side of the relay (RFC 5321 §4.5.3.2).
+    pub timeouts: UpstreamTimeouts,
+    /// How often the upstream's extensions are probed again when no session did it.
+    pub capabilities_refresh: Duration,
+}
+
+/// Timeouts towards the upstream, RFC 5321 §4.5.3.2 defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTimeouts {
+    /// TCP connect.
+    #[serde(with = "humantime_serde")]
+    pub connect: Duration,
+    /// The 220 greeting (§4.5.3.2.1: 5 min).
+    #[serde(with = "humantime_serde")]
+    pub greeting: Duration,
+    /// Replies to EHLO, XCLIENT, MAIL, RCPT, RSET, VRFY, EXPN, QUIT (§4.5.3.2.2-3: 5 min).
+    #[serde(with = "humantime_serde")]
+    pub command: Duration,
+    /// The reply to DATA (§4.5.3.2.4: 2 min).
+    #[serde(with = "humantime_serde")]
+    pub data_init: Duration,
+    /// Each write of message data (§4.5.3.2.5: 3 min).
+    #[serde(with = "humantime_serde")]
+    pub data_block: Duration,
+    /// The reply to the final dot (§4.5.3.2.6: 10 min).
+    #[serde(with = "humantime_serde")]
+    pub data_termination: Duration,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(30),
+            greeting: Duration::from_secs(300),
+            command: Duration::from_secs(300),
+            data_init: Duration::from_secs(120),
+            data_block: Duration::from_secs(180),
+            data_termination: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The file as written, before cross-field validation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    server: ServerConfig,
+    #[serde(default)]
+    smtp: SmtpConfig,
+    #[serde(default)]
+    listener: Vec<RawListener>,
+    upstream: Spanned<RawUpstream>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: Spanned<String>,
+    address: SocketAddr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    address: Option<Spanned<String>>,
+    development_folder: Option<Spanned<PathBuf>>,
+    #[serde(default = "default_client_address")]
+    client_address: ClientAddressMode,
+    #[serde(default)]
+    timeouts: UpstreamTimeouts,
+    #[serde(default = "default_capabilities_refresh", with = "humantime_serde")]
+    capabilities_refresh: Duration,
+}
+
+fn default_client_address() -> ClientAddressMode {
+    ClientAddressMode::None
+}
+
+fn default_capabilities_refresh() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl Config {
+    /// Parses and validates a configuration file's text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+        let deserializer = toml::Deserializer::parse(text).map_err(|error| ConfigError {
+            key: "(syntax)".into(),
+            line: error.span().map(|span| line_of(span.start)),
+            message: error.message().trim().to_string(),
+        })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            let key = error.path().to_string();
+            let inner = error.into_inner();
+            ConfigError {
+                key,
+                line: inner.span().map(|span| line_of(span.start)),
+                message: inner.message().trim().to_string(),
+            }
+        })?;
+        raw.validate(&line_of)
+    }
+
+    /// Reads and validates a configuration file.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+            key: path.display().to_string(),
+            line: None,
+            message: format!("cannot read the file: {error}"),
+        })?;
+        Config::parse(&text)
+    }
+}
+
+impl RawConfig {
+    fn validate(self, line_of: &dyn Fn(usize) -> usize) -> Result<Config, ConfigError> {
+        let error = |key: &str, offset: usize, message: &str| ConfigError {
+            key: key.into(),
+            line: Some(line_of(offset)),
+            message: message.into(),
+        };
+        if self.listener.is_empty() {
+            return Err(ConfigError {
+                key: "listener".into(),
+                line: None,
+                message: "at least one [[listener]] is required".into(),
+            });
+        }
+        let mut listeners: Vec<ListenerConfig> = Vec::new();
+        for (index, raw) in self.listener.into_iter().enumerate() {
+            let key = format!("listener[{index}].name");
+            if raw.name.get_ref().is_empty() {
+                return Err(error(&key, raw.name.span().start, "must not be empty"));
+            }
+            if listeners.iter().any(|l| &l.name == raw.name.get_ref()) {
+                return Err(error(&key, raw.name.span().start, "another listener has this name"));
+            }
+            listeners.push(ListenerConfig {
+                name: raw.name.into_inner(),
+                address: raw.address,
+            });
+        }
+        let upstream_span = self.upstream.span();
+        let upstream = self.upstream.into_inner();
+        let target = match (upstream.address, upstream.development_folder) {
+            (Some(address), None) => {
+                let (host, port) = address.get_ref().rsplit_once(':').unwrap_or(("", ""));
+                if host.is_empty() || port.parse::<u16>().is_err() {
+                    return Err(error("upstream.address", address.span().start, "expected host:port"));
+                }
+                UpstreamTarget::Address(address.into_inner())
+            }
+            (None, Some(folder)) => UpstreamTarget::Development(folder.into_inner()),
+            (Some(address), Some(_)) => {
+                return Err(error("upstream.address", address.span().start, "set either address or development_folder, not both"));
+            }
+            (None, None) => {
+                return Err(error("upstream", upstream_span.start, "set address (a real MTA) or development_folder (the built-in development upstream)"));
+            }
+        };
+        Ok(Config {
+            server: self.server,
+            smtp: self.smtp,
+            listeners,
+            upstream: UpstreamConfig {
+                target,
+                client_address: upstream.client_address,
+                timeouts: upstream.timeouts,
+                capabilities_refresh: upstream.capabilities_refresh,
+            },
+        })
+    }
+}
+
+fn at_least<'de, D: Deserializer<'de>>(deserializer: D, minimum: usize, why: &str) -> Result<usize, D::Error> {
+    let value = usize::deserialize(deserializer)?;
+    if value < minimum {
+        return Err(serde::de::Error::custom(format!("must be at least {minimum} ({why})")));
+    }
+    Ok(value)
+}
+
+fn at_least_512<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    at_least(deserializer, 512, "RFC 5321 §4.5.3.1.4")
+}
+
+fn at_least_1000<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    at_least(deserializer, 1000, "RFC 5321 §4.5.3.1.6")
+}
+
+fn positive_usize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    at_least(deserializer, 1, "zero would refuse everything")
+}
+
+fn positive_u64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let value = u64::deserialize(deserializer)?;
+    if value == 0 {
+        return Err(serde::de::Error::custom("must be at least 1"));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:2525\"\n\n[upstream]\naddress = \"127.0.0.1:10025\"\n";
+
+    #[test]
+    fn minimal_config_gets_rfc_defaults() {
+        let config = Config::parse(MINIMAL).unwrap();
+        assert_eq!(config.smtp.command_line_limit, 512);
+        assert_eq!(config.smtp.text_line_limit, 1000);
+        assert_eq!(config.smtp.max_recipients, 100);
+        assert_eq!(config.smtp.command_timeout, Duration::from_secs(300));
+        assert_eq!(config.upstream.timeouts.data_termination, Duration::from_secs(600));
+        assert_eq!(config.upstream.target, UpstreamTarget::Address("127.0.0.1:10025".into()));
+        assert_eq!(config.listeners[0].address, "127.0.0.1:2525".parse().unwrap());
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_line() {
+        let cases: &[(&str, &str, Option<usize>, &str)] = &[
+            (&MINIMAL.replace("127.0.0.1:2525", "nowhere"), "listener[0].address", Some(3), "invalid socket address"),
+            (&format!("{MINIMAL}\n[smtp]\ncommand_line_limit = 100\n"), "smtp.command_line_limit", Some(9), "at least 512"),
+            (&format!("{MINIMAL}\n[smtp]\ncommand_timeout = \"soon\"\n"), "smtp.command_timeout", Some(9), ""),
+            (&format!("{MINIMAL}\n[smtp]\nbare_line_endings = \"fix\"\n"), "smtp.bare_line_endings", Some(9), "unknown variant"),
+            (&format!("{MINIMAL}\n[smtp]\ncolour = 1\n"), "smtp.colour", Some(9), "unknown field"),
+            (&MINIMAL.replace("127.0.0.1:10025", "no-port"), "upstream.address", Some(6), "host:port"),
+            (&format!("{MINIMAL}development_folder = \"x\"\n"), "upstream.address", Some(6), "not both"),
+            (&format!("{MINIMAL}[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:1\"\n"), "listener[1].name", Some(8), "another listener"),
+            ("[upstream]\naddress = \"a:1\"\n", "listener", None, "at least one"),
+            ("[[listener]\n", "(syntax)", Some(1), ""),
+        ];
+        for (text, key, line, message) in cases {
+            let error = Config::parse(text).unwrap_err();
+            assert_eq!((error.key.as_str(), error.line), (*key, *line), "{text}\n{error}");
+            assert!(error.message.contains(message), "{error}");
+        }
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../../config/portcullis.toml");
+        let config = Config::parse(text).unwrap();
+        assert_eq!(config.listeners[0].address.port(), 2525);
+        assert!(matches!(config.upstream.target, UpstreamTarget::Development(_)));
+    }
+}

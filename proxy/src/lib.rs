@@ -1,0 +1,18 @@
+//! Portcullis: an SMTP proxy that stands in front of an existing MTA and relays every
+//! session to it in lock step.
+//!
+//! Layers, data flowing one way: [`config`] → [`listener`] → [`session`] (the only
+//! place that decides) → [`smtp`] (protocol as data, no I/O) → [`upstream`] (the client
+//! side of the relay). [`connection`] is the shared bytes ↔ lines plumbing;
+//! [`devupstream`] is the built-in development upstream for trying things out.
+
+pub mod config;
+pub mod connection;
+pub mod devupstream;
+pub mod listener;
+pub mod session;
+pub mod smtp;
+pub mod upstream;
+
+pub use config::Config;
+pub use listener::run;

@@ -1,0 +1,123 @@
+//! Accepting connections: binds every `[[listener]]`, enforces the global connection
+//! limit (421 4.7.0 past it), spawns one session task per connection, and runs the
+//! graceful shutdown: stop accepting, let transactions finish within the drain time,
+//! then 421 4.3.2 for whoever is left.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use tokio::{
+    io::AsyncWriteExt,
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::{
+    config::{Config, UpstreamTarget},
+    devupstream,
+    session::{Peer, Session, SessionContext, Shutdown, replies},
+    upstream::capability_cache::CapabilityCache,
+};
+
+/// Runs the proxy until `shutdown` resolves, then drains. Returns once every session
+/// has ended.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let signals = Shutdown::default();
+    let upstream_address = match &config.upstream.target {
+        UpstreamTarget::Address(address) => address.clone(),
+        UpstreamTarget::Development(folder) => devupstream::start(folder.clone(), &config.server.hostname, signals.abort.clone())
+            .await?
+            .to_string(),
+    };
+    let mut listeners = Vec::new();
+    for listener in &config.listeners {
+        let socket = TcpListener::bind(listener.address)
+            .await
+            .with_context(|| format!("cannot listen on {} (listener {})", listener.address, listener.name))?;
+        info!(listener = %listener.name, address = %socket.local_addr()?, "listening");
+        listeners.push((listener.name.clone(), socket));
+    }
+    let context = Arc::new(SessionContext {
+        config: config.clone(),
+        upstream_address,
+        capabilities: Arc::new(CapabilityCache::default()),
+        shutdown: signals.clone(),
+    });
+    tokio::spawn(refresh_capabilities(context.clone()));
+    let tracker = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(config.server.max_connections));
+    for (name, socket) in listeners {
+        tracker.spawn(accept_loop(name, socket, context.clone(), permits.clone(), tracker.clone()));
+    }
+    shutdown.await;
+    info!(drain_timeout = ?config.server.drain_timeout, "shutting down: no new connections, draining transactions");
+    signals.stopping.cancel();
+    tracker.close();
+    if tokio::time::timeout(config.server.drain_timeout, tracker.wait()).await.is_err() {
+        warn!("drain time over; closing remaining sessions");
+        signals.abort.cancel();
+        tracker.wait().await;
+    }
+    signals.abort.cancel();
+    info!("stopped");
+    Ok(())
+}
+
+async fn accept_loop(name: String, socket: TcpListener, context: Arc<SessionContext>, permits: Arc<Semaphore>, tracker: TaskTracker) {
+    loop {
+        let accepted = tokio::select! {
+            _ = context.shutdown.stopping.cancelled() => return,
+            accepted = socket.accept() => accepted,
+        };
+        let (stream, address) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(listener = %name, %error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracker.spawn(refuse(stream, context.config.server.hostname.clone()));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(local_address) = stream.local_addr() else { continue };
+        let peer = Peer::new(address, local_address);
+        let session = Session::new(context.clone(), stream, peer);
+        tracker.spawn(async move {
+            session.run().await;
+            drop(permit);
+        });
+    }
+}
+
+/// Over the connection limit: 421 4.7.0 and close, without a session.
+async fn refuse(mut stream: TcpStream, hostname: String) {
+    warn!(client = ?stream.peer_addr().ok(), "connection limit reached");
+    let reply = replies::too_many_connections(&hostname).to_bytes();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&reply)).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Keeps the capability cache fresh (see `upstream::capability_cache`).
+async fn refresh_capabilities(context: Arc<SessionContext>) {
+    let config = &context.config;
+    let interval = config.upstream.capabilities_refresh;
+    loop {
+        if context.capabilities.is_stale(interval) {
+            match context.capabilities.probe(&config.upstream, &context.upstream_address, &config.server.hostname).await {
+                Ok(capabilities) => info!(extensions = ?capabilities.ehlo_lines(), "learned the upstream's extensions"),
+                Err(error) => warn!(%error, "upstream capability probe failed"),
+            }
+        }
+        tokio::select! {
+            _ = context.shutdown.stopping.cancelled() => return,
+            _ = tokio::time::sleep(interval.min(Duration::from_secs(60))) => {}
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! DATA: 354 only after the upstream's 354, then the message streams through — read
+//! from the client, un-stuffed and checked by the DATA reader, re-stuffed and written
+//! upstream in large buffers — and the upstream's reply to the final dot is the reply.
+//!
+//! Nothing is lost: if the message breaks a rule, or the upstream fails while data is
+//! flowing, the upstream connection is dropped without a terminator (so the upstream
+//! discards the partial message) and the client gets a 4xx or 5xx, never 2xx.
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    time::Instant,
+};
+use tracing::{info, warn};
+
+use super::{Flow, Session, replies};
+use crate::{
+    connection::{LARGE_READ, ReadError},
+    smtp::{
+        Reply,
+        data::{DataReader, DataViolation, DotStuffer},
+    },
+    upstream::{Stage, UpstreamError},
+};
+
+/// Data is written upstream once this much is buffered (and at the end).
+const UPSTREAM_WRITE_SIZE: usize = 64 * 1024;
+
+/// How the client's side of the DATA phase ended.
+enum ClientEnd {
+    /// The terminator arrived.
+    Finished,
+    /// The client went away, was too slow, or the proxy is shutting down.
+    Gone(Option<Reply>),
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    pub(super) async fn data(&mut self) -> Flow {
+        if self.envelope.upstream_lost {
+            return self.reply(replies::upstream_lost());
+        }
+        if self.envelope.mail.is_none() {
+            return self.error(replies::bad_sequence("need MAIL and RCPT before DATA"));
+        }
+        if self.envelope.recipients.is_empty() {
+            return self.reply(replies::no_valid_recipients());
+        }
+        let timeout = self.context.config.upstream.timeouts.data_init;
+        let Some(upstream) = self.upstream.as_mut() else {
+            return self.reply(replies::upstream_lost());
+        };
+        let reply = match upstream.command(Stage::Command, "DATA", timeout).await {
+            Ok(reply) => reply,
+            Err(error) => {
+                let reply = self.upstream_failed(error);
+                self.envelope = Default::default();
+                return self.reply(reply);
+            }
+        };
+        if reply.code() != 354 {
+            return self.reply(reply);
+        }
+        self.reply(reply);
+        if self.flush().await.is_err() {
+            return Flow::Close;
+        }
+        self.relay_message().await
+    }
+
+    /// Streams the message and answers the final dot.
+    async fn relay_message(&mut self) -> Flow {
+        let smtp = &self.context.config.smtp;
+        let mut reader = DataReader::new(smtp.bare_line_endings, smtp.text_line_limit, smtp.max_message_size);
+        let mut stuffer = DotStuffer::default();
+        let (mut content, mut wire) = (Vec::new(), Vec::with_capacity(UPSTREAM_WRITE_SIZE + LARGE_READ));
+        let mut upstream_error: Option<UpstreamError> = None;
+        let phase_deadline = Instant::now() + smtp.data_timeout;
+        let end = loop {
+            let feed = reader.feed(self.downstream.input.pending(), &mut content);
+            self.downstream.input.consume(feed.consumed);
+            stuffer.stuff(&content, &mut wire);
+            content.clear();
+            if reader.violation().is_some() || upstream_error.is_some() {
+                // Keep reading to the end, but send nothing more upstream.
+                self.abandon_upstream(&mut upstream_error);
+                wire.clear();
+            }
+            if feed.finished {
+                break ClientEnd::Finished;
+            }
+            if wire.len() >= UPSTREAM_WRITE_SIZE {
+                self.write_upstream(&mut wire, &mut upstream_error).await;
+            }
+            if let Err(reply) = self.read_data_chunk(phase_deadline).await {
+                break ClientEnd::Gone(reply);
+            }
+        };
+        let reply = match end {
+            ClientEnd::Gone(reply) => {
+                warn!("client left during DATA; message not accepted");
+                self.upstream = None;
+                self.upstream_in_transaction = false;
+                if let Some(reply) = reply {
+                    self.reply(reply);
+                }
+                return Flow::Close;
+            }
+            ClientEnd::Finished => self.finish_message(reader.violation(), stuffer, wire, upstream_error).await,
+        };
+        self.log_message(reader.size(), &reply);
+        self.envelope = Default::default();
+        self.reply(reply)
+    }
+
+    /// Reads the next chunk of message data, bounded by the data block timeout and the
+    /// whole-phase deadline. `Err` ends the session.
+    async fn read_data_chunk(&mut self, phase_deadline: Instant) -> Result<(), Option<Reply>> {
+        let smtp = &self.context.config.smtp;
+        let hostname = &self.context.config.server.hostname;
+        let deadline = phase_deadline.min(Instant::now() + smtp.data_block_timeout);
+        let abort = self.context.shutdown.abort.clone();
+        tokio::select! {
+            biased;
+            _ = abort.cancelled() => Err(Some(replies::shutting_down(hostname))),
+            result = self.downstream.fill(LARGE_READ, deadline) => match result {
+                Ok(_) => Ok(()),
+                Err(ReadError::Timeout) => Err(Some(replies::timeout(hostname))),
+                Err(_) => Err(None),
+            },
+        }
+    }
+
+    async fn write_upstream(&mut self, wire: &mut Vec<u8>, upstream_error: &mut Option<UpstreamError>) {
+        if let Some(upstream) = self.upstream.as_mut()
+            && let Err(error) = upstream.write_data(wire).await
+        {
+            *upstream_error = Some(error);
+            self.abandon_upstream(upstream_error);
+        }
+        wire.clear();
+    }
+
+    /// Drops the upstream connection mid-DATA: without a terminator the upstream
+    /// discards what it received.
+    fn abandon_upstream(&mut self, upstream_error: &mut Option<UpstreamError>) {
+        if self.upstream.take().is_some() {
+            self.upstream_in_transaction = false;
+            if let Some(error) = upstream_error {
+                warn!(%error, "upstream failed during DATA");
+            }
+        }
+    }
+
+    /// The reply to the final dot: a violation's 5xx, the upstream's reply, or 451.
+    async fn finish_message(
+        &mut self,
+        violation: Option<DataViolation>,
+        mut stuffer: DotStuffer,
+        mut wire: Vec<u8>,
+        upstream_error: Option<UpstreamError>,
+    ) -> Reply {
+        self.upstream_in_transaction = false;
+        match violation {
+            Some(DataViolation::BareLineEnding) => return replies::bare_line_ending(),
+            Some(DataViolation::LineTooLong) => return replies::message_line_too_long(),
+            Some(DataViolation::TooBig) => return replies::message_too_big(),
+            None => {}
+        }
+        if let Some(error) = upstream_error {
+            return error.reply();
+        }
+        let Some(upstream) = self.upstream.as_mut() else {
+            return replies::upstream_lost();
+        };
+        stuffer.finish(&mut wire);
+        let result = match upstream.write_data(&wire).await {
+            Ok(()) => upstream.read_data_reply().await,
+            Err(error) => Err(error),
+        };
+        result.unwrap_or_else(|error| self.upstream_failed(error))
+    }
+
+    /// The one summary line per message.
+    fn log_message(&self, size: u64, reply: &Reply) {
+        let from = self.envelope.mail.as_ref().map(|mail| mail.reverse_path.raw().to_string()).unwrap_or_default();
+        let duration_ms = self.envelope.started.map_or(0, |started| started.elapsed().as_millis() as u64);
+        info!(
+            from = %from,
+            recipients = self.envelope.recipients.len(),
+            size,
+            upstream_reply = %reply,
+            duration_ms,
+            "message"
+        );
+    }
+}

@@ -1,0 +1,340 @@
+//! One downstream SMTP session: the only place that decides what to answer.
+//!
+//! The session reads commands, checks them against its state and limits, relays MAIL,
+//! RCPT and DATA to the upstream in lock step, and relays the upstream's replies. It
+//! is generic over its stream, so unit tests drive it over `tokio::io::duplex`.
+//! Stages where plugins will hook in: connect ([`Session::run`]), HELO
+//! ([`Session::helo`]), MAIL and RCPT (`transaction.rs`), DATA (`data.rs`).
+
+mod data;
+pub mod replies;
+pub mod state;
+mod transaction;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::{
+    config::{Config, VerifyPolicy},
+    connection::{Connection, ReadError},
+    smtp::{Command, CommandError, Reply, capabilities::Capabilities, command, line::NextLine},
+    upstream::{Stage, UpstreamError, UpstreamSession, capability_cache::CapabilityCache},
+};
+pub use state::{Envelope, Peer};
+
+/// The two phases of a graceful shutdown.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    /// Stop accepting; idle sessions close with 421, transactions may finish.
+    pub stopping: CancellationToken,
+    /// The drain time is over: every session closes with 421 now.
+    pub abort: CancellationToken,
+}
+
+/// What all sessions share.
+#[derive(Debug)]
+pub struct SessionContext {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// `host:port` of the upstream (the development upstream's address if that is used).
+    pub upstream_address: String,
+    /// The upstream's last known extensions.
+    pub capabilities: Arc<CapabilityCache>,
+    /// Shutdown signals.
+    pub shutdown: Shutdown,
+}
+
+/// Whether the session goes on after a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// A short unique id per session, for logs: process start time and a counter.
+fn next_session_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let prefix = PREFIX.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as u32)
+    });
+    format!("{prefix:08x}{:06x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// One client connection.
+pub struct Session<S> {
+    context: Arc<SessionContext>,
+    id: String,
+    downstream: Connection<S>,
+    peer: Peer,
+    envelope: Envelope,
+    upstream: Option<UpstreamSession>,
+    /// A MAIL was sent upstream and the transaction there is not finished.
+    upstream_in_transaction: bool,
+    /// What the last EHLO offered (nothing after HELO).
+    offered: Capabilities,
+    errors: usize,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    /// A session for a freshly accepted stream.
+    pub fn new(context: Arc<SessionContext>, stream: S, peer: Peer) -> Self {
+        Self {
+            context,
+            id: next_session_id(),
+            downstream: Connection::new(stream),
+            peer,
+            envelope: Envelope::default(),
+            upstream: None,
+            upstream_in_transaction: false,
+            offered: Capabilities::default(),
+            errors: 0,
+        }
+    }
+
+    /// Runs the session to its end, inside a tracing span naming it.
+    pub async fn run(self) {
+        let span = info_span!("session", id = %self.id, client = %self.peer.address);
+        self.serve().instrument(span).await
+    }
+
+    async fn serve(mut self) {
+        debug!("connected");
+        let hostname = self.context.config.server.hostname.clone();
+        self.reply(replies::greeting(&hostname));
+        loop {
+            let line = match self.next_line().await {
+                Ok(line) => line,
+                Err(reply) => {
+                    if let Some(reply) = reply {
+                        self.reply(reply);
+                    }
+                    break;
+                }
+            };
+            if self.handle_line(line).await == Flow::Close {
+                break;
+            }
+        }
+        let _ = self.flush().await;
+        self.downstream.shutdown().await;
+        if let Some(upstream) = self.upstream.take() {
+            upstream.quit().await;
+        }
+        debug!("disconnected");
+    }
+
+    /// The next command line. Queued replies are flushed first if no further command
+    /// is already waiting (so pipelined replies go out together). `Err` ends the
+    /// session, with a final reply if there is one to give.
+    async fn next_line(&mut self) -> Result<NextLine, Option<Reply>> {
+        let limit = self.context.config.smtp.command_line_limit;
+        if !self.downstream.input.has_line(limit) && self.flush().await.is_err() {
+            return Err(None);
+        }
+        let hostname = &self.context.config.server.hostname;
+        let shutdown = &self.context.shutdown;
+        // Idle sessions close at the start of a shutdown; transactions may finish.
+        let stop = if self.envelope.in_transaction() { &shutdown.abort } else { &shutdown.stopping };
+        let deadline = Instant::now() + self.context.config.smtp.command_timeout;
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => Err(Some(replies::shutting_down(hostname))),
+            result = self.downstream.read_line(limit, deadline) => match result {
+                Ok(line) => Ok(line),
+                Err(ReadError::Timeout) => {
+                    info!("command timeout");
+                    Err(Some(replies::timeout(hostname)))
+                }
+                Err(ReadError::Closed | ReadError::Io(_)) => Err(None),
+            },
+        }
+    }
+
+    async fn handle_line(&mut self, line: NextLine) -> Flow {
+        let line = match line {
+            NextLine::Line(line) => line,
+            NextLine::BareLf(_) => return self.error(replies::bare_lf_command()),
+            NextLine::TooLong => return self.error(replies::line_too_long()),
+        };
+        match command::parse(&line) {
+            Ok(command) => self.handle_command(command).await,
+            Err(CommandError::Unrecognized | CommandError::NotUtf8) => self.error(replies::unrecognized()),
+            Err(CommandError::Syntax(detail)) => self.error(replies::syntax(detail)),
+        }
+    }
+
+    async fn handle_command(&mut self, command: Command) -> Flow {
+        match command {
+            Command::Helo(name) => self.helo(name, false).await,
+            Command::Ehlo(name) => self.helo(name, true).await,
+            Command::Mail(mail) => self.mail(mail).await,
+            Command::Rcpt(rcpt) => self.rcpt(rcpt).await,
+            Command::Data => self.data().await,
+            Command::Rset => {
+                self.reset_transaction().await;
+                self.reply(replies::ok())
+            }
+            Command::Noop => self.reply(replies::ok()),
+            Command::Help => self.reply(replies::help()),
+            Command::Quit => {
+                self.reply(replies::bye());
+                Flow::Close
+            }
+            Command::Vrfy(argument) => self.verify("VRFY", &argument, self.context.config.smtp.vrfy).await,
+            Command::Expn(argument) => self.verify("EXPN", &argument, self.context.config.smtp.expn).await,
+            Command::StartTls => self.error(replies::not_offered("STARTTLS")),
+            Command::Auth(_) => self.error(replies::not_offered("AUTH")),
+            Command::NotImplemented(verb) => self.error(replies::not_implemented(verb)),
+        }
+    }
+
+    /// HELO/EHLO: resets any transaction and answers with what can be relayed.
+    async fn helo(&mut self, name: String, esmtp: bool) -> Flow {
+        self.reset_transaction().await;
+        let hostname = self.context.config.server.hostname.clone();
+        self.peer.helo = Some(name.clone());
+        self.peer.esmtp = esmtp;
+        if !esmtp {
+            self.offered = Capabilities::default();
+            return self.reply(Reply::plain(250, format!("{hostname} Hello {name}")));
+        }
+        self.offered = self.upstream_capabilities().await.offer(self.context.config.smtp.max_message_size);
+        let mut lines = vec![format!("{hostname} Hello {name}")];
+        lines.extend(self.offered.ehlo_lines());
+        self.reply(Reply::multiline(250, lines))
+    }
+
+    /// The upstream's extensions: from the open session, the cache, or a probe.
+    async fn upstream_capabilities(&self) -> Capabilities {
+        if let Some(upstream) = &self.upstream {
+            return upstream.capabilities().clone();
+        }
+        let cache = &self.context.capabilities;
+        if let Some(capabilities) = cache.get() {
+            return capabilities;
+        }
+        let config = &self.context.config;
+        match cache.probe(&config.upstream, &self.context.upstream_address, &config.server.hostname).await {
+            Ok(capabilities) => capabilities,
+            Err(error) => {
+                warn!(%error, "cannot learn the upstream's extensions; offering none");
+                Capabilities::default()
+            }
+        }
+    }
+
+    /// VRFY/EXPN: answered locally or relayed, as configured.
+    async fn verify(&mut self, verb: &str, argument: &str, policy: VerifyPolicy) -> Flow {
+        if policy == VerifyPolicy::Refuse {
+            return match verb {
+                "VRFY" => self.reply(replies::cannot_verify()),
+                _ => self.error(replies::expn_disabled()),
+            };
+        }
+        let timeout = self.context.config.upstream.timeouts.command;
+        let line = format!("{verb} {argument}");
+        match self.upstream_command(&line, timeout).await {
+            Ok(reply) => self.reply(reply),
+            Err(reply) => self.reply(reply),
+        }
+    }
+
+    /// Opens the upstream session if there is none yet.
+    async fn upstream_session(&mut self) -> Result<&mut UpstreamSession, UpstreamError> {
+        if self.upstream.is_none() {
+            let config = &self.context.config;
+            let client = self.peer.client_info();
+            let session = UpstreamSession::open(
+                &config.upstream,
+                &self.context.upstream_address,
+                &config.server.hostname,
+                Some(&client),
+            )
+            .await?;
+            self.context.capabilities.update(session.capabilities());
+            self.upstream = Some(session);
+        }
+        Ok(self.upstream.as_mut().expect("just opened"))
+    }
+
+    /// Sends one command upstream (opening the session if needed). On failure the
+    /// upstream session is dropped and the reply for the client is returned.
+    async fn upstream_command(&mut self, line: &str, timeout: Duration) -> Result<Reply, Reply> {
+        let result = match self.upstream_session().await {
+            Ok(upstream) => upstream.command(Stage::Command, line, timeout).await,
+            Err(error) => Err(error),
+        };
+        result.map_err(|error| self.upstream_failed(error))
+    }
+
+    /// Drops a failed upstream session and returns what the client is told.
+    fn upstream_failed(&mut self, error: UpstreamError) -> Reply {
+        warn!(%error, "upstream failure");
+        self.upstream = None;
+        self.upstream_in_transaction = false;
+        error.reply()
+    }
+
+    /// Ends the current transaction here and upstream (RSET, EHLO, after DATA).
+    async fn reset_transaction(&mut self) {
+        self.envelope = Envelope::default();
+        if !self.upstream_in_transaction {
+            return;
+        }
+        self.upstream_in_transaction = false;
+        let timeout = self.context.config.upstream.timeouts.command;
+        if let Some(upstream) = self.upstream.as_mut() {
+            match upstream.command(Stage::Command, "RSET", timeout).await {
+                Ok(reply) if reply.is_positive() => {}
+                Ok(reply) => {
+                    warn!(reply = %reply, "upstream refused RSET; closing that session");
+                    self.upstream = None;
+                }
+                Err(error) => {
+                    self.upstream_failed(error);
+                }
+            }
+        }
+    }
+
+    /// Queues a reply.
+    fn reply(&mut self, reply: Reply) -> Flow {
+        self.downstream.queue_reply(&reply);
+        Flow::Continue
+    }
+
+    /// Queues an error reply caused by the client, and disconnects past the limit.
+    fn error(&mut self, reply: Reply) -> Flow {
+        self.reply(reply);
+        self.errors += 1;
+        if self.errors >= self.context.config.smtp.max_errors {
+            info!(errors = self.errors, "too many errors");
+            self.reply(replies::too_many_errors(&self.context.config.server.hostname));
+            return Flow::Close;
+        }
+        Flow::Continue
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        let deadline = Instant::now() + self.context.config.smtp.command_timeout;
+        self.downstream.flush(deadline).await
+    }
+}
+
+#[cfg(test)]
+mod tests;

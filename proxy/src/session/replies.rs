@@ -1,0 +1,138 @@
+//! The replies the proxy makes itself, each a named constructor, so codes and texts
+//! live in one place. Upstream replies are relayed as received and never built here.
+
+use crate::smtp::{EnhancedCode, Reply};
+
+const fn code(class: u8, subject: u16, detail: u16) -> EnhancedCode {
+    EnhancedCode::new(class, subject, detail)
+}
+
+/// 220 greeting.
+pub fn greeting(hostname: &str) -> Reply {
+    Reply::plain(220, format!("{hostname} ESMTP Portcullis"))
+}
+
+/// 250 for NOOP and RSET.
+pub fn ok() -> Reply {
+    Reply::new(250, code(2, 0, 0), "Ok")
+}
+
+/// 221 for QUIT.
+pub fn bye() -> Reply {
+    Reply::new(221, code(2, 0, 0), "Bye")
+}
+
+/// 214 for HELP.
+pub fn help() -> Reply {
+    Reply::new(214, code(2, 0, 0), "See RFC 5321; commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN")
+}
+
+/// 252 for VRFY when it is not relayed.
+pub fn cannot_verify() -> Reply {
+    Reply::new(252, code(2, 5, 0), "Cannot VRFY user, but will accept message and attempt delivery")
+}
+
+/// 502 for EXPN when it is not relayed.
+pub fn expn_disabled() -> Reply {
+    Reply::new(502, code(5, 5, 1), "EXPN is not available")
+}
+
+/// 500 for an unknown verb.
+pub fn unrecognized() -> Reply {
+    Reply::new(500, code(5, 5, 2), "Command unrecognized")
+}
+
+/// 500 for a line over the command line limit.
+pub fn line_too_long() -> Reply {
+    Reply::new(500, code(5, 5, 2), "Line too long")
+}
+
+/// 501 for a malformed argument.
+pub fn syntax(detail: impl std::fmt::Display) -> Reply {
+    Reply::new(501, code(5, 5, 4), format!("Syntax error: {detail}"))
+}
+
+/// 501 for a command line ended by a bare LF.
+pub fn bare_lf_command() -> Reply {
+    Reply::new(501, code(5, 5, 2), "Syntax error: command lines must end with CRLF")
+}
+
+/// 502 for verbs we do not implement.
+pub fn not_implemented(verb: &str) -> Reply {
+    Reply::new(502, code(5, 5, 1), format!("{verb} not implemented"))
+}
+
+/// 503 for a command out of sequence.
+pub fn bad_sequence(detail: &str) -> Reply {
+    Reply::new(503, code(5, 5, 1), format!("Bad sequence of commands: {detail}"))
+}
+
+/// 555 for a MAIL/RCPT parameter of an extension not offered.
+pub fn unsupported_parameter(keyword: &str) -> Reply {
+    Reply::new(555, code(5, 5, 4), format!("Unsupported parameter {keyword}"))
+}
+
+/// 552 when SIZE or the message exceeds the limit.
+pub fn message_too_big() -> Reply {
+    Reply::new(552, code(5, 3, 4), "Message size exceeds fixed maximum message size")
+}
+
+/// 553 for a UTF-8 address without SMTPUTF8.
+pub fn utf8_needs_smtputf8() -> Reply {
+    Reply::new(553, code(5, 6, 7), "Non-ASCII address requires the SMTPUTF8 parameter")
+}
+
+/// 452 past the recipient limit.
+pub fn too_many_recipients() -> Reply {
+    Reply::new(452, code(4, 5, 3), "Too many recipients")
+}
+
+/// 554 for DATA without any accepted recipient.
+pub fn no_valid_recipients() -> Reply {
+    Reply::new(554, code(5, 5, 1), "No valid recipients")
+}
+
+/// 451 when the upstream changed its extensions since we offered them.
+pub fn extension_gone(keyword: &str) -> Reply {
+    Reply::new(451, code(4, 3, 0), format!("Parameter {keyword} cannot be relayed right now, try again later"))
+}
+
+/// 451 for RCPT/DATA after the upstream was lost in this transaction.
+pub fn upstream_lost() -> Reply {
+    Reply::new(451, code(4, 4, 1), "Upstream connection lost, send RSET and try again")
+}
+
+/// 550 for a message with bare CR or LF (policy `reject`).
+pub fn bare_line_ending() -> Reply {
+    Reply::new(550, code(5, 6, 0), "Message contains bare CR or LF; lines must end with CRLF")
+}
+
+/// 500 for a message line over the text line limit.
+pub fn message_line_too_long() -> Reply {
+    Reply::new(500, code(5, 5, 2), "Line too long in message")
+}
+
+/// 421 when the client sent too many bad commands.
+pub fn too_many_errors(hostname: &str) -> Reply {
+    Reply::new(421, code(4, 7, 0), format!("{hostname} Too many errors, closing connection"))
+}
+
+/// 421 when the client is idle or slow past the timeout.
+pub fn timeout(hostname: &str) -> Reply {
+    Reply::new(421, code(4, 4, 2), format!("{hostname} Timeout exceeded, closing connection"))
+}
+
+/// 421 during shutdown.
+pub fn shutting_down(hostname: &str) -> Reply {
+    Reply::new(421, code(4, 3, 2), format!("{hostname} Service shutting down, try again later"))
+}
+
+/// 421 when the connection limit is reached.
+pub fn too_many_connections(hostname: &str) -> Reply {
+    Reply::new(421, code(4, 7, 0), format!("{hostname} Too many connections, try again later"))
+}
+
+/// 502 for STARTTLS and AUTH, which this listener does not offer.
+pub fn not_offered(verb: &str) -> Reply {
+    Reply::new(502, code(5, 5, 1), format!("{verb} is not offered on this listener"))
+}

@@ -1,0 +1,74 @@
+//! The data a session carries, split by lifetime: [`Peer`] lives as long as the
+//! connection, [`Envelope`] as long as one mail transaction, so RSET is
+//! `envelope = Envelope::default()`.
+
+use std::net::SocketAddr;
+
+use tokio::time::Instant;
+
+use crate::{
+    smtp::{MailCommand, RcptCommand},
+    upstream::ClientInfo,
+};
+
+/// Who is connected.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The client's address.
+    pub address: SocketAddr,
+    /// The local address it connected to.
+    pub local_address: SocketAddr,
+    /// The name given in HELO/EHLO, once greeted.
+    pub helo: Option<String>,
+    /// True if the client greeted with EHLO.
+    pub esmtp: bool,
+}
+
+impl Peer {
+    /// A peer that has not greeted yet.
+    pub fn new(address: SocketAddr, local_address: SocketAddr) -> Self {
+        Self {
+            address,
+            local_address,
+            helo: None,
+            esmtp: false,
+        }
+    }
+
+    /// What the upstream is told about this client (XCLIENT / PROXY).
+    pub fn client_info(&self) -> ClientInfo {
+        ClientInfo {
+            address: self.address,
+            local_address: self.local_address,
+            helo: self.helo.clone(),
+            esmtp: self.esmtp,
+        }
+    }
+}
+
+/// One mail transaction, from MAIL to the end of DATA or RSET.
+#[derive(Debug, Default)]
+pub struct Envelope {
+    /// The MAIL command the upstream accepted.
+    pub mail: Option<MailCommand>,
+    /// The recipients the upstream accepted.
+    pub recipients: Vec<RcptCommand>,
+    /// The upstream was lost after MAIL: further RCPT and DATA get 451 until RSET.
+    pub upstream_lost: bool,
+    /// When MAIL was accepted.
+    pub started: Option<Instant>,
+}
+
+impl Envelope {
+    /// True once MAIL has been accepted (or was accepted before the upstream was lost).
+    pub fn in_transaction(&self) -> bool {
+        self.mail.is_some() || self.upstream_lost
+    }
+
+    /// True if MAIL carried the SMTPUTF8 parameter.
+    pub fn smtputf8(&self) -> bool {
+        self.mail
+            .as_ref()
+            .is_some_and(|mail| mail.params.iter().any(|p| p.is("SMTPUTF8")))
+    }
+}

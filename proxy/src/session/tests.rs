@@ -1,0 +1,137 @@
+//! Session tests over in-memory streams: the upstream is unreachable here, so these
+//! cover everything the session answers by itself.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+
+use super::*;
+use crate::config::Config;
+
+fn context(extra: &str) -> Arc<SessionContext> {
+    let text = format!(
+        "[[listener]]\nname = \"t\"\naddress = \"127.0.0.1:0\"\n[upstream]\naddress = \"127.0.0.1:9\"\ntimeouts = {{ connect = \"200ms\" }}\n{extra}"
+    );
+    Arc::new(SessionContext {
+        config: Arc::new(Config::parse(&text).unwrap()),
+        upstream_address: "127.0.0.1:9".into(),
+        capabilities: Arc::new(CapabilityCache::default()),
+        shutdown: Shutdown::default(),
+    })
+}
+
+/// Starts a session and returns the client's end of the stream.
+fn start(context: Arc<SessionContext>) -> DuplexStream {
+    let (client, server) = duplex(64 * 1024);
+    let peer = Peer::new("192.0.2.1:4000".parse().unwrap(), "127.0.0.1:25".parse().unwrap());
+    tokio::spawn(Session::new(context, server, peer).run());
+    client
+}
+
+/// Sends `input`, then reads until the session closes or `replies` reply lines came.
+async fn converse(client: &mut DuplexStream, input: &[u8], replies: usize) -> Vec<String> {
+    client.write_all(input).await.unwrap();
+    let mut text = String::new();
+    let mut buffer = [0u8; 4096];
+    while text.lines().filter(|l| l.as_bytes().get(3) == Some(&b' ')).count() < replies {
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buffer)).await.expect("reply in time").unwrap();
+        if read == 0 {
+            break;
+        }
+        text.push_str(&String::from_utf8_lossy(&buffer[..read]));
+    }
+    text.lines().filter(|l| l.as_bytes().get(3) == Some(&b' ')).map(|l| l[..3].to_string()).collect()
+}
+
+#[tokio::test]
+async fn local_verbs_get_their_codes() {
+    let mut client = start(context(""));
+    assert_eq!(converse(&mut client, b"", 1).await, ["220"]);
+    let cases: &[(&[u8], &str)] = &[
+        (b"NOOP\r\n", "250"),
+        (b"HELP\r\n", "214"),
+        (b"VRFY someone\r\n", "252"),
+        (b"EXPN staff\r\n", "502"),
+        (b"SEND FROM:<a@b.c>\r\n", "502"),
+        (b"SOML FROM:<a@b.c>\r\n", "502"),
+        (b"SAML FROM:<a@b.c>\r\n", "502"),
+        (b"TURN\r\n", "502"),
+        (b"FROB\r\n", "500"),
+        (b"MAIL FROM:<a@b.c>\r\n", "503"),
+    ];
+    for (command, code) in cases {
+        assert_eq!(converse(&mut client, command, 1).await, [*code], "{}", String::from_utf8_lossy(command));
+    }
+    assert_eq!(converse(&mut client, b"QUIT\r\n", 1).await, ["221"]);
+}
+
+#[tokio::test]
+async fn syntax_sequence_and_length_errors() {
+    let mut client = start(context(""));
+    converse(&mut client, b"", 1).await;
+    let long = format!("NOOP {}\r\n", "x".repeat(600));
+    let cases: &[(&[u8], &str)] = &[
+        (b"HELO\r\n", "501"),
+        (long.as_bytes(), "500"),
+        (b"NOOP\n", "501"),
+        (b"HELO client.example\r\n", "250"),
+        (b"RCPT TO:<a@b.c>\r\n", "503"),
+        (b"DATA\r\n", "503"),
+        (b"MAIL FROM:<a@b.c> SIZE=10\r\n", "555"),
+        ("MAIL FROM:<ü@b.c>\r\n".as_bytes(), "553"),
+        (b"RSET\r\n", "250"),
+    ];
+    for (command, code) in cases {
+        assert_eq!(converse(&mut client, command, 1).await, [*code], "{}", String::from_utf8_lossy(command));
+    }
+}
+
+#[tokio::test]
+async fn unreachable_upstream_gives_451_to_mail() {
+    let mut client = start(context(""));
+    converse(&mut client, b"", 1).await;
+    assert_eq!(converse(&mut client, b"EHLO c.example\r\n", 1).await, ["250"]);
+    assert_eq!(
+        converse(&mut client, b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n", 3).await,
+        ["451", "503", "503"]
+    );
+}
+
+#[tokio::test]
+async fn too_many_errors_disconnects() {
+    let mut client = start(context("[smtp]\nmax_errors = 3\n"));
+    converse(&mut client, b"", 1).await;
+    assert_eq!(converse(&mut client, b"A\r\nB\r\nC\r\nD\r\n", 10).await, ["500", "500", "500", "421"]);
+}
+
+#[tokio::test]
+async fn a_trickling_client_is_cut_off() {
+    let mut client = start(context("[smtp]\ncommand_timeout = \"300ms\"\n"));
+    converse(&mut client, b"", 1).await;
+    let started = std::time::Instant::now();
+    let mut reply = String::new();
+    for byte in b"NOOP NOOP NOOP NOOP\r\n" {
+        if client.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut buffer = [0u8; 256];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), client.read(&mut buffer)).await {
+            reply.push_str(&String::from_utf8_lossy(&buffer[..n]));
+            if n == 0 || reply.contains("421") {
+                break;
+            }
+        }
+    }
+    assert!(reply.starts_with("421 4.4.2"), "{reply:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn idle_sessions_close_on_shutdown() {
+    let context = context("");
+    let mut client = start(context.clone());
+    converse(&mut client, b"", 1).await;
+    context.shutdown.stopping.cancel();
+    assert_eq!(converse(&mut client, b"", 1).await, ["421"]);
+}

@@ -1,0 +1,232 @@
+//! MAIL and RCPT: local checks (sequence, parameters against the offered extensions,
+//! limits), then the relay to the upstream. When the upstream offers PIPELINING, a MAIL
+//! and the RCPTs the client pipelined behind it go upstream in one write and their
+//! replies come back in order.
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::{Envelope, Flow, Session, replies};
+use crate::{
+    smtp::{
+        MailCommand, Param, RcptCommand, Reply,
+        capabilities::{Capabilities, Extension},
+        command::{self, CommandError},
+    },
+    upstream::Stage,
+};
+
+/// A RCPT taken from the pipeline: either ready to relay, or already answered locally.
+enum PendingRcpt {
+    Relay(RcptCommand),
+    Local(Reply, bool),
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    pub(super) async fn mail(&mut self, mail: MailCommand) -> Flow {
+        if self.peer.helo.is_none() {
+            return self.error(replies::bad_sequence("send HELO or EHLO first"));
+        }
+        if self.envelope.in_transaction() {
+            return self.error(replies::bad_sequence("nested MAIL command"));
+        }
+        if let Err((reply, counts)) = check_mail(&mail, &self.offered) {
+            return if counts { self.error(reply) } else { self.reply(reply) };
+        }
+        let upstream = match self.upstream_session().await {
+            Ok(upstream) => upstream,
+            Err(error) => {
+                let reply = self.upstream_failed(error);
+                return self.reply(reply);
+            }
+        };
+        if let Some(keyword) = missing_extension(&mail.params, upstream.capabilities(), Extension::for_mail_param) {
+            return self.reply(replies::extension_gone(&keyword));
+        }
+        let pipelined = if upstream.capabilities().has(Extension::Pipelining) {
+            self.take_pipelined_rcpts()
+        } else {
+            Vec::new()
+        };
+        self.relay_envelope(Some(mail), pipelined).await
+    }
+
+    pub(super) async fn rcpt(&mut self, rcpt: RcptCommand) -> Flow {
+        if self.envelope.upstream_lost {
+            return self.reply(replies::upstream_lost());
+        }
+        if self.envelope.mail.is_none() {
+            return self.error(replies::bad_sequence("need MAIL before RCPT"));
+        }
+        let pending = self.check_rcpt(Ok(rcpt), 0);
+        self.relay_envelope(None, vec![pending]).await
+    }
+
+    /// Takes the RCPT commands the client pipelined behind MAIL out of the input
+    /// buffer, checking each locally.
+    fn take_pipelined_rcpts(&mut self) -> Vec<PendingRcpt> {
+        let limit = self.context.config.smtp.command_line_limit;
+        let mut taken = Vec::new();
+        while taken.len() < self.context.config.smtp.max_recipients {
+            let Some(line) = self.downstream.input.peek_line(limit) else { break };
+            let is_rcpt = line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"RCPT") && line.get(4).is_none_or(|&b| b == b' ');
+            if !is_rcpt {
+                break;
+            }
+            let parsed = match command::parse(line) {
+                Ok(crate::smtp::Command::Rcpt(rcpt)) => Ok(rcpt),
+                Ok(_) => Err(CommandError::Unrecognized),
+                Err(error) => Err(error),
+            };
+            self.downstream.input.skip_peeked_line();
+            let relayed_before = taken.iter().filter(|p| matches!(p, PendingRcpt::Relay(_))).count();
+            taken.push(self.check_rcpt(parsed, relayed_before));
+        }
+        taken
+    }
+
+    /// Local checks for one RCPT; `pending` counts RCPTs of this batch relayed before it.
+    fn check_rcpt(&self, parsed: Result<RcptCommand, CommandError>, pending: usize) -> PendingRcpt {
+        let rcpt = match parsed {
+            Ok(rcpt) => rcpt,
+            Err(CommandError::Syntax(detail)) => return PendingRcpt::Local(replies::syntax(detail), true),
+            Err(_) => return PendingRcpt::Local(replies::unrecognized(), true),
+        };
+        if let Some(keyword) = missing_extension(&rcpt.params, &self.offered, Extension::for_rcpt_param) {
+            return PendingRcpt::Local(replies::unsupported_parameter(&keyword), true);
+        }
+        if rcpt.forward_path.is_utf8() && !self.envelope.smtputf8() {
+            return PendingRcpt::Local(replies::utf8_needs_smtputf8(), false);
+        }
+        if self.envelope.recipients.len() + pending >= self.context.config.smtp.max_recipients {
+            return PendingRcpt::Local(replies::too_many_recipients(), false);
+        }
+        PendingRcpt::Relay(rcpt)
+    }
+
+    /// Sends MAIL (if given) and the relayable RCPTs upstream in one write, then
+    /// answers every command in the order the client sent them.
+    async fn relay_envelope(&mut self, mail: Option<MailCommand>, rcpts: Vec<PendingRcpt>) -> Flow {
+        let mut lines: Vec<String> = mail
+            .iter()
+            .map(|mail| format!("MAIL FROM:{}{}", mail.reverse_path, render_params(&mail.params)))
+            .collect();
+        lines.extend(rcpts.iter().filter_map(|pending| match pending {
+            PendingRcpt::Relay(rcpt) => Some(format!("RCPT TO:{}{}", rcpt.forward_path, render_params(&rcpt.params))),
+            PendingRcpt::Local(..) => None,
+        }));
+        let timeout = self.context.config.upstream.timeouts.command;
+        let result = match (lines.is_empty(), self.upstream.as_mut()) {
+            (true, _) => Ok(Vec::new()),
+            (false, Some(upstream)) => upstream.pipeline(Stage::Command, &lines, timeout).await,
+            (false, None) => Err(crate::upstream::UpstreamError::Closed(Stage::Command)),
+        };
+        let mut upstream_replies = match result {
+            Ok(replies) => replies.into_iter(),
+            Err(error) => return self.envelope_failed(error, mail.is_some(), rcpts),
+        };
+        if mail.is_some() || !lines.is_empty() {
+            self.upstream_in_transaction = true;
+        }
+        if let Some(mail) = mail {
+            let reply = upstream_replies.next().expect("one reply per line");
+            debug!(from = %mail.reverse_path, reply = %reply, "MAIL");
+            if reply.is_positive() {
+                self.envelope.mail = Some(mail);
+                self.envelope.started = Some(Instant::now());
+            }
+            self.reply(reply);
+        }
+        for pending in rcpts {
+            match pending {
+                PendingRcpt::Local(reply, true) => {
+                    if self.error(reply) == Flow::Close {
+                        return Flow::Close;
+                    }
+                }
+                PendingRcpt::Local(reply, false) => {
+                    self.reply(reply);
+                }
+                PendingRcpt::Relay(rcpt) => {
+                    let reply = upstream_replies.next().expect("one reply per line");
+                    debug!(to = %rcpt.forward_path, reply = %reply, "RCPT");
+                    if reply.is_positive() && self.envelope.mail.is_some() {
+                        self.envelope.recipients.push(rcpt);
+                    }
+                    self.reply(reply);
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    /// The upstream failed during MAIL/RCPT: every relayed command in the batch gets
+    /// the failure reply. If MAIL had been accepted earlier, later RCPT and DATA get 451
+    /// too, until the client resets.
+    fn envelope_failed(&mut self, error: crate::upstream::UpstreamError, had_mail: bool, rcpts: Vec<PendingRcpt>) -> Flow {
+        let reply = self.upstream_failed(error);
+        let lost_mid_transaction = !had_mail && self.envelope.mail.is_some();
+        self.envelope = Envelope::default();
+        self.envelope.upstream_lost = lost_mid_transaction;
+        if had_mail {
+            self.reply(reply.clone());
+        }
+        for pending in rcpts {
+            match pending {
+                PendingRcpt::Local(local, _) => self.reply(local),
+                PendingRcpt::Relay(_) => self.reply(reply.clone()),
+            };
+        }
+        Flow::Continue
+    }
+}
+
+/// Checks MAIL against what was offered. `Err((reply, counts_as_error))`.
+fn check_mail(mail: &MailCommand, offered: &Capabilities) -> Result<(), (Reply, bool)> {
+    if let Some(keyword) = missing_extension(&mail.params, offered, Extension::for_mail_param) {
+        return Err((replies::unsupported_parameter(&keyword), true));
+    }
+    for (index, param) in mail.params.iter().enumerate() {
+        if mail.params[..index].iter().any(|earlier| earlier.keyword.eq_ignore_ascii_case(&param.keyword)) {
+            return Err((replies::syntax("duplicate parameter"), true));
+        }
+    }
+    for param in &mail.params {
+        let value = param.value.as_deref();
+        match param.keyword.to_ascii_uppercase().as_str() {
+            "SIZE" => {
+                let size: u64 = value.and_then(|v| v.parse().ok()).ok_or((replies::syntax("invalid SIZE value"), true))?;
+                if offered.size_limit.is_some_and(|limit| size > limit) {
+                    return Err((replies::message_too_big(), false));
+                }
+            }
+            "BODY" if !value.is_some_and(|v| v.eq_ignore_ascii_case("7BIT") || v.eq_ignore_ascii_case("8BITMIME")) => {
+                return Err((replies::syntax("BODY must be 7BIT or 8BITMIME"), true));
+            }
+            "SMTPUTF8" if value.is_some() => return Err((replies::syntax("SMTPUTF8 takes no value"), true)),
+            "RET" if !value.is_some_and(|v| v.eq_ignore_ascii_case("FULL") || v.eq_ignore_ascii_case("HDRS")) => {
+                return Err((replies::syntax("RET must be FULL or HDRS"), true));
+            }
+            "ENVID" if value.is_none() => return Err((replies::syntax("ENVID needs a value"), true)),
+            _ => {}
+        }
+    }
+    let smtputf8 = mail.params.iter().any(|p| p.is("SMTPUTF8"));
+    if mail.reverse_path.is_utf8() && !smtputf8 {
+        return Err((replies::utf8_needs_smtputf8(), false));
+    }
+    Ok(())
+}
+
+/// The first parameter whose extension is not in `capabilities`.
+fn missing_extension(params: &[Param], capabilities: &Capabilities, extension_of: fn(&str) -> Option<Extension>) -> Option<String> {
+    params
+        .iter()
+        .find(|param| !extension_of(&param.keyword).is_some_and(|extension| capabilities.has(extension)))
+        .map(|param| param.keyword.clone())
+}
+
+fn render_params(params: &[Param]) -> String {
+    params.iter().map(|param| format!(" {param}")).collect()
+}

@@ -1,0 +1,13 @@
+//! The SMTP protocol as data: command parsing, replies, line splitting and the DATA
+//! transparency rules. Nothing here does I/O or makes policy decisions; the session
+//! and upstream modules drive these pieces over sockets.
+
+pub mod capabilities;
+pub mod command;
+pub mod data;
+pub mod line;
+pub mod reply;
+pub mod xtext;
+
+pub use command::{Command, CommandError, MailCommand, Param, Path, RcptCommand};
+pub use reply::{EnhancedCode, Reply};

@@ -1,0 +1,263 @@
+//! The client side of the relay: one SMTP session to the upstream MTA.
+//!
+//! [`UpstreamSession::open`] connects, sends a PROXY header if configured, reads the
+//! greeting, sends EHLO (HELO if EHLO is refused) and XCLIENT if configured. After
+//! that the session forwards commands and message data and returns the upstream's
+//! replies untouched. Every wait has its RFC 5321 §4.5.3.2 timeout, and every failure
+//! is an [`UpstreamError`] that knows its SMTP consequence for the client. This module
+//! never decides policy; the session does.
+
+pub mod capability_cache;
+pub mod client_address;
+
+use std::{io, time::Duration};
+
+use tokio::{net::TcpStream, time::Instant};
+
+use crate::{
+    config::{ClientAddressMode, UpstreamConfig},
+    connection::{Connection, ReadError},
+    smtp::{
+        EnhancedCode, Reply,
+        capabilities::Capabilities,
+        line::NextLine,
+        reply::{ReplyError, ReplyParser},
+    },
+};
+pub use client_address::ClientInfo;
+
+/// The longest reply line we read from an upstream (RFC 5321 says 512; be generous).
+const REPLY_LINE_LIMIT: usize = 4096;
+
+/// The step of the upstream session that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// TCP connect (and the PROXY header).
+    Connect,
+    /// Waiting for the 220 greeting.
+    Greeting,
+    /// EHLO or HELO.
+    Ehlo,
+    /// XCLIENT and the greeting that follows it.
+    Xclient,
+    /// An envelope or session command (MAIL, RCPT, RSET, VRFY, EXPN, DATA).
+    Command,
+    /// Sending message data.
+    Data,
+    /// Waiting for the reply to the final dot.
+    DataEnd,
+}
+
+/// Why the upstream session cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// TCP connect or name resolution failed.
+    #[error("cannot connect to the upstream: {0}")]
+    Connect(io::Error),
+    /// No answer in time.
+    #[error("upstream timed out at {0:?}")]
+    Timeout(Stage),
+    /// The upstream closed the connection.
+    #[error("upstream closed the connection at {0:?}")]
+    Closed(Stage),
+    /// A socket error.
+    #[error("upstream I/O error at {0:?}: {1}")]
+    Io(Stage, io::Error),
+    /// The upstream's reply could not be parsed.
+    #[error("upstream sent a malformed reply at {0:?}: {1}")]
+    Protocol(Stage, ReplyError),
+    /// The upstream refused the session before any transaction (greeting, EHLO, XCLIENT).
+    #[error("upstream refused the session at {0:?}: {1}")]
+    Refused(Stage, Reply),
+    /// XCLIENT is configured but the upstream does not offer it to us.
+    #[error("upstream does not offer XCLIENT to this proxy (check smtpd_authorized_xclient_hosts)")]
+    XclientNotOffered,
+}
+
+impl UpstreamError {
+    /// What the client is told: always a transient failure, so nothing is lost.
+    pub fn reply(&self) -> Reply {
+        let text = match self {
+            UpstreamError::Timeout(_) => "Upstream server timed out, try again later",
+            UpstreamError::Closed(_) | UpstreamError::Io(..) => "Upstream connection lost, try again later",
+            _ => "Upstream server unavailable, try again later",
+        };
+        Reply::new(451, EnhancedCode::new(4, 4, 1), text)
+    }
+}
+
+fn read_error(stage: Stage, error: ReadError) -> UpstreamError {
+    match error {
+        ReadError::Closed => UpstreamError::Closed(stage),
+        ReadError::Timeout => UpstreamError::Timeout(stage),
+        ReadError::Io(error) => UpstreamError::Io(stage, error),
+    }
+}
+
+fn write_error(stage: Stage, error: io::Error) -> UpstreamError {
+    if error.kind() == io::ErrorKind::TimedOut {
+        UpstreamError::Timeout(stage)
+    } else {
+        UpstreamError::Io(stage, error)
+    }
+}
+
+/// An open SMTP session with the upstream, past greeting, EHLO and XCLIENT.
+#[derive(Debug)]
+pub struct UpstreamSession {
+    connection: Connection<TcpStream>,
+    capabilities: Capabilities,
+    config: UpstreamConfig,
+}
+
+impl UpstreamSession {
+    /// Connects to `address` and runs the handshake for `client`.
+    pub async fn open(
+        config: &UpstreamConfig,
+        address: &str,
+        hostname: &str,
+        client: Option<&ClientInfo>,
+    ) -> Result<Self, UpstreamError> {
+        let timeouts = &config.timeouts;
+        let stream = tokio::time::timeout(timeouts.connect, TcpStream::connect(address))
+            .await
+            .map_err(|_| UpstreamError::Timeout(Stage::Connect))?
+            .map_err(UpstreamError::Connect)?;
+        stream.set_nodelay(true).map_err(UpstreamError::Connect)?;
+        let mut session = UpstreamSession {
+            connection: Connection::new(stream),
+            capabilities: Capabilities::default(),
+            config: config.clone(),
+        };
+        session.send_proxy_header(client).await?;
+        session.expect(Stage::Greeting, timeouts.greeting, 220).await?;
+        session.ehlo(hostname).await?;
+        if let (ClientAddressMode::Xclient, Some(client)) = (config.client_address, client) {
+            session.xclient(hostname, client).await?;
+        }
+        Ok(session)
+    }
+
+    /// The extensions this upstream session announced.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    /// The PROXY header, if configured; a session without a client (the capability
+    /// probe) sends the "unknown"/LOCAL form.
+    async fn send_proxy_header(&mut self, client: Option<&ClientInfo>) -> Result<(), UpstreamError> {
+        let header = match (self.config.client_address, client) {
+            (ClientAddressMode::ProxyV1, Some(client)) => client_address::proxy_v1_header(client),
+            (ClientAddressMode::ProxyV1, None) => client_address::PROXY_V1_UNKNOWN.to_vec(),
+            (ClientAddressMode::ProxyV2, Some(client)) => client_address::proxy_v2_header(client),
+            (ClientAddressMode::ProxyV2, None) => client_address::proxy_v2_local(),
+            (ClientAddressMode::None | ClientAddressMode::Xclient, _) => return Ok(()),
+        };
+        let deadline = Instant::now() + self.config.timeouts.connect;
+        self.connection
+            .write_all(&header, deadline)
+            .await
+            .map_err(|error| write_error(Stage::Connect, error))
+    }
+
+    async fn ehlo(&mut self, hostname: &str) -> Result<(), UpstreamError> {
+        let timeout = self.config.timeouts.command;
+        let reply = self.command(Stage::Ehlo, &format!("EHLO {hostname}"), timeout).await?;
+        if reply.is_positive() {
+            self.capabilities = Capabilities::from_ehlo(&reply);
+            return Ok(());
+        }
+        let reply = self.command(Stage::Ehlo, &format!("HELO {hostname}"), timeout).await?;
+        if !reply.is_positive() {
+            return Err(UpstreamError::Refused(Stage::Ehlo, reply));
+        }
+        self.capabilities = Capabilities::default();
+        Ok(())
+    }
+
+    /// XCLIENT, then the new greeting and a new EHLO, as XCLIENT_README requires.
+    async fn xclient(&mut self, hostname: &str, client: &ClientInfo) -> Result<(), UpstreamError> {
+        let command = client_address::xclient_command(client, &self.capabilities)
+            .ok_or(UpstreamError::XclientNotOffered)?;
+        let reply = self.command(Stage::Xclient, &command, self.config.timeouts.command).await?;
+        if reply.code() != 220 {
+            return Err(UpstreamError::Refused(Stage::Xclient, reply));
+        }
+        self.ehlo(hostname).await
+    }
+
+    async fn expect(&mut self, stage: Stage, timeout: Duration, code: u16) -> Result<Reply, UpstreamError> {
+        let reply = self.read_reply(stage, timeout).await?;
+        if reply.code() != code {
+            return Err(UpstreamError::Refused(stage, reply));
+        }
+        Ok(reply)
+    }
+
+    /// Sends one command line and returns the upstream's reply.
+    pub async fn command(&mut self, stage: Stage, line: &str, timeout: Duration) -> Result<Reply, UpstreamError> {
+        let mut replies = self.pipeline(stage, &[line.to_string()], timeout).await?;
+        Ok(replies.remove(0))
+    }
+
+    /// Sends several command lines in one write and reads one reply for each, in order
+    /// (RFC 2920; the caller only does this when the upstream offers PIPELINING).
+    pub async fn pipeline(&mut self, stage: Stage, lines: &[String], timeout: Duration) -> Result<Vec<Reply>, UpstreamError> {
+        for line in lines {
+            debug_assert!(!line.contains('\r') && !line.contains('\n'));
+            self.connection.queue(line.as_bytes());
+            self.connection.queue(b"\r\n");
+        }
+        let deadline = Instant::now() + timeout;
+        self.connection
+            .flush(deadline)
+            .await
+            .map_err(|error| write_error(stage, error))?;
+        let mut replies = Vec::with_capacity(lines.len());
+        for _ in lines {
+            replies.push(self.read_reply_until(stage, deadline).await?);
+        }
+        Ok(replies)
+    }
+
+    /// Writes already dot-stuffed message data.
+    pub async fn write_data(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
+        let deadline = Instant::now() + self.config.timeouts.data_block;
+        self.connection
+            .write_all(bytes, deadline)
+            .await
+            .map_err(|error| write_error(Stage::Data, error))
+    }
+
+    /// Reads the reply to the final dot.
+    pub async fn read_data_reply(&mut self) -> Result<Reply, UpstreamError> {
+        self.read_reply(Stage::DataEnd, self.config.timeouts.data_termination).await
+    }
+
+    async fn read_reply(&mut self, stage: Stage, timeout: Duration) -> Result<Reply, UpstreamError> {
+        self.read_reply_until(stage, Instant::now() + timeout).await
+    }
+
+    async fn read_reply_until(&mut self, stage: Stage, deadline: Instant) -> Result<Reply, UpstreamError> {
+        let mut parser = ReplyParser::default();
+        loop {
+            let line = match self.connection.read_line(REPLY_LINE_LIMIT, deadline).await {
+                Ok(NextLine::Line(line) | NextLine::BareLf(line)) => line,
+                Ok(NextLine::TooLong) => return Err(UpstreamError::Protocol(stage, ReplyError::Malformed)),
+                Err(error) => return Err(read_error(stage, error)),
+            };
+            match parser.push_line(&line) {
+                Ok(Some(reply)) => return Ok(reply),
+                Ok(None) => {}
+                Err(error) => return Err(UpstreamError::Protocol(stage, error)),
+            }
+        }
+    }
+
+    /// Ends the session politely: QUIT, a short wait for 221, close.
+    pub async fn quit(mut self) {
+        let timeout = self.config.timeouts.command.min(Duration::from_secs(10));
+        let _ = self.command(Stage::Command, "QUIT", timeout).await;
+        self.connection.shutdown().await;
+    }
+}
