@@ -298,7 +298,11 @@ impl RawConfig {
                 return Err(error(&key, raw.name.span().start, "must not be empty"));
             }
             if listeners.iter().any(|l| &l.name == raw.name.get_ref()) {
-                return Err(error(&key, raw.name.span().start, "another listener has this name"));
+                return Err(error(
+                    &key,
+                    raw.name.span().start,
+                    "another listener has this name",
+                ));
             }
             listeners.push(ListenerConfig {
                 name: raw.name.into_inner(),
@@ -311,16 +315,28 @@ impl RawConfig {
             (Some(address), None) => {
                 let (host, port) = address.get_ref().rsplit_once(':').unwrap_or(("", ""));
                 if host.is_empty() || port.parse::<u16>().is_err() {
-                    return Err(error("upstream.address", address.span().start, "expected host:port"));
+                    return Err(error(
+                        "upstream.address",
+                        address.span().start,
+                        "expected host:port",
+                    ));
                 }
                 UpstreamTarget::Address(address.into_inner())
             }
             (None, Some(folder)) => UpstreamTarget::Development(folder.into_inner()),
             (Some(address), Some(_)) => {
-                return Err(error("upstream.address", address.span().start, "set either address or development_folder, not both"));
+                return Err(error(
+                    "upstream.address",
+                    address.span().start,
+                    "set either address or development_folder, not both",
+                ));
             }
             (None, None) => {
-                return Err(error("upstream", upstream_span.start, "set address (a real MTA) or development_folder (the built-in development upstream)"));
+                return Err(error(
+                    "upstream",
+                    upstream_span.start,
+                    "set address (a real MTA) or development_folder (the built-in development upstream)",
+                ));
             }
         };
         Ok(Config {
@@ -337,10 +353,16 @@ impl RawConfig {
     }
 }
 
-fn at_least<'de, D: Deserializer<'de>>(deserializer: D, minimum: usize, why: &str) -> Result<usize, D::Error> {
+fn at_least<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    minimum: usize,
+    why: &str,
+) -> Result<usize, D::Error> {
     let value = usize::deserialize(deserializer)?;
     if value < minimum {
-        return Err(serde::de::Error::custom(format!("must be at least {minimum} ({why})")));
+        return Err(serde::de::Error::custom(format!(
+            "must be at least {minimum} ({why})"
+        )));
     }
     Ok(value)
 }
@@ -378,28 +400,86 @@ mod tests {
         assert_eq!(config.smtp.text_line_limit, 1000);
         assert_eq!(config.smtp.max_recipients, 100);
         assert_eq!(config.smtp.command_timeout, Duration::from_secs(300));
-        assert_eq!(config.upstream.timeouts.data_termination, Duration::from_secs(600));
-        assert_eq!(config.upstream.target, UpstreamTarget::Address("127.0.0.1:10025".into()));
-        assert_eq!(config.listeners[0].address, "127.0.0.1:2525".parse().unwrap());
+        assert_eq!(
+            config.upstream.timeouts.data_termination,
+            Duration::from_secs(600)
+        );
+        assert_eq!(
+            config.upstream.target,
+            UpstreamTarget::Address("127.0.0.1:10025".into())
+        );
+        assert_eq!(
+            config.listeners[0].address,
+            "127.0.0.1:2525".parse().unwrap()
+        );
     }
 
     #[test]
     fn errors_name_the_key_and_the_line() {
         let cases: &[(&str, &str, Option<usize>, &str)] = &[
-            (&MINIMAL.replace("127.0.0.1:2525", "nowhere"), "listener[0].address", Some(3), "invalid socket address"),
-            (&format!("{MINIMAL}\n[smtp]\ncommand_line_limit = 100\n"), "smtp.command_line_limit", Some(9), "at least 512"),
-            (&format!("{MINIMAL}\n[smtp]\ncommand_timeout = \"soon\"\n"), "smtp.command_timeout", Some(9), ""),
-            (&format!("{MINIMAL}\n[smtp]\nbare_line_endings = \"fix\"\n"), "smtp.bare_line_endings", Some(9), "unknown variant"),
-            (&format!("{MINIMAL}\n[smtp]\ncolour = 1\n"), "smtp.colour", Some(9), "unknown field"),
-            (&MINIMAL.replace("127.0.0.1:10025", "no-port"), "upstream.address", Some(6), "host:port"),
-            (&format!("{MINIMAL}development_folder = \"x\"\n"), "upstream.address", Some(6), "not both"),
-            (&format!("{MINIMAL}[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:1\"\n"), "listener[1].name", Some(8), "another listener"),
-            ("[upstream]\naddress = \"a:1\"\n", "listener", None, "at least one"),
+            (
+                &MINIMAL.replace("127.0.0.1:2525", "nowhere"),
+                "listener[0].address",
+                Some(3),
+                "invalid socket address",
+            ),
+            (
+                &format!("{MINIMAL}\n[smtp]\ncommand_line_limit = 100\n"),
+                "smtp.command_line_limit",
+                Some(9),
+                "at least 512",
+            ),
+            (
+                &format!("{MINIMAL}\n[smtp]\ncommand_timeout = \"soon\"\n"),
+                "smtp.command_timeout",
+                Some(9),
+                "",
+            ),
+            (
+                &format!("{MINIMAL}\n[smtp]\nbare_line_endings = \"fix\"\n"),
+                "smtp.bare_line_endings",
+                Some(9),
+                "unknown variant",
+            ),
+            (
+                &format!("{MINIMAL}\n[smtp]\ncolour = 1\n"),
+                "smtp.colour",
+                Some(9),
+                "unknown field",
+            ),
+            (
+                &MINIMAL.replace("127.0.0.1:10025", "no-port"),
+                "upstream.address",
+                Some(6),
+                "host:port",
+            ),
+            (
+                &format!("{MINIMAL}development_folder = \"x\"\n"),
+                "upstream.address",
+                Some(6),
+                "not both",
+            ),
+            (
+                &format!("{MINIMAL}[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:1\"\n"),
+                "listener[1].name",
+                Some(8),
+                "another listener",
+            ),
+            (
+                "[upstream]\naddress = \"a:1\"\n",
+                "listener",
+                None,
+                "at least one",
+            ),
             ("[[listener]\n", "(syntax)", Some(1), ""),
         ];
         for (text, key, line, message) in cases {
             let error = Config::parse(text).unwrap_err();
-            assert_eq!((error.key.as_str(), error.line), (*key, *line), "{text}\n{error}");
+            assert_eq!(
+                (error.key.as_str(), error.line),
+                (*key, *line),
+                "{text}\n{error}"
+            );
             assert!(error.message.contains(message), "{error}");
         }
     }
@@ -409,6 +489,9 @@ mod tests {
         let text = include_str!("../../config/portcullis.toml");
         let config = Config::parse(text).unwrap();
         assert_eq!(config.listeners[0].address.port(), 2525);
-        assert!(matches!(config.upstream.target, UpstreamTarget::Development(_)));
+        assert!(matches!(
+            config.upstream.target,
+            UpstreamTarget::Development(_)
+        ));
     }
 }

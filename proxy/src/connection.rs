@@ -65,7 +65,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// The next line, reading as needed; the whole line must arrive before `deadline`.
-    pub async fn read_line(&mut self, limit: usize, deadline: Instant) -> Result<NextLine, ReadError> {
+    pub async fn read_line(
+        &mut self,
+        limit: usize,
+        deadline: Instant,
+    ) -> Result<NextLine, ReadError> {
         loop {
             if let Some(line) = self.input.next_line(limit) {
                 return Ok(line);

@@ -33,10 +33,17 @@ const TIMEOUT: Duration = Duration::from_secs(300);
 const MAX_SIZE: u64 = 1 << 30;
 
 /// Starts the development upstream; returns the address it listens on.
-pub async fn start(folder: PathBuf, hostname: &str, stop: CancellationToken) -> anyhow::Result<SocketAddr> {
-    tokio::fs::create_dir_all(&folder)
-        .await
-        .with_context(|| format!("cannot create the development upstream's folder {}", folder.display()))?;
+pub async fn start(
+    folder: PathBuf,
+    hostname: &str,
+    stop: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    tokio::fs::create_dir_all(&folder).await.with_context(|| {
+        format!(
+            "cannot create the development upstream's folder {}",
+            folder.display()
+        )
+    })?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     info!(%address, folder = %folder.display(), "development upstream started (for trying out only: it writes every message to the folder)");
@@ -68,7 +75,10 @@ fn ok(text: &str) -> Reply {
 
 async fn serve(stream: TcpStream, folder: &Path, hostname: &str) -> anyhow::Result<()> {
     let mut connection = Connection::new(stream);
-    connection.queue_reply(&Reply::plain(220, format!("{hostname} development upstream")));
+    connection.queue_reply(&Reply::plain(
+        220,
+        format!("{hostname} development upstream"),
+    ));
     let mut sender: Option<String> = None;
     let mut recipients: Vec<String> = Vec::new();
     loop {
@@ -86,9 +96,17 @@ async fn serve(stream: TcpStream, folder: &Path, hostname: &str) -> anyhow::Resu
         let reply = match crate::smtp::command::parse(&line) {
             Ok(Command::Ehlo(_)) => Reply::multiline(
                 250,
-                ["development upstream", "PIPELINING", "SIZE 1073741824", "8BITMIME", "SMTPUTF8", "DSN", "ENHANCEDSTATUSCODES"]
-                    .map(String::from)
-                    .to_vec(),
+                [
+                    "development upstream",
+                    "PIPELINING",
+                    "SIZE 1073741824",
+                    "8BITMIME",
+                    "SMTPUTF8",
+                    "DSN",
+                    "ENHANCEDSTATUSCODES",
+                ]
+                .map(String::from)
+                .to_vec(),
             ),
             Ok(Command::Helo(_)) => Reply::plain(250, "development upstream"),
             Ok(Command::Mail(mail)) => {
@@ -104,10 +122,19 @@ async fn serve(stream: TcpStream, folder: &Path, hostname: &str) -> anyhow::Resu
                 connection.queue_reply(&Reply::plain(354, "End data with <CR><LF>.<CR><LF>"));
                 connection.flush(Instant::now() + TIMEOUT).await?;
                 let message = read_message(&mut connection).await?;
-                let path = write_message(folder, sender.take().unwrap_or_default(), &recipients, &message).await?;
+                let path = write_message(
+                    folder,
+                    sender.take().unwrap_or_default(),
+                    &recipients,
+                    &message,
+                )
+                .await?;
                 recipients.clear();
                 info!(file = %path.display(), "development upstream stored a message");
-                ok(&format!("Stored as {}", path.file_name().unwrap_or_default().to_string_lossy()))
+                ok(&format!(
+                    "Stored as {}",
+                    path.file_name().unwrap_or_default().to_string_lossy()
+                ))
             }
             Ok(Command::Data) => Reply::new(503, EnhancedCode::new(5, 5, 1), "Need MAIL and RCPT"),
             Ok(Command::Rset) => {
@@ -120,7 +147,9 @@ async fn serve(stream: TcpStream, folder: &Path, hostname: &str) -> anyhow::Resu
                 connection.flush(Instant::now() + TIMEOUT).await?;
                 return Ok(());
             }
-            Ok(Command::Vrfy(_)) => Reply::new(252, EnhancedCode::new(2, 5, 0), "Will attempt delivery"),
+            Ok(Command::Vrfy(_)) => {
+                Reply::new(252, EnhancedCode::new(2, 5, 0), "Will attempt delivery")
+            }
             Ok(_) => ok("Ok"),
             Err(_) => Reply::new(500, EnhancedCode::new(5, 5, 2), "Command unrecognized"),
         };
@@ -137,17 +166,34 @@ async fn read_message(connection: &mut Connection<TcpStream>) -> anyhow::Result<
         if feed.finished {
             return Ok(message);
         }
-        connection.fill(LARGE_READ, Instant::now() + TIMEOUT).await?;
+        connection
+            .fill(LARGE_READ, Instant::now() + TIMEOUT)
+            .await?;
     }
 }
 
 /// Writes the message with its envelope as `Return-Path` and `X-Envelope-To` fields,
 /// to a temporary name first so a reader never sees half a file.
-async fn write_message(folder: &Path, sender: String, recipients: &[String], message: &[u8]) -> anyhow::Result<PathBuf> {
+async fn write_message(
+    folder: &Path,
+    sender: String,
+    recipients: &[String],
+    message: &[u8],
+) -> anyhow::Result<PathBuf> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_micros();
-    let name = format!("{stamp}-{}-{}.eml", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
-    let mut file = format!("Return-Path: {sender}\r\nX-Envelope-To: {}\r\n", recipients.join(", ")).into_bytes();
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_micros();
+    let name = format!(
+        "{stamp}-{}-{}.eml",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut file = format!(
+        "Return-Path: {sender}\r\nX-Envelope-To: {}\r\n",
+        recipients.join(", ")
+    )
+    .into_bytes();
     file.extend_from_slice(message);
     let temporary = folder.join(format!(".{name}.tmp"));
     let path = folder.join(name);

@@ -28,15 +28,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let signals = Shutdown::default();
     let upstream_address = match &config.upstream.target {
         UpstreamTarget::Address(address) => address.clone(),
-        UpstreamTarget::Development(folder) => devupstream::start(folder.clone(), &config.server.hostname, signals.abort.clone())
-            .await?
-            .to_string(),
+        UpstreamTarget::Development(folder) => devupstream::start(
+            folder.clone(),
+            &config.server.hostname,
+            signals.abort.clone(),
+        )
+        .await?
+        .to_string(),
     };
     let mut listeners = Vec::new();
     for listener in &config.listeners {
-        let socket = TcpListener::bind(listener.address)
-            .await
-            .with_context(|| format!("cannot listen on {} (listener {})", listener.address, listener.name))?;
+        let socket = TcpListener::bind(listener.address).await.with_context(|| {
+            format!(
+                "cannot listen on {} (listener {})",
+                listener.address, listener.name
+            )
+        })?;
         info!(listener = %listener.name, address = %socket.local_addr()?, "listening");
         listeners.push((listener.name.clone(), socket));
     }
@@ -50,13 +57,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.server.max_connections));
     for (name, socket) in listeners {
-        tracker.spawn(accept_loop(name, socket, context.clone(), permits.clone(), tracker.clone()));
+        tracker.spawn(accept_loop(
+            name,
+            socket,
+            context.clone(),
+            permits.clone(),
+            tracker.clone(),
+        ));
     }
     shutdown.await;
     info!(drain_timeout = ?config.server.drain_timeout, "shutting down: no new connections, draining transactions");
     signals.stopping.cancel();
     tracker.close();
-    if tokio::time::timeout(config.server.drain_timeout, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(config.server.drain_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
         warn!("drain time over; closing remaining sessions");
         signals.abort.cancel();
         tracker.wait().await;
@@ -66,7 +82,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     Ok(())
 }
 
-async fn accept_loop(name: String, socket: TcpListener, context: Arc<SessionContext>, permits: Arc<Semaphore>, tracker: TaskTracker) {
+async fn accept_loop(
+    name: String,
+    socket: TcpListener,
+    context: Arc<SessionContext>,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+) {
     loop {
         let accepted = tokio::select! {
             _ = context.shutdown.stopping.cancelled() => return,
@@ -86,7 +108,9 @@ async fn accept_loop(name: String, socket: TcpListener, context: Arc<SessionCont
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let Ok(local_address) = stream.local_addr() else { continue };
+        let Ok(local_address) = stream.local_addr() else {
+            continue;
+        };
         let peer = Peer::new(address, local_address);
         let session = Session::new(context.clone(), stream, peer);
         tracker.spawn(async move {
@@ -110,8 +134,18 @@ async fn refresh_capabilities(context: Arc<SessionContext>) {
     let interval = config.upstream.capabilities_refresh;
     loop {
         if context.capabilities.is_stale(interval) {
-            match context.capabilities.probe(&config.upstream, &context.upstream_address, &config.server.hostname).await {
-                Ok(capabilities) => info!(extensions = ?capabilities.ehlo_lines(), "learned the upstream's extensions"),
+            match context
+                .capabilities
+                .probe(
+                    &config.upstream,
+                    &context.upstream_address,
+                    &config.server.hostname,
+                )
+                .await
+            {
+                Ok(capabilities) => {
+                    info!(extensions = ?capabilities.ehlo_lines(), "learned the upstream's extensions")
+                }
                 Err(error) => warn!(%error, "upstream capability probe failed"),
             }
         }

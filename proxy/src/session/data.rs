@@ -69,9 +69,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Streams the message and answers the final dot.
     async fn relay_message(&mut self) -> Flow {
         let smtp = &self.context.config.smtp;
-        let mut reader = DataReader::new(smtp.bare_line_endings, smtp.text_line_limit, smtp.max_message_size);
+        let mut reader = DataReader::new(
+            smtp.bare_line_endings,
+            smtp.text_line_limit,
+            smtp.max_message_size,
+        );
         let mut stuffer = DotStuffer::default();
-        let (mut content, mut wire) = (Vec::new(), Vec::with_capacity(UPSTREAM_WRITE_SIZE + LARGE_READ));
+        let (mut content, mut wire) = (
+            Vec::new(),
+            Vec::with_capacity(UPSTREAM_WRITE_SIZE + LARGE_READ),
+        );
         let mut upstream_error: Option<UpstreamError> = None;
         let phase_deadline = Instant::now() + smtp.data_timeout;
         let end = loop {
@@ -104,7 +111,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
                 return Flow::Close;
             }
-            ClientEnd::Finished => self.finish_message(reader.violation(), stuffer, wire, upstream_error).await,
+            ClientEnd::Finished => {
+                self.finish_message(reader.violation(), stuffer, wire, upstream_error)
+                    .await
+            }
         };
         self.log_message(reader.size(), &reply);
         self.envelope = Default::default();
@@ -129,7 +139,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    async fn write_upstream(&mut self, wire: &mut Vec<u8>, upstream_error: &mut Option<UpstreamError>) {
+    async fn write_upstream(
+        &mut self,
+        wire: &mut Vec<u8>,
+        upstream_error: &mut Option<UpstreamError>,
+    ) {
         if let Some(upstream) = self.upstream.as_mut()
             && let Err(error) = upstream.write_data(wire).await
         {
@@ -181,8 +195,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// The one summary line per message.
     fn log_message(&self, size: u64, reply: &Reply) {
-        let from = self.envelope.mail.as_ref().map(|mail| mail.reverse_path.raw().to_string()).unwrap_or_default();
-        let duration_ms = self.envelope.started.map_or(0, |started| started.elapsed().as_millis() as u64);
+        let from = self
+            .envelope
+            .mail
+            .as_ref()
+            .map(|mail| mail.reverse_path.raw().to_string())
+            .unwrap_or_default();
+        let duration_ms = self
+            .envelope
+            .started
+            .map_or(0, |started| started.elapsed().as_millis() as u64);
         info!(
             from = %from,
             recipients = self.envelope.recipients.len(),

@@ -72,7 +72,10 @@ fn next_session_id() -> String {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as u32)
     });
-    format!("{prefix:08x}{:06x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix:08x}{:06x}",
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// One client connection.
@@ -149,7 +152,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let hostname = &self.context.config.server.hostname;
         let shutdown = &self.context.shutdown;
         // Idle sessions close at the start of a shutdown; transactions may finish.
-        let stop = if self.envelope.in_transaction() { &shutdown.abort } else { &shutdown.stopping };
+        let stop = if self.envelope.in_transaction() {
+            &shutdown.abort
+        } else {
+            &shutdown.stopping
+        };
         let deadline = Instant::now() + self.context.config.smtp.command_timeout;
         tokio::select! {
             biased;
@@ -173,7 +180,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         match command::parse(&line) {
             Ok(command) => self.handle_command(command).await,
-            Err(CommandError::Unrecognized | CommandError::NotUtf8) => self.error(replies::unrecognized()),
+            Err(CommandError::Unrecognized | CommandError::NotUtf8) => {
+                self.error(replies::unrecognized())
+            }
             Err(CommandError::Syntax(detail)) => self.error(replies::syntax(detail)),
         }
     }
@@ -195,8 +204,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.reply(replies::bye());
                 Flow::Close
             }
-            Command::Vrfy(argument) => self.verify("VRFY", &argument, self.context.config.smtp.vrfy).await,
-            Command::Expn(argument) => self.verify("EXPN", &argument, self.context.config.smtp.expn).await,
+            Command::Vrfy(argument) => {
+                self.verify("VRFY", &argument, self.context.config.smtp.vrfy)
+                    .await
+            }
+            Command::Expn(argument) => {
+                self.verify("EXPN", &argument, self.context.config.smtp.expn)
+                    .await
+            }
             Command::StartTls => self.error(replies::not_offered("STARTTLS")),
             Command::Auth(_) => self.error(replies::not_offered("AUTH")),
             Command::NotImplemented(verb) => self.error(replies::not_implemented(verb)),
@@ -213,7 +228,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.offered = Capabilities::default();
             return self.reply(Reply::plain(250, format!("{hostname} Hello {name}")));
         }
-        self.offered = self.upstream_capabilities().await.offer(self.context.config.smtp.max_message_size);
+        self.offered = self
+            .upstream_capabilities()
+            .await
+            .offer(self.context.config.smtp.max_message_size);
         let mut lines = vec![format!("{hostname} Hello {name}")];
         lines.extend(self.offered.ehlo_lines());
         self.reply(Reply::multiline(250, lines))
@@ -229,7 +247,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return capabilities;
         }
         let config = &self.context.config;
-        match cache.probe(&config.upstream, &self.context.upstream_address, &config.server.hostname).await {
+        match cache
+            .probe(
+                &config.upstream,
+                &self.context.upstream_address,
+                &config.server.hostname,
+            )
+            .await
+        {
             Ok(capabilities) => capabilities,
             Err(error) => {
                 warn!(%error, "cannot learn the upstream's extensions; offering none");
@@ -324,7 +349,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.errors += 1;
         if self.errors >= self.context.config.smtp.max_errors {
             info!(errors = self.errors, "too many errors");
-            self.reply(replies::too_many_errors(&self.context.config.server.hostname));
+            self.reply(replies::too_many_errors(
+                &self.context.config.server.hostname,
+            ));
             return Flow::Close;
         }
         Flow::Continue

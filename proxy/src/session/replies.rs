@@ -24,12 +24,20 @@ pub fn bye() -> Reply {
 
 /// 214 for HELP.
 pub fn help() -> Reply {
-    Reply::new(214, code(2, 0, 0), "See RFC 5321; commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN")
+    Reply::new(
+        214,
+        code(2, 0, 0),
+        "See RFC 5321; commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN",
+    )
 }
 
 /// 252 for VRFY when it is not relayed.
 pub fn cannot_verify() -> Reply {
-    Reply::new(252, code(2, 5, 0), "Cannot VRFY user, but will accept message and attempt delivery")
+    Reply::new(
+        252,
+        code(2, 5, 0),
+        "Cannot VRFY user, but will accept message and attempt delivery",
+    )
 }
 
 /// 502 for EXPN when it is not relayed.
@@ -54,7 +62,11 @@ pub fn syntax(detail: impl std::fmt::Display) -> Reply {
 
 /// 501 for a command line ended by a bare LF.
 pub fn bare_lf_command() -> Reply {
-    Reply::new(501, code(5, 5, 2), "Syntax error: command lines must end with CRLF")
+    Reply::new(
+        501,
+        code(5, 5, 2),
+        "Syntax error: command lines must end with CRLF",
+    )
 }
 
 /// 502 for verbs we do not implement.
@@ -64,22 +76,38 @@ pub fn not_implemented(verb: &str) -> Reply {
 
 /// 503 for a command out of sequence.
 pub fn bad_sequence(detail: &str) -> Reply {
-    Reply::new(503, code(5, 5, 1), format!("Bad sequence of commands: {detail}"))
+    Reply::new(
+        503,
+        code(5, 5, 1),
+        format!("Bad sequence of commands: {detail}"),
+    )
 }
 
 /// 555 for a MAIL/RCPT parameter of an extension not offered.
 pub fn unsupported_parameter(keyword: &str) -> Reply {
-    Reply::new(555, code(5, 5, 4), format!("Unsupported parameter {keyword}"))
+    Reply::new(
+        555,
+        code(5, 5, 4),
+        format!("Unsupported parameter {keyword}"),
+    )
 }
 
 /// 552 when SIZE or the message exceeds the limit.
 pub fn message_too_big() -> Reply {
-    Reply::new(552, code(5, 3, 4), "Message size exceeds fixed maximum message size")
+    Reply::new(
+        552,
+        code(5, 3, 4),
+        "Message size exceeds fixed maximum message size",
+    )
 }
 
 /// 553 for a UTF-8 address without SMTPUTF8.
 pub fn utf8_needs_smtputf8() -> Reply {
-    Reply::new(553, code(5, 6, 7), "Non-ASCII address requires the SMTPUTF8 parameter")
+    Reply::new(
+        553,
+        code(5, 6, 7),
+        "Non-ASCII address requires the SMTPUTF8 parameter",
+    )
 }
 
 /// 452 past the recipient limit.
@@ -94,17 +122,29 @@ pub fn no_valid_recipients() -> Reply {
 
 /// 451 when the upstream changed its extensions since we offered them.
 pub fn extension_gone(keyword: &str) -> Reply {
-    Reply::new(451, code(4, 3, 0), format!("Parameter {keyword} cannot be relayed right now, try again later"))
+    Reply::new(
+        451,
+        code(4, 3, 0),
+        format!("Parameter {keyword} cannot be relayed right now, try again later"),
+    )
 }
 
 /// 451 for RCPT/DATA after the upstream was lost in this transaction.
 pub fn upstream_lost() -> Reply {
-    Reply::new(451, code(4, 4, 1), "Upstream connection lost, send RSET and try again")
+    Reply::new(
+        451,
+        code(4, 4, 1),
+        "Upstream connection lost, send RSET and try again",
+    )
 }
 
 /// 550 for a message with bare CR or LF (policy `reject`).
 pub fn bare_line_ending() -> Reply {
-    Reply::new(550, code(5, 6, 0), "Message contains bare CR or LF; lines must end with CRLF")
+    Reply::new(
+        550,
+        code(5, 6, 0),
+        "Message contains bare CR or LF; lines must end with CRLF",
+    )
 }
 
 /// 500 for a message line over the text line limit.
@@ -114,25 +154,45 @@ pub fn message_line_too_long() -> Reply {
 
 /// 421 when the client sent too many bad commands.
 pub fn too_many_errors(hostname: &str) -> Reply {
-    Reply::new(421, code(4, 7, 0), format!("{hostname} Too many errors, closing connection"))
+    Reply::new(
+        421,
+        code(4, 7, 0),
+        format!("{hostname} Too many errors, closing connection"),
+    )
 }
 
 /// 421 when the client is idle or slow past the timeout.
 pub fn timeout(hostname: &str) -> Reply {
-    Reply::new(421, code(4, 4, 2), format!("{hostname} Timeout exceeded, closing connection"))
+    Reply::new(
+        421,
+        code(4, 4, 2),
+        format!("{hostname} Timeout exceeded, closing connection"),
+    )
 }
 
 /// 421 during shutdown.
 pub fn shutting_down(hostname: &str) -> Reply {
-    Reply::new(421, code(4, 3, 2), format!("{hostname} Service shutting down, try again later"))
+    Reply::new(
+        421,
+        code(4, 3, 2),
+        format!("{hostname} Service shutting down, try again later"),
+    )
 }
 
 /// 421 when the connection limit is reached.
 pub fn too_many_connections(hostname: &str) -> Reply {
-    Reply::new(421, code(4, 7, 0), format!("{hostname} Too many connections, try again later"))
+    Reply::new(
+        421,
+        code(4, 7, 0),
+        format!("{hostname} Too many connections, try again later"),
+    )
 }
 
 /// 502 for STARTTLS and AUTH, which this listener does not offer.
 pub fn not_offered(verb: &str) -> Reply {
-    Reply::new(502, code(5, 5, 1), format!("{verb} is not offered on this listener"))
+    Reply::new(
+        502,
+        code(5, 5, 1),
+        format!("{verb} is not offered on this listener"),
+    )
 }

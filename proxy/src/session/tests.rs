@@ -23,7 +23,10 @@ fn context(extra: &str) -> Arc<SessionContext> {
 /// Starts a session and returns the client's end of the stream.
 fn start(context: Arc<SessionContext>) -> DuplexStream {
     let (client, server) = duplex(64 * 1024);
-    let peer = Peer::new("192.0.2.1:4000".parse().unwrap(), "127.0.0.1:25".parse().unwrap());
+    let peer = Peer::new(
+        "192.0.2.1:4000".parse().unwrap(),
+        "127.0.0.1:25".parse().unwrap(),
+    );
     tokio::spawn(Session::new(context, server, peer).run());
     client
 }
@@ -33,14 +36,25 @@ async fn converse(client: &mut DuplexStream, input: &[u8], replies: usize) -> Ve
     client.write_all(input).await.unwrap();
     let mut text = String::new();
     let mut buffer = [0u8; 4096];
-    while text.lines().filter(|l| l.as_bytes().get(3) == Some(&b' ')).count() < replies {
-        let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buffer)).await.expect("reply in time").unwrap();
+    while text
+        .lines()
+        .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+        .count()
+        < replies
+    {
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buffer))
+            .await
+            .expect("reply in time")
+            .unwrap();
         if read == 0 {
             break;
         }
         text.push_str(&String::from_utf8_lossy(&buffer[..read]));
     }
-    text.lines().filter(|l| l.as_bytes().get(3) == Some(&b' ')).map(|l| l[..3].to_string()).collect()
+    text.lines()
+        .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+        .map(|l| l[..3].to_string())
+        .collect()
 }
 
 #[tokio::test]
@@ -60,7 +74,12 @@ async fn local_verbs_get_their_codes() {
         (b"MAIL FROM:<a@b.c>\r\n", "503"),
     ];
     for (command, code) in cases {
-        assert_eq!(converse(&mut client, command, 1).await, [*code], "{}", String::from_utf8_lossy(command));
+        assert_eq!(
+            converse(&mut client, command, 1).await,
+            [*code],
+            "{}",
+            String::from_utf8_lossy(command)
+        );
     }
     assert_eq!(converse(&mut client, b"QUIT\r\n", 1).await, ["221"]);
 }
@@ -82,7 +101,12 @@ async fn syntax_sequence_and_length_errors() {
         (b"RSET\r\n", "250"),
     ];
     for (command, code) in cases {
-        assert_eq!(converse(&mut client, command, 1).await, [*code], "{}", String::from_utf8_lossy(command));
+        assert_eq!(
+            converse(&mut client, command, 1).await,
+            [*code],
+            "{}",
+            String::from_utf8_lossy(command)
+        );
     }
 }
 
@@ -90,9 +114,17 @@ async fn syntax_sequence_and_length_errors() {
 async fn unreachable_upstream_gives_451_to_mail() {
     let mut client = start(context(""));
     converse(&mut client, b"", 1).await;
-    assert_eq!(converse(&mut client, b"EHLO c.example\r\n", 1).await, ["250"]);
     assert_eq!(
-        converse(&mut client, b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n", 3).await,
+        converse(&mut client, b"EHLO c.example\r\n", 1).await,
+        ["250"]
+    );
+    assert_eq!(
+        converse(
+            &mut client,
+            b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n",
+            3
+        )
+        .await,
         ["451", "503", "503"]
     );
 }
@@ -101,7 +133,10 @@ async fn unreachable_upstream_gives_451_to_mail() {
 async fn too_many_errors_disconnects() {
     let mut client = start(context("[smtp]\nmax_errors = 3\n"));
     converse(&mut client, b"", 1).await;
-    assert_eq!(converse(&mut client, b"A\r\nB\r\nC\r\nD\r\n", 10).await, ["500", "500", "500", "421"]);
+    assert_eq!(
+        converse(&mut client, b"A\r\nB\r\nC\r\nD\r\n", 10).await,
+        ["500", "500", "500", "421"]
+    );
 }
 
 #[tokio::test]
@@ -116,7 +151,9 @@ async fn a_trickling_client_is_cut_off() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         let mut buffer = [0u8; 256];
-        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), client.read(&mut buffer)).await {
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(1), client.read(&mut buffer)).await
+        {
             reply.push_str(&String::from_utf8_lossy(&buffer[..n]));
             if n == 0 || reply.contains("421") {
                 break;

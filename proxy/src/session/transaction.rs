@@ -32,7 +32,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return self.error(replies::bad_sequence("nested MAIL command"));
         }
         if let Err((reply, counts)) = check_mail(&mail, &self.offered) {
-            return if counts { self.error(reply) } else { self.reply(reply) };
+            return if counts {
+                self.error(reply)
+            } else {
+                self.reply(reply)
+            };
         }
         let upstream = match self.upstream_session().await {
             Ok(upstream) => upstream,
@@ -41,7 +45,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return self.reply(reply);
             }
         };
-        if let Some(keyword) = missing_extension(&mail.params, upstream.capabilities(), Extension::for_mail_param) {
+        if let Some(keyword) = missing_extension(
+            &mail.params,
+            upstream.capabilities(),
+            Extension::for_mail_param,
+        ) {
             return self.reply(replies::extension_gone(&keyword));
         }
         let pipelined = if upstream.capabilities().has(Extension::Pipelining) {
@@ -69,8 +77,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let limit = self.context.config.smtp.command_line_limit;
         let mut taken = Vec::new();
         while taken.len() < self.context.config.smtp.max_recipients {
-            let Some(line) = self.downstream.input.peek_line(limit) else { break };
-            let is_rcpt = line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"RCPT") && line.get(4).is_none_or(|&b| b == b' ');
+            let Some(line) = self.downstream.input.peek_line(limit) else {
+                break;
+            };
+            let is_rcpt = line.len() >= 4
+                && line[..4].eq_ignore_ascii_case(b"RCPT")
+                && line.get(4).is_none_or(|&b| b == b' ');
             if !is_rcpt {
                 break;
             }
@@ -80,7 +92,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Err(error) => Err(error),
             };
             self.downstream.input.skip_peeked_line();
-            let relayed_before = taken.iter().filter(|p| matches!(p, PendingRcpt::Relay(_))).count();
+            let relayed_before = taken
+                .iter()
+                .filter(|p| matches!(p, PendingRcpt::Relay(_)))
+                .count();
             taken.push(self.check_rcpt(parsed, relayed_before));
         }
         taken
@@ -90,10 +105,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     fn check_rcpt(&self, parsed: Result<RcptCommand, CommandError>, pending: usize) -> PendingRcpt {
         let rcpt = match parsed {
             Ok(rcpt) => rcpt,
-            Err(CommandError::Syntax(detail)) => return PendingRcpt::Local(replies::syntax(detail), true),
+            Err(CommandError::Syntax(detail)) => {
+                return PendingRcpt::Local(replies::syntax(detail), true);
+            }
             Err(_) => return PendingRcpt::Local(replies::unrecognized(), true),
         };
-        if let Some(keyword) = missing_extension(&rcpt.params, &self.offered, Extension::for_rcpt_param) {
+        if let Some(keyword) =
+            missing_extension(&rcpt.params, &self.offered, Extension::for_rcpt_param)
+        {
             return PendingRcpt::Local(replies::unsupported_parameter(&keyword), true);
         }
         if rcpt.forward_path.is_utf8() && !self.envelope.smtputf8() {
@@ -110,10 +129,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn relay_envelope(&mut self, mail: Option<MailCommand>, rcpts: Vec<PendingRcpt>) -> Flow {
         let mut lines: Vec<String> = mail
             .iter()
-            .map(|mail| format!("MAIL FROM:{}{}", mail.reverse_path, render_params(&mail.params)))
+            .map(|mail| {
+                format!(
+                    "MAIL FROM:{}{}",
+                    mail.reverse_path,
+                    render_params(&mail.params)
+                )
+            })
             .collect();
         lines.extend(rcpts.iter().filter_map(|pending| match pending {
-            PendingRcpt::Relay(rcpt) => Some(format!("RCPT TO:{}{}", rcpt.forward_path, render_params(&rcpt.params))),
+            PendingRcpt::Relay(rcpt) => Some(format!(
+                "RCPT TO:{}{}",
+                rcpt.forward_path,
+                render_params(&rcpt.params)
+            )),
             PendingRcpt::Local(..) => None,
         }));
         let timeout = self.context.config.upstream.timeouts.command;
@@ -164,7 +193,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// The upstream failed during MAIL/RCPT: every relayed command in the batch gets
     /// the failure reply. If MAIL had been accepted earlier, later RCPT and DATA get 451
     /// too, until the client resets.
-    fn envelope_failed(&mut self, error: crate::upstream::UpstreamError, had_mail: bool, rcpts: Vec<PendingRcpt>) -> Flow {
+    fn envelope_failed(
+        &mut self,
+        error: crate::upstream::UpstreamError,
+        had_mail: bool,
+        rcpts: Vec<PendingRcpt>,
+    ) -> Flow {
         let reply = self.upstream_failed(error);
         let lost_mid_transaction = !had_mail && self.envelope.mail.is_some();
         self.envelope = Envelope::default();
@@ -188,7 +222,10 @@ fn check_mail(mail: &MailCommand, offered: &Capabilities) -> Result<(), (Reply, 
         return Err((replies::unsupported_parameter(&keyword), true));
     }
     for (index, param) in mail.params.iter().enumerate() {
-        if mail.params[..index].iter().any(|earlier| earlier.keyword.eq_ignore_ascii_case(&param.keyword)) {
+        if mail.params[..index]
+            .iter()
+            .any(|earlier| earlier.keyword.eq_ignore_ascii_case(&param.keyword))
+        {
             return Err((replies::syntax("duplicate parameter"), true));
         }
     }
@@ -196,19 +233,33 @@ fn check_mail(mail: &MailCommand, offered: &Capabilities) -> Result<(), (Reply, 
         let value = param.value.as_deref();
         match param.keyword.to_ascii_uppercase().as_str() {
             "SIZE" => {
-                let size: u64 = value.and_then(|v| v.parse().ok()).ok_or((replies::syntax("invalid SIZE value"), true))?;
+                let size: u64 = value
+                    .and_then(|v| v.parse().ok())
+                    .ok_or((replies::syntax("invalid SIZE value"), true))?;
                 if offered.size_limit.is_some_and(|limit| size > limit) {
                     return Err((replies::message_too_big(), false));
                 }
             }
-            "BODY" if !value.is_some_and(|v| v.eq_ignore_ascii_case("7BIT") || v.eq_ignore_ascii_case("8BITMIME")) => {
+            "BODY"
+                if !value.is_some_and(|v| {
+                    v.eq_ignore_ascii_case("7BIT") || v.eq_ignore_ascii_case("8BITMIME")
+                }) =>
+            {
                 return Err((replies::syntax("BODY must be 7BIT or 8BITMIME"), true));
             }
-            "SMTPUTF8" if value.is_some() => return Err((replies::syntax("SMTPUTF8 takes no value"), true)),
-            "RET" if !value.is_some_and(|v| v.eq_ignore_ascii_case("FULL") || v.eq_ignore_ascii_case("HDRS")) => {
+            "SMTPUTF8" if value.is_some() => {
+                return Err((replies::syntax("SMTPUTF8 takes no value"), true));
+            }
+            "RET"
+                if !value.is_some_and(|v| {
+                    v.eq_ignore_ascii_case("FULL") || v.eq_ignore_ascii_case("HDRS")
+                }) =>
+            {
                 return Err((replies::syntax("RET must be FULL or HDRS"), true));
             }
-            "ENVID" if value.is_none() => return Err((replies::syntax("ENVID needs a value"), true)),
+            "ENVID" if value.is_none() => {
+                return Err((replies::syntax("ENVID needs a value"), true));
+            }
             _ => {}
         }
     }
@@ -220,10 +271,16 @@ fn check_mail(mail: &MailCommand, offered: &Capabilities) -> Result<(), (Reply, 
 }
 
 /// The first parameter whose extension is not in `capabilities`.
-fn missing_extension(params: &[Param], capabilities: &Capabilities, extension_of: fn(&str) -> Option<Extension>) -> Option<String> {
+fn missing_extension(
+    params: &[Param],
+    capabilities: &Capabilities,
+    extension_of: fn(&str) -> Option<Extension>,
+) -> Option<String> {
     params
         .iter()
-        .find(|param| !extension_of(&param.keyword).is_some_and(|extension| capabilities.has(extension)))
+        .find(|param| {
+            !extension_of(&param.keyword).is_some_and(|extension| capabilities.has(extension))
+        })
         .map(|param| param.keyword.clone())
 }
 

@@ -85,18 +85,22 @@ impl Capabilities {
         let mut capabilities = Capabilities::default();
         for line in reply.lines().iter().skip(1) {
             let mut words = line.split_ascii_whitespace();
-            let Some(keyword) = words.next() else { continue };
+            let Some(keyword) = words.next() else {
+                continue;
+            };
             let keyword = keyword.to_ascii_uppercase();
             if keyword == "XCLIENT" {
                 capabilities.xclient = Some(words.map(str::to_ascii_uppercase).collect());
                 continue;
             }
-            let Some(extension) = Extension::ALL.into_iter().find(|e| e.keyword() == keyword) else {
+            let Some(extension) = Extension::ALL.into_iter().find(|e| e.keyword() == keyword)
+            else {
                 continue;
             };
             capabilities.insert(extension);
             if extension == Extension::Size {
-                capabilities.size_limit = words.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0);
+                capabilities.size_limit =
+                    words.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0);
             }
         }
         capabilities
@@ -114,7 +118,9 @@ impl Capabilities {
 
     /// True if the upstream offers XCLIENT with this attribute.
     pub fn xclient_attribute(&self, name: &str) -> bool {
-        self.xclient.as_ref().is_some_and(|names| names.iter().any(|n| n == name))
+        self.xclient
+            .as_ref()
+            .is_some_and(|names| names.iter().any(|n| n == name))
     }
 
     /// What to offer downstream: the extensions both sides support, and the smaller of
@@ -122,7 +128,10 @@ impl Capabilities {
     pub fn offer(&self, own_size_limit: u64) -> Capabilities {
         Capabilities {
             bits: self.bits,
-            size_limit: Some(self.size_limit.map_or(own_size_limit, |limit| limit.min(own_size_limit))),
+            size_limit: Some(
+                self.size_limit
+                    .map_or(own_size_limit, |limit| limit.min(own_size_limit)),
+            ),
             xclient: None,
         }
     }
@@ -178,13 +187,27 @@ mod tests {
         let offer = upstream.offer(5000);
         assert_eq!(offer.ehlo_lines(), ["SIZE 5000", "8BITMIME"]);
         let upstream = Capabilities::from_ehlo(&ehlo(&["mx", "SIZE 1000", "PIPELINING"]));
-        assert_eq!(upstream.offer(5000).ehlo_lines(), ["PIPELINING", "SIZE 1000"]);
-        assert_eq!(Capabilities::default().offer(5000).ehlo_lines(), Vec::<String>::new());
+        assert_eq!(
+            upstream.offer(5000).ehlo_lines(),
+            ["PIPELINING", "SIZE 1000"]
+        );
+        assert_eq!(
+            Capabilities::default().offer(5000).ehlo_lines(),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
     fn maps_parameters_to_extensions() {
-        let mail = [("size", Some(Extension::Size)), ("BODY", Some(Extension::EightBitMime)), ("SMTPUTF8", Some(Extension::SmtpUtf8)), ("RET", Some(Extension::Dsn)), ("ENVID", Some(Extension::Dsn)), ("XFOO", None), ("AUTH", None)];
+        let mail = [
+            ("size", Some(Extension::Size)),
+            ("BODY", Some(Extension::EightBitMime)),
+            ("SMTPUTF8", Some(Extension::SmtpUtf8)),
+            ("RET", Some(Extension::Dsn)),
+            ("ENVID", Some(Extension::Dsn)),
+            ("XFOO", None),
+            ("AUTH", None),
+        ];
         for (keyword, extension) in mail {
             assert_eq!(Extension::for_mail_param(keyword), extension, "{keyword}");
         }

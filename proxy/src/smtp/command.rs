@@ -330,7 +330,9 @@ fn is_quoted_string_body(text: &str) -> bool {
 }
 
 fn is_atext(ch: char) -> bool {
-    ch.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(ch) || !ch.is_ascii() && !ch.is_control()
+    ch.is_ascii_alphanumeric()
+        || "!#$%&'*+-/=?^_`{|}~".contains(ch)
+        || !ch.is_ascii() && !ch.is_control()
 }
 
 /// A domain name: dot-separated labels of letters, digits and hyphens (UTF-8 letters
@@ -344,9 +346,11 @@ pub fn is_domain(domain: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || (!ch.is_ascii() && ch.is_alphanumeric()))
+                && label.chars().all(|ch| {
+                    ch.is_ascii_alphanumeric()
+                        || ch == '-'
+                        || (!ch.is_ascii() && ch.is_alphanumeric())
+                })
         })
 }
 
@@ -379,12 +383,17 @@ fn parse_param(word: &str) -> Result<Param, CommandError> {
         .bytes()
         .next()
         .is_some_and(|b| b.is_ascii_alphanumeric())
-        && keyword.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        && keyword
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if !keyword_ok {
         return Err(CommandError::Syntax("invalid parameter keyword"));
     }
     if let Some(value) = value {
-        let value_ok = !value.is_empty() && value.chars().all(|ch| ch != '=' && !ch.is_control() && ch != ' ');
+        let value_ok = !value.is_empty()
+            && value
+                .chars()
+                .all(|ch| ch != '=' && !ch.is_control() && ch != ' ');
         if !value_ok {
             return Err(CommandError::Syntax("invalid parameter value"));
         }
@@ -413,12 +422,21 @@ mod tests {
     #[test]
     fn parses_commands() {
         let cases: Vec<(&str, Command)> = vec![
-            ("HELO client.example", Command::Helo("client.example".into())),
+            (
+                "HELO client.example",
+                Command::Helo("client.example".into()),
+            ),
             ("ehlo [192.0.2.7]", Command::Ehlo("[192.0.2.7]".into())),
-            ("EHLO [IPv6:2001:db8::1]", Command::Ehlo("[IPv6:2001:db8::1]".into())),
+            (
+                "EHLO [IPv6:2001:db8::1]",
+                Command::Ehlo("[IPv6:2001:db8::1]".into()),
+            ),
             (
                 "MAIL FROM:<a@example.com>",
-                Command::Mail(MailCommand { reverse_path: path("<a@example.com>"), params: vec![] }),
+                Command::Mail(MailCommand {
+                    reverse_path: path("<a@example.com>"),
+                    params: vec![],
+                }),
             ),
             (
                 "mail from: <> SIZE=100 BODY=8BITMIME",
@@ -436,17 +454,26 @@ mod tests {
             ),
             (
                 "MAIL FROM:<@relay.example:a@example.com>",
-                Command::Mail(MailCommand { reverse_path: path("<@relay.example:a@example.com>"), params: vec![] }),
+                Command::Mail(MailCommand {
+                    reverse_path: path("<@relay.example:a@example.com>"),
+                    params: vec![],
+                }),
             ),
             (
                 "RCPT TO:<Postmaster>",
-                Command::Rcpt(RcptCommand { forward_path: path("<Postmaster>"), params: vec![] }),
+                Command::Rcpt(RcptCommand {
+                    forward_path: path("<Postmaster>"),
+                    params: vec![],
+                }),
             ),
             (
                 "RCPT TO:<用户@例子.广告> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;x+40y",
                 Command::Rcpt(RcptCommand {
                     forward_path: path("<用户@例子.广告>"),
-                    params: vec![param("NOTIFY", Some("SUCCESS,FAILURE")), param("ORCPT", Some("rfc822;x+40y"))],
+                    params: vec![
+                        param("NOTIFY", Some("SUCCESS,FAILURE")),
+                        param("ORCPT", Some("rfc822;x+40y")),
+                    ],
                 }),
             ),
             ("DATA", Command::Data),
@@ -457,7 +484,10 @@ mod tests {
             ("VRFY postmaster", Command::Vrfy("postmaster".into())),
             ("EXPN staff", Command::Expn("staff".into())),
             ("STARTTLS", Command::StartTls),
-            ("AUTH PLAIN AGFAAGI=", Command::Auth("PLAIN AGFAAGI=".into())),
+            (
+                "AUTH PLAIN AGFAAGI=",
+                Command::Auth("PLAIN AGFAAGI=".into()),
+            ),
             ("SEND FROM:<a@b.c>", Command::NotImplemented("SEND")),
             ("SOML FROM:<a@b.c>", Command::NotImplemented("SOML")),
             ("SAML FROM:<a@b.c>", Command::NotImplemented("SAML")),
@@ -480,7 +510,10 @@ mod tests {
             (b"EHLO a b", Syntax("only one domain name is allowed")),
             (b"EHLO -bad-.example", Syntax("invalid domain name")),
             (b"MAIL TO:<a@b.c>", Syntax("expected MAIL FROM:<address>")),
-            (b"MAIL FROM:a@b.c", Syntax("the address must be enclosed in <>")),
+            (
+                b"MAIL FROM:a@b.c",
+                Syntax("the address must be enclosed in <>"),
+            ),
             (b"MAIL FROM:<a@b.c", Syntax("unterminated address")),
             (b"MAIL FROM:<a@b.c>x", Syntax("garbage after the address")),
             (b"MAIL FROM:<ab.c>", Syntax("the address needs a domain")),
@@ -489,13 +522,21 @@ mod tests {
             (b"MAIL FROM:<a@[300.1.1.1]>", Syntax("invalid domain")),
             (b"RCPT TO:<>", Syntax("the address needs a domain")),
             (b"RCPT TO:<a@b.c> =x", Syntax("invalid parameter keyword")),
-            (b"RCPT TO:<a@b.c> NOTIFY=", Syntax("invalid parameter value")),
+            (
+                b"RCPT TO:<a@b.c> NOTIFY=",
+                Syntax("invalid parameter value"),
+            ),
             (b"DATA now", Syntax("this command takes no argument")),
             (b"VRFY", Syntax("an argument is required")),
             (b"MAIL FROM:<\xff@b.c>", NotUtf8),
         ];
         for (line, expected) in cases {
-            assert_eq!(parse(line), Err(expected.clone()), "{}", String::from_utf8_lossy(line));
+            assert_eq!(
+                parse(line),
+                Err(expected.clone()),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
         }
     }
 

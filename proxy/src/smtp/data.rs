@@ -262,7 +262,11 @@ mod tests {
 
     /// Reads `input` (split into `chunk`-sized pieces) and returns content, consumed
     /// count, whether the end was seen, and the violation.
-    fn read(input: &[u8], policy: BareLineEndings, chunk: usize) -> (Vec<u8>, usize, bool, Option<DataViolation>) {
+    fn read(
+        input: &[u8],
+        policy: BareLineEndings,
+        chunk: usize,
+    ) -> (Vec<u8>, usize, bool, Option<DataViolation>) {
         let mut reader = DataReader::new(policy, 1000, 1 << 30);
         let mut out = Vec::new();
         let mut consumed = 0;
@@ -300,7 +304,11 @@ mod tests {
         for (input, content, consumed, finished) in cases {
             for chunk in [1, 2, 3, 1000] {
                 let (out, used, done, violation) = read(input, Reject, chunk);
-                assert_eq!((out.as_slice(), used, done, violation), (*content, *consumed, *finished, None), "{input:?} chunk {chunk}");
+                assert_eq!(
+                    (out.as_slice(), used, done, violation),
+                    (*content, *consumed, *finished, None),
+                    "{input:?} chunk {chunk}"
+                );
             }
         }
     }
@@ -322,12 +330,17 @@ mod tests {
                 assert!(!done, "{attempt:?} ended the message under {policy:?}");
                 assert_eq!(used, attempt.len());
                 match policy {
-                    BareLineEndings::Reject => assert_eq!(violation, Some(DataViolation::BareLineEnding)),
+                    BareLineEndings::Reject => {
+                        assert_eq!(violation, Some(DataViolation::BareLineEnding))
+                    }
                     BareLineEndings::Normalize => {
                         assert_eq!(violation, None);
                         let upstream = stuff(&out);
                         let body = &upstream[..upstream.len() - 3];
-                        assert!(!contains(body, b"\r\n.\r\n"), "{attempt:?} smuggles a terminator upstream: {upstream:?}");
+                        assert!(
+                            !contains(body, b"\r\n.\r\n"),
+                            "{attempt:?} smuggles a terminator upstream: {upstream:?}"
+                        );
                         assert!(!has_bare_line_ending(&upstream), "{upstream:?}");
                     }
                 }
@@ -350,7 +363,11 @@ mod tests {
         ];
         for input in cases {
             let (_, used, done, violation) = read(input, BareLineEndings::Reject, 1);
-            assert_eq!((used, done, violation), (input.len(), true, Some(DataViolation::BareLineEnding)), "{input:?}");
+            assert_eq!(
+                (used, done, violation),
+                (input.len(), true, Some(DataViolation::BareLineEnding)),
+                "{input:?}"
+            );
             let (out, _, done, violation) = read(input, BareLineEndings::Normalize, 1);
             assert!(done && violation.is_none(), "{input:?}");
             assert!(!has_bare_line_ending(&out), "{input:?} -> {out:?}");
@@ -390,28 +407,37 @@ mod tests {
     }
 
     fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-        haystack.windows(needle.len()).any(|window| window == needle)
+        haystack
+            .windows(needle.len())
+            .any(|window| window == needle)
     }
 
     fn has_bare_line_ending(bytes: &[u8]) -> bool {
         bytes.iter().enumerate().any(|(i, &b)| {
-            (b == b'\n' && (i == 0 || bytes[i - 1] != b'\r')) || (b == b'\r' && bytes.get(i + 1) != Some(&b'\n'))
+            (b == b'\n' && (i == 0 || bytes[i - 1] != b'\r'))
+                || (b == b'\r' && bytes.get(i + 1) != Some(&b'\n'))
         })
     }
 
     /// Message content as the reader produces it: lines of any bytes but CR and LF,
     /// each ended by CRLF.
     fn content_strategy() -> impl Strategy<Value = Vec<u8>> {
-        let line = prop::collection::vec(prop::num::u8::ANY.prop_filter("no CR/LF", |b| *b != b'\r' && *b != b'\n'), 0..40)
-            .prop_map(|mut line| {
-                // Lines that start with dots are the interesting ones.
-                if line.first().is_some_and(|b| *b % 3 == 0) {
-                    line.insert(0, b'.');
-                }
-                line
-            });
+        let line = prop::collection::vec(
+            prop::num::u8::ANY.prop_filter("no CR/LF", |b| *b != b'\r' && *b != b'\n'),
+            0..40,
+        )
+        .prop_map(|mut line| {
+            // Lines that start with dots are the interesting ones.
+            if line.first().is_some_and(|b| *b % 3 == 0) {
+                line.insert(0, b'.');
+            }
+            line
+        });
         prop::collection::vec(line, 0..20).prop_map(|lines| {
-            lines.into_iter().flat_map(|l| [l, b"\r\n".to_vec()].concat()).collect()
+            lines
+                .into_iter()
+                .flat_map(|l| [l, b"\r\n".to_vec()].concat())
+                .collect()
         })
     }
 

@@ -149,16 +149,29 @@ mod tests {
     #[test]
     fn splits_lines() {
         use NextLine::*;
-        let cases: Vec<(Vec<&[u8]>, usize, Vec<NextLine>)> = vec![
+        type Case<'a> = (Vec<&'a [u8]>, usize, Vec<NextLine>);
+        let cases: Vec<Case> = vec![
             (vec![b"NOOP\r\n"], 512, vec![Line(b"NOOP".to_vec())]),
-            (vec![b"NO", b"OP\r", b"\nQUIT\r\n"], 512, vec![Line(b"NOOP".to_vec()), Line(b"QUIT".to_vec())]),
+            (
+                vec![b"NO", b"OP\r", b"\nQUIT\r\n"],
+                512,
+                vec![Line(b"NOOP".to_vec()), Line(b"QUIT".to_vec())],
+            ),
             (vec![b"NOOP\n"], 512, vec![BareLf(b"NOOP".to_vec())]),
             (vec![b"NOOP"], 512, vec![]),
             (vec![b"\r\n"], 512, vec![Line(vec![])]),
             // 6 octets with CRLF fits a limit of 6; 7 does not.
             (vec![b"ABCD\r\n"], 6, vec![Line(b"ABCD".to_vec())]),
-            (vec![b"ABCDE\r\nOK\r\n"], 6, vec![TooLong, Line(b"OK".to_vec())]),
-            (vec![b"ABCDEFGH", b"IJ", b"K\r\nOK\r\n"], 6, vec![TooLong, Line(b"OK".to_vec())]),
+            (
+                vec![b"ABCDE\r\nOK\r\n"],
+                6,
+                vec![TooLong, Line(b"OK".to_vec())],
+            ),
+            (
+                vec![b"ABCDEFGH", b"IJ", b"K\r\nOK\r\n"],
+                6,
+                vec![TooLong, Line(b"OK".to_vec())],
+            ),
         ];
         for (input, limit, expected) in cases {
             assert_eq!(lines(&input, limit), expected, "{input:?}");
@@ -169,7 +182,10 @@ mod tests {
     fn pending_bytes_survive_for_the_data_reader() {
         let mut buffer = LineBuffer::default();
         buffer.extend(b"DATA\r\nSubject: x\r\n");
-        assert_eq!(buffer.next_line(512), Some(NextLine::Line(b"DATA".to_vec())));
+        assert_eq!(
+            buffer.next_line(512),
+            Some(NextLine::Line(b"DATA".to_vec()))
+        );
         assert_eq!(buffer.pending(), b"Subject: x\r\n");
         buffer.consume(8);
         assert_eq!(buffer.pending(), b" x\r\n");

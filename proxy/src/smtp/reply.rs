@@ -198,7 +198,10 @@ impl ReplyParser {
 }
 
 fn split_reply_line(line: &[u8]) -> Result<(u16, bool, String), ReplyError> {
-    if line.len() < 3 || !line[..3].iter().all(u8::is_ascii_digit) || !(b'2'..=b'5').contains(&line[0]) {
+    if line.len() < 3
+        || !line[..3].iter().all(u8::is_ascii_digit)
+        || !(b'2'..=b'5').contains(&line[0])
+    {
         return Err(ReplyError::Malformed);
     }
     let code = line[..3]
@@ -272,7 +275,11 @@ mod tests {
         let cases: &[&[u8]] = &[b"25", b"abc ok", b"250_ok", b"650 ok", b"150 ok"];
         for line in cases {
             let mut parser = ReplyParser::default();
-            assert_eq!(parser.push_line(line), Err(ReplyError::Malformed), "{line:?}");
+            assert_eq!(
+                parser.push_line(line),
+                Err(ReplyError::Malformed),
+                "{line:?}"
+            );
         }
         let mut parser = ReplyParser::default();
         parser.push_line(b"250-a").unwrap();

@@ -24,7 +24,11 @@ pub struct CapabilityCache {
 impl CapabilityCache {
     /// The last known extensions, if any were ever learned.
     pub fn get(&self) -> Option<Capabilities> {
-        self.latest.read().expect("lock poisoned").as_ref().map(|(caps, _)| caps.clone())
+        self.latest
+            .read()
+            .expect("lock poisoned")
+            .as_ref()
+            .map(|(caps, _)| caps.clone())
     }
 
     /// Records what an upstream session announced.
@@ -42,7 +46,12 @@ impl CapabilityCache {
     }
 
     /// Opens a session without a client, reads the EHLO reply, and quits.
-    pub async fn probe(&self, config: &UpstreamConfig, address: &str, hostname: &str) -> Result<Capabilities, UpstreamError> {
+    pub async fn probe(
+        &self,
+        config: &UpstreamConfig,
+        address: &str,
+        hostname: &str,
+    ) -> Result<Capabilities, UpstreamError> {
         let session = UpstreamSession::open(config, address, hostname, None).await?;
         let capabilities = session.capabilities().clone();
         self.update(&capabilities);

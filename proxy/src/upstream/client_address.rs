@@ -31,7 +31,10 @@ pub fn xclient_command(client: &ClientInfo, upstream: &Capabilities) -> Option<S
         ("PORT", client.address.port().to_string()),
         // The proxy does no reverse lookup; Postfix then shows the client as "unknown".
         ("NAME", "[UNAVAILABLE]".to_string()),
-        ("PROTO", if client.esmtp { "ESMTP" } else { "SMTP" }.to_string()),
+        (
+            "PROTO",
+            if client.esmtp { "ESMTP" } else { "SMTP" }.to_string(),
+        ),
     ];
     if let Some(helo) = &client.helo {
         attributes.push(("HELO", helo.clone()));
@@ -105,7 +108,10 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
 /// Source and destination in one address family (both IPv6 if they differ).
 fn same_family(client: &ClientInfo) -> (SocketAddr, SocketAddr) {
     let source = SocketAddr::new(canonical_ip(client.address.ip()), client.address.port());
-    let destination = SocketAddr::new(canonical_ip(client.local_address.ip()), client.local_address.port());
+    let destination = SocketAddr::new(
+        canonical_ip(client.local_address.ip()),
+        client.local_address.port(),
+    );
     if source.is_ipv4() == destination.is_ipv4() {
         return (source, destination);
     }
@@ -150,24 +156,41 @@ mod tests {
             xclient_command(&info, &full).unwrap(),
             "XCLIENT ADDR=192.0.2.7 PORT=40000 NAME=[UNAVAILABLE] PROTO=ESMTP HELO=client.example"
         );
-        assert_eq!(xclient_command(&info, &upstream("XCLIENT ADDR")).unwrap(), "XCLIENT ADDR=192.0.2.7");
+        assert_eq!(
+            xclient_command(&info, &upstream("XCLIENT ADDR")).unwrap(),
+            "XCLIENT ADDR=192.0.2.7"
+        );
         assert_eq!(xclient_command(&info, &upstream("XCLIENT")), None);
         let v6 = client("[2001:db8::7]:40000", "[::1]:25");
-        assert!(xclient_command(&v6, &full).unwrap().starts_with("XCLIENT ADDR=IPV6:2001:db8::7 "));
+        assert!(
+            xclient_command(&v6, &full)
+                .unwrap()
+                .starts_with("XCLIENT ADDR=IPV6:2001:db8::7 ")
+        );
         let mapped = client("[::ffff:192.0.2.9]:1", "[::1]:25");
-        assert!(xclient_command(&mapped, &full).unwrap().starts_with("XCLIENT ADDR=192.0.2.9 "));
+        assert!(
+            xclient_command(&mapped, &full)
+                .unwrap()
+                .starts_with("XCLIENT ADDR=192.0.2.9 ")
+        );
     }
 
     #[test]
     fn proxy_headers() {
         let info = client("192.0.2.7:40000", "127.0.0.1:25");
-        assert_eq!(proxy_v1_header(&info), b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 25\r\n");
+        assert_eq!(
+            proxy_v1_header(&info),
+            b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 25\r\n"
+        );
         let v2 = proxy_v2_header(&info);
         assert_eq!(&v2[..12], &V2_SIGNATURE);
         assert_eq!(&v2[12..16], &[0x21, 0x11, 0, 12]);
         assert_eq!(&v2[16..], &[192, 0, 2, 7, 127, 0, 0, 1, 0x9c, 0x40, 0, 25]);
         let mixed = client("[2001:db8::7]:1", "127.0.0.1:25");
-        assert_eq!(proxy_v1_header(&mixed), b"PROXY TCP6 2001:db8::7 ::ffff:127.0.0.1 1 25\r\n");
+        assert_eq!(
+            proxy_v1_header(&mixed),
+            b"PROXY TCP6 2001:db8::7 ::ffff:127.0.0.1 1 25\r\n"
+        );
         assert_eq!(proxy_v2_header(&mixed).len(), 16 + 36);
     }
 }

@@ -79,7 +79,9 @@ impl UpstreamError {
     pub fn reply(&self) -> Reply {
         let text = match self {
             UpstreamError::Timeout(_) => "Upstream server timed out, try again later",
-            UpstreamError::Closed(_) | UpstreamError::Io(..) => "Upstream connection lost, try again later",
+            UpstreamError::Closed(_) | UpstreamError::Io(..) => {
+                "Upstream connection lost, try again later"
+            }
             _ => "Upstream server unavailable, try again later",
         };
         Reply::new(451, EnhancedCode::new(4, 4, 1), text)
@@ -130,7 +132,9 @@ impl UpstreamSession {
             config: config.clone(),
         };
         session.send_proxy_header(client).await?;
-        session.expect(Stage::Greeting, timeouts.greeting, 220).await?;
+        session
+            .expect(Stage::Greeting, timeouts.greeting, 220)
+            .await?;
         session.ehlo(hostname).await?;
         if let (ClientAddressMode::Xclient, Some(client)) = (config.client_address, client) {
             session.xclient(hostname, client).await?;
@@ -145,7 +149,10 @@ impl UpstreamSession {
 
     /// The PROXY header, if configured; a session without a client (the capability
     /// probe) sends the "unknown"/LOCAL form.
-    async fn send_proxy_header(&mut self, client: Option<&ClientInfo>) -> Result<(), UpstreamError> {
+    async fn send_proxy_header(
+        &mut self,
+        client: Option<&ClientInfo>,
+    ) -> Result<(), UpstreamError> {
         let header = match (self.config.client_address, client) {
             (ClientAddressMode::ProxyV1, Some(client)) => client_address::proxy_v1_header(client),
             (ClientAddressMode::ProxyV1, None) => client_address::PROXY_V1_UNKNOWN.to_vec(),
@@ -162,12 +169,16 @@ impl UpstreamSession {
 
     async fn ehlo(&mut self, hostname: &str) -> Result<(), UpstreamError> {
         let timeout = self.config.timeouts.command;
-        let reply = self.command(Stage::Ehlo, &format!("EHLO {hostname}"), timeout).await?;
+        let reply = self
+            .command(Stage::Ehlo, &format!("EHLO {hostname}"), timeout)
+            .await?;
         if reply.is_positive() {
             self.capabilities = Capabilities::from_ehlo(&reply);
             return Ok(());
         }
-        let reply = self.command(Stage::Ehlo, &format!("HELO {hostname}"), timeout).await?;
+        let reply = self
+            .command(Stage::Ehlo, &format!("HELO {hostname}"), timeout)
+            .await?;
         if !reply.is_positive() {
             return Err(UpstreamError::Refused(Stage::Ehlo, reply));
         }
@@ -179,14 +190,21 @@ impl UpstreamSession {
     async fn xclient(&mut self, hostname: &str, client: &ClientInfo) -> Result<(), UpstreamError> {
         let command = client_address::xclient_command(client, &self.capabilities)
             .ok_or(UpstreamError::XclientNotOffered)?;
-        let reply = self.command(Stage::Xclient, &command, self.config.timeouts.command).await?;
+        let reply = self
+            .command(Stage::Xclient, &command, self.config.timeouts.command)
+            .await?;
         if reply.code() != 220 {
             return Err(UpstreamError::Refused(Stage::Xclient, reply));
         }
         self.ehlo(hostname).await
     }
 
-    async fn expect(&mut self, stage: Stage, timeout: Duration, code: u16) -> Result<Reply, UpstreamError> {
+    async fn expect(
+        &mut self,
+        stage: Stage,
+        timeout: Duration,
+        code: u16,
+    ) -> Result<Reply, UpstreamError> {
         let reply = self.read_reply(stage, timeout).await?;
         if reply.code() != code {
             return Err(UpstreamError::Refused(stage, reply));
@@ -195,14 +213,24 @@ impl UpstreamSession {
     }
 
     /// Sends one command line and returns the upstream's reply.
-    pub async fn command(&mut self, stage: Stage, line: &str, timeout: Duration) -> Result<Reply, UpstreamError> {
+    pub async fn command(
+        &mut self,
+        stage: Stage,
+        line: &str,
+        timeout: Duration,
+    ) -> Result<Reply, UpstreamError> {
         let mut replies = self.pipeline(stage, &[line.to_string()], timeout).await?;
         Ok(replies.remove(0))
     }
 
     /// Sends several command lines in one write and reads one reply for each, in order
     /// (RFC 2920; the caller only does this when the upstream offers PIPELINING).
-    pub async fn pipeline(&mut self, stage: Stage, lines: &[String], timeout: Duration) -> Result<Vec<Reply>, UpstreamError> {
+    pub async fn pipeline(
+        &mut self,
+        stage: Stage,
+        lines: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<Reply>, UpstreamError> {
         for line in lines {
             debug_assert!(!line.contains('\r') && !line.contains('\n'));
             self.connection.queue(line.as_bytes());
@@ -231,19 +259,30 @@ impl UpstreamSession {
 
     /// Reads the reply to the final dot.
     pub async fn read_data_reply(&mut self) -> Result<Reply, UpstreamError> {
-        self.read_reply(Stage::DataEnd, self.config.timeouts.data_termination).await
+        self.read_reply(Stage::DataEnd, self.config.timeouts.data_termination)
+            .await
     }
 
-    async fn read_reply(&mut self, stage: Stage, timeout: Duration) -> Result<Reply, UpstreamError> {
+    async fn read_reply(
+        &mut self,
+        stage: Stage,
+        timeout: Duration,
+    ) -> Result<Reply, UpstreamError> {
         self.read_reply_until(stage, Instant::now() + timeout).await
     }
 
-    async fn read_reply_until(&mut self, stage: Stage, deadline: Instant) -> Result<Reply, UpstreamError> {
+    async fn read_reply_until(
+        &mut self,
+        stage: Stage,
+        deadline: Instant,
+    ) -> Result<Reply, UpstreamError> {
         let mut parser = ReplyParser::default();
         loop {
             let line = match self.connection.read_line(REPLY_LINE_LIMIT, deadline).await {
                 Ok(NextLine::Line(line) | NextLine::BareLf(line)) => line,
-                Ok(NextLine::TooLong) => return Err(UpstreamError::Protocol(stage, ReplyError::Malformed)),
+                Ok(NextLine::TooLong) => {
+                    return Err(UpstreamError::Protocol(stage, ReplyError::Malformed));
+                }
                 Err(error) => return Err(read_error(stage, error)),
             };
             match parser.push_line(&line) {
