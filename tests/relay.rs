@@ -765,3 +765,53 @@ fn the_development_upstream_writes_each_message_to_disk() {
         "Return-Path: <a@example.org>\r\nX-Envelope-To: <b@example.com>, <c@example.com>\r\nSubject: hello\r\n\r\n.dot\r\n"
     );
 }
+
+#[test]
+fn an_upstream_421_is_relayed_and_ends_the_client_session() {
+    let upstream = upstream_failing(
+        "RCPT",
+        Action::Reply("421 4.3.2 upstream.test Service shutting down".into()),
+    );
+    let proxy = Proxy::start(&upstream.address(), "");
+    let mut client = proxy.client();
+    ehlo(&mut client);
+    client.expect("MAIL FROM:<a@example.org>", 250);
+    let reply = client.expect("RCPT TO:<b@example.com>", 421);
+    assert_eq!(
+        reply.lines,
+        ["421 4.3.2 upstream.test Service shutting down"]
+    );
+    assert!(client.is_closed());
+}
+
+#[test]
+fn an_idle_upstream_session_that_timed_out_is_replaced() {
+    // After the first message the upstream announces its idle timeout, as Postfix does.
+    let upstream = upstream_failing(
+        ".",
+        Action::Reply(
+            "250 2.0.0 Ok: queued as Q1\r\n421 4.4.2 upstream.test Error: timeout exceeded".into(),
+        ),
+    );
+    let proxy = Proxy::start(&upstream.address(), "");
+    let mut client = proxy.client();
+    ehlo(&mut client);
+    assert_eq!(
+        client
+            .send_message("a@example.org", &["b@example.com"], b"one\r\n.\r\n")
+            .code,
+        250
+    );
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        client
+            .send_message("a@example.org", &["b@example.com"], b"two\r\n.\r\n")
+            .code,
+        250
+    );
+    assert_eq!(
+        upstream.sessions().len(),
+        2,
+        "a fresh upstream session for the second message"
+    );
+}

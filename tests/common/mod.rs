@@ -162,7 +162,23 @@ pub struct Client {
 
 impl Client {
     pub fn connect(address: SocketAddr) -> Client {
-        let stream = TcpStream::connect(address).unwrap();
+        Client::over(TcpStream::connect(address).unwrap())
+    }
+
+    /// Connects from a chosen local address (e.g. 127.0.0.2, to tell it from the proxy's).
+    pub fn connect_from(local: &str, address: SocketAddr) -> Client {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&format!("{local}:0").parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        socket.connect(&address.into()).unwrap();
+        let mut client = Client::over(socket.into());
+        assert_eq!(client.read_reply().code, 220);
+        client
+    }
+
+    fn over(stream: TcpStream) -> Client {
         stream.set_read_timeout(Some(WAIT)).unwrap();
         Client {
             reader: BufReader::new(stream.try_clone().unwrap()),

@@ -57,7 +57,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         };
         if reply.code() != 354 {
-            return self.reply(reply);
+            return self.relay(reply);
         }
         self.reply(reply);
         if self.flush().await.is_err() {
@@ -118,7 +118,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         self.log_message(reader.size(), &reply);
         self.envelope = Default::default();
-        self.reply(reply)
+        self.relay(reply)
     }
 
     /// Reads the next chunk of message data, bounded by the data block timeout and the

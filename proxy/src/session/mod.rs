@@ -274,13 +274,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let timeout = self.context.config.upstream.timeouts.command;
         let line = format!("{verb} {argument}");
         match self.upstream_command(&line, timeout).await {
-            Ok(reply) => self.reply(reply),
+            Ok(reply) => self.relay(reply),
             Err(reply) => self.reply(reply),
         }
     }
 
-    /// Opens the upstream session if there is none yet.
+    /// Opens the upstream session if there is none yet, or if the idle one went away
+    /// (an upstream that timed us out has sent 421 and closed).
     async fn upstream_session(&mut self) -> Result<&mut UpstreamSession, UpstreamError> {
+        if !self.upstream_in_transaction
+            && self
+                .upstream
+                .as_ref()
+                .is_some_and(UpstreamSession::is_stale)
+        {
+            debug!("idle upstream session went away; opening a new one");
+            self.upstream = None;
+        }
         if self.upstream.is_none() {
             let config = &self.context.config;
             let client = self.peer.client_info();
@@ -335,6 +345,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
             }
         }
+    }
+
+    /// Relays a reply that came from the upstream. A 421 means the upstream is closing
+    /// the session: the client gets that same reply and its session ends too.
+    fn relay(&mut self, reply: Reply) -> Flow {
+        let closing = reply.code() == 421;
+        self.reply(reply);
+        if closing {
+            warn!("upstream closed the session with 421; closing the client session too");
+            self.upstream = None;
+            self.upstream_in_transaction = false;
+            return Flow::Close;
+        }
+        Flow::Continue
     }
 
     /// Queues a reply.

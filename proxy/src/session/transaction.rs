@@ -165,7 +165,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.envelope.mail = Some(mail);
                 self.envelope.started = Some(Instant::now());
             }
-            self.reply(reply);
+            if self.relay(reply) == Flow::Close {
+                return Flow::Close;
+            }
         }
         for pending in rcpts {
             match pending {
@@ -183,7 +185,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     if reply.is_positive() && self.envelope.mail.is_some() {
                         self.envelope.recipients.push(rcpt);
                     }
-                    self.reply(reply);
+                    if self.relay(reply) == Flow::Close {
+                        return Flow::Close;
+                    }
                 }
             }
         }

@@ -142,6 +142,16 @@ impl UpstreamSession {
         Ok(session)
     }
 
+    /// True if the upstream closed the connection or sent something unasked (such as
+    /// a 421 timeout notice) while the session was idle: it must not be reused.
+    pub fn is_stale(&self) -> bool {
+        if !self.connection.input.pending().is_empty() {
+            return true;
+        }
+        let mut probe = [0u8; 64];
+        !matches!(self.connection.stream().try_read(&mut probe), Err(error) if error.kind() == io::ErrorKind::WouldBlock)
+    }
+
     /// The extensions this upstream session announced.
     pub fn capabilities(&self) -> &Capabilities {
         &self.capabilities
@@ -186,7 +196,9 @@ impl UpstreamSession {
         Ok(())
     }
 
-    /// XCLIENT, then the new greeting and a new EHLO, as XCLIENT_README requires.
+    /// XCLIENT, then the new greeting and a new EHLO, as XCLIENT_README requires. The
+    /// new EHLO carries the client's own HELO name, because Postfix takes the name from
+    /// it (and shows it in its Received header), overriding the XCLIENT HELO attribute.
     async fn xclient(&mut self, hostname: &str, client: &ClientInfo) -> Result<(), UpstreamError> {
         let command = client_address::xclient_command(client, &self.capabilities)
             .ok_or(UpstreamError::XclientNotOffered)?;
@@ -196,7 +208,7 @@ impl UpstreamSession {
         if reply.code() != 220 {
             return Err(UpstreamError::Refused(Stage::Xclient, reply));
         }
-        self.ehlo(hostname).await
+        self.ehlo(client.helo.as_deref().unwrap_or(hostname)).await
     }
 
     async fn expect(
