@@ -276,7 +276,9 @@ fn transaction_codes(proxy: &Proxy) -> Vec<u16> {
     codes
 }
 
-const SHORT_TIMEOUTS: &str = "[upstream.timeouts]\nconnect = \"1s\"\ngreeting = \"500ms\"\ncommand = \"500ms\"\ndata_init = \"500ms\"\ndata_block = \"500ms\"\ndata_termination = \"500ms\"\n";
+const SHORT_TIMEOUTS: &str = "[upstream.timeouts]\nconnect = \"1s\"\ngreeting = \"1s\"\ncommand = \"1s\"\ndata_init = \"1s\"\ndata_block = \"1s\"\ndata_termination = \"1s\"\n";
+/// Longer than every timeout in SHORT_TIMEOUTS, with a wide margin.
+const TOO_SLOW: Duration = Duration::from_secs(3);
 
 #[test]
 fn every_upstream_failure_gives_the_client_a_4xx() {
@@ -291,23 +293,18 @@ fn every_upstream_failure_gives_the_client_a_4xx() {
         (
             "greeting too slow",
             "<connect>",
-            Action::Delay(Duration::from_secs(2)),
+            Action::Delay(TOO_SLOW),
             vec![451],
         ),
         ("EHLO dropped", "EHLO", Action::Drop, vec![451]),
         ("MAIL dropped", "MAIL", Action::Drop, vec![451]),
-        (
-            "MAIL too slow",
-            "MAIL",
-            Action::Delay(Duration::from_secs(2)),
-            vec![451],
-        ),
+        ("MAIL too slow", "MAIL", Action::Delay(TOO_SLOW), vec![451]),
         ("RCPT dropped", "RCPT", Action::Drop, vec![250, 451]),
         ("DATA dropped", "DATA", Action::Drop, vec![250, 250, 451]),
         (
             "DATA too slow",
             "DATA",
-            Action::Delay(Duration::from_secs(2)),
+            Action::Delay(TOO_SLOW),
             vec![250, 250, 451],
         ),
         (
@@ -325,7 +322,7 @@ fn every_upstream_failure_gives_the_client_a_4xx() {
         (
             "final reply too slow",
             ".",
-            Action::Delay(Duration::from_secs(2)),
+            Action::Delay(TOO_SLOW),
             vec![250, 250, 354, 451],
         ),
         (
@@ -335,17 +332,25 @@ fn every_upstream_failure_gives_the_client_a_4xx() {
             vec![250, 250, 354, 451],
         ),
     ];
-    for (name, trigger, action, expected) in cases {
-        let upstream = upstream_failing(trigger, action);
-        // Learn the extensions before the failure scenario starts.
-        let proxy = Proxy::start(&upstream.address(), SHORT_TIMEOUTS);
-        assert_eq!(transaction_codes(&proxy), expected, "{name}");
-        if trigger != "." {
-            assert!(
-                upstream.messages().is_empty(),
-                "{name}: the upstream must not have a complete message"
-            );
-        }
+    // Each case in its own thread: they are independent and mostly wait.
+    let runs: Vec<_> = cases
+        .into_iter()
+        .map(|(name, trigger, action, expected)| {
+            thread::spawn(move || {
+                let upstream = upstream_failing(trigger, action);
+                let proxy = Proxy::start(&upstream.address(), SHORT_TIMEOUTS);
+                assert_eq!(transaction_codes(&proxy), expected, "{name}");
+                if trigger != "." {
+                    assert!(
+                        upstream.messages().is_empty(),
+                        "{name}: the upstream must not have a complete message"
+                    );
+                }
+            })
+        })
+        .collect();
+    for run in runs {
+        run.join().unwrap();
     }
     let proxy = Proxy::start(&closed_port(), SHORT_TIMEOUTS);
     assert_eq!(transaction_codes(&proxy), [451], "upstream unreachable");
