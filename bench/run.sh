@@ -5,6 +5,7 @@
 #
 #   bench/run.sh            # full matrix
 #   QUICK=1 bench/run.sh    # fewer messages, for a smoke run
+#   WORKERS=1 bench/run.sh  # the proxy with server.worker_threads = 1
 #
 # Needs smtp-source and smtp-sink (Debian's postfix package) and python3.
 set -euo pipefail
@@ -29,6 +30,7 @@ cat > "$work/bench.toml" <<TOML
 [server]
 hostname = "bench.test"
 max_connections = 20000
+worker_threads = ${WORKERS:-0}
 [smtp]
 max_message_size = 104857600
 [[listener]]
@@ -64,7 +66,7 @@ print(f'{$messages / elapsed:.0f} {($after - $before) * 1000 / $ticks_per_second
 quick=${QUICK:-0}
 echo "## Throughput (messages per second) and proxy CPU"
 echo
-echo "Machine: $(nproc) cores, load average before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "Machine: $(nproc) cores, load average before the run: $(cut -d' ' -f1-3 /proc/loadavg); proxy worker_threads = ${WORKERS:-0}"
 echo
 echo "| size | concurrency | sessions | direct msg/s | proxy msg/s | ratio | proxy CPU ms/msg |"
 echo "|---|---|---|---|---|---|---|"

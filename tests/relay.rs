@@ -203,6 +203,17 @@ fn pipelined_commands_are_answered_in_order_and_sent_in_one_round_trip() {
 }
 
 #[test]
+fn pipelined_utf8_recipients_follow_their_mail_smtputf8() {
+    let upstream = RecordingUpstream::start();
+    let proxy = Proxy::start(&upstream.address(), "");
+    let mut client = proxy.client();
+    ehlo(&mut client);
+    client.send("MAIL FROM:<a@example.org> SMTPUTF8\r\nRCPT TO:<ü@example.com>\r\nRSET\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<ü@example.com>\r\n".as_bytes());
+    let codes: Vec<u16> = (0..5).map(|_| client.read_reply().code).collect();
+    assert_eq!(codes, [250, 250, 250, 250, 553]);
+}
+
+#[test]
 fn without_upstream_pipelining_commands_go_one_by_one() {
     let extensions: Vec<&str> = FULL_EHLO
         .iter()

@@ -43,6 +43,9 @@ pub struct ServerConfig {
     pub hostname: String,
     /// Concurrent client connections over all listeners; past it: 421 4.7.0 and close.
     pub max_connections: usize,
+    /// Threads that run sessions: 0 means one per CPU core, 1 a single-threaded runtime
+    /// (the least CPU per message when the proxy shares a small machine).
+    pub worker_threads: usize,
     /// On SIGTERM/SIGINT, how long running transactions may take to finish.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -53,6 +56,7 @@ impl Default for ServerConfig {
         Self {
             hostname: "localhost".into(),
             max_connections: 1000,
+            worker_threads: 0,
             drain_timeout: Duration::from_secs(30),
         }
     }

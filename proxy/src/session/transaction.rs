@@ -20,7 +20,27 @@ use crate::{
 /// A RCPT taken from the pipeline: either ready to relay, or already answered locally.
 enum PendingRcpt {
     Relay(RcptCommand),
-    Local(Reply, bool),
+    Local {
+        reply: Reply,
+        /// A client error that counts towards `max_errors` (syntax, unknown parameter).
+        counts_as_error: bool,
+    },
+}
+
+impl PendingRcpt {
+    fn client_error(reply: Reply) -> Self {
+        PendingRcpt::Local {
+            reply,
+            counts_as_error: true,
+        }
+    }
+
+    fn refused(reply: Reply) -> Self {
+        PendingRcpt::Local {
+            reply,
+            counts_as_error: false,
+        }
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -53,7 +73,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return self.reply(replies::extension_gone(&keyword));
         }
         let pipelined = if upstream.capabilities().has(Extension::Pipelining) {
-            self.take_pipelined_rcpts()
+            let smtputf8 = mail.params.iter().any(|param| param.is("SMTPUTF8"));
+            self.take_pipelined_rcpts(smtputf8)
         } else {
             Vec::new()
         };
@@ -67,13 +88,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if self.envelope.mail.is_none() {
             return self.error(replies::bad_sequence("need MAIL before RCPT"));
         }
-        let pending = self.check_rcpt(Ok(rcpt), 0);
+        let pending = self.check_rcpt(Ok(rcpt), 0, self.envelope.smtputf8());
         self.relay_envelope(None, vec![pending]).await
     }
 
     /// Takes the RCPT commands the client pipelined behind MAIL out of the input
-    /// buffer, checking each locally.
-    fn take_pipelined_rcpts(&mut self) -> Vec<PendingRcpt> {
+    /// buffer, checking each locally (`smtputf8`: that MAIL carries SMTPUTF8).
+    fn take_pipelined_rcpts(&mut self, smtputf8: bool) -> Vec<PendingRcpt> {
         let limit = self.context.config.smtp.command_line_limit;
         let mut taken = Vec::new();
         while taken.len() < self.context.config.smtp.max_recipients {
@@ -96,30 +117,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 .iter()
                 .filter(|p| matches!(p, PendingRcpt::Relay(_)))
                 .count();
-            taken.push(self.check_rcpt(parsed, relayed_before));
+            taken.push(self.check_rcpt(parsed, relayed_before, smtputf8));
         }
         taken
     }
 
-    /// Local checks for one RCPT; `pending` counts RCPTs of this batch relayed before it.
-    fn check_rcpt(&self, parsed: Result<RcptCommand, CommandError>, pending: usize) -> PendingRcpt {
+    /// Local checks for one RCPT; `pending` counts RCPTs of this batch relayed before
+    /// it, `smtputf8` whether the transaction's MAIL carries SMTPUTF8.
+    fn check_rcpt(
+        &self,
+        parsed: Result<RcptCommand, CommandError>,
+        pending: usize,
+        smtputf8: bool,
+    ) -> PendingRcpt {
         let rcpt = match parsed {
             Ok(rcpt) => rcpt,
             Err(CommandError::Syntax(detail)) => {
-                return PendingRcpt::Local(replies::syntax(detail), true);
+                return PendingRcpt::client_error(replies::syntax(detail));
             }
-            Err(_) => return PendingRcpt::Local(replies::unrecognized(), true),
+            Err(_) => return PendingRcpt::client_error(replies::unrecognized()),
         };
         if let Some(keyword) =
             missing_extension(&rcpt.params, &self.offered, Extension::for_rcpt_param)
         {
-            return PendingRcpt::Local(replies::unsupported_parameter(&keyword), true);
+            return PendingRcpt::client_error(replies::unsupported_parameter(&keyword));
         }
-        if rcpt.forward_path.is_utf8() && !self.envelope.smtputf8() {
-            return PendingRcpt::Local(replies::utf8_needs_smtputf8(), false);
+        if let Some(upstream) = &self.upstream
+            && let Some(keyword) = missing_extension(
+                &rcpt.params,
+                upstream.capabilities(),
+                Extension::for_rcpt_param,
+            )
+        {
+            return PendingRcpt::refused(replies::extension_gone(&keyword));
+        }
+        if rcpt.forward_path.is_utf8() && !smtputf8 {
+            return PendingRcpt::refused(replies::utf8_needs_smtputf8());
         }
         if self.envelope.recipients.len() + pending >= self.context.config.smtp.max_recipients {
-            return PendingRcpt::Local(replies::too_many_recipients(), false);
+            return PendingRcpt::refused(replies::too_many_recipients());
         }
         PendingRcpt::Relay(rcpt)
     }
@@ -143,7 +179,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 rcpt.forward_path,
                 render_params(&rcpt.params)
             )),
-            PendingRcpt::Local(..) => None,
+            PendingRcpt::Local { .. } => None,
         }));
         let timeout = self.context.config.upstream.timeouts.command;
         let result = match (lines.is_empty(), self.upstream.as_mut()) {
@@ -171,12 +207,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         for pending in rcpts {
             match pending {
-                PendingRcpt::Local(reply, true) => {
+                PendingRcpt::Local {
+                    reply,
+                    counts_as_error: true,
+                } => {
                     if self.error(reply) == Flow::Close {
                         return Flow::Close;
                     }
                 }
-                PendingRcpt::Local(reply, false) => {
+                PendingRcpt::Local {
+                    reply,
+                    counts_as_error: false,
+                } => {
                     self.reply(reply);
                 }
                 PendingRcpt::Relay(rcpt) => {
@@ -212,7 +254,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         for pending in rcpts {
             match pending {
-                PendingRcpt::Local(local, _) => self.reply(local),
+                PendingRcpt::Local { reply: local, .. } => self.reply(local),
                 PendingRcpt::Relay(_) => self.reply(reply.clone()),
             };
         }

@@ -20,6 +20,7 @@ use crate::{
     smtp::{
         EnhancedCode, Reply,
         capabilities::Capabilities,
+        command,
         line::NextLine,
         reply::{ReplyError, ReplyParser},
     },
@@ -197,8 +198,9 @@ impl UpstreamSession {
     }
 
     /// XCLIENT, then the new greeting and a new EHLO, as XCLIENT_README requires. The
-    /// new EHLO carries the client's own HELO name, because Postfix takes the name from
-    /// it (and shows it in its Received header), overriding the XCLIENT HELO attribute.
+    /// new EHLO carries the client's own HELO name when it is a valid domain or address
+    /// literal, because Postfix takes the name from it (and shows it in its Received
+    /// header), overriding the XCLIENT HELO attribute.
     async fn xclient(&mut self, hostname: &str, client: &ClientInfo) -> Result<(), UpstreamError> {
         let command = client_address::xclient_command(client, &self.capabilities)
             .ok_or(UpstreamError::XclientNotOffered)?;
@@ -208,7 +210,11 @@ impl UpstreamSession {
         if reply.code() != 220 {
             return Err(UpstreamError::Refused(Stage::Xclient, reply));
         }
-        self.ehlo(client.helo.as_deref().unwrap_or(hostname)).await
+        let name = client
+            .helo
+            .as_deref()
+            .filter(|name| command::is_domain(name) || command::is_address_literal(name));
+        self.ehlo(name.unwrap_or(hostname)).await
     }
 
     async fn expect(
