@@ -6,6 +6,7 @@
 #   bench/run.sh            # full matrix
 #   QUICK=1 bench/run.sh    # fewer messages, for a smoke run
 #   WORKERS=1 bench/run.sh  # the proxy with server.worker_threads = 1
+#   REUSE=5s bench/run.sh   # the proxy keeps idle upstream sessions ([upstream.reuse])
 #
 # Needs smtp-source and smtp-sink (Debian's postfix package) and python3.
 set -euo pipefail
@@ -38,6 +39,7 @@ name = "bench"
 address = "127.0.0.1:$proxy_port"
 [upstream]
 address = "127.0.0.1:$sink_port"
+reuse = { idle_timeout = "${REUSE:-0s}" }
 TOML
 RUST_LOG=warn "$binary" run --config "$work/bench.toml" 2>"$work/proxy.log" &
 proxy_pid=$!
@@ -66,7 +68,7 @@ print(f'{$messages / elapsed:.0f} {($after - $before) * 1000 / $ticks_per_second
 quick=${QUICK:-0}
 echo "## Throughput (messages per second) and proxy CPU"
 echo
-echo "Machine: $(nproc) cores, load average before the run: $(cut -d' ' -f1-3 /proc/loadavg); proxy worker_threads = ${WORKERS:-0}"
+echo "Machine: $(nproc) cores, load average before the run: $(cut -d' ' -f1-3 /proc/loadavg); proxy worker_threads = ${WORKERS:-0}, upstream reuse idle_timeout = ${REUSE:-0s}"
 echo
 echo "| size | concurrency | sessions | direct msg/s | proxy msg/s | ratio | proxy CPU ms/msg |"
 echo "|---|---|---|---|---|---|---|"

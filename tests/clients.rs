@@ -6,6 +6,25 @@ use std::process::Command;
 
 use common::{Proxy, RecordingUpstream, require_program};
 
+/// Runs swaks against the proxy; returns whether it succeeded and its transcript.
+fn swaks(proxy: &Proxy, to: &str, extra: &[&str]) -> (bool, String) {
+    let output = Command::new("swaks")
+        .args([
+            "--server",
+            &proxy.address.to_string(),
+            "--from",
+            "dave@example.org",
+            "--to",
+            to,
+        ])
+        .args(extra)
+        .output()
+        .unwrap();
+    let transcript = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), transcript)
+}
+
 #[test]
 fn python_smtplib_sends_through_the_proxy() {
     if !require_program("python3") {
@@ -64,16 +83,10 @@ fn swaks_sends_through_the_proxy_with_pipelining() {
     }
     let upstream = RecordingUpstream::start();
     let proxy = Proxy::start(&upstream.address(), "");
-    let output = Command::new("swaks")
-        .args([
-            "--server",
-            &proxy.address.to_string(),
-            "--from",
-            "dave@example.org",
-            "--to",
-            "erin@example.com",
-        ])
-        .args([
+    let (success, transcript) = swaks(
+        &proxy,
+        "erin@example.com",
+        &[
             "--helo",
             "swaks.test",
             "--pipeline",
@@ -81,15 +94,9 @@ fn swaks_sends_through_the_proxy_with_pipelining() {
             "Subject: swaks through portcullis",
             "--body",
             "hello from swaks",
-        ])
-        .output()
-        .unwrap();
-    let transcript = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{transcript}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+        ],
     );
+    assert!(success, "{transcript}");
     assert!(
         transcript.contains("250 2.0.0 Ok: queued as Q1"),
         "{transcript}"
@@ -118,19 +125,8 @@ fn swaks_sees_a_rejection_from_the_upstream() {
         }),
     );
     let proxy = Proxy::start(&upstream.address(), "");
-    let output = Command::new("swaks")
-        .args([
-            "--server",
-            &proxy.address.to_string(),
-            "--from",
-            "dave@example.org",
-            "--to",
-            "ghost@example.com",
-        ])
-        .output()
-        .unwrap();
-    let transcript = String::from_utf8_lossy(&output.stdout);
-    assert!(!output.status.success());
+    let (success, transcript) = swaks(&proxy, "ghost@example.com", &[]);
+    assert!(!success, "{transcript}");
     assert!(
         transcript.contains("550 5.1.1 No such user here"),
         "{transcript}"

@@ -156,9 +156,14 @@ fn run(program: &str, args: &[&str]) {
 }
 
 fn proxy_in_front(postfix: &Postfix, port: &str, mode: &str) -> Proxy {
+    proxy_with(postfix, port, &format!("client_address = \"{mode}\"\n"))
+}
+
+/// A proxy in front of `port` with these `[upstream]` keys.
+fn proxy_with(postfix: &Postfix, port: &str, upstream_keys: &str) -> Proxy {
     Proxy::start(
         &postfix.address(port),
-        &format!("client_address = \"{mode}\"\n\n[server]\nhostname = \"portcullis.test\"\n"),
+        &format!("{upstream_keys}\n[server]\nhostname = \"portcullis.test\"\n"),
     )
 }
 
@@ -230,4 +235,42 @@ fn postfix_sees_the_real_client_through_the_proxy_protocol() {
     assert_eq!(reply.code, 250, "{reply:?}\n{}", postfix.log());
     let message = &postfix.wait_delivered(1)[0];
     assert!(message.contains("[127.0.0.2])"), "{message}");
+}
+
+#[test]
+fn a_kept_postfix_session_serves_the_next_client() {
+    let Some(postfix) = Postfix::start() else {
+        return;
+    };
+    let proxy = proxy_with(
+        &postfix,
+        &postfix.xclient_port,
+        "reuse = { idle_timeout = \"10s\" }\n",
+    );
+    for helo in ["first.test", "second.test"] {
+        let mut client = proxy.client();
+        client.expect(&format!("EHLO {helo}"), 250);
+        let body = format!("Subject: from {helo}\r\n\r\nHi.\r\n.\r\n");
+        let reply = client.send_message(
+            "sender@origin.test",
+            &["user@example.test"],
+            body.as_bytes(),
+        );
+        assert_eq!(reply.code, 250, "{reply:?}\n{}", postfix.log());
+        client.expect("QUIT", 221);
+    }
+    assert_eq!(postfix.wait_delivered(2).len(), 2);
+    // One upstream connection carried both clients: once the proxy stops and QUITs
+    // its kept session, Postfix logs that connection's command counts.
+    proxy.terminate();
+    let reused = "ehlo=1 mail=2 rcpt=2 data=2 quit=1";
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while !postfix.log().contains(reused) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no connection with {reused}:\n{}",
+            postfix.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -831,3 +831,49 @@ fn an_idle_upstream_session_that_timed_out_is_replaced() {
         "a fresh upstream session for the second message"
     );
 }
+
+#[test]
+fn idle_upstream_sessions_are_reused_when_configured() {
+    let upstream = RecordingUpstream::start();
+    let proxy = Proxy::start(
+        &upstream.address(),
+        "reuse = { idle_timeout = \"1s\", max_uses = 2 }\n",
+    );
+    for name in ["first.test", "second.test", "third.test"] {
+        let mut client = proxy.client();
+        client.expect(&format!("EHLO {name}"), 250);
+        assert_eq!(
+            client
+                .send_message("a@example.org", &["b@example.com"], b"x\r\n.\r\n")
+                .code,
+            250
+        );
+        client.expect("QUIT", 221);
+        thread::sleep(Duration::from_millis(100));
+    }
+    let sessions = upstream.sessions();
+    assert_eq!(
+        sessions.len(),
+        2,
+        "max_uses = 2: two client sessions per upstream session"
+    );
+    let mails = sessions[0]
+        .commands
+        .iter()
+        .filter(|c| c.starts_with("MAIL"))
+        .count();
+    assert_eq!(mails, 2, "{:?}", sessions[0].commands);
+    common::wait_until("the session that reached max_uses is closed", || {
+        upstream.sessions()[0]
+            .commands
+            .last()
+            .is_some_and(|c| c == "QUIT")
+    });
+    // The third client's session is kept, then QUIT after the idle timeout.
+    common::wait_until("the kept session is closed after idling", || {
+        upstream.sessions()[1]
+            .commands
+            .last()
+            .is_some_and(|c| c == "QUIT")
+    });
+}

@@ -169,6 +169,43 @@ pub struct UpstreamConfig {
     pub timeouts: UpstreamTimeouts,
     /// How often the upstream's extensions are probed again when no session did it.
     pub capabilities_refresh: Duration,
+    /// Keeping idle upstream sessions for later client sessions.
+    pub reuse: ReuseConfig,
+}
+
+/// `[upstream.reuse]`: idle upstream sessions kept for the next client session, like
+/// Postfix's own SMTP connection cache. Off by default: each client session then has
+/// its own upstream session, closed with QUIT when the client leaves. Only possible with
+/// `client_address = "none"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReuseConfig {
+    /// How long an idle upstream session is kept; "0s" turns reuse off. Keep it well
+    /// below the upstream's own idle timeout (Postfix: smtpd_timeout, 300s).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Idle upstream sessions kept at most (each holds an smtpd process upstream).
+    pub max_idle: usize,
+    /// Client sessions one upstream session serves before it is closed.
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_uses: usize,
+}
+
+impl Default for ReuseConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::ZERO,
+            max_idle: 16,
+            max_uses: 100,
+        }
+    }
+}
+
+impl ReuseConfig {
+    /// True if idle sessions are kept at all.
+    pub fn enabled(&self) -> bool {
+        !self.idle_timeout.is_zero() && self.max_idle > 0
+    }
 }
 
 /// Timeouts towards the upstream, RFC 5321 §4.5.3.2 defaults.
@@ -239,6 +276,7 @@ struct RawUpstream {
     timeouts: UpstreamTimeouts,
     #[serde(default = "default_capabilities_refresh", with = "humantime_serde")]
     capabilities_refresh: Duration,
+    reuse: Option<Spanned<ReuseConfig>>,
 }
 
 fn default_client_address() -> ClientAddressMode {
@@ -343,6 +381,20 @@ impl RawConfig {
                 ));
             }
         };
+        let proxy_header = matches!(
+            upstream.client_address,
+            ClientAddressMode::ProxyV1 | ClientAddressMode::ProxyV2
+        );
+        if let Some(reuse) = &upstream.reuse
+            && proxy_header
+            && reuse.get_ref().enabled()
+        {
+            return Err(error(
+                "upstream.reuse.idle_timeout",
+                reuse.span().start,
+                "upstream sessions cannot be reused with the PROXY protocol (its header describes one client)",
+            ));
+        }
         Ok(Config {
             server: self.server,
             smtp: self.smtp,
@@ -352,6 +404,7 @@ impl RawConfig {
                 client_address: upstream.client_address,
                 timeouts: upstream.timeouts,
                 capabilities_refresh: upstream.capabilities_refresh,
+                reuse: upstream.reuse.map(Spanned::into_inner).unwrap_or_default(),
             },
         })
     }

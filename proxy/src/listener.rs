@@ -18,7 +18,7 @@ use crate::{
     config::{Config, UpstreamTarget},
     devupstream,
     session::{Peer, Session, SessionContext, Shutdown, replies},
-    upstream::capability_cache::CapabilityCache,
+    upstream::{capability_cache::CapabilityCache, pool::SessionPool},
 };
 
 /// Runs the proxy until `shutdown` resolves, then drains. Returns once every session
@@ -51,9 +51,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         config: config.clone(),
         upstream_address,
         capabilities: Arc::new(CapabilityCache::default()),
+        pool: Arc::new(SessionPool::new(config.upstream.reuse.clone())),
         shutdown: signals.clone(),
     });
     tokio::spawn(refresh_capabilities(context.clone()));
+    let reaper = tokio::spawn(reap_idle_upstream_sessions(context.clone()));
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.server.max_connections));
     for (name, socket) in listeners {
@@ -78,6 +80,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         tracker.wait().await;
     }
     signals.abort.cancel();
+    let _ = reaper.await;
     info!("stopped");
     Ok(())
 }
@@ -152,6 +155,24 @@ async fn refresh_capabilities(context: Arc<SessionContext>) {
         tokio::select! {
             _ = context.shutdown.stopping.cancelled() => return,
             _ = tokio::time::sleep(interval.min(Duration::from_secs(60))) => {}
+        }
+    }
+}
+
+/// QUITs kept upstream sessions once they idled past `upstream.reuse.idle_timeout`,
+/// and all of them when the proxy stops.
+async fn reap_idle_upstream_sessions(context: Arc<SessionContext>) {
+    let pool = &context.pool;
+    loop {
+        let stopping = tokio::select! {
+            _ = context.shutdown.stopping.cancelled() => true,
+            _ = tokio::time::sleep(pool.reap_interval()) => false,
+        };
+        for session in pool.remove_expired(stopping) {
+            session.quit().await;
+        }
+        if stopping {
+            return;
         }
     }
 }

@@ -30,7 +30,9 @@ use crate::{
     config::{Config, VerifyPolicy},
     connection::{Connection, ReadError},
     smtp::{Command, CommandError, Reply, capabilities::Capabilities, command, line::NextLine},
-    upstream::{Stage, UpstreamError, UpstreamSession, capability_cache::CapabilityCache},
+    upstream::{
+        Stage, UpstreamError, UpstreamSession, capability_cache::CapabilityCache, pool::SessionPool,
+    },
 };
 pub use state::{Envelope, Peer};
 
@@ -52,6 +54,8 @@ pub struct SessionContext {
     pub upstream_address: String,
     /// The upstream's last known extensions.
     pub capabilities: Arc<CapabilityCache>,
+    /// Idle upstream sessions kept for reuse (empty unless `[upstream.reuse]` is on).
+    pub pool: Arc<SessionPool>,
     /// Shutdown signals.
     pub shutdown: Shutdown,
 }
@@ -135,10 +139,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         let _ = self.flush().await;
         self.downstream.shutdown().await;
-        if let Some(upstream) = self.upstream.take() {
+        self.release_upstream().await;
+        debug!("disconnected");
+    }
+
+    /// The client has left: the upstream session goes back to the pool if it is idle
+    /// and reuse is on, otherwise it is closed with QUIT.
+    async fn release_upstream(&mut self) {
+        let Some(upstream) = self.upstream.take() else {
+            return;
+        };
+        let leftover = if self.upstream_in_transaction {
+            Some(upstream)
+        } else {
+            self.context.pool.give_back(upstream)
+        };
+        if let Some(upstream) = leftover {
             upstream.quit().await;
         }
-        debug!("disconnected");
     }
 
     /// The next command line. Queued replies are flushed first if no further command
@@ -294,13 +312,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if self.upstream.is_none() {
             let config = &self.context.config;
             let client = self.peer.client_info();
-            let session = UpstreamSession::open(
-                &config.upstream,
-                &self.context.upstream_address,
-                &config.server.hostname,
-                Some(&client),
-            )
-            .await?;
+            let session = match self.context.pool.take() {
+                Some(mut session) => {
+                    session.reuse();
+                    debug!(uses = session.uses(), "reusing an idle upstream session");
+                    session
+                }
+                None => {
+                    UpstreamSession::open(
+                        &config.upstream,
+                        &self.context.upstream_address,
+                        &config.server.hostname,
+                        Some(&client),
+                    )
+                    .await?
+                }
+            };
             self.context.capabilities.update(session.capabilities());
             self.upstream = Some(session);
         }

@@ -16,6 +16,7 @@ fn context(extra: &str) -> Arc<SessionContext> {
         config: Arc::new(Config::parse(&text).unwrap()),
         upstream_address: "127.0.0.1:9".into(),
         capabilities: Arc::new(CapabilityCache::default()),
+        pool: Arc::new(SessionPool::new(Default::default())),
         shutdown: Shutdown::default(),
     })
 }
@@ -57,6 +58,14 @@ async fn converse(client: &mut DuplexStream, input: &[u8], replies: usize) -> Ve
         .collect()
 }
 
+/// Sends each command and checks the code of its reply.
+async fn expect_codes(client: &mut DuplexStream, cases: &[(&[u8], &str)]) {
+    for (command, code) in cases {
+        let codes = converse(client, command, 1).await;
+        assert_eq!(codes, [*code], "{}", String::from_utf8_lossy(command));
+    }
+}
+
 #[tokio::test]
 async fn local_verbs_get_their_codes() {
     let mut client = start(context(""));
@@ -73,14 +82,7 @@ async fn local_verbs_get_their_codes() {
         (b"FROB\r\n", "500"),
         (b"MAIL FROM:<a@b.c>\r\n", "503"),
     ];
-    for (command, code) in cases {
-        assert_eq!(
-            converse(&mut client, command, 1).await,
-            [*code],
-            "{}",
-            String::from_utf8_lossy(command)
-        );
-    }
+    expect_codes(&mut client, cases).await;
     assert_eq!(converse(&mut client, b"QUIT\r\n", 1).await, ["221"]);
 }
 
@@ -100,14 +102,7 @@ async fn syntax_sequence_and_length_errors() {
         ("MAIL FROM:<ü@b.c>\r\n".as_bytes(), "553"),
         (b"RSET\r\n", "250"),
     ];
-    for (command, code) in cases {
-        assert_eq!(
-            converse(&mut client, command, 1).await,
-            [*code],
-            "{}",
-            String::from_utf8_lossy(command)
-        );
-    }
+    expect_codes(&mut client, cases).await;
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@
 
 pub mod capability_cache;
 pub mod client_address;
+pub mod pool;
 
 use std::{io, time::Duration};
 
@@ -111,6 +112,8 @@ pub struct UpstreamSession {
     connection: Connection<TcpStream>,
     capabilities: Capabilities,
     config: UpstreamConfig,
+    /// Client sessions served so far (more than one with `[upstream.reuse]`).
+    uses: usize,
 }
 
 impl UpstreamSession {
@@ -131,6 +134,7 @@ impl UpstreamSession {
             connection: Connection::new(stream),
             capabilities: Capabilities::default(),
             config: config.clone(),
+            uses: 1,
         };
         session.send_proxy_header(client).await?;
         session
@@ -151,6 +155,16 @@ impl UpstreamSession {
         }
         let mut probe = [0u8; 64];
         !matches!(self.connection.stream().try_read(&mut probe), Err(error) if error.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Client sessions this upstream session has served.
+    pub fn uses(&self) -> usize {
+        self.uses
+    }
+
+    /// Counts one more client session served by this (kept) upstream session.
+    pub fn reuse(&mut self) {
+        self.uses += 1;
     }
 
     /// The extensions this upstream session announced.
