@@ -138,25 +138,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         }
         let _ = self.flush().await;
-        self.downstream.shutdown().await;
-        self.release_upstream().await;
-        debug!("disconnected");
-    }
-
-    /// The client has left: the upstream session goes back to the pool if it is idle
-    /// and reuse is on, otherwise it is closed with QUIT.
-    async fn release_upstream(&mut self) {
-        let Some(upstream) = self.upstream.take() else {
-            return;
-        };
-        let leftover = if self.upstream_in_transaction {
-            Some(upstream)
-        } else {
-            self.context.pool.give_back(upstream)
-        };
-        if let Some(upstream) = leftover {
-            upstream.quit().await;
+        let (context, upstream) = (self.context.clone(), self.upstream.take());
+        let in_transaction = self.upstream_in_transaction;
+        // Close the downstream socket first: the client sees the end at once, not after
+        // the upstream's QUIT round trip.
+        drop(self);
+        if let Some(upstream) = upstream {
+            release_upstream(&context, upstream, in_transaction).await;
         }
+        debug!("disconnected");
     }
 
     /// The next command line. Queued replies are flushed first if no further command
@@ -411,6 +401,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn flush(&mut self) -> std::io::Result<()> {
         let deadline = Instant::now() + self.context.config.smtp.command_timeout;
         self.downstream.flush(deadline).await
+    }
+}
+
+/// The client has left: its upstream session goes back to the pool if it is idle and
+/// reuse is on, otherwise it is closed with QUIT.
+async fn release_upstream(
+    context: &SessionContext,
+    upstream: UpstreamSession,
+    in_transaction: bool,
+) {
+    let keep = !in_transaction && !context.shutdown.stopping.is_cancelled();
+    let leftover = if keep {
+        context.pool.give_back(upstream)
+    } else {
+        Some(upstream)
+    };
+    if let Some(upstream) = leftover {
+        upstream.quit().await;
     }
 }
 

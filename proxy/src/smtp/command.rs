@@ -434,6 +434,7 @@ mod tests {
                 "EHLO [IPv6:2001:db8::1]",
                 Command::Ehlo("[IPv6:2001:db8::1]".into()),
             ),
+            ("EHLO DESKTOP_42", Command::Ehlo("DESKTOP_42".into())),
             (
                 "MAIL FROM:<a@example.com>",
                 Command::Mail(MailCommand {
