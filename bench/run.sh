@@ -65,19 +65,33 @@ elapsed = $end - $start
 print(f'{$messages / elapsed:.0f} {($after - $before) * 1000 / $ticks_per_second / $messages:.3f}')"
 }
 
+# Median of three alternating runs per side: the machine is a VM with noisy neighbours.
+median() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
+measure() {
+  local size=$1 messages=$2 concurrency=$3 per_session=$4
+  local direct=() proxied=() cpu=() d p c
+  for _ in 1 2 3; do
+    read -r d _ < <(run $sink_port "$size" "$messages" "$concurrency" "$per_session")
+    read -r p c < <(run $proxy_port "$size" "$messages" "$concurrency" "$per_session")
+    direct+=("$d"); proxied+=("$p"); cpu+=("$c")
+  done
+  echo "$(median "${direct[@]}") $(median "${proxied[@]}") $(median "${cpu[@]}")"
+}
+
 quick=${QUICK:-0}
 echo "## Throughput (messages per second) and proxy CPU"
 echo
 echo "Machine: $(nproc) cores, load average before the run: $(cut -d' ' -f1-3 /proc/loadavg); proxy worker_threads = ${WORKERS:-0}, upstream reuse idle_timeout = ${REUSE:-0s}"
 echo
+echo "Each figure is the median of three runs; direct and proxied runs alternate."
+echo
 echo "| size | concurrency | sessions | direct msg/s | proxy msg/s | ratio | proxy CPU ms/msg |"
 echo "|---|---|---|---|---|---|---|"
 for size in 10240 1048576; do
-  if [ "$size" = 10240 ]; then messages=$(( quick ? 1000 : 10000 )); else messages=$(( quick ? 50 : 500 )); fi
+  if [ "$size" = 10240 ]; then messages=$(( quick ? 1000 : 5000 )); else messages=$(( quick ? 50 : 200 )); fi
   for concurrency in 1 10 100; do
     for per_session in one many; do
-      read -r direct _ < <(run $sink_port $size $messages $concurrency $per_session)
-      read -r proxied cpu < <(run $proxy_port $size $messages $concurrency $per_session)
+      read -r direct proxied cpu < <(measure $size $messages $concurrency $per_session)
       ratio=$(python3 -c "print(f'{$proxied / $direct:.2f}')")
       label=$([ "$per_session" = one ] && echo "one per message" || echo "many per session")
       echo "| $((size / 1024)) KiB | $concurrency | $label | $direct | $proxied | $ratio | $cpu |"

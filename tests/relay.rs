@@ -128,6 +128,9 @@ fn a_25_megabyte_message_streams_through_unchanged() {
     let reply = client.send_message("a@example.org", &["b@example.com"], &wire);
     assert_eq!(reply.code, 250, "{reply:?}");
     assert_eq!(upstream.wait_messages(1)[0], wire);
+    // Streamed, not held: the proxy's peak memory stays far below the message size.
+    let peak = proxy.peak_rss_kib();
+    assert!(peak < 16 * 1024, "peak RSS {peak} KiB for a 25 MB message");
 }
 
 #[test]
@@ -876,4 +879,31 @@ fn idle_upstream_sessions_are_reused_when_configured() {
             .last()
             .is_some_and(|c| c == "QUIT")
     });
+}
+
+#[test]
+fn an_upstream_that_refuses_ehlo_gets_helo() {
+    let upstream = upstream_failing(
+        "EHLO",
+        Action::Reply("502 5.5.2 Error: command not recognized".into()),
+    );
+    let proxy = Proxy::start(&upstream.address(), "");
+    let mut client = proxy.client();
+    let reply = ehlo(&mut client);
+    assert_eq!(
+        reply.lines.len(),
+        1,
+        "no extensions can be relayed: {reply:?}"
+    );
+    assert_eq!(
+        client
+            .send_message("a@example.org", &["b@example.com"], b"x\r\n.\r\n")
+            .code,
+        250
+    );
+    let commands = &upstream.sessions()[0].commands;
+    assert!(
+        commands[0].starts_with("EHLO ") && commands[1].starts_with("HELO "),
+        "{commands:?}"
+    );
 }
