@@ -6,6 +6,8 @@
 //! side of the relay). [`connection`] is the shared bytes ↔ lines plumbing;
 //! [`devupstream`] is the built-in development upstream for trying things out.
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod connection;
 pub mod devupstream;

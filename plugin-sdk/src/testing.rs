@@ -1,0 +1,358 @@
+//! Runs a plugin's hooks natively under `cargo test`, with an in-memory key-value
+//! store, scripted DNS answers, a settable clock and captured logs — the same host
+//! calls the proxy provides, so a plugin's logic is tested without building WASM.
+//!
+//! ```
+//! use portcullis_sdk::{Config, Envelope, Hooks, Param, PathOutcome, Plugin, Session, Verdict};
+//! use portcullis_sdk::testing::Harness;
+//!
+//! struct OnlyExample;
+//! impl Plugin for OnlyExample {
+//!     fn init(_: &Config) -> Result<(Self, Hooks), String> {
+//!         Ok((OnlyExample, Hooks::RCPT))
+//!     }
+//!     fn rcpt(&mut self, _: &Session, _: &Envelope, to: &str, _: &[Param]) -> PathOutcome {
+//!         if to.ends_with("@example.com") {
+//!             PathOutcome::default()
+//!         } else {
+//!             Verdict::reject(550, "5.7.1", "Relay denied").into()
+//!         }
+//!     }
+//! }
+//!
+//! let mut harness = Harness::<OnlyExample>::new("").unwrap();
+//! harness.mail("a@example.org");
+//! assert_eq!(harness.rcpt("b@example.com").verdict, Verdict::Continue);
+//! assert!(matches!(harness.rcpt("b@elsewhere.test").verdict, Verdict::Reject(_)));
+//! assert_eq!(harness.envelope().recipients, ["b@example.com"]);
+//! ```
+
+use crate::{
+    Config, DataOutcome, Envelope, HeloOutcome, Hooks, Message, Param, PathOutcome, Plugin,
+    Session, Verdict, dns::DnsError, log::Level,
+};
+
+/// One plugin instance driven like the proxy drives it: hooks the plugin did not ask
+/// for are not called, and the envelope grows as the verdicts allow.
+pub struct Harness<P: Plugin> {
+    plugin: P,
+    hooks: Hooks,
+    session: Session,
+    envelope: Envelope,
+}
+
+impl<P: Plugin> Harness<P> {
+    /// Builds the instance from a TOML `config` table (its body, e.g. `limit = 3`).
+    pub fn new(config: &str) -> Result<Self, String> {
+        let table: Config = config.parse().map_err(|e| format!("invalid config: {e}"))?;
+        let (plugin, hooks) = P::init(&table)?;
+        Ok(Harness {
+            plugin,
+            hooks,
+            session: Session {
+                id: "test-session".into(),
+                listener: "test".into(),
+                client_ip: "192.0.2.1".into(),
+                client_port: 40000,
+                ..Session::default()
+            },
+            envelope: Envelope::default(),
+        })
+    }
+
+    /// The hooks the plugin asked for.
+    pub fn hooks(&self) -> Hooks {
+        self.hooks
+    }
+
+    /// The session the hooks see; change it to test other clients.
+    pub fn session_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
+    /// The envelope so far.
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// The plugin instance, to inspect its state.
+    pub fn plugin(&mut self) -> &mut P {
+        &mut self.plugin
+    }
+
+    /// Runs the connect hook.
+    pub fn connect(&mut self) -> Verdict {
+        if !self.hooks.contains(Hooks::CONNECT) {
+            return Verdict::Continue;
+        }
+        self.plugin.connect(&self.session)
+    }
+
+    /// Runs the HELO hook and records the name.
+    pub fn helo(&mut self, name: &str) -> HeloOutcome {
+        self.session.helo = Some(name.to_string());
+        if !self.hooks.contains(Hooks::HELO) {
+            return HeloOutcome::default();
+        }
+        self.plugin.helo(&self.session, name)
+    }
+
+    /// Records a login and runs the AUTH hook.
+    pub fn auth(&mut self, mechanism: &str, login: &str) -> Verdict {
+        self.session.login = Some(login.to_string());
+        if !self.hooks.contains(Hooks::AUTH) {
+            return Verdict::Continue;
+        }
+        self.plugin.auth(&self.session, mechanism, login)
+    }
+
+    /// Runs the MAIL hook for `sender` (no brackets) and starts a new envelope.
+    pub fn mail(&mut self, sender: &str) -> PathOutcome {
+        self.mail_with(sender, &[])
+    }
+
+    /// Runs the MAIL hook with parameters.
+    pub fn mail_with(&mut self, sender: &str, params: &[Param]) -> PathOutcome {
+        let outcome = if self.hooks.contains(Hooks::MAIL) {
+            self.plugin.mail(&self.session, sender, params)
+        } else {
+            PathOutcome::default()
+        };
+        self.envelope = Envelope {
+            sender: outcome
+                .rewrite_address
+                .clone()
+                .unwrap_or_else(|| sender.to_string()),
+            mail_params: outcome
+                .rewrite_params
+                .clone()
+                .unwrap_or_else(|| params.to_vec()),
+            recipients: Vec::new(),
+        };
+        outcome
+    }
+
+    /// Runs the RCPT hook; an allowed recipient (possibly rewritten) joins the envelope.
+    pub fn rcpt(&mut self, recipient: &str) -> PathOutcome {
+        let outcome = if self.hooks.contains(Hooks::RCPT) {
+            self.plugin
+                .rcpt(&self.session, &self.envelope, recipient, &[])
+        } else {
+            PathOutcome::default()
+        };
+        if matches!(outcome.verdict, Verdict::Continue | Verdict::Accept) {
+            let address = outcome
+                .rewrite_address
+                .clone()
+                .unwrap_or_else(|| recipient.to_string());
+            self.envelope.recipients.push(address);
+        }
+        outcome
+    }
+
+    /// Runs the DATA hook on a whole message (header fields, empty line, body; CRLF).
+    pub fn data(&mut self, message: &[u8]) -> DataOutcome {
+        if !self.hooks.contains(Hooks::DATA) {
+            return DataOutcome::default();
+        }
+        let message = Message::from_bytes(message);
+        self.plugin.data(&self.session, &self.envelope, &message)
+    }
+
+    /// Runs the session-end hook.
+    pub fn end(&mut self) {
+        if self.hooks.contains(Hooks::SESSION_END) {
+            self.plugin.session_end(&self.session);
+        }
+    }
+}
+
+/// Scripts the answer to a DNS query of `kind` ("a", "aaaa", "txt", "mx", "ptr") for
+/// `name`. Unscripted queries answer `NotFound`.
+pub fn dns_answer(kind: &str, name: &str, answer: Result<Vec<String>, DnsError>) {
+    host::with(|state| {
+        state
+            .dns
+            .insert((kind.to_string(), name.to_ascii_lowercase()), answer)
+    });
+}
+
+/// Sets the clock the plugin sees (milliseconds since the epoch).
+pub fn set_now_ms(now: u64) {
+    host::with(|state| state.now_ms = now);
+}
+
+/// The log lines written so far on this thread.
+pub fn logs() -> Vec<(Level, String)> {
+    host::with(|state| state.logs.clone())
+}
+
+/// Empties the key-value store, the DNS script and the logs (each test thread has its
+/// own; call this when one thread runs several scenarios).
+pub fn reset() {
+    host::with(|state| *state = host::State::default());
+}
+
+/// The native stand-in for the proxy's host calls. Not for plugin authors.
+#[doc(hidden)]
+pub mod host {
+    use std::{cell::RefCell, collections::HashMap};
+
+    use crate::{dns::DnsError, log::Level};
+
+    /// Everything the host calls touch, per test thread.
+    #[derive(Default)]
+    pub struct State {
+        pub kv: HashMap<String, (Vec<u8>, Option<u64>)>,
+        pub dns: HashMap<(String, String), Result<Vec<String>, DnsError>>,
+        pub logs: Vec<(Level, String)>,
+        pub now_ms: u64,
+    }
+
+    thread_local! {
+        static STATE: RefCell<State> = RefCell::new(State { now_ms: 1_700_000_000_000, ..State::default() });
+    }
+
+    pub fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
+        STATE.with(|state| f(&mut state.borrow_mut()))
+    }
+
+    pub fn log(level: Level, message: &str) {
+        with(|state| state.logs.push((level, message.to_string())));
+    }
+
+    pub fn now_ms() -> u64 {
+        with(|state| state.now_ms)
+    }
+
+    pub mod kv {
+        use super::with;
+
+        fn live(state: &mut super::State, key: &str) -> Option<Vec<u8>> {
+            let now = state.now_ms;
+            match state.kv.get(key) {
+                Some((_, Some(expiry))) if *expiry <= now => {
+                    state.kv.remove(key);
+                    None
+                }
+                Some((value, _)) => Some(value.clone()),
+                None => None,
+            }
+        }
+
+        pub fn get(key: &str) -> Option<Vec<u8>> {
+            with(|state| live(state, key))
+        }
+
+        pub fn set(key: &str, value: &[u8], ttl_ms: Option<u64>) {
+            with(|state| {
+                let expiry = ttl_ms.map(|ttl| state.now_ms + ttl);
+                state.kv.insert(key.to_string(), (value.to_vec(), expiry));
+            });
+        }
+
+        pub fn incr(key: &str, delta: i64, ttl_ms: Option<u64>) -> i64 {
+            with(|state| {
+                let current = live(state, key);
+                let number = current
+                    .as_deref()
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
+                    .unwrap_or(0)
+                    + delta;
+                let expiry = match (current, state.kv.get(key)) {
+                    (Some(_), Some((_, expiry))) => *expiry,
+                    _ => ttl_ms.map(|ttl| state.now_ms + ttl),
+                };
+                state
+                    .kv
+                    .insert(key.to_string(), (number.to_string().into_bytes(), expiry));
+                number
+            })
+        }
+
+        pub fn delete(key: &str) -> bool {
+            with(|state| live(state, key).is_some() && state.kv.remove(key).is_some())
+        }
+    }
+
+    pub mod dns {
+        use super::with;
+        pub use crate::dns::DnsError;
+
+        fn lookup(kind: &str, name: &str) -> Result<Vec<String>, DnsError> {
+            with(|state| {
+                state
+                    .dns
+                    .get(&(kind.to_string(), name.to_ascii_lowercase()))
+                    .cloned()
+            })
+            .unwrap_or(Err(DnsError::NotFound))
+        }
+
+        pub fn a(name: &str) -> Result<Vec<String>, DnsError> {
+            lookup("a", name)
+        }
+
+        pub fn aaaa(name: &str) -> Result<Vec<String>, DnsError> {
+            lookup("aaaa", name)
+        }
+
+        pub fn txt(name: &str) -> Result<Vec<String>, DnsError> {
+            lookup("txt", name)
+        }
+
+        /// Scripted MX answers are "preference host" strings.
+        pub fn mx(name: &str) -> Result<Vec<(u16, String)>, DnsError> {
+            lookup("mx", name).map(|answers| {
+                answers
+                    .iter()
+                    .filter_map(|a| {
+                        let (preference, host) = a.split_once(' ')?;
+                        Some((preference.parse().ok()?, host.to_string()))
+                    })
+                    .collect()
+            })
+        }
+
+        pub fn ptr(ip: &str) -> Result<Vec<String>, DnsError> {
+            lookup("ptr", ip)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_test_key_value_store_counts_and_expires() {
+        reset();
+        set_now_ms(1_000);
+        assert_eq!(crate::kv::incr("k", 1, Some(Duration::from_secs(10))), 1);
+        assert_eq!(crate::kv::incr("k", 2, Some(Duration::from_secs(10))), 3);
+        set_now_ms(10_999);
+        assert_eq!(crate::kv::get("k"), Some(b"3".to_vec()));
+        set_now_ms(11_000);
+        assert_eq!(crate::kv::get("k"), None);
+        assert_eq!(crate::kv::incr("k", 1, None), 1);
+        assert!(crate::kv::delete("k"));
+        assert!(!crate::kv::delete("k"));
+    }
+
+    #[test]
+    fn scripted_dns_answers() {
+        reset();
+        dns_answer("txt", "2.0.0.127.zen.test", Ok(vec!["listed".into()]));
+        assert_eq!(
+            crate::dns::txt("2.0.0.127.ZEN.test"),
+            Ok(vec!["listed".to_string()])
+        );
+        assert_eq!(crate::dns::a("nothing.test"), Err(DnsError::NotFound));
+        dns_answer("mx", "example.com", Ok(vec!["10 mx.example.com".into()]));
+        assert_eq!(
+            crate::dns::mx("example.com"),
+            Ok(vec![(10, "mx.example.com".to_string())])
+        );
+    }
+}

@@ -1,0 +1,238 @@
+//! The values hooks receive and return.
+
+use std::ops::BitOr;
+
+/// A reply for the client. The proxy checks it: 5xx for [`Verdict::Reject`], 4xx for
+/// [`Verdict::Tempfail`], an enhanced code of the same class, no CR or LF in the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The three-digit reply code.
+    pub code: u16,
+    /// An enhanced status code such as `"5.7.1"`.
+    pub enhanced: Option<String>,
+    /// The text after the codes.
+    pub text: String,
+}
+
+impl Reply {
+    /// A reply with an enhanced status code.
+    ///
+    /// ```
+    /// let reply = portcullis_sdk::Reply::new(550, "5.7.1", "Not here");
+    /// assert_eq!(reply.enhanced.as_deref(), Some("5.7.1"));
+    /// ```
+    pub fn new(code: u16, enhanced: &str, text: impl Into<String>) -> Self {
+        Self {
+            code,
+            enhanced: Some(enhanced.to_string()),
+            text: text.into(),
+        }
+    }
+}
+
+/// What a hook decides for its stage. The first verdict in the chain that is not
+/// `Continue` decides the stage.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Verdict {
+    /// No objection: the next plugin decides.
+    #[default]
+    Continue,
+    /// Accept this stage; later plugins are not asked.
+    Accept,
+    /// Refuse with a 5xx reply.
+    Reject(Reply),
+    /// Refuse for now with a 4xx reply.
+    Tempfail(Reply),
+    /// DATA stage only: the client gets 250 and nothing goes upstream.
+    Discard,
+    /// 421 and close the connection, with an optional text.
+    Disconnect(Option<String>),
+}
+
+impl Verdict {
+    /// `Reject` with a reply built from its parts.
+    pub fn reject(code: u16, enhanced: &str, text: impl Into<String>) -> Self {
+        Verdict::Reject(Reply::new(code, enhanced, text))
+    }
+
+    /// `Tempfail` with a reply built from its parts.
+    pub fn tempfail(code: u16, enhanced: &str, text: impl Into<String>) -> Self {
+        Verdict::Tempfail(Reply::new(code, enhanced, text))
+    }
+}
+
+/// The hooks a plugin wants called; combine with `|`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Hooks(u8);
+
+impl Hooks {
+    /// No hooks.
+    pub const NONE: Hooks = Hooks(0);
+    /// [`crate::Plugin::connect`].
+    pub const CONNECT: Hooks = Hooks(1);
+    /// [`crate::Plugin::helo`].
+    pub const HELO: Hooks = Hooks(1 << 1);
+    /// [`crate::Plugin::auth`].
+    pub const AUTH: Hooks = Hooks(1 << 2);
+    /// [`crate::Plugin::mail`].
+    pub const MAIL: Hooks = Hooks(1 << 3);
+    /// [`crate::Plugin::rcpt`].
+    pub const RCPT: Hooks = Hooks(1 << 4);
+    /// [`crate::Plugin::data`].
+    pub const DATA: Hooks = Hooks(1 << 5);
+    /// [`crate::Plugin::session_end`].
+    pub const SESSION_END: Hooks = Hooks(1 << 6);
+
+    /// True if every hook in `other` is in `self`.
+    pub fn contains(self, other: Hooks) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The raw bits, in the order of the WIT `hooks` flags.
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+}
+
+impl BitOr for Hooks {
+    type Output = Hooks;
+
+    fn bitor(self, other: Hooks) -> Hooks {
+        Hooks(self.0 | other.0)
+    }
+}
+
+/// What a plugin knows about the session.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Session {
+    /// The session id in the proxy's logs.
+    pub id: String,
+    /// The listener's name.
+    pub listener: String,
+    /// The client's IP address.
+    pub client_ip: String,
+    /// The client's port.
+    pub client_port: u16,
+    /// The HELO/EHLO name, once given.
+    pub helo: Option<String>,
+    /// True once the session is encrypted.
+    pub tls: bool,
+    /// The authenticated login, if any.
+    pub login: Option<String>,
+}
+
+/// An ESMTP parameter of MAIL or RCPT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Param {
+    /// The keyword as the client spelled it.
+    pub keyword: String,
+    /// The value, if any.
+    pub value: Option<String>,
+}
+
+/// The envelope so far.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Envelope {
+    /// The reverse-path without brackets; empty for the null path.
+    pub sender: String,
+    /// The MAIL parameters.
+    pub mail_params: Vec<Param>,
+    /// Accepted recipients, without brackets.
+    pub recipients: Vec<String>,
+}
+
+/// The result of the HELO hook.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeloOutcome {
+    /// The decision.
+    pub verdict: Verdict,
+    /// A new HELO name for the upstream.
+    pub rewrite_name: Option<String>,
+}
+
+/// The result of the MAIL and RCPT hooks.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PathOutcome {
+    /// The decision.
+    pub verdict: Verdict,
+    /// A new address (without brackets), if rewritten.
+    pub rewrite_address: Option<String>,
+    /// A new parameter list, if rewritten.
+    pub rewrite_params: Option<Vec<Param>>,
+}
+
+impl PathOutcome {
+    /// Continue, with the address rewritten.
+    pub fn rewrite(address: impl Into<String>) -> Self {
+        PathOutcome {
+            rewrite_address: Some(address.into()),
+            ..PathOutcome::default()
+        }
+    }
+}
+
+impl From<Verdict> for PathOutcome {
+    fn from(verdict: Verdict) -> Self {
+        PathOutcome {
+            verdict,
+            ..PathOutcome::default()
+        }
+    }
+}
+
+impl From<Verdict> for HeloOutcome {
+    fn from(verdict: Verdict) -> Self {
+        HeloOutcome {
+            verdict,
+            rewrite_name: None,
+        }
+    }
+}
+
+/// One header field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// The field name as written.
+    pub name: String,
+    /// The value, unfolded, without the leading space.
+    pub value: String,
+}
+
+/// A change to the message or its envelope at the DATA stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageEdit {
+    /// Append a header field at the end of the header block.
+    AddHeader(Header),
+    /// Insert a header field before the field at this 0-based index.
+    InsertHeader(u32, Header),
+    /// Change the n-th (1-based) field of this name; `None` removes that field.
+    ChangeHeader(String, u32, Option<String>),
+    /// Remove every field of this name.
+    RemoveHeader(String),
+    /// Replace the body.
+    ReplaceBody(Vec<u8>),
+    /// Add a recipient.
+    AddRecipient(String),
+    /// Remove a recipient.
+    RemoveRecipient(String),
+    /// Quarantine the message, with a reason.
+    Quarantine(String),
+}
+
+/// The result of the DATA hook.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DataOutcome {
+    /// The decision.
+    pub verdict: Verdict,
+    /// Edits, applied in order when the verdict lets the message through.
+    pub edits: Vec<MessageEdit>,
+}
+
+impl From<Verdict> for DataOutcome {
+    fn from(verdict: Verdict) -> Self {
+        DataOutcome {
+            verdict,
+            edits: Vec::new(),
+        }
+    }
+}

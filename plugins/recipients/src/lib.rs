@@ -1,0 +1,202 @@
+//! `recipients`: decides at RCPT which recipients this MX accepts.
+//!
+//! - `domains`: recipients in these domains are accepted;
+//! - `addresses`: these exact addresses are accepted too (any domain);
+//! - `aliases`: a table from an address to the address it is rewritten to (the target
+//!   must itself be acceptable);
+//! - `max_recipients`: recipients per message; past it 452 4.5.3 (the client sends the
+//!   rest in another transaction).
+//!
+//! Everything else gets `550 5.1.1`. `<Postmaster>` is always accepted (RFC 5321
+//! §4.5.1). Comparisons ignore case.
+
+use std::collections::HashMap;
+
+use portcullis_sdk::{Config, Envelope, Hooks, Param, PathOutcome, Plugin, Session, Verdict};
+
+/// The plugin's configuration, read once per session instance.
+pub struct Recipients {
+    domains: Vec<String>,
+    addresses: Vec<String>,
+    aliases: HashMap<String, String>,
+    max_recipients: usize,
+}
+
+fn strings(config: &Config, key: &str) -> Result<Vec<String>, String> {
+    match config.get(key) {
+        None => Ok(Vec::new()),
+        Some(value) => value
+            .as_array()
+            .ok_or(format!("{key} must be a list of strings"))?
+            .iter()
+            .map(|item| {
+                item.as_str()
+                    .map(str::to_ascii_lowercase)
+                    .ok_or(format!("{key} must be a list of strings"))
+            })
+            .collect(),
+    }
+}
+
+impl Recipients {
+    fn accepts(&self, address: &str) -> bool {
+        let domain = address.rsplit_once('@').map(|(_, domain)| domain);
+        address.eq_ignore_ascii_case("postmaster")
+            || self.addresses.iter().any(|a| a == address)
+            || domain.is_some_and(|d| self.domains.iter().any(|allowed| allowed == d))
+    }
+}
+
+impl Plugin for Recipients {
+    fn init(config: &Config) -> Result<(Self, Hooks), String> {
+        let aliases = match config.get("aliases") {
+            None => HashMap::new(),
+            Some(value) => value
+                .as_table()
+                .ok_or("aliases must be a table of address = \"target\"")?
+                .iter()
+                .map(|(from, to)| {
+                    let to = to
+                        .as_str()
+                        .ok_or(format!("alias {from} must map to a string"))?;
+                    Ok((from.to_ascii_lowercase(), to.to_ascii_lowercase()))
+                })
+                .collect::<Result<_, String>>()?,
+        };
+        let max_recipients = match config.get("max_recipients") {
+            None => usize::MAX,
+            Some(value) => value
+                .as_integer()
+                .filter(|n| *n > 0)
+                .ok_or("max_recipients must be a positive integer")?
+                as usize,
+        };
+        let plugin = Recipients {
+            domains: strings(config, "domains")?,
+            addresses: strings(config, "addresses")?,
+            aliases,
+            max_recipients,
+        };
+        Ok((plugin, Hooks::RCPT))
+    }
+
+    fn rcpt(
+        &mut self,
+        _session: &Session,
+        envelope: &Envelope,
+        recipient: &str,
+        _params: &[Param],
+    ) -> PathOutcome {
+        if envelope.recipients.len() >= self.max_recipients {
+            return Verdict::tempfail(452, "4.5.3", "Too many recipients for one message").into();
+        }
+        let address = recipient.to_ascii_lowercase();
+        let alias = self.aliases.get(&address).cloned();
+        if !self.accepts(alias.as_deref().unwrap_or(&address)) {
+            return Verdict::reject(
+                550,
+                "5.1.1",
+                format!("<{recipient}>: Recipient address rejected: not accepted here"),
+            )
+            .into();
+        }
+        match alias {
+            Some(target) => PathOutcome::rewrite(target),
+            None => PathOutcome::default(),
+        }
+    }
+}
+
+portcullis_sdk::export!(Recipients);
+
+#[cfg(test)]
+mod tests {
+    use portcullis_sdk::{Verdict, testing::Harness};
+
+    use super::Recipients;
+
+    const CONFIG: &str = r#"
+        domains = ["example.com", "Example.ORG"]
+        addresses = ["partner@elsewhere.test"]
+        max_recipients = 3
+        [aliases]
+        "sales@example.com" = "alice@example.org"
+        "info@example.com" = "someone@outside.test"
+    "#;
+
+    fn code(verdict: &Verdict) -> u16 {
+        match verdict {
+            Verdict::Reject(reply) | Verdict::Tempfail(reply) => reply.code,
+            _ => 250,
+        }
+    }
+
+    #[test]
+    fn accepts_configured_domains_and_addresses() {
+        let mut harness = Harness::<Recipients>::new(CONFIG).unwrap();
+        harness.mail("sender@origin.test");
+        let cases = [
+            ("bob@example.com", 250),
+            ("BOB@EXAMPLE.ORG", 250),
+            ("partner@elsewhere.test", 250),
+            ("other@elsewhere.test", 550),
+            ("Postmaster", 250),
+        ];
+        for (recipient, expected) in cases {
+            harness.mail("sender@origin.test");
+            assert_eq!(
+                code(&harness.rcpt(recipient).verdict),
+                expected,
+                "{recipient}"
+            );
+        }
+    }
+
+    #[test]
+    fn aliases_rewrite_and_are_checked_after_rewriting() {
+        let mut harness = Harness::<Recipients>::new(CONFIG).unwrap();
+        harness.mail("sender@origin.test");
+        let outcome = harness.rcpt("Sales@Example.com");
+        assert_eq!(
+            outcome.rewrite_address.as_deref(),
+            Some("alice@example.org")
+        );
+        assert_eq!(harness.envelope().recipients, ["alice@example.org"]);
+        let outcome = harness.rcpt("info@example.com");
+        assert_eq!(
+            code(&outcome.verdict),
+            550,
+            "an alias to a foreign address is not an open relay"
+        );
+    }
+
+    #[test]
+    fn caps_recipients_per_message() {
+        let mut harness = Harness::<Recipients>::new(CONFIG).unwrap();
+        harness.mail("sender@origin.test");
+        for n in 0..3 {
+            assert_eq!(
+                code(&harness.rcpt(&format!("r{n}@example.com")).verdict),
+                250
+            );
+        }
+        let outcome = harness.rcpt("r4@example.com");
+        assert_eq!(
+            outcome.verdict,
+            Verdict::tempfail(452, "4.5.3", "Too many recipients for one message")
+        );
+        harness.mail("sender@origin.test");
+        assert_eq!(
+            code(&harness.rcpt("r5@example.com").verdict),
+            250,
+            "a new transaction starts from zero"
+        );
+    }
+
+    #[test]
+    fn bad_configuration_is_refused() {
+        for config in ["domains = 3", "max_recipients = 0", "[aliases]\na = 1"] {
+            assert!(Harness::<Recipients>::new(config).is_err(), "{config}");
+        }
+    }
+}
