@@ -33,6 +33,8 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// The MTA behind the proxy.
     pub upstream: UpstreamConfig,
+    /// The plugins by name; listeners refer to them.
+    pub plugins: std::collections::BTreeMap<String, PluginConfig>,
 }
 
 /// `[server]`.
@@ -133,6 +135,49 @@ pub struct ListenerConfig {
     pub name: String,
     /// The address to bind (`127.0.0.1:0` picks a free port).
     pub address: SocketAddr,
+    /// The plugin chain of this listener, in order (names of `[plugins.NAME]`).
+    pub plugins: Vec<String>,
+}
+
+/// What a session gets when a plugin fails (trap, timeout, memory, invalid result).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// 451 4.3.0: try again later (the default: nothing is lost).
+    #[default]
+    Tempfail,
+    /// Skip the plugin for this stage, as if it had said continue.
+    Continue,
+    /// 550 5.3.0: refuse.
+    Reject,
+}
+
+/// One `[plugins.NAME]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// The component (`.wasm`, built for wasm32-wasip2), relative to the working directory.
+    pub path: PathBuf,
+    /// Longest time one hook call may run.
+    #[serde(default = "default_plugin_timeout")]
+    pub timeout_ms: u64,
+    /// Most linear memory one instance may grow to.
+    #[serde(default = "default_plugin_memory")]
+    pub memory_mb: u64,
+    /// What the session gets when the plugin fails.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// The plugin's own configuration, handed to its `init` as TOML text.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+fn default_plugin_timeout() -> u64 {
+    200
+}
+
+fn default_plugin_memory() -> u64 {
+    32
 }
 
 /// How the upstream learns the real client address.
@@ -256,6 +301,8 @@ pub struct RawConfig {
     #[serde(default)]
     listener: Vec<RawListener>,
     upstream: Spanned<RawUpstream>,
+    #[serde(default)]
+    plugins: std::collections::BTreeMap<String, PluginConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -263,6 +310,7 @@ pub struct RawConfig {
 struct RawListener {
     name: Spanned<String>,
     address: SocketAddr,
+    plugins: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -346,9 +394,25 @@ impl RawConfig {
                     "another listener has this name",
                 ));
             }
+            let plugins = raw
+                .plugins
+                .map(|p| (p.span().start, p.into_inner()))
+                .unwrap_or_default();
+            if let Some(missing) = plugins
+                .1
+                .iter()
+                .find(|name| !self.plugins.contains_key(*name))
+            {
+                return Err(error(
+                    &format!("listener[{index}].plugins"),
+                    plugins.0,
+                    &format!("no [plugins.{missing}] is configured"),
+                ));
+            }
             listeners.push(ListenerConfig {
                 name: raw.name.into_inner(),
                 address: raw.address,
+                plugins: plugins.1,
             });
         }
         let upstream_span = self.upstream.span();
@@ -398,6 +462,7 @@ impl RawConfig {
         Ok(Config {
             server: self.server,
             smtp: self.smtp,
+            plugins: self.plugins,
             listeners,
             upstream: UpstreamConfig {
                 target,
@@ -529,6 +594,18 @@ mod tests {
                 "at least one",
             ),
             ("[[listener]\n", "(syntax)", Some(1), ""),
+            (
+                &MINIMAL.replace("name = \"mx\"", "name = \"mx\"\nplugins = [\"nope\"]"),
+                "listener[0].plugins",
+                Some(3),
+                "no [plugins.nope]",
+            ),
+            (
+                &format!("{MINIMAL}\n[plugins.x]\npath = \"x.wasm\"\non_error = \"explode\"\n"),
+                "plugins.x.on_error",
+                Some(10),
+                "unknown variant",
+            ),
         ];
         for (text, key, line, message) in cases {
             let error = Config::parse(text).unwrap_err();

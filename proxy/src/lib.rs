@@ -11,7 +11,9 @@
 pub mod config;
 pub mod connection;
 pub mod devupstream;
+pub mod hooks;
 pub mod listener;
+pub mod plugin_host;
 pub mod session;
 pub mod smtp;
 pub mod upstream;

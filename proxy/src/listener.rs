@@ -3,7 +3,7 @@
 //! graceful shutdown: stop accepting, let transactions finish within the drain time,
 //! then 421 4.3.2 for whoever is left.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::{
@@ -17,6 +17,8 @@ use tracing::{info, warn};
 use crate::{
     config::{Config, UpstreamTarget},
     devupstream,
+    hooks::Chain,
+    plugin_host::{LoadedPlugin, PluginRuntime},
     session::{Peer, Session, SessionContext, Shutdown, replies},
     upstream::{capability_cache::CapabilityCache, pool::SessionPool},
 };
@@ -36,6 +38,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .await?
         .to_string(),
     };
+    let plugins = load_plugins(&config).await?;
     let mut listeners = Vec::new();
     for listener in &config.listeners {
         let socket = TcpListener::bind(listener.address).await.with_context(|| {
@@ -45,7 +48,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             )
         })?;
         info!(listener = %listener.name, address = %socket.local_addr()?, "listening");
-        listeners.push((listener.name.clone(), socket));
+        let chain = Arc::new(Chain {
+            listener: listener.name.clone(),
+            plugins: listener
+                .plugins
+                .iter()
+                .map(|name| plugins[name].clone())
+                .collect(),
+        });
+        listeners.push((chain, socket));
     }
     let context = Arc::new(SessionContext {
         config: config.clone(),
@@ -58,9 +69,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let reaper = tokio::spawn(reap_idle_upstream_sessions(context.clone()));
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.server.max_connections));
-    for (name, socket) in listeners {
+    for (chain, socket) in listeners {
         tracker.spawn(accept_loop(
-            name,
+            chain,
             socket,
             context.clone(),
             permits.clone(),
@@ -86,7 +97,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 }
 
 async fn accept_loop(
-    name: String,
+    chain: Arc<Chain>,
     socket: TcpListener,
     context: Arc<SessionContext>,
     permits: Arc<Semaphore>,
@@ -101,7 +112,7 @@ async fn accept_loop(
             Ok(accepted) => accepted,
             Err(error) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                warn!(listener = %name, %error, "accept failed");
+                warn!(listener = %chain.listener, %error, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -115,12 +126,31 @@ async fn accept_loop(
             continue;
         };
         let peer = Peer::new(address, local_address);
-        let session = Session::new(context.clone(), stream, peer);
+        let session = Session::new(context.clone(), stream, peer, chain.clone());
         tracker.spawn(async move {
             session.run().await;
             drop(permit);
         });
     }
+}
+
+/// Compiles, pre-instantiates and initialises every configured plugin. Any failure
+/// stops the start-up with the plugin's name and the reason.
+pub async fn load_plugins(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<LoadedPlugin>>> {
+    let mut loaded = BTreeMap::new();
+    if config.plugins.is_empty() {
+        return Ok(loaded);
+    }
+    let runtime = PluginRuntime::new()?;
+    for (name, plugin) in &config.plugins {
+        let plugin = runtime
+            .load(name, plugin)
+            .await
+            .with_context(|| format!("plugin {name}"))?;
+        info!(plugin = %name, hooks = ?plugin.hooks, "plugin loaded");
+        loaded.insert(name.clone(), plugin);
+    }
+    Ok(loaded)
 }
 
 /// Over the connection limit: 421 4.7.0 and close, without a session.

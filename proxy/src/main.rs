@@ -69,10 +69,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Commands::Check { config } => match load(&config) {
-            Ok(config) => {
-                println!("configuration ok: {} listener(s)", config.listeners.len());
-                ExitCode::SUCCESS
-            }
+            Ok(config) => check(&config),
             Err(code) => code,
         },
         Commands::Run { config } => {
@@ -82,6 +79,30 @@ fn main() -> ExitCode {
             };
             init_logging(cli.log_format);
             run(config)
+        }
+    }
+}
+
+/// Loads and instantiates every plugin and prints each one's hooks.
+fn check(config: &Config) -> ExitCode {
+    let loaded = runtime(1)
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(portcullis::listener::load_plugins(config)));
+    match loaded {
+        Ok(plugins) => {
+            for (name, plugin) in &plugins {
+                println!("plugin {name}: hooks {:?}", plugin.hooks);
+            }
+            println!(
+                "configuration ok: {} listener(s), {} plugin(s)",
+                config.listeners.len(),
+                plugins.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error:#}");
+            ExitCode::from(2)
         }
     }
 }

@@ -44,7 +44,7 @@ impl Proxy {
             .args(["--log-format", "json", "run", "--config"])
             .arg(&config)
             .current_dir(dir.path())
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", "info,portcullis=debug")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -56,6 +56,7 @@ impl Proxy {
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("\"message\":\"listening\"")
+                    && json_field(&line, "listener").as_deref() == Some("test")
                     && let Some(address) = json_field(&line, "address")
                 {
                     let _ = ready.send(address);
@@ -64,7 +65,11 @@ impl Proxy {
             }
         });
         let address = listening.recv_timeout(WAIT).unwrap_or_else(|_| {
-            panic!("proxy did not start: {:?}", logs.lock().unwrap());
+            let logs = logs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            panic!(
+                "proxy did not start: {:?}",
+                &logs[logs.len().saturating_sub(30)..]
+            );
         });
         Proxy {
             child,
@@ -72,6 +77,12 @@ impl Proxy {
             logs,
             _dir: dir,
         }
+    }
+
+    /// The address of another listener of this proxy, by name.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        let line = self.wait_for_log(&format!("\"listener\":\"{name}\",\"address\""));
+        json_field(&line, "address").unwrap().parse().unwrap()
     }
 
     /// The folder the proxy runs in (where a development upstream writes).

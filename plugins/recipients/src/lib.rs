@@ -10,7 +10,7 @@
 //! Everything else gets `550 5.1.1`. `<Postmaster>` is always accepted (RFC 5321
 //! §4.5.1). Comparisons ignore case.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use portcullis_sdk::{Config, Envelope, Hooks, Param, PathOutcome, Plugin, Session, Verdict};
 
@@ -18,7 +18,7 @@ use portcullis_sdk::{Config, Envelope, Hooks, Param, PathOutcome, Plugin, Sessio
 pub struct Recipients {
     domains: Vec<String>,
     addresses: Vec<String>,
-    aliases: HashMap<String, String>,
+    aliases: BTreeMap<String, String>,
     max_recipients: usize,
 }
 
@@ -50,7 +50,7 @@ impl Recipients {
 impl Plugin for Recipients {
     fn init(config: &Config) -> Result<(Self, Hooks), String> {
         let aliases = match config.get("aliases") {
-            None => HashMap::new(),
+            None => BTreeMap::new(),
             Some(value) => value
                 .as_table()
                 .ok_or("aliases must be a table of address = \"target\"")?

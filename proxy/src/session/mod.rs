@@ -29,6 +29,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::{
     config::{Config, VerifyPolicy},
     connection::{Connection, ReadError},
+    hooks::{Chain, Decision, SessionHooks},
+    plugin_host::abi,
     smtp::{Command, CommandError, Reply, capabilities::Capabilities, command, line::NextLine},
     upstream::{
         Stage, UpstreamError, UpstreamSession, capability_cache::CapabilityCache, pool::SessionPool,
@@ -94,15 +96,21 @@ pub struct Session<S> {
     upstream_in_transaction: bool,
     /// What the last EHLO offered (nothing after HELO).
     offered: Capabilities,
+    /// This session's plugin instances.
+    hooks: SessionHooks,
     errors: usize,
+    /// Set when the session must end without reading another command.
+    closing: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// A session for a freshly accepted stream.
-    pub fn new(context: Arc<SessionContext>, stream: S, peer: Peer) -> Self {
+    pub fn new(context: Arc<SessionContext>, stream: S, peer: Peer, chain: Arc<Chain>) -> Self {
+        let id = next_session_id();
         Self {
             context,
-            id: next_session_id(),
+            hooks: SessionHooks::new(chain, &id),
+            id,
             downstream: Connection::new(stream),
             peer,
             envelope: Envelope::default(),
@@ -110,6 +118,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             upstream_in_transaction: false,
             offered: Capabilities::default(),
             errors: 0,
+            closing: false,
         }
     }
 
@@ -122,8 +131,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn serve(mut self) {
         debug!("connected");
         let hostname = self.context.config.server.hostname.clone();
-        self.reply(replies::greeting(&hostname));
-        loop {
+        if self.connect_hook().await == Flow::Continue {
+            self.reply(replies::greeting(&hostname));
+        }
+        while !self.closing {
             let line = match self.next_line().await {
                 Ok(line) => line,
                 Err(reply) => {
@@ -138,6 +149,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         }
         let _ = self.flush().await;
+        if !self.hooks.is_empty() {
+            let info = self.plugin_session();
+            self.hooks.session_end(&info).await;
+        }
         let (context, upstream) = (self.context.clone(), self.upstream.take());
         let in_transaction = self.upstream_in_transaction;
         // Close the downstream socket first: the client sees the end at once, not after
@@ -232,6 +247,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let hostname = self.context.config.server.hostname.clone();
         self.peer.helo = Some(name.clone());
         self.peer.esmtp = esmtp;
+        self.peer.helo_rewrite = None;
+        if !self.hooks.is_empty() {
+            let info = self.plugin_session();
+            let (decision, rewrite) = self.hooks.helo(&info, &name).await;
+            if let Some(flow) = self.refused(decision) {
+                self.peer.helo = None;
+                return flow;
+            }
+            self.peer.helo_rewrite = rewrite;
+        }
         if !esmtp {
             self.offered = Capabilities::default();
             return self.reply(Reply::plain(250, format!("{hostname} Hello {name}")));
@@ -246,7 +271,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// The upstream's extensions: from the open session, the cache, or a probe.
-    async fn upstream_capabilities(&self) -> Capabilities {
+    async fn upstream_capabilities(&mut self) -> Capabilities {
         if let Some(upstream) = &self.upstream {
             return upstream.capabilities().clone();
         }
@@ -361,6 +386,48 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     self.upstream_failed(error);
                 }
             }
+        }
+    }
+
+    /// The connect hook: `Flow::Close` (after the plugin's reply) if it refused.
+    async fn connect_hook(&mut self) -> Flow {
+        if self.hooks.is_empty() {
+            return Flow::Continue;
+        }
+        let info = self.plugin_session();
+        match self.hooks.connect(&info).await {
+            Decision::Continue | Decision::Accept => Flow::Continue,
+            // A refusal at connect answers instead of the greeting; the session ends.
+            Decision::Refuse(reply) | Decision::Disconnect(reply) => {
+                self.reply(reply);
+                self.closing = true;
+                Flow::Close
+            }
+        }
+    }
+
+    /// Applies a refusing decision: `Some(flow)` when the stage must not go on.
+    fn refused(&mut self, decision: Decision) -> Option<Flow> {
+        match decision {
+            Decision::Continue | Decision::Accept => None,
+            Decision::Refuse(reply) => Some(self.reply(reply)),
+            Decision::Disconnect(reply) => {
+                self.reply(reply);
+                Some(Flow::Close)
+            }
+        }
+    }
+
+    /// What plugins are told about this session.
+    fn plugin_session(&self) -> abi::Session {
+        abi::Session {
+            id: self.id.clone(),
+            listener: self.hooks.listener().to_string(),
+            client_ip: self.peer.address.ip().to_string(),
+            client_port: self.peer.address.port(),
+            helo: self.peer.helo.clone(),
+            tls: false,
+            login: None,
         }
     }
 

@@ -196,3 +196,22 @@ pub fn not_offered(verb: &str) -> Reply {
         format!("{verb} is not offered on this listener"),
     )
 }
+
+/// 451 when a plugin failed and its policy is `tempfail` (the default).
+pub fn plugin_tempfail() -> Reply {
+    Reply::new(
+        451,
+        code(4, 3, 0),
+        "Temporary failure in a filter, try again later",
+    )
+}
+
+/// 550 when a plugin failed and its policy is `reject`.
+pub fn plugin_reject() -> Reply {
+    Reply::new(550, code(5, 3, 0), "Rejected by a filter")
+}
+
+/// 421 when a plugin asked to disconnect.
+pub fn plugin_disconnect(text: Option<&str>) -> Reply {
+    Reply::new(421, code(4, 7, 0), text.unwrap_or("Closing connection"))
+}

@@ -22,6 +22,8 @@ pub struct Peer {
     pub helo: Option<String>,
     /// True if the client greeted with EHLO.
     pub esmtp: bool,
+    /// The HELO name a plugin gave for the upstream, if it rewrote the client's.
+    pub helo_rewrite: Option<String>,
 }
 
 impl Peer {
@@ -32,6 +34,7 @@ impl Peer {
             local_address,
             helo: None,
             esmtp: false,
+            helo_rewrite: None,
         }
     }
 
@@ -40,7 +43,7 @@ impl Peer {
         ClientInfo {
             address: self.address,
             local_address: self.local_address,
-            helo: self.helo.clone(),
+            helo: self.helo_rewrite.clone().or_else(|| self.helo.clone()),
             esmtp: self.esmtp,
         }
     }

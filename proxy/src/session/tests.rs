@@ -28,7 +28,8 @@ fn start(context: Arc<SessionContext>) -> DuplexStream {
         "192.0.2.1:4000".parse().unwrap(),
         "127.0.0.1:25".parse().unwrap(),
     );
-    tokio::spawn(Session::new(context, server, peer).run());
+    let chain = Arc::new(crate::hooks::Chain::default());
+    tokio::spawn(Session::new(context, server, peer, chain).run());
     client
 }
 

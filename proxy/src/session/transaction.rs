@@ -8,6 +8,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::{Envelope, Flow, Session, replies};
+use crate::{hooks::Decision, plugin_host::abi};
 use crate::{
     smtp::{
         MailCommand, Param, RcptCommand, Reply,
@@ -58,6 +59,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.reply(reply)
             };
         }
+        let mail = match self.mail_hook(mail).await {
+            Ok(mail) => mail,
+            Err(flow) => return flow,
+        };
         let upstream = match self.upstream_session().await {
             Ok(upstream) => upstream,
             Err(error) => {
@@ -163,6 +168,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Sends MAIL (if given) and the relayable RCPTs upstream in one write, then
     /// answers every command in the order the client sent them.
     async fn relay_envelope(&mut self, mail: Option<MailCommand>, rcpts: Vec<PendingRcpt>) -> Flow {
+        let rcpts = self.rcpt_hooks(mail.as_ref(), rcpts).await;
         let mut lines: Vec<String> = mail
             .iter()
             .map(|mail| {
@@ -233,7 +239,93 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
             }
         }
-        Flow::Continue
+        if self.closing {
+            Flow::Close
+        } else {
+            Flow::Continue
+        }
+    }
+
+    /// The plugins' MAIL stage: `Err` with the flow when they refused; a rewritten
+    /// command is checked against the offered extensions like the client's own.
+    async fn mail_hook(&mut self, mail: MailCommand) -> Result<MailCommand, Flow> {
+        if self.hooks.is_empty() {
+            return Ok(mail);
+        }
+        let info = self.plugin_session();
+        let original = mail.clone();
+        let (decision, mail) = self.hooks.mail(&info, mail).await;
+        if let Some(flow) = self.refused(decision) {
+            return Err(flow);
+        }
+        if mail != original && check_mail(&mail, &self.offered).is_err() {
+            tracing::warn!(rewritten = %mail.reverse_path, "a plugin rewrote MAIL into something that cannot be relayed");
+            return Err(self.reply(replies::plugin_tempfail()));
+        }
+        Ok(mail)
+    }
+
+    /// The plugins' RCPT stage for each recipient about to be relayed. A refusal
+    /// becomes that recipient's local reply; a disconnect answers it with 421 and
+    /// ends the session after this batch.
+    async fn rcpt_hooks(
+        &mut self,
+        mail: Option<&MailCommand>,
+        rcpts: Vec<PendingRcpt>,
+    ) -> Vec<PendingRcpt> {
+        if self.hooks.is_empty() {
+            return rcpts;
+        }
+        let info = self.plugin_session();
+        let sender = mail.or(self.envelope.mail.as_ref());
+        let mut envelope = abi::Envelope {
+            sender: sender
+                .map(|m| m.reverse_path.mailbox().to_string())
+                .unwrap_or_default(),
+            mail_params: sender
+                .map(|m| {
+                    m.params
+                        .iter()
+                        .map(|p| abi::Param {
+                            keyword: p.keyword.clone(),
+                            value: p.value.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            recipients: self
+                .envelope
+                .recipients
+                .iter()
+                .map(|r| r.forward_path.mailbox().to_string())
+                .collect(),
+        };
+        let mut checked = Vec::with_capacity(rcpts.len());
+        for pending in rcpts {
+            let PendingRcpt::Relay(rcpt) = pending else {
+                checked.push(pending);
+                continue;
+            };
+            if self.closing {
+                checked.push(PendingRcpt::refused(replies::plugin_disconnect(None)));
+                continue;
+            }
+            let (decision, rcpt) = self.hooks.rcpt(&info, &envelope, rcpt).await;
+            checked.push(match decision {
+                Decision::Continue | Decision::Accept => {
+                    envelope
+                        .recipients
+                        .push(rcpt.forward_path.mailbox().to_string());
+                    PendingRcpt::Relay(rcpt)
+                }
+                Decision::Refuse(reply) => PendingRcpt::refused(reply),
+                Decision::Disconnect(reply) => {
+                    self.closing = true;
+                    PendingRcpt::refused(reply)
+                }
+            });
+        }
+        checked
     }
 
     /// The upstream failed during MAIL/RCPT: every relayed command in the batch gets

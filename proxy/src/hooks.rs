@@ -1,0 +1,496 @@
+//! Plugin chain dispatch: runs a listener's plugins in order for one stage, checks
+//! what each returns, applies its `on_error` policy when it fails, and accumulates
+//! rewrites so plugin N sees what plugin N−1 changed. The first verdict that is not
+//! `continue` decides the stage. The session asks; this module never talks SMTP.
+
+use std::sync::Arc;
+
+use tracing::warn;
+
+use crate::{
+    config::OnError,
+    plugin_host::{LoadedPlugin, PluginError, PluginInstance, abi},
+    session::replies,
+    smtp::{Command, EnhancedCode, MailCommand, RcptCommand, Reply, command},
+};
+
+/// The plugins of one listener, in order.
+#[derive(Default)]
+pub struct Chain {
+    /// The listener's name (plugins see it in their session info).
+    pub listener: String,
+    /// The loaded plugins.
+    pub plugins: Vec<Arc<LoadedPlugin>>,
+}
+
+/// What the chain decided for a stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Go on as without plugins.
+    Continue,
+    /// A plugin accepted the stage (later plugins were not asked).
+    Accept,
+    /// Refuse with this 4xx/5xx reply; the session goes on.
+    Refuse(Reply),
+    /// Send this 421 reply and close.
+    Disconnect(Reply),
+}
+
+/// The stage being dispatched, for logs and for which hook flag applies.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    Connect,
+    Helo,
+    Mail,
+    Rcpt,
+    SessionEnd,
+}
+
+impl Stage {
+    fn flag(self) -> abi::Hooks {
+        match self {
+            Stage::Connect => abi::Hooks::CONNECT,
+            Stage::Helo => abi::Hooks::HELO,
+            Stage::Mail => abi::Hooks::MAIL,
+            Stage::Rcpt => abi::Hooks::RCPT,
+            Stage::SessionEnd => abi::Hooks::SESSION_END,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Stage::Connect => "connect",
+            Stage::Helo => "helo",
+            Stage::Mail => "mail",
+            Stage::Rcpt => "rcpt",
+            Stage::SessionEnd => "session-end",
+        }
+    }
+}
+
+/// One session's plugin instances, created at each plugin's first wanted hook.
+pub struct SessionHooks {
+    chain: Arc<Chain>,
+    instances: Vec<Option<PluginInstance>>,
+    session_id: String,
+}
+
+/// What one plugin call produced, before the chain interprets it.
+enum Outcome<T> {
+    Verdict(abi::Verdict, T),
+    Failed(OnError),
+}
+
+impl SessionHooks {
+    /// The hooks of `chain` for session `session_id`.
+    pub fn new(chain: Arc<Chain>, session_id: &str) -> Self {
+        let instances = chain.plugins.iter().map(|_| None).collect();
+        Self {
+            chain,
+            instances,
+            session_id: session_id.to_string(),
+        }
+    }
+
+    /// True if any plugin of the chain exists (so callers can skip building inputs).
+    pub fn is_empty(&self) -> bool {
+        self.chain.plugins.is_empty()
+    }
+
+    /// The listener's name.
+    pub fn listener(&self) -> &str {
+        &self.chain.listener
+    }
+
+    /// The instance of plugin `index`, created on first use.
+    async fn instance(&mut self, index: usize) -> Result<&mut PluginInstance, PluginError> {
+        if self.instances[index].is_none() {
+            let instance = self.chain.plugins[index]
+                .instantiate(&self.session_id)
+                .await?;
+            self.instances[index] = Some(instance);
+        }
+        Ok(self.instances[index].as_mut().expect("just created"))
+    }
+
+    /// Logs a failed call, drops that instance, and returns the plugin's policy.
+    fn failed(&mut self, index: usize, stage: Stage, error: PluginError) -> OnError {
+        let plugin = &self.chain.plugins[index];
+        warn!(plugin = %plugin.name, hook = stage.name(), session = %self.session_id, %error, on_error = ?plugin.on_error, "plugin failed");
+        self.instances[index] = None;
+        plugin.on_error
+    }
+
+    /// The connect hook over the chain.
+    pub async fn connect(&mut self, session: &abi::Session) -> Decision {
+        let mut decision = Decision::Continue;
+        for index in self.wanting(Stage::Connect) {
+            let outcome = match self.instance(index).await {
+                Ok(instance) => instance.connect(session).await.map(|v| (v, ())),
+                Err(error) => Err(error),
+            };
+            let outcome = self.settle(index, Stage::Connect, outcome);
+            if let Some(done) =
+                self.interpret(index, Stage::Connect, outcome, &mut decision, |_| Ok(()))
+            {
+                return done;
+            }
+        }
+        decision
+    }
+
+    /// The HELO hook; returns the decision and the name for the upstream if rewritten.
+    pub async fn helo(&mut self, session: &abi::Session, name: &str) -> (Decision, Option<String>) {
+        let mut current = name.to_string();
+        let mut decision = Decision::Continue;
+        for index in self.wanting(Stage::Helo) {
+            let outcome = match self.instance(index).await {
+                Ok(instance) => instance
+                    .helo(session, &current)
+                    .await
+                    .map(|o| (o.verdict, o.rewrite_name)),
+                Err(error) => Err(error),
+            };
+            let outcome = self.settle(index, Stage::Helo, outcome);
+            let done = self.interpret(
+                index,
+                Stage::Helo,
+                outcome,
+                &mut decision,
+                |rewrite: Option<String>| {
+                    if let Some(new) = rewrite {
+                        match command::parse(format!("EHLO {new}").as_bytes()) {
+                            Ok(Command::Ehlo(valid))
+                                if command::is_domain(&valid)
+                                    || command::is_address_literal(&valid) =>
+                            {
+                                current = valid
+                            }
+                            _ => return Err(format!("invalid HELO name {new:?}")),
+                        }
+                    }
+                    Ok(())
+                },
+            );
+            if let Some(done) = done {
+                return (done, changed(name, current));
+            }
+        }
+        (decision, changed(name, current))
+    }
+
+    /// The MAIL hook; returns the decision and the (possibly rewritten) command.
+    pub async fn mail(
+        &mut self,
+        session: &abi::Session,
+        mail: MailCommand,
+    ) -> (Decision, MailCommand) {
+        let mut current = mail;
+        let mut decision = Decision::Continue;
+        for index in self.wanting(Stage::Mail) {
+            let params = abi_params(&current.params);
+            let sender = current.reverse_path.mailbox().to_string();
+            let outcome = match self.instance(index).await {
+                Ok(instance) => instance
+                    .mail(session, &sender, &params)
+                    .await
+                    .map(|o| (o.verdict, o.rewrite)),
+                Err(error) => Err(error),
+            };
+            let outcome = self.settle(index, Stage::Mail, outcome);
+            let done = self.interpret(
+                index,
+                Stage::Mail,
+                outcome,
+                &mut decision,
+                |rewrite: Option<abi::PathRewrite>| {
+                    if let Some(rewrite) = rewrite {
+                        let line = rewritten_line("MAIL FROM:", &sender, &params, rewrite);
+                        match command::parse(line.as_bytes()) {
+                            Ok(Command::Mail(valid)) => current = valid,
+                            _ => return Err(format!("invalid MAIL rewrite {line:?}")),
+                        }
+                    }
+                    Ok(())
+                },
+            );
+            if let Some(done) = done {
+                return (done, current);
+            }
+        }
+        (decision, current)
+    }
+
+    /// The RCPT hook for one recipient; returns the decision and the (possibly
+    /// rewritten) command.
+    pub async fn rcpt(
+        &mut self,
+        session: &abi::Session,
+        envelope: &abi::Envelope,
+        rcpt: RcptCommand,
+    ) -> (Decision, RcptCommand) {
+        let mut current = rcpt;
+        let mut decision = Decision::Continue;
+        for index in self.wanting(Stage::Rcpt) {
+            let params = abi_params(&current.params);
+            let recipient = current.forward_path.mailbox().to_string();
+            let outcome = match self.instance(index).await {
+                Ok(instance) => instance
+                    .rcpt(session, envelope, &recipient, &params)
+                    .await
+                    .map(|o| (o.verdict, o.rewrite)),
+                Err(error) => Err(error),
+            };
+            let outcome = self.settle(index, Stage::Rcpt, outcome);
+            let done = self.interpret(
+                index,
+                Stage::Rcpt,
+                outcome,
+                &mut decision,
+                |rewrite: Option<abi::PathRewrite>| {
+                    if let Some(rewrite) = rewrite {
+                        let line = rewritten_line("RCPT TO:", &recipient, &params, rewrite);
+                        match command::parse(line.as_bytes()) {
+                            Ok(Command::Rcpt(valid)) => current = valid,
+                            _ => return Err(format!("invalid RCPT rewrite {line:?}")),
+                        }
+                    }
+                    Ok(())
+                },
+            );
+            if let Some(done) = done {
+                return (done, current);
+            }
+        }
+        (decision, current)
+    }
+
+    /// The session-end hook, for plugins that already have an instance.
+    pub async fn session_end(&mut self, session: &abi::Session) {
+        for index in self.wanting(Stage::SessionEnd) {
+            if let Some(instance) = self.instances[index].as_mut()
+                && let Err(error) = instance.session_end(session).await
+            {
+                self.failed(index, Stage::SessionEnd, error);
+            }
+        }
+    }
+
+    /// Applies one plugin's outcome to the stage. Returns the final decision when this
+    /// plugin ends the chain. `rewrite` applies the plugin's changes, or refuses them
+    /// as invalid, which counts as a failure of the plugin.
+    fn interpret<T>(
+        &mut self,
+        index: usize,
+        stage: Stage,
+        outcome: Outcome<T>,
+        decision: &mut Decision,
+        rewrite: impl FnOnce(T) -> Result<(), String>,
+    ) -> Option<Decision> {
+        let (verdict, extra) = match outcome {
+            Outcome::Failed(policy) => return policy_decision(policy),
+            Outcome::Verdict(verdict, extra) => (verdict, extra),
+        };
+        if let abi::Verdict::Continue | abi::Verdict::Accept = verdict
+            && let Err(reason) = rewrite(extra)
+        {
+            let policy = self.failed(index, stage, PluginError::Invalid(reason));
+            return policy_decision(policy);
+        }
+        match verdict {
+            abi::Verdict::Continue | abi::Verdict::Discard => None,
+            abi::Verdict::Accept => {
+                *decision = Decision::Accept;
+                Some(Decision::Accept)
+            }
+            abi::Verdict::Reject(reply) | abi::Verdict::Tempfail(reply) => {
+                Some(Decision::Refuse(to_reply(reply)))
+            }
+            abi::Verdict::Disconnect(text) => Some(Decision::Disconnect(
+                replies::plugin_disconnect(text.as_deref()),
+            )),
+        }
+    }
+
+    /// Indexes of the plugins that asked for this stage.
+    fn wanting(&self, stage: Stage) -> Vec<usize> {
+        (0..self.chain.plugins.len())
+            .filter(|&i| self.chain.plugins[i].hooks.contains(stage.flag()))
+            .collect()
+    }
+
+    /// Turns a call result into an outcome, applying the failure path.
+    fn settle<T>(
+        &mut self,
+        index: usize,
+        stage: Stage,
+        result: Result<(abi::Verdict, T), PluginError>,
+    ) -> Outcome<T> {
+        match result.and_then(|(verdict, extra)| validate(&verdict).map(|()| (verdict, extra))) {
+            Ok((verdict, extra)) => Outcome::Verdict(verdict, extra),
+            Err(error) => Outcome::Failed(self.failed(index, stage, error)),
+        }
+    }
+}
+
+/// The stage's decision when a plugin failed, by its `on_error` policy (`None`:
+/// carry on with the next plugin).
+fn policy_decision(policy: OnError) -> Option<Decision> {
+    match policy {
+        OnError::Continue => None,
+        OnError::Tempfail => Some(Decision::Refuse(replies::plugin_tempfail())),
+        OnError::Reject => Some(Decision::Refuse(replies::plugin_reject())),
+    }
+}
+
+fn changed(original: &str, current: String) -> Option<String> {
+    (current != original).then_some(current)
+}
+
+fn abi_params(params: &[crate::smtp::Param]) -> Vec<abi::Param> {
+    params
+        .iter()
+        .map(|p| abi::Param {
+            keyword: p.keyword.clone(),
+            value: p.value.clone(),
+        })
+        .collect()
+}
+
+/// The command line a rewrite stands for; parsing it validates the rewrite, so a
+/// plugin can never inject anything the parser would not accept from a client.
+fn rewritten_line(
+    verb: &str,
+    address: &str,
+    params: &[abi::Param],
+    rewrite: abi::PathRewrite,
+) -> String {
+    let address = rewrite.address.unwrap_or_else(|| address.to_string());
+    let params = rewrite.params.unwrap_or_else(|| params.to_vec());
+    let mut line = format!("{verb}<{address}>");
+    for param in params {
+        line.push(' ');
+        line.push_str(&param.keyword);
+        if let Some(value) = param.value {
+            line.push('=');
+            line.push_str(&value);
+        }
+    }
+    line
+}
+
+fn to_reply(reply: abi::Reply) -> Reply {
+    match reply
+        .enhanced
+        .as_deref()
+        .and_then(|e| EnhancedCode::parse_prefix(e).map(|(code, _)| code))
+    {
+        Some(enhanced) => Reply::new(reply.code, enhanced, reply.text),
+        None => Reply::plain(reply.code, reply.text),
+    }
+}
+
+/// Checks a verdict before the proxy uses it.
+fn validate(verdict: &abi::Verdict) -> Result<(), PluginError> {
+    let (reply, class) = match verdict {
+        abi::Verdict::Reject(reply) => (reply, 5),
+        abi::Verdict::Tempfail(reply) => (reply, 4),
+        abi::Verdict::Disconnect(Some(text)) => return check_text(text),
+        _ => return Ok(()),
+    };
+    if reply.code / 100 != class || reply.code > 599 {
+        return Err(PluginError::Invalid(format!(
+            "reply code {} in a {} verdict",
+            reply.code,
+            if class == 5 { "reject" } else { "tempfail" }
+        )));
+    }
+    if let Some(enhanced) = &reply.enhanced {
+        match EnhancedCode::parse_prefix(enhanced) {
+            Some((code, "")) if u16::from(code.class) == class => {}
+            _ => {
+                return Err(PluginError::Invalid(format!(
+                    "enhanced code {enhanced:?} does not fit reply code {}",
+                    reply.code
+                )));
+            }
+        }
+    }
+    check_text(&reply.text)
+}
+
+fn check_text(text: &str) -> Result<(), PluginError> {
+    if text.chars().any(char::is_control) {
+        return Err(PluginError::Invalid(
+            "control characters (CR, LF, ...) in reply text".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(code: u16, enhanced: Option<&str>, text: &str) -> abi::Reply {
+        abi::Reply {
+            code,
+            enhanced: enhanced.map(Into::into),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn verdicts_are_validated() {
+        let cases = [
+            (abi::Verdict::Reject(reply(550, Some("5.7.1"), "no")), true),
+            (abi::Verdict::Reject(reply(250, None, "fine")), false),
+            (abi::Verdict::Reject(reply(450, None, "later")), false),
+            (
+                abi::Verdict::Tempfail(reply(451, Some("4.3.0"), "later")),
+                true,
+            ),
+            (
+                abi::Verdict::Tempfail(reply(451, Some("5.3.0"), "later")),
+                false,
+            ),
+            (
+                abi::Verdict::Tempfail(reply(451, Some("4.3"), "later")),
+                false,
+            ),
+            (
+                abi::Verdict::Reject(reply(550, None, "a\r\nRCPT TO:<x@y.z>")),
+                false,
+            ),
+            (abi::Verdict::Disconnect(Some("bye\n".into())), false),
+            (abi::Verdict::Continue, true),
+        ];
+        for (verdict, valid) in cases {
+            assert_eq!(validate(&verdict).is_ok(), valid, "{verdict:?}");
+        }
+    }
+
+    #[test]
+    fn rewrites_become_command_lines_the_parser_checks() {
+        let rewrite = abi::PathRewrite {
+            address: Some("new@example.com".into()),
+            params: None,
+        };
+        let line = rewritten_line(
+            "RCPT TO:",
+            "old@example.com",
+            &[abi::Param {
+                keyword: "NOTIFY".into(),
+                value: Some("NEVER".into()),
+            }],
+            rewrite,
+        );
+        assert_eq!(line, "RCPT TO:<new@example.com> NOTIFY=NEVER");
+        let evil = abi::PathRewrite {
+            address: Some("x@y.z>\r\nRCPT TO:<victim@example.com".into()),
+            params: None,
+        };
+        let line = rewritten_line("RCPT TO:", "a@b.c", &[], evil);
+        assert!(command::parse(line.as_bytes()).is_err());
+    }
+}

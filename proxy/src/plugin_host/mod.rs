@@ -1,0 +1,332 @@
+//! Running plugins: the only module that names wasmtime.
+//!
+//! At start-up every configured component is compiled once and pre-instantiated
+//! ([`LoadedPlugin`]). A session gets one [`PluginInstance`] per plugin, created at that
+//! plugin's first wanted hook, each in its own `Store` with a memory cap
+//! (`memory_mb`) and a deadline on every call (`timeout_ms`, enforced by epoch
+//! interruption: an endless loop yields to the runtime every tick and traps once its
+//! time is up). A trap, a timeout or a memory bomb ends that one call with a
+//! [`PluginError`]; the instance is then dropped, and the caller applies the
+//! plugin's `on_error` policy.
+
+mod host;
+pub mod kv;
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use tokio::time::Instant;
+use wasmtime::{
+    Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline,
+    component::{Component, HasSelf, Linker, ResourceType},
+};
+
+use crate::config::{OnError, PluginConfig};
+pub use kv::KvStore;
+
+/// The bindings generated from the SDK's WIT file (the one ABI).
+#[allow(missing_docs)]
+mod generated {
+    wasmtime::component::bindgen!({
+        path: "../plugin-sdk/wit",
+        world: "plugin",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "portcullis:plugin/types.message": crate::plugin_host::host::MessageBody,
+        },
+    });
+}
+
+pub use generated::portcullis::plugin::types as abi;
+use generated::{Plugin, PluginPre};
+
+/// How often the epoch advances; plugin deadlines are checked at this granularity.
+const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// Why a plugin call failed; the session applies the plugin's `on_error` policy.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The component could not be read or compiled.
+    #[error("cannot load {path}: {reason}")]
+    Load {
+        /// The component's path.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// `init` refused the configuration.
+    #[error("init refused the configuration: {0}")]
+    Init(String),
+    /// The call ran past `timeout_ms`.
+    #[error("timed out")]
+    Timeout,
+    /// The plugin trapped (panic, out of bounds, memory cap, ...).
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// The plugin returned something the proxy must not use.
+    #[error("invalid result: {0}")]
+    Invalid(String),
+}
+
+fn trap(error: wasmtime::Error) -> PluginError {
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => PluginError::Timeout,
+        _ => PluginError::Trap(format!("{error:#}")),
+    }
+}
+
+/// The shared engine and the services plugins call.
+pub struct PluginRuntime {
+    engine: Engine,
+    linker: Linker<host::PluginState>,
+    kv: Arc<KvStore>,
+    /// Components compiled so far, by path: several plugin entries may share a file.
+    compiled: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, Component>>,
+}
+
+impl PluginRuntime {
+    /// An engine with epoch interruption, and a task that advances the epoch.
+    pub fn new() -> Result<Arc<Self>, PluginError> {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(|error| PluginError::Load {
+            path: "(engine)".into(),
+            reason: format!("{error:#}"),
+        })?;
+        let mut linker = Linker::new(&engine);
+        Plugin::add_to_linker::<host::PluginState, HasSelf<host::PluginState>>(
+            &mut linker,
+            |state| state,
+        )
+        // The world's `use types.{message}` is also a root-level import of the same
+        // resource; define it so it is not taken for an unknown import below.
+        .and_then(|()| {
+            linker.root().resource(
+                "message",
+                ResourceType::host::<host::MessageBody>(),
+                |_, _| Ok(()),
+            )
+        })
+        .map_err(|error| PluginError::Load {
+            path: "(linker)".into(),
+            reason: format!("{error:#}"),
+        })?;
+        let runtime = Arc::new(PluginRuntime {
+            engine,
+            linker,
+            kv: Arc::new(KvStore::default()),
+            compiled: Default::default(),
+        });
+        let ticker = runtime.engine.weak();
+        std::thread::Builder::new()
+            .name("plugin-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|error| PluginError::Load {
+                path: "(epoch thread)".into(),
+                reason: error.to_string(),
+            })?;
+        Ok(runtime)
+    }
+
+    /// Compiles and pre-instantiates one plugin, then runs its `init` once to learn
+    /// its hooks and to check its configuration.
+    pub async fn load(
+        self: &Arc<Self>,
+        name: &str,
+        config: &PluginConfig,
+    ) -> Result<Arc<LoadedPlugin>, PluginError> {
+        let load_error = |reason: String| PluginError::Load {
+            path: config.path.display().to_string(),
+            reason,
+        };
+        let component = self.compile(&config.path).map_err(load_error)?;
+        let mut linker = self.linker.clone();
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .map_err(|error| load_error(format!("{error:#}")))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(PluginPre::new)
+            .map_err(|error| load_error(format!("{error:#}")))?;
+        let mut loaded = LoadedPlugin {
+            name: name.into(),
+            runtime: self.clone(),
+            pre,
+            config_text: toml::to_string(&config.config)
+                .map_err(|error| load_error(error.to_string()))?,
+            timeout: Duration::from_millis(config.timeout_ms.max(1)),
+            memory: config.memory_mb.saturating_mul(1024 * 1024) as usize,
+            on_error: config.on_error,
+            hooks: abi::Hooks::empty(),
+        };
+        let instance = loaded.instantiate("(start-up)").await?;
+        loaded.hooks = instance.hooks;
+        Ok(Arc::new(loaded))
+    }
+}
+
+impl PluginRuntime {
+    /// Compiles a component once per path.
+    fn compile(&self, path: &Path) -> Result<Component, String> {
+        if let Some(component) = self.compiled.lock().expect("lock poisoned").get(path) {
+            return Ok(component.clone());
+        }
+        let bytes = std::fs::read(path).map_err(|error| error.to_string())?;
+        let component =
+            Component::new(&self.engine, &bytes).map_err(|error| format!("{error:#}"))?;
+        self.compiled
+            .lock()
+            .expect("lock poisoned")
+            .insert(path.to_path_buf(), component.clone());
+        Ok(component)
+    }
+}
+
+/// A compiled, pre-instantiated plugin and its settings.
+pub struct LoadedPlugin {
+    /// The plugin's name in the configuration.
+    pub name: Arc<str>,
+    runtime: Arc<PluginRuntime>,
+    pre: PluginPre<host::PluginState>,
+    config_text: String,
+    timeout: Duration,
+    memory: usize,
+    /// What the session gets when this plugin fails.
+    pub on_error: OnError,
+    /// The hooks the plugin asked for.
+    pub hooks: abi::Hooks,
+}
+
+impl LoadedPlugin {
+    /// A fresh instance for one session, after its `init`.
+    pub async fn instantiate(&self, session_id: &str) -> Result<PluginInstance, PluginError> {
+        let limits: StoreLimits = StoreLimitsBuilder::new()
+            .memory_size(self.memory)
+            .instances(32)
+            .build();
+        let state = host::PluginState::new(
+            self.name.clone(),
+            session_id,
+            limits,
+            self.runtime.kv.clone(),
+        );
+        let mut store = Store::new(&self.runtime.engine, state);
+        store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_callback(|context| {
+            if Instant::now() >= context.data().deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        let mut instance = PluginInstance {
+            store,
+            bindings: None,
+            timeout: self.timeout,
+            hooks: abi::Hooks::empty(),
+        };
+        instance.arm();
+        let bindings = self
+            .pre
+            .instantiate_async(&mut instance.store)
+            .await
+            .map_err(trap)?;
+        instance.arm();
+        let hooks = bindings
+            .call_init(&mut instance.store, &self.config_text)
+            .await
+            .map_err(trap)?
+            .map_err(PluginError::Init)?;
+        instance.hooks = hooks;
+        instance.bindings = Some(bindings);
+        Ok(instance)
+    }
+}
+
+/// One plugin's instance in one session.
+pub struct PluginInstance {
+    store: Store<host::PluginState>,
+    bindings: Option<Plugin>,
+    timeout: Duration,
+    /// The hooks the plugin asked for.
+    pub hooks: abi::Hooks,
+}
+
+impl PluginInstance {
+    /// Sets the deadline for the next call.
+    fn arm(&mut self) {
+        self.store.data_mut().deadline = Instant::now() + self.timeout;
+        self.store.set_epoch_deadline(1);
+    }
+
+    fn parts(&mut self) -> (&Plugin, &mut Store<host::PluginState>) {
+        self.arm();
+        (
+            self.bindings.as_ref().expect("instantiated"),
+            &mut self.store,
+        )
+    }
+
+    /// The connect hook.
+    pub async fn connect(&mut self, session: &abi::Session) -> Result<abi::Verdict, PluginError> {
+        let (bindings, store) = self.parts();
+        bindings.call_on_connect(store, session).await.map_err(trap)
+    }
+
+    /// The HELO hook.
+    pub async fn helo(
+        &mut self,
+        session: &abi::Session,
+        name: &str,
+    ) -> Result<abi::HeloOutcome, PluginError> {
+        let (bindings, store) = self.parts();
+        bindings
+            .call_on_helo(store, session, name)
+            .await
+            .map_err(trap)
+    }
+
+    /// The MAIL hook.
+    pub async fn mail(
+        &mut self,
+        session: &abi::Session,
+        sender: &str,
+        params: &[abi::Param],
+    ) -> Result<abi::PathOutcome, PluginError> {
+        let (bindings, store) = self.parts();
+        bindings
+            .call_on_mail(store, session, sender, params)
+            .await
+            .map_err(trap)
+    }
+
+    /// The RCPT hook.
+    pub async fn rcpt(
+        &mut self,
+        session: &abi::Session,
+        envelope: &abi::Envelope,
+        recipient: &str,
+        params: &[abi::Param],
+    ) -> Result<abi::PathOutcome, PluginError> {
+        let (bindings, store) = self.parts();
+        bindings
+            .call_on_rcpt(store, session, envelope, recipient, params)
+            .await
+            .map_err(trap)
+    }
+
+    /// The session-end hook.
+    pub async fn session_end(&mut self, session: &abi::Session) -> Result<(), PluginError> {
+        let (bindings, store) = self.parts();
+        bindings
+            .call_on_session_end(store, session)
+            .await
+            .map_err(trap)
+    }
+}
