@@ -747,6 +747,8 @@ fn check_names_the_key_and_line_of_a_bad_config() {
             "--config",
             concat!(env!("CARGO_MANIFEST_DIR"), "/../config/portcullis.toml"),
         ])
+        // The example config names its plugin relative to the repository root.
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .output()
         .unwrap();
     assert!(
@@ -754,6 +756,7 @@ fn check_names_the_key_and_line_of_a_bad_config() {
         "{}",
         String::from_utf8_lossy(&good.stderr)
     );
+    assert!(String::from_utf8_lossy(&good.stdout).contains("plugin recipients: hooks (RCPT)"));
     let version = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .arg("--version")
         .output()
