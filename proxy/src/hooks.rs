@@ -75,6 +75,13 @@ pub struct SessionHooks {
     session_id: String,
 }
 
+/// Which path hook `path_stage` runs.
+#[derive(Clone, Copy)]
+enum PathHook<'a> {
+    Mail,
+    Rcpt(&'a abi::Envelope),
+}
+
 /// What one plugin call produced, before the chain interprets it.
 enum Outcome<T> {
     Verdict(abi::Verdict, T),
@@ -185,40 +192,17 @@ impl SessionHooks {
         session: &abi::Session,
         mail: MailCommand,
     ) -> (Decision, MailCommand) {
-        let mut current = mail;
-        let mut decision = Decision::Continue;
-        for index in self.wanting(Stage::Mail) {
-            let params = abi_params(&current.params);
-            let sender = current.reverse_path.mailbox().to_string();
-            let outcome = match self.instance(index).await {
-                Ok(instance) => instance
-                    .mail(session, &sender, &params)
-                    .await
-                    .map(|o| (o.verdict, o.rewrite)),
-                Err(error) => Err(error),
-            };
-            let outcome = self.settle(index, Stage::Mail, outcome);
-            let done = self.interpret(
-                index,
-                Stage::Mail,
-                outcome,
-                &mut decision,
-                |rewrite: Option<abi::PathRewrite>| {
-                    if let Some(rewrite) = rewrite {
-                        let line = rewritten_line("MAIL FROM:", &sender, &params, rewrite);
-                        match command::parse(line.as_bytes()) {
-                            Ok(Command::Mail(valid)) => current = valid,
-                            _ => return Err(format!("invalid MAIL rewrite {line:?}")),
-                        }
-                    }
-                    Ok(())
-                },
-            );
-            if let Some(done) = done {
-                return (done, current);
-            }
+        let (address, params) = (
+            mail.reverse_path.mailbox().to_string(),
+            abi_params(&mail.params),
+        );
+        match self
+            .path_stage(session, PathHook::Mail, address, params)
+            .await
+        {
+            (decision, Some(Command::Mail(rewritten))) => (decision, rewritten),
+            (decision, _) => (decision, mail),
         }
-        (decision, current)
     }
 
     /// The RCPT hook for one recipient; returns the decision and the (possibly
@@ -229,40 +213,76 @@ impl SessionHooks {
         envelope: &abi::Envelope,
         rcpt: RcptCommand,
     ) -> (Decision, RcptCommand) {
-        let mut current = rcpt;
+        let (address, params) = (
+            rcpt.forward_path.mailbox().to_string(),
+            abi_params(&rcpt.params),
+        );
+        match self
+            .path_stage(session, PathHook::Rcpt(envelope), address, params)
+            .await
+        {
+            (decision, Some(Command::Rcpt(rewritten))) => (decision, rewritten),
+            (decision, _) => (decision, rcpt),
+        }
+    }
+
+    /// MAIL or RCPT over the chain. Each rewrite is turned into the command line it
+    /// stands for and parsed like a client's, so a plugin can never inject anything
+    /// the parser would refuse; the last valid rewrite is returned as a command.
+    async fn path_stage(
+        &mut self,
+        session: &abi::Session,
+        hook: PathHook<'_>,
+        mut address: String,
+        mut params: Vec<abi::Param>,
+    ) -> (Decision, Option<Command>) {
+        let (stage, verb) = match hook {
+            PathHook::Mail => (Stage::Mail, "MAIL FROM:"),
+            PathHook::Rcpt(_) => (Stage::Rcpt, "RCPT TO:"),
+        };
+        let is_mail = matches!(hook, PathHook::Mail);
+        let mut rewritten = None;
         let mut decision = Decision::Continue;
-        for index in self.wanting(Stage::Rcpt) {
-            let params = abi_params(&current.params);
-            let recipient = current.forward_path.mailbox().to_string();
+        for index in self.wanting(stage) {
             let outcome = match self.instance(index).await {
-                Ok(instance) => instance
-                    .rcpt(session, envelope, &recipient, &params)
-                    .await
-                    .map(|o| (o.verdict, o.rewrite)),
+                Ok(instance) => match hook {
+                    PathHook::Mail => instance.mail(session, &address, &params).await,
+                    PathHook::Rcpt(envelope) => {
+                        instance.rcpt(session, envelope, &address, &params).await
+                    }
+                }
+                .map(|o| (o.verdict, o.rewrite)),
                 Err(error) => Err(error),
             };
-            let outcome = self.settle(index, Stage::Rcpt, outcome);
+            let outcome = self.settle(index, stage, outcome);
             let done = self.interpret(
                 index,
-                Stage::Rcpt,
+                stage,
                 outcome,
                 &mut decision,
                 |rewrite: Option<abi::PathRewrite>| {
-                    if let Some(rewrite) = rewrite {
-                        let line = rewritten_line("RCPT TO:", &recipient, &params, rewrite);
-                        match command::parse(line.as_bytes()) {
-                            Ok(Command::Rcpt(valid)) => current = valid,
-                            _ => return Err(format!("invalid RCPT rewrite {line:?}")),
-                        }
-                    }
+                    let Some(rewrite) = rewrite else {
+                        return Ok(());
+                    };
+                    let line = rewritten_line(verb, &address, &params, rewrite);
+                    let invalid = || format!("invalid rewrite {line:?}");
+                    let parsed = command::parse(line.as_bytes()).map_err(|_| invalid())?;
+                    let (path, new_params) = match &parsed {
+                        Command::Mail(mail) if is_mail => (&mail.reverse_path, &mail.params),
+                        Command::Rcpt(rcpt) if !is_mail => (&rcpt.forward_path, &rcpt.params),
+                        _ => return Err(invalid()),
+                    };
+                    address = path.mailbox().to_string();
+                    params = abi_params(new_params);
+                    rewritten = Some(parsed);
                     Ok(())
                 },
             );
             if let Some(done) = done {
-                return (done, current);
+                return (done, rewritten);
             }
         }
-        (decision, current)
+        (decision, rewritten)
     }
 
     /// The session-end hook, for plugins that already have an instance.
