@@ -161,3 +161,17 @@ fn misbehaving_plugins_are_contained_while_other_sessions_deliver() {
         );
     }
 }
+
+#[test]
+fn a_connect_refusal_replaces_the_greeting() {
+    let upstream = RecordingUpstream::start();
+    let proxy = Proxy::start_with(&format!(
+        "plugins = [\"gate\"]\n\n[upstream]\naddress = \"{}\"\n\n[plugins.gate]\npath = \"{}\"\nconfig = {{ mode = \"refuse-connect\" }}\n",
+        upstream.address(),
+        component("fault-plugin").display()
+    ));
+    let mut client = common::Client::connect(proxy.address);
+    assert_eq!(client.read_reply().lines, ["554 5.7.1 No service for you"]);
+    assert!(client.is_closed());
+    assert!(upstream.sessions().is_empty());
+}

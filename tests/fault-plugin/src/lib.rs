@@ -1,7 +1,8 @@
 //! Misbehaves at MAIL as its `mode` says: `trap`, `panic`, `loop`, `memory`,
 //! `bad-code` (a 250 in a reject), `crlf` (CR LF in reply text), `bad-rewrite` (an
 //! address that would inject a command), or `ok`. The proxy must contain every one of
-//! them to that call.
+//! them to that call. With `mode = "refuse-connect"` it instead refuses every client
+//! at connect with 554 5.7.1.
 
 use portcullis_sdk::{Config, Hooks, Param, PathOutcome, Plugin, Reply, Session, Verdict};
 
@@ -16,12 +17,21 @@ impl Plugin for Fault {
             .get("mode")
             .and_then(|m| m.as_str())
             .ok_or("mode is required")?;
+        let hooks = if mode == "refuse-connect" {
+            Hooks::CONNECT
+        } else {
+            Hooks::MAIL
+        };
         Ok((
             Fault {
                 mode: mode.to_string(),
             },
-            Hooks::MAIL,
+            hooks,
         ))
+    }
+
+    fn connect(&mut self, _session: &Session) -> Verdict {
+        Verdict::reject(554, "5.7.1", "No service for you")
     }
 
     fn mail(&mut self, _session: &Session, _sender: &str, _params: &[Param]) -> PathOutcome {
