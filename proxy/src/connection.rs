@@ -88,11 +88,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.output.extend_from_slice(bytes);
     }
 
-    /// Bytes queued and not yet written.
-    pub fn queued(&self) -> usize {
-        self.output.len()
-    }
-
     /// Writes everything queued, waiting at most until `deadline`.
     pub async fn flush(&mut self, deadline: Instant) -> io::Result<()> {
         if self.output.is_empty() {

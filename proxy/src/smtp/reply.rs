@@ -109,19 +109,9 @@ impl Reply {
         (200..300).contains(&self.code)
     }
 
-    /// True for 4xx and 5xx replies.
-    pub fn is_failure(&self) -> bool {
-        self.code >= 400
-    }
-
     /// The enhanced status code at the start of the first line, if any.
     pub fn enhanced(&self) -> Option<EnhancedCode> {
         EnhancedCode::parse_prefix(self.lines.first()?).map(|(code, _)| code)
-    }
-
-    /// The first line of text, for logs.
-    pub fn first_line(&self) -> &str {
-        self.lines.first().map(String::as_str).unwrap_or("")
     }
 
     /// Renders the reply in wire form, appending to `out`. Control characters in the
