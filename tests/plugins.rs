@@ -77,6 +77,9 @@ const FAULTS: [&str; 7] = [
     "bad-rewrite",
 ];
 
+/// The hooks the fault plugin misbehaves in.
+const STAGES: [&str; 2] = ["mail", "data"];
+
 #[test]
 fn misbehaving_plugins_are_contained_while_other_sessions_deliver() {
     let fault = component("fault-plugin");
@@ -86,14 +89,17 @@ fn misbehaving_plugins_are_contained_while_other_sessions_deliver() {
         "[upstream]\naddress = \"{}\"\n\n[[listener]]\nname = \"clean\"\naddress = \"127.0.0.1:0\"\n",
         upstream.address()
     );
-    for (policy, _) in POLICIES {
-        for mode in FAULTS {
-            let name = format!("{mode}-{policy}");
-            config.push_str(&format!(
-                "\n[[listener]]\nname = \"{name}\"\naddress = \"127.0.0.1:0\"\nplugins = [\"{name}\"]\n\n\
-                 [plugins.{name}]\npath = \"{}\"\ntimeout_ms = 300\nmemory_mb = 16\non_error = \"{policy}\"\nconfig = {{ mode = \"{mode}\" }}\n",
-                fault.display()
-            ));
+    for stage in STAGES {
+        for (policy, _) in POLICIES {
+            for mode in FAULTS {
+                let name = format!("{mode}-{policy}-{stage}");
+                config.push_str(&format!(
+                    "\n[[listener]]\nname = \"{name}\"\naddress = \"127.0.0.1:0\"\nplugins = [\"{name}\"]\n\n\
+                     [plugins.{name}]\npath = \"{}\"\ntimeout_ms = 300\nmemory_mb = 16\non_error = \"{policy}\"\n\
+                     config = {{ mode = \"{mode}\", stage = \"{stage}\" }}\n",
+                    fault.display()
+                ));
+            }
         }
     }
     let proxy = Proxy::start_with(&config);
@@ -113,27 +119,30 @@ fn misbehaving_plugins_are_contained_while_other_sessions_deliver() {
         }
     });
     let mut expected_delivered = 10;
-    for (policy, code) in POLICIES {
-        for mode in FAULTS {
-            let address = proxy.listener(&format!("{mode}-{policy}"));
-            let mut client = common::Client::connect(address);
-            client.read_reply();
-            client.expect("EHLO faulty.test", 250);
-            let reply = client.command("MAIL FROM:<a@example.org>");
-            assert_eq!(
-                reply.code, code,
-                "{mode} with on_error = {policy}: {reply:?}"
-            );
-            if code == 250 {
-                client.expect("RCPT TO:<b@example.com>", 250);
-                client.expect("DATA", 354);
-                client.send(b"Subject: past a failed plugin\r\n\r\nx\r\n.\r\n");
-                assert_eq!(client.read_reply().code, 250);
-                expected_delivered += 1;
+    for stage in STAGES {
+        for (policy, code) in POLICIES {
+            for mode in FAULTS {
+                let name = format!("{mode}-{policy}-{stage}");
+                let mut client = common::Client::connect(proxy.listener(&name));
+                client.read_reply();
+                client.expect("EHLO faulty.test", 250);
+                let reply = client.command("MAIL FROM:<a@example.org>");
+                let at_mail = if stage == "mail" { code } else { 250 };
+                assert_eq!(reply.code, at_mail, "{name}: {reply:?}");
+                if at_mail == 250 {
+                    client.expect("RCPT TO:<b@example.com>", 250);
+                    client.expect("DATA", 354);
+                    client.send(b"Subject: past a failed plugin\r\n\r\nx\r\n.\r\n");
+                    let reply = client.read_reply();
+                    assert_eq!(reply.code, code, "{name}: {reply:?}");
+                    if code == 250 {
+                        expected_delivered += 1;
+                    }
+                }
+                // The same session goes on: the failed instance was replaced.
+                client.expect("NOOP", 250);
+                proxy.wait_for_log(&format!("\"plugin\":\"{name}\""));
             }
-            // The same session goes on: the failed instance was replaced.
-            client.expect("NOOP", 250);
-            proxy.wait_for_log(&format!("\"plugin\":\"{mode}-{policy}\""));
         }
     }
     bystanders.join().unwrap();
@@ -159,6 +168,7 @@ fn misbehaving_plugins_are_contained_while_other_sessions_deliver() {
             "{:?}",
             session.commands
         );
+        assert!(!String::from_utf8_lossy(&session.raw).contains("evil"));
     }
 }
 
@@ -174,4 +184,141 @@ fn a_connect_refusal_replaces_the_greeting() {
     assert_eq!(client.read_reply().lines, ["554 5.7.1 No service for you"]);
     assert!(client.is_closed());
     assert!(upstream.sessions().is_empty());
+}
+
+#[test]
+fn data_plugins_edit_the_message_in_chain_order_and_large_bodies_spool_to_disk() {
+    let upstream = RecordingUpstream::start();
+    let proxy = Proxy::start_with(&format!(
+        r#"plugins = ["headers", "measure"]
+
+[upstream]
+address = "{}"
+
+[spool]
+memory_limit = 4096
+
+[plugins.headers]
+path = "{}"
+config = {{ remove = ["Authentication-Results"], add = [{{ name = "X-Received-Via", value = "{{listener}} from {{client_ip}}" }}], subject_tags = [{{ tag = "[EXTERNAL]", sender_domain_not_in = ["example.com"] }}] }}
+
+[plugins.measure]
+path = "{}"
+config = {{ mode = "measure-body", stage = "data" }}
+"#,
+        upstream.address(),
+        component("headers").display(),
+        component("fault-plugin").display()
+    ));
+    let mut body = Vec::new();
+    for n in 0..20_000 {
+        let line = if n % 7 == 0 {
+            format!(".dot line {n}\r\n")
+        } else {
+            format!("line {n} \u{e9}t\u{e9} 8-bit text\r\n")
+        };
+        body.extend_from_slice(line.as_bytes());
+    }
+    let stuffed = String::from_utf8(body.clone())
+        .unwrap()
+        .replace("\r\n.", "\r\n..")
+        .replacen('.', "..", 1);
+    let head = "Subject: hello\r\nAuthentication-Results: forged\r\nFrom: a@outside.test\r\n\r\n";
+    let mut wire = head.as_bytes().to_vec();
+    wire.extend_from_slice(stuffed.as_bytes());
+    wire.extend_from_slice(b".\r\n");
+    let mut client = proxy.client();
+    client.expect("EHLO client.test", 250);
+    let reply = client.send_message("a@outside.test", &["b@example.com"], &wire);
+    assert_eq!(reply.code, 250, "{reply:?}");
+    let expected = format!(
+        "Subject: [EXTERNAL] hello\r\nFrom: a@outside.test\r\nX-Received-Via: test from 127.0.0.1\r\n\
+         X-Body-Size: {}\r\nX-Body-Lines: 20000\r\n\r\n{stuffed}.\r\n",
+        body.len()
+    );
+    let messages = upstream.wait_messages(1);
+    assert_eq!(String::from_utf8_lossy(&messages[0]), expected);
+}
+
+#[test]
+fn data_verdicts_and_envelope_edits_reach_the_upstream() {
+    let fault = component("fault-plugin");
+    let upstream = RecordingUpstream::start();
+    let mut config = format!(
+        "[upstream]\naddress = \"{}\"\n\n[quarantine]\nredirect = \"quarantine@example.com\"\n",
+        upstream.address()
+    );
+    let actions = [
+        ("discard", ""),
+        ("quarantine", ""),
+        ("add-recipient", ", recipient = \"added@example.com\""),
+        ("remove-recipient", ", recipient = \"C@example.com\""),
+        ("replace-body", ", body = \"replaced\\n.leading dot\""),
+    ];
+    for (mode, extra) in actions {
+        config.push_str(&format!(
+            "\n[[listener]]\nname = \"{mode}\"\naddress = \"127.0.0.1:0\"\nplugins = [\"{mode}\"]\n\n\
+             [plugins.{mode}]\npath = \"{}\"\nconfig = {{ mode = \"{mode}\", stage = \"data\"{extra} }}\n",
+            fault.display()
+        ));
+    }
+    let proxy = Proxy::start_with(&config);
+    let mut outcomes = Vec::new();
+    for (mode, _) in actions {
+        let mut client = common::Client::connect(proxy.listener(mode));
+        client.read_reply();
+        client.expect("EHLO client.test", 250);
+        let wire = format!("Subject: {mode}\r\n\r\nbody\r\n.\r\n");
+        let reply = client.send_message(
+            "a@example.org",
+            &["b@example.com", "c@example.com"],
+            wire.as_bytes(),
+        );
+        assert_eq!(reply.code, 250, "{mode}: {reply:?}");
+        client.expect("QUIT", 221);
+        let session = upstream.sessions().pop().unwrap();
+        outcomes.push((mode, session));
+    }
+    let envelope = |commands: &[String]| -> Vec<String> {
+        commands
+            .iter()
+            .filter(|c| !c.starts_with("EHLO") && !c.starts_with("QUIT"))
+            .cloned()
+            .collect()
+    };
+    let original = [
+        "MAIL FROM:<a@example.org>",
+        "RCPT TO:<b@example.com>",
+        "RCPT TO:<c@example.com>",
+    ];
+    for (mode, session) in outcomes {
+        let commands = envelope(&session.commands);
+        let message = session
+            .messages
+            .first()
+            .map(|m| String::from_utf8_lossy(m).into_owned());
+        let (expected_commands, expected_message): (Vec<&str>, Option<String>) = match mode {
+            "discard" => ([&original[..], &["RSET"]].concat(), None),
+            "quarantine" => (
+                [&original[..], &["RSET", "MAIL FROM:<a@example.org>", "RCPT TO:<quarantine@example.com>", "DATA"]].concat(),
+                Some("Subject: quarantine\r\nX-Portcullis-Quarantine: looks suspicious\r\n\r\nbody\r\n.\r\n".into()),
+            ),
+            "add-recipient" => (
+                [&original[..], &["RCPT TO:<added@example.com>", "DATA"]].concat(),
+                Some("Subject: add-recipient\r\n\r\nbody\r\n.\r\n".into()),
+            ),
+            "remove-recipient" => (
+                [&original[..], &["RSET", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.com>", "DATA"]].concat(),
+                Some("Subject: remove-recipient\r\n\r\nbody\r\n.\r\n".into()),
+            ),
+            _ => (
+                [&original[..], &["DATA"]].concat(),
+                Some("Subject: replace-body\r\n\r\nreplaced\r\n..leading dot\r\n.\r\n".into()),
+            ),
+        };
+        assert_eq!(commands, expected_commands, "{mode}");
+        assert_eq!(message, expected_message, "{mode}");
+    }
+    proxy.wait_for_log("message discarded by a plugin");
+    proxy.wait_for_log("message quarantined");
 }

@@ -52,6 +52,9 @@ pub use types::{
 /// The plugin's own configuration: its `config` table from the proxy's TOML file.
 pub type Config = toml::Table;
 
+/// The TOML crate the configuration comes in, for reading its values.
+pub use toml;
+
 /// A filter plugin. Every hook has a default that continues, so implement only the
 /// stages you need and return them from [`Plugin::init`]; the proxy never calls the
 /// others.

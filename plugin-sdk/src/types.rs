@@ -205,7 +205,8 @@ pub enum MessageEdit {
     AddHeader(Header),
     /// Insert a header field before the field at this 0-based index.
     InsertHeader(u32, Header),
-    /// Change the n-th (1-based) field of this name; `None` removes that field.
+    /// Change the n-th (1-based) field of this name; `None` removes that field. With a
+    /// value and no such field, the field is added at the end.
     ChangeHeader(String, u32, Option<String>),
     /// Remove every field of this name.
     RemoveHeader(String),

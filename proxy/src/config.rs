@@ -35,6 +35,48 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// The plugins by name; listeners refer to them.
     pub plugins: std::collections::BTreeMap<String, PluginConfig>,
+    /// Where messages wait while DATA plugins look at them.
+    pub spool: SpoolConfig,
+    /// What a plugin's quarantine mark does.
+    pub quarantine: QuarantineConfig,
+}
+
+/// `[spool]`: messages are spooled only when a plugin of the chain wants DATA.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Body octets held in memory per message; past it the body goes to a file.
+    pub memory_limit: usize,
+    /// Folder for the (unnamed) spool files; the system's temporary folder if unset.
+    pub directory: Option<PathBuf>,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            memory_limit: 1024 * 1024,
+            directory: None,
+        }
+    }
+}
+
+/// `[quarantine]`: what happens to a message a plugin marked for quarantine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuarantineConfig {
+    /// A header field added with the plugin's reason, so the MTA can route on it.
+    pub header: String,
+    /// If set, the message goes to this mailbox only, instead of its recipients.
+    pub redirect: Option<String>,
+}
+
+impl Default for QuarantineConfig {
+    fn default() -> Self {
+        Self {
+            header: "X-Portcullis-Quarantine".into(),
+            redirect: None,
+        }
+    }
 }
 
 /// `[server]`.
@@ -303,6 +345,9 @@ pub struct RawConfig {
     upstream: Spanned<RawUpstream>,
     #[serde(default)]
     plugins: std::collections::BTreeMap<String, PluginConfig>,
+    #[serde(default)]
+    spool: SpoolConfig,
+    quarantine: Option<Spanned<QuarantineConfig>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -459,10 +504,35 @@ impl RawConfig {
                 "upstream sessions cannot be reused with the PROXY protocol (its header describes one client)",
             ));
         }
+        let (quarantine_span, quarantine) = self
+            .quarantine
+            .map(|q| (q.span(), q.into_inner()))
+            .unwrap_or_default();
+        if crate::message::HeaderField::new(&quarantine.header, "").is_err() {
+            return Err(error(
+                "quarantine.header",
+                quarantine_span.start,
+                "not a valid header field name",
+            ));
+        }
+        if let Some(redirect) = &quarantine.redirect
+            && !matches!(
+                crate::smtp::command::parse(format!("RCPT TO:<{redirect}>").as_bytes()),
+                Ok(crate::smtp::Command::Rcpt(_))
+            )
+        {
+            return Err(error(
+                "quarantine.redirect",
+                quarantine_span.start,
+                "not a valid mailbox",
+            ));
+        }
         Ok(Config {
             server: self.server,
             smtp: self.smtp,
             plugins: self.plugins,
+            spool: self.spool,
+            quarantine,
             listeners,
             upstream: UpstreamConfig {
                 target,

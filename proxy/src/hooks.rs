@@ -5,11 +5,12 @@
 
 use std::sync::Arc;
 
-use tracing::warn;
+use tracing::{debug, info, warn};
 
 use crate::{
     config::OnError,
-    plugin_host::{LoadedPlugin, PluginError, PluginInstance, abi},
+    message::{Edit, Message},
+    plugin_host::{LoadedPlugin, MessageResource, PluginError, PluginInstance, abi},
     session::replies,
     smtp::{Command, EnhancedCode, MailCommand, RcptCommand, Reply, command},
 };
@@ -32,6 +33,8 @@ pub enum Decision {
     Accept,
     /// Refuse with this 4xx/5xx reply; the session goes on.
     Refuse(Reply),
+    /// DATA stage only: tell the client 250 and send nothing upstream.
+    Discard,
     /// Send this 421 reply and close.
     Disconnect(Reply),
 }
@@ -43,6 +46,7 @@ enum Stage {
     Helo,
     Mail,
     Rcpt,
+    Data,
     SessionEnd,
 }
 
@@ -53,6 +57,7 @@ impl Stage {
             Stage::Helo => abi::Hooks::HELO,
             Stage::Mail => abi::Hooks::MAIL,
             Stage::Rcpt => abi::Hooks::RCPT,
+            Stage::Data => abi::Hooks::DATA,
             Stage::SessionEnd => abi::Hooks::SESSION_END,
         }
     }
@@ -63,6 +68,7 @@ impl Stage {
             Stage::Helo => "helo",
             Stage::Mail => "mail",
             Stage::Rcpt => "rcpt",
+            Stage::Data => "data",
             Stage::SessionEnd => "session-end",
         }
     }
@@ -102,6 +108,11 @@ impl SessionHooks {
     /// True if any plugin of the chain exists (so callers can skip building inputs).
     pub fn is_empty(&self) -> bool {
         self.chain.plugins.is_empty()
+    }
+
+    /// True if a plugin of the chain wants the DATA hook (the message is then spooled).
+    pub fn wants_data(&self) -> bool {
+        !self.wanting(Stage::Data).is_empty()
     }
 
     /// The listener's name.
@@ -285,6 +296,58 @@ impl SessionHooks {
         (decision, rewritten)
     }
 
+    /// The DATA hook over the chain. Each plugin sees the message and the recipients as
+    /// the plugins before it left them; a plugin's edits apply all together, and if one
+    /// of them is invalid none does and the plugin has failed.
+    pub async fn data(
+        &mut self,
+        session: &abi::Session,
+        envelope: &abi::Envelope,
+        message: &mut Message,
+    ) -> Decision {
+        let mut decision = Decision::Continue;
+        for index in self.wanting(Stage::Data) {
+            let envelope = abi::Envelope {
+                recipients: message.recipients.clone(),
+                ..envelope.clone()
+            };
+            let resource = MessageResource {
+                headers: message
+                    .header_pairs()
+                    .into_iter()
+                    .map(|(name, value)| abi::Header { name, value })
+                    .collect(),
+                body: message.body.clone(),
+            };
+            let outcome = match self.instance(index).await {
+                Ok(instance) => instance
+                    .data(session, &envelope, resource)
+                    .await
+                    .map(|o| (o.verdict, o.edits)),
+                Err(error) => Err(error),
+            };
+            let outcome = self.settle(index, Stage::Data, outcome);
+            let done = self.interpret(
+                index,
+                Stage::Data,
+                outcome,
+                &mut decision,
+                |edits: Vec<abi::MessageEdit>| {
+                    let mut edited = message.clone();
+                    for edit in edits {
+                        edited.apply(to_edit(edit)).map_err(|e| e.to_string())?;
+                    }
+                    *message = edited;
+                    Ok(())
+                },
+            );
+            if let Some(done) = done {
+                return done;
+            }
+        }
+        decision
+    }
+
     /// The session-end hook, for plugins that already have an instance.
     pub async fn session_end(&mut self, session: &abi::Session) {
         for index in self.wanting(Stage::SessionEnd) {
@@ -317,8 +380,14 @@ impl SessionHooks {
             let policy = self.failed(index, stage, PluginError::Invalid(reason));
             return policy_decision(policy);
         }
-        match verdict {
-            abi::Verdict::Continue | abi::Verdict::Discard => None,
+        let plugin = &self.chain.plugins[index].name;
+        let decided = match verdict {
+            abi::Verdict::Continue => None,
+            abi::Verdict::Discard if matches!(stage, Stage::Data) => Some(Decision::Discard),
+            abi::Verdict::Discard => {
+                debug!(%plugin, hook = stage.name(), "discard outside DATA counts as continue");
+                None
+            }
             abi::Verdict::Accept => {
                 *decision = Decision::Accept;
                 Some(Decision::Accept)
@@ -329,7 +398,11 @@ impl SessionHooks {
             abi::Verdict::Disconnect(text) => Some(Decision::Disconnect(
                 replies::plugin_disconnect(text.as_deref()),
             )),
+        };
+        if let Some(decided) = &decided {
+            info!(%plugin, hook = stage.name(), session = %self.session_id, decision = ?decided, "plugin decided");
         }
+        decided
     }
 
     /// Indexes of the plugins that asked for this stage.
@@ -397,6 +470,23 @@ fn rewritten_line(
         }
     }
     line
+}
+
+fn to_edit(edit: abi::MessageEdit) -> Edit {
+    match edit {
+        abi::MessageEdit::AddHeader(h) => Edit::AddHeader(h.name, h.value),
+        abi::MessageEdit::InsertHeader((index, h)) => {
+            Edit::InsertHeader(index as usize, h.name, h.value)
+        }
+        abi::MessageEdit::ChangeHeader((name, nth, value)) => {
+            Edit::ChangeHeader(name, nth as usize, value)
+        }
+        abi::MessageEdit::RemoveHeader(name) => Edit::RemoveHeader(name),
+        abi::MessageEdit::ReplaceBody(body) => Edit::ReplaceBody(body),
+        abi::MessageEdit::AddRecipient(address) => Edit::AddRecipient(address),
+        abi::MessageEdit::RemoveRecipient(address) => Edit::RemoveRecipient(address),
+        abi::MessageEdit::Quarantine(reason) => Edit::Quarantine(reason),
+    }
 }
 
 fn to_reply(reply: abi::Reply) -> Reply {

@@ -13,6 +13,7 @@ pub mod connection;
 pub mod devupstream;
 pub mod hooks;
 pub mod listener;
+pub mod message;
 pub mod plugin_host;
 pub mod session;
 pub mod smtp;

@@ -40,19 +40,28 @@ impl PluginState {
         }
     }
 
+    /// The resources lent to the plugin (the message during the DATA hook).
+    pub fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+
     /// Keys are per plugin: two plugins never see each other's values.
     fn key(&self, key: &str) -> String {
         format!("{}\u{0}{key}", self.plugin)
     }
 }
 
-/// The message the DATA hook reads: header fields and the body.
-pub struct MessageBody {
-    /// Header fields in order.
+/// The message the DATA hook reads: header fields, and the spooled body, which is
+/// shared and copied into the plugin only as far as it reads.
+pub struct MessageResource {
+    /// Header fields in order, as the chain has made them so far.
     pub headers: Vec<types::Header>,
-    /// The body octets.
-    pub body: Vec<u8>,
+    /// The body.
+    pub body: crate::message::Body,
 }
+
+/// The most body octets one `read-body` call returns.
+const MAX_BODY_READ: u32 = 1024 * 1024;
 
 type Result<T> = wasmtime::Result<T>;
 
@@ -146,29 +155,26 @@ impl clock::Host for PluginState {
 impl types::Host for PluginState {}
 
 impl types::HostMessage for PluginState {
-    async fn headers(&mut self, message: Resource<MessageBody>) -> Result<Vec<types::Header>> {
+    async fn headers(&mut self, message: Resource<MessageResource>) -> Result<Vec<types::Header>> {
         Ok(self.table.get(&message)?.headers.clone())
     }
 
-    async fn body_size(&mut self, message: Resource<MessageBody>) -> Result<u64> {
-        Ok(self.table.get(&message)?.body.len() as u64)
+    async fn body_size(&mut self, message: Resource<MessageResource>) -> Result<u64> {
+        Ok(self.table.get(&message)?.body.len())
     }
 
     async fn read_body(
         &mut self,
-        message: Resource<MessageBody>,
+        message: Resource<MessageResource>,
         offset: u64,
         length: u32,
     ) -> Result<Vec<u8>> {
-        let body = &self.table.get(&message)?.body;
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(body.len());
-        let end = start.saturating_add(length as usize).min(body.len());
-        Ok(body[start..end].to_vec())
+        let body = self.table.get(&message)?.body.clone();
+        let length = length.min(MAX_BODY_READ) as usize;
+        Ok(body.read_at(offset, length).await?)
     }
 
-    async fn drop(&mut self, message: Resource<MessageBody>) -> Result<()> {
+    async fn drop(&mut self, message: Resource<MessageResource>) -> Result<()> {
         self.table.delete(message)?;
         Ok(())
     }

@@ -17,10 +17,11 @@ use std::{path::Path, sync::Arc, time::Duration};
 use tokio::time::Instant;
 use wasmtime::{
     Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline,
-    component::{Component, HasSelf, Linker, ResourceType},
+    component::{Component, HasSelf, Linker, Resource, ResourceType},
 };
 
 use crate::config::{OnError, PluginConfig};
+pub use host::MessageResource;
 pub use kv::KvStore;
 
 /// The bindings generated from the SDK's WIT file (the one ABI).
@@ -32,7 +33,7 @@ mod generated {
         imports: { default: async | trappable },
         exports: { default: async },
         with: {
-            "portcullis:plugin/types.message": crate::plugin_host::host::MessageBody,
+            "portcullis:plugin/types.message": crate::plugin_host::host::MessageResource,
         },
     });
 }
@@ -103,7 +104,7 @@ impl PluginRuntime {
         .and_then(|()| {
             linker.root().resource(
                 "message",
-                ResourceType::host::<host::MessageBody>(),
+                ResourceType::host::<host::MessageResource>(),
                 |_, _| Ok(()),
             )
         })
@@ -319,6 +320,29 @@ impl PluginInstance {
             .call_on_rcpt(store, session, envelope, recipient, params)
             .await
             .map_err(trap)
+    }
+
+    /// The DATA hook. The message is lent to the plugin for this call only.
+    pub async fn data(
+        &mut self,
+        session: &abi::Session,
+        envelope: &abi::Envelope,
+        message: MessageResource,
+    ) -> Result<abi::DataOutcome, PluginError> {
+        let owned = self
+            .store
+            .data_mut()
+            .table()
+            .push(message)
+            .map_err(|error| PluginError::Trap(error.to_string()))?;
+        let borrowed = Resource::new_borrow(owned.rep());
+        let (bindings, store) = self.parts();
+        let result = bindings
+            .call_on_data(&mut *store, session, envelope, borrowed)
+            .await
+            .map_err(trap);
+        let _ = store.data_mut().table().delete(owned);
+        result
     }
 
     /// The session-end hook.

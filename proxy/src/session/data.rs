@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// Data is written upstream once this much is buffered (and at the end).
-const UPSTREAM_WRITE_SIZE: usize = 64 * 1024;
+pub(super) const UPSTREAM_WRITE_SIZE: usize = 64 * 1024;
 
 /// How the client's side of the DATA phase ended.
 enum ClientEnd {
@@ -43,6 +43,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         if self.envelope.recipients.is_empty() {
             return self.reply(replies::no_valid_recipients());
+        }
+        if self.hooks.wants_data() {
+            return self.spooled_data().await;
         }
         let timeout = self.context.config.upstream.timeouts.data_init;
         let Some(upstream) = self.upstream.as_mut() else {
@@ -102,15 +105,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         };
         let reply = match end {
-            ClientEnd::Gone(reply) => {
-                warn!("client left during DATA; message not accepted");
-                self.upstream = None;
-                self.upstream_in_transaction = false;
-                if let Some(reply) = reply {
-                    self.reply(reply);
-                }
-                return Flow::Close;
-            }
+            ClientEnd::Gone(reply) => return self.client_left(reply),
             ClientEnd::Finished => {
                 self.finish_message(reader.violation(), stuffer, wire, upstream_error)
                     .await
@@ -121,9 +116,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.relay(reply)
     }
 
+    /// The client went away during DATA (or was cut off): the upstream connection is
+    /// dropped without a terminator, so nothing of the message is delivered.
+    pub(super) fn client_left(&mut self, reply: Option<Reply>) -> Flow {
+        warn!("client left during DATA; message not accepted");
+        self.upstream = None;
+        self.upstream_in_transaction = false;
+        if let Some(reply) = reply {
+            self.reply(reply);
+        }
+        Flow::Close
+    }
+
     /// Reads the next chunk of message data, bounded by the data block timeout and the
     /// whole-phase deadline. `Err` ends the session.
-    async fn read_data_chunk(&mut self, phase_deadline: Instant) -> Result<(), Option<Reply>> {
+    pub(super) async fn read_data_chunk(
+        &mut self,
+        phase_deadline: Instant,
+    ) -> Result<(), Option<Reply>> {
         let smtp = &self.context.config.smtp;
         let hostname = &self.context.config.server.hostname;
         let deadline = phase_deadline.min(Instant::now() + smtp.data_block_timeout);
@@ -173,11 +183,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         upstream_error: Option<UpstreamError>,
     ) -> Reply {
         self.upstream_in_transaction = false;
-        match violation {
-            Some(DataViolation::BareLineEnding) => return replies::bare_line_ending(),
-            Some(DataViolation::LineTooLong) => return replies::message_line_too_long(),
-            Some(DataViolation::TooBig) => return replies::message_too_big(),
-            None => {}
+        if let Some(violation) = violation {
+            return violation_reply(violation);
         }
         if let Some(error) = upstream_error {
             return error.reply();
@@ -194,7 +201,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// The one summary line per message.
-    fn log_message(&self, size: u64, reply: &Reply) {
+    pub(super) fn log_message(&self, size: u64, reply: &Reply) {
         let from = self
             .envelope
             .mail
@@ -213,5 +220,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             duration_ms,
             "message"
         );
+    }
+}
+
+/// The reply to a message that broke a rule.
+pub(super) fn violation_reply(violation: DataViolation) -> Reply {
+    match violation {
+        DataViolation::BareLineEnding => replies::bare_line_ending(),
+        DataViolation::LineTooLong => replies::message_line_too_long(),
+        DataViolation::TooBig => replies::message_too_big(),
     }
 }

@@ -8,6 +8,7 @@
 
 mod data;
 pub mod replies;
+mod spooled;
 pub mod state;
 mod transaction;
 
@@ -31,7 +32,10 @@ use crate::{
     connection::{Connection, ReadError},
     hooks::{Chain, Decision, SessionHooks},
     plugin_host::abi,
-    smtp::{Command, CommandError, Reply, capabilities::Capabilities, command, line::NextLine},
+    smtp::{
+        Command, CommandError, MailCommand, Reply, capabilities::Capabilities, command,
+        line::NextLine,
+    },
     upstream::{
         Stage, UpstreamError, UpstreamSession, capability_cache::CapabilityCache, pool::SessionPool,
     },
@@ -396,7 +400,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         let info = self.plugin_session();
         match self.hooks.connect(&info).await {
-            Decision::Continue | Decision::Accept => Flow::Continue,
+            Decision::Continue | Decision::Accept | Decision::Discard => Flow::Continue,
             // A refusal at connect answers instead of the greeting; the session ends.
             Decision::Refuse(reply) | Decision::Disconnect(reply) => {
                 self.reply(reply);
@@ -409,7 +413,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Applies a refusing decision: `Some(flow)` when the stage must not go on.
     fn refused(&mut self, decision: Decision) -> Option<Flow> {
         match decision {
-            Decision::Continue | Decision::Accept => None,
+            Decision::Continue | Decision::Accept | Decision::Discard => None,
             Decision::Refuse(reply) => Some(self.reply(reply)),
             Decision::Disconnect(reply) => {
                 self.reply(reply);
@@ -428,6 +432,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             helo: self.peer.helo.clone(),
             tls: false,
             login: None,
+        }
+    }
+
+    /// What plugins are told about the envelope: `mail` if it is not accepted yet.
+    fn plugin_envelope(&self, mail: Option<&MailCommand>) -> abi::Envelope {
+        let sender = mail.or(self.envelope.mail.as_ref());
+        abi::Envelope {
+            sender: sender
+                .map(|m| m.reverse_path.mailbox().to_string())
+                .unwrap_or_default(),
+            mail_params: sender
+                .map(|m| {
+                    m.params
+                        .iter()
+                        .map(|p| abi::Param {
+                            keyword: p.keyword.clone(),
+                            value: p.value.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            recipients: self
+                .envelope
+                .recipients
+                .iter()
+                .map(|r| r.forward_path.mailbox().to_string())
+                .collect(),
         }
     }
 

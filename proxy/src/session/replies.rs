@@ -197,6 +197,25 @@ pub fn not_offered(verb: &str) -> Reply {
     )
 }
 
+/// 354 when the proxy takes the message itself (a plugin wants to see it first).
+pub fn start_input() -> Reply {
+    Reply::plain(354, "End data with <CR><LF>.<CR><LF>")
+}
+
+/// 250 for a message a plugin discarded: the client must not learn it went nowhere.
+pub fn discarded() -> Reply {
+    Reply::new(250, code(2, 0, 0), "Ok")
+}
+
+/// 451 when the message could not be spooled (disk full, ...).
+pub fn spool_failed() -> Reply {
+    Reply::new(
+        451,
+        code(4, 3, 0),
+        "Local error in processing, try again later",
+    )
+}
+
 /// 451 when a plugin failed and its policy is `tempfail` (the default).
 pub fn plugin_tempfail() -> Reply {
     Reply::new(

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::{Envelope, Flow, Session, replies};
-use crate::{hooks::Decision, plugin_host::abi};
+use crate::hooks::Decision;
 use crate::{
     smtp::{
         MailCommand, Param, RcptCommand, Reply,
@@ -277,29 +277,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return rcpts;
         }
         let info = self.plugin_session();
-        let sender = mail.or(self.envelope.mail.as_ref());
-        let mut envelope = abi::Envelope {
-            sender: sender
-                .map(|m| m.reverse_path.mailbox().to_string())
-                .unwrap_or_default(),
-            mail_params: sender
-                .map(|m| {
-                    m.params
-                        .iter()
-                        .map(|p| abi::Param {
-                            keyword: p.keyword.clone(),
-                            value: p.value.clone(),
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-            recipients: self
-                .envelope
-                .recipients
-                .iter()
-                .map(|r| r.forward_path.mailbox().to_string())
-                .collect(),
-        };
+        let mut envelope = self.plugin_envelope(mail);
         let mut checked = Vec::with_capacity(rcpts.len());
         for pending in rcpts {
             let PendingRcpt::Relay(rcpt) = pending else {
@@ -312,7 +290,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             let (decision, rcpt) = self.hooks.rcpt(&info, &envelope, rcpt).await;
             checked.push(match decision {
-                Decision::Continue | Decision::Accept => {
+                Decision::Continue | Decision::Accept | Decision::Discard => {
                     envelope
                         .recipients
                         .push(rcpt.forward_path.mailbox().to_string());
@@ -422,6 +400,6 @@ fn missing_extension(
         .map(|param| param.keyword.clone())
 }
 
-fn render_params(params: &[Param]) -> String {
+pub(super) fn render_params(params: &[Param]) -> String {
     params.iter().map(|param| format!(" {param}")).collect()
 }

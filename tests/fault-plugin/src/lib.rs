@@ -1,33 +1,51 @@
-//! Misbehaves at MAIL as its `mode` says: `trap`, `panic`, `loop`, `memory`,
-//! `bad-code` (a 250 in a reject), `crlf` (CR LF in reply text), `bad-rewrite` (an
-//! address that would inject a command), or `ok`. The proxy must contain every one of
-//! them to that call. With `mode = "refuse-connect"` it instead refuses every client
-//! at connect with 554 5.7.1.
+//! A test plugin that misbehaves, or acts, as its config says. `stage` is `mail` (the
+//! default) or `data`; `mode` is one of:
+//!
+//! - faults the proxy must contain to that call: `trap`, `panic`, `loop`, `memory`,
+//!   `bad-code` (a 250 in a reject), `crlf` (CR LF in reply text), `bad-rewrite` (an
+//!   address, or at DATA a header value, that would inject a command);
+//! - DATA actions: `discard`, `quarantine`, `add-recipient` / `remove-recipient` (the
+//!   `recipient` key), `replace-body` (the `body` key), `measure-body` (reads the whole
+//!   body through the host and adds `X-Body-Size` and `X-Body-Lines` fields);
+//! - `ok`, which does nothing; `refuse-connect` refuses every client with 554 5.7.1.
 
-use portcullis_sdk::{Config, Hooks, Param, PathOutcome, Plugin, Reply, Session, Verdict};
+use portcullis_sdk::{
+    Config, DataOutcome, Envelope, Header, Hooks, Message, MessageEdit, Param, PathOutcome, Plugin,
+    Reply, Session, Verdict,
+};
 
-/// The configured misbehaviour.
+/// The configured behaviour.
 pub struct Fault {
     mode: String,
+    recipient: String,
+    body: String,
+}
+
+fn text(config: &Config, key: &str) -> String {
+    config
+        .get(key)
+        .and_then(|m| m.as_str())
+        .unwrap_or_default()
+        .to_string()
 }
 
 impl Plugin for Fault {
     fn init(config: &Config) -> Result<(Self, Hooks), String> {
-        let mode = config
-            .get("mode")
-            .and_then(|m| m.as_str())
-            .ok_or("mode is required")?;
-        let hooks = if mode == "refuse-connect" {
-            Hooks::CONNECT
-        } else {
-            Hooks::MAIL
+        let mode = text(config, "mode");
+        if mode.is_empty() {
+            return Err("mode is required".into());
+        }
+        let hooks = match (mode.as_str(), text(config, "stage").as_str()) {
+            ("refuse-connect", _) => Hooks::CONNECT,
+            (_, "data") => Hooks::DATA,
+            _ => Hooks::MAIL,
         };
-        Ok((
-            Fault {
-                mode: mode.to_string(),
-            },
-            hooks,
-        ))
+        let fault = Fault {
+            mode,
+            recipient: text(config, "recipient"),
+            body: text(config, "body"),
+        };
+        Ok((fault, hooks))
     }
 
     fn connect(&mut self, _session: &Session) -> Verdict {
@@ -36,36 +54,77 @@ impl Plugin for Fault {
 
     fn mail(&mut self, _session: &Session, _sender: &str, _params: &[Param]) -> PathOutcome {
         match self.mode.as_str() {
-            "trap" => trap(),
-            "panic" => panic!("the fault plugin panics"),
-            "loop" => {
-                let mut counter = 0u64;
-                loop {
-                    counter = std::hint::black_box(counter.wrapping_add(1));
-                }
-            }
-            "memory" => {
-                let mut hoard: Vec<Vec<u8>> = Vec::new();
-                loop {
-                    hoard.push(vec![1u8; 1 << 20]);
-                    std::hint::black_box(&hoard);
-                }
-            }
-            "bad-code" => Verdict::Reject(Reply::new(250, "2.0.0", "fine")).into(),
-            "crlf" => Verdict::reject(550, "5.7.1", "no\r\nRCPT TO:<victim@example.com>").into(),
             "bad-rewrite" => PathOutcome::rewrite("x@example.org>\r\nRCPT TO:<victim@example.com"),
-            _ => PathOutcome::default(),
+            mode => misbehave(mode).into(),
+        }
+    }
+
+    fn data(&mut self, _session: &Session, _envelope: &Envelope, message: &Message) -> DataOutcome {
+        let edit = match self.mode.as_str() {
+            "discard" => return Verdict::Discard.into(),
+            "bad-rewrite" => header("X-Evil", "x\r\n.\r\nMAIL FROM:<evil@example.com>"),
+            "quarantine" => MessageEdit::Quarantine("looks suspicious".into()),
+            "add-recipient" => MessageEdit::AddRecipient(self.recipient.clone()),
+            "remove-recipient" => MessageEdit::RemoveRecipient(self.recipient.clone()),
+            "replace-body" => MessageEdit::ReplaceBody(self.body.clone().into_bytes()),
+            "measure-body" => {
+                let body = message.body();
+                let lines = body.iter().filter(|&&b| b == b'\n').count();
+                return DataOutcome {
+                    verdict: Verdict::Continue,
+                    edits: vec![
+                        header("X-Body-Size", &message.body_size().to_string()),
+                        header("X-Body-Lines", &lines.to_string()),
+                    ],
+                };
+            }
+            mode => return misbehave(mode).into(),
+        };
+        DataOutcome {
+            verdict: Verdict::Continue,
+            edits: vec![edit],
         }
     }
 }
 
+fn header(name: &str, value: &str) -> MessageEdit {
+    MessageEdit::AddHeader(Header {
+        name: name.into(),
+        value: value.into(),
+    })
+}
+
+/// The faults that do not depend on the hook; `ok` and unknown modes continue.
+fn misbehave(mode: &str) -> Verdict {
+    match mode {
+        "trap" => trap(),
+        "panic" => panic!("the fault plugin panics"),
+        "loop" => {
+            let mut counter = 0u64;
+            loop {
+                counter = std::hint::black_box(counter.wrapping_add(1));
+            }
+        }
+        "memory" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        "bad-code" => Verdict::Reject(Reply::new(250, "2.0.0", "fine")),
+        "crlf" => Verdict::reject(550, "5.7.1", "no\r\nRCPT TO:<victim@example.com>"),
+        _ => Verdict::Continue,
+    }
+}
+
 #[cfg(target_arch = "wasm32")]
-fn trap() -> PathOutcome {
+fn trap() -> Verdict {
     core::arch::wasm32::unreachable()
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-fn trap() -> PathOutcome {
+fn trap() -> Verdict {
     std::process::abort()
 }
 

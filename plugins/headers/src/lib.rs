@@ -1,0 +1,275 @@
+//! `headers`: header hygiene at DATA.
+//!
+//! - `remove`: names of fields to remove (e.g. a client-supplied
+//!   `Authentication-Results`, which only the receiving host may add);
+//! - `add`: fields to add at the end of the header block, a list of
+//!   `{ name = "...", value = "..." }`; in the value `{client_ip}`, `{helo}`,
+//!   `{session}` and `{listener}` are replaced by the session's values;
+//! - `subject_tags`: rules that prefix the subject with a tag, each
+//!   `{ tag = "[EXTERNAL]", sender_domain_not_in = ["example.com"] }` (tag mail from
+//!   other domains) or `{ tag = "[SPAM]", header = "X-Spam-Flag", contains = "yes" }`
+//!   (tag when a field contains a text, ignoring case). A subject that already starts
+//!   with the tag is left alone; a message without a subject gets one.
+//!
+//! Removals happen before additions, so a removed field can be replaced by our own.
+
+use portcullis_sdk::{
+    Config, DataOutcome, Envelope, Header, Hooks, Message, MessageEdit, Plugin, Session, toml,
+};
+
+/// When a subject tag applies.
+#[derive(Debug)]
+enum Condition {
+    SenderDomainNotIn(Vec<String>),
+    HeaderContains { name: String, text: String },
+}
+
+#[derive(Debug)]
+struct SubjectTag {
+    tag: String,
+    condition: Condition,
+}
+
+/// The plugin's configuration.
+pub struct Headers {
+    remove: Vec<String>,
+    add: Vec<(String, String)>,
+    subject_tags: Vec<SubjectTag>,
+}
+
+fn string(table: &toml::Table, key: &str, context: &str) -> Result<String, String> {
+    table
+        .get(key)
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+        .ok_or(format!("{context} needs a string {key}"))
+}
+
+fn string_list(value: &toml::Value, context: &str) -> Result<Vec<String>, String> {
+    value
+        .as_array()
+        .ok_or(format!("{context} must be a list of strings"))?
+        .iter()
+        .map(|item| {
+            item.as_str()
+                .map(str::to_string)
+                .ok_or(format!("{context} must be a list of strings"))
+        })
+        .collect()
+}
+
+fn tables<'a>(config: &'a Config, key: &str) -> Result<Vec<&'a toml::Table>, String> {
+    match config.get(key) {
+        None => Ok(Vec::new()),
+        Some(value) => value
+            .as_array()
+            .ok_or(format!("{key} must be a list of tables"))?
+            .iter()
+            .map(|item| {
+                item.as_table()
+                    .ok_or(format!("{key} must be a list of tables"))
+            })
+            .collect(),
+    }
+}
+
+fn subject_tag(table: &toml::Table) -> Result<SubjectTag, String> {
+    let tag = string(table, "tag", "each subject_tags entry")?;
+    let condition = if let Some(domains) = table.get("sender_domain_not_in") {
+        let domains = string_list(domains, "sender_domain_not_in")?;
+        Condition::SenderDomainNotIn(domains.iter().map(|d| d.to_ascii_lowercase()).collect())
+    } else if table.contains_key("header") {
+        Condition::HeaderContains {
+            name: string(table, "header", "a header rule")?,
+            text: string(table, "contains", "a header rule")?.to_lowercase(),
+        }
+    } else {
+        return Err(format!(
+            "subject tag {tag:?} needs sender_domain_not_in or header + contains"
+        ));
+    };
+    Ok(SubjectTag { tag, condition })
+}
+
+impl SubjectTag {
+    fn applies(&self, envelope: &Envelope, headers: &[Header]) -> bool {
+        match &self.condition {
+            Condition::SenderDomainNotIn(domains) => {
+                let domain = envelope
+                    .sender
+                    .rsplit_once('@')
+                    .map(|(_, d)| d.to_ascii_lowercase());
+                !domain.is_some_and(|d| domains.contains(&d))
+            }
+            Condition::HeaderContains { name, text } => headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case(name) && h.value.to_lowercase().contains(text)
+            }),
+        }
+    }
+}
+
+fn expand(template: &str, session: &Session) -> String {
+    template
+        .replace("{client_ip}", &session.client_ip)
+        .replace("{helo}", session.helo.as_deref().unwrap_or("unknown"))
+        .replace("{session}", &session.id)
+        .replace("{listener}", &session.listener)
+}
+
+impl Plugin for Headers {
+    fn init(config: &Config) -> Result<(Self, Hooks), String> {
+        let remove = match config.get("remove") {
+            None => Vec::new(),
+            Some(value) => string_list(value, "remove")?,
+        };
+        let add = tables(config, "add")?
+            .into_iter()
+            .map(|t| {
+                Ok((
+                    string(t, "name", "each add entry")?,
+                    string(t, "value", "each add entry")?,
+                ))
+            })
+            .collect::<Result<_, String>>()?;
+        let subject_tags = tables(config, "subject_tags")?
+            .into_iter()
+            .map(subject_tag)
+            .collect::<Result<_, String>>()?;
+        Ok((
+            Headers {
+                remove,
+                add,
+                subject_tags,
+            },
+            Hooks::DATA,
+        ))
+    }
+
+    fn data(&mut self, session: &Session, envelope: &Envelope, message: &Message) -> DataOutcome {
+        let headers = message.headers();
+        let mut edits: Vec<MessageEdit> = self
+            .remove
+            .iter()
+            .map(|name| MessageEdit::RemoveHeader(name.clone()))
+            .collect();
+        edits.extend(self.add.iter().map(|(name, value)| {
+            MessageEdit::AddHeader(Header {
+                name: name.clone(),
+                value: expand(value, session),
+            })
+        }));
+        let subject = message.header("Subject");
+        let mut tagged = subject.clone().unwrap_or_default();
+        for rule in &self.subject_tags {
+            if rule.applies(envelope, &headers) && !tagged.starts_with(&rule.tag) {
+                tagged = if tagged.is_empty() {
+                    rule.tag.clone()
+                } else {
+                    format!("{} {tagged}", rule.tag)
+                };
+            }
+        }
+        if subject.as_deref() != Some(tagged.as_str()) && !tagged.is_empty() {
+            edits.push(MessageEdit::ChangeHeader("Subject".into(), 1, Some(tagged)));
+        }
+        DataOutcome {
+            edits,
+            ..DataOutcome::default()
+        }
+    }
+}
+
+portcullis_sdk::export!(Headers);
+
+#[cfg(test)]
+mod tests {
+    use portcullis_sdk::{Header, MessageEdit, testing::Harness};
+
+    use super::Headers;
+
+    const CONFIG: &str = r#"
+        remove = ["Authentication-Results"]
+        add = [{ name = "X-Received-Via", value = "{listener} from {client_ip}" }]
+        subject_tags = [
+            { tag = "[EXTERNAL]", sender_domain_not_in = ["example.com"] },
+            { tag = "[SPAM]", header = "X-Spam-Flag", contains = "yes" },
+        ]
+    "#;
+
+    fn harness(sender: &str) -> Harness<Headers> {
+        let mut harness = Harness::<Headers>::new(CONFIG).unwrap();
+        harness.mail(sender);
+        harness.rcpt("someone@example.com");
+        harness
+    }
+
+    #[test]
+    fn removes_adds_and_tags_mail_from_outside() {
+        let edits = harness("eve@outside.test")
+            .data(b"Subject: hello\r\nAuthentication-Results: forged\r\n\r\nbody\r\n")
+            .edits;
+        assert_eq!(
+            edits,
+            [
+                MessageEdit::RemoveHeader("Authentication-Results".into()),
+                MessageEdit::AddHeader(Header {
+                    name: "X-Received-Via".into(),
+                    value: "test from 192.0.2.1".into()
+                }),
+                MessageEdit::ChangeHeader("Subject".into(), 1, Some("[EXTERNAL] hello".into())),
+            ]
+        );
+    }
+
+    #[test]
+    fn internal_mail_keeps_its_subject_unless_flagged() {
+        let edits = harness("alice@EXAMPLE.com")
+            .data(b"Subject: hello\r\n\r\nbody\r\n")
+            .edits;
+        assert!(
+            !edits
+                .iter()
+                .any(|e| matches!(e, MessageEdit::ChangeHeader(..)))
+        );
+        let edits = harness("alice@example.com")
+            .data(b"Subject: hello\r\nX-Spam-Flag: YES\r\n\r\nbody\r\n")
+            .edits;
+        assert!(edits.contains(&MessageEdit::ChangeHeader(
+            "Subject".into(),
+            1,
+            Some("[SPAM] hello".into())
+        )));
+    }
+
+    #[test]
+    fn tags_once_and_adds_a_missing_subject() {
+        let edits = harness("eve@outside.test")
+            .data(b"Subject: [EXTERNAL] hello\r\n\r\nbody\r\n")
+            .edits;
+        assert!(
+            !edits
+                .iter()
+                .any(|e| matches!(e, MessageEdit::ChangeHeader(..)))
+        );
+        let edits = harness("eve@outside.test")
+            .data(b"From: eve@outside.test\r\n\r\nbody\r\n")
+            .edits;
+        assert!(edits.contains(&MessageEdit::ChangeHeader(
+            "Subject".into(),
+            1,
+            Some("[EXTERNAL]".into())
+        )));
+    }
+
+    #[test]
+    fn bad_configuration_is_refused() {
+        for config in [
+            "remove = \"X\"",
+            "add = [{ name = \"X\" }]",
+            "subject_tags = [{ tag = \"[T]\" }]",
+            "subject_tags = [{ tag = \"[T]\", header = \"X\" }]",
+        ] {
+            assert!(Harness::<Headers>::new(config).is_err(), "{config}");
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Header fields as they travel: each field keeps its exact bytes (folding included),
+//! so fields no plugin touched reach the upstream unchanged.
+
+/// Longest line a new field may have, CRLF excluded (RFC 5322 §2.1.1).
+const MAX_LINE: usize = 998;
+
+/// One header field: its raw bytes from the name to the CRLF that ends its last line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderField {
+    raw: Vec<u8>,
+    name_len: usize,
+}
+
+/// Why a field given by a plugin cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FieldError {
+    /// The name is empty or has characters outside printable ASCII, or a colon.
+    #[error("invalid header field name {0:?}")]
+    Name(String),
+    /// The value contains CR, LF or another control character except tab.
+    #[error("control characters in the value of {0:?}")]
+    Value(String),
+    /// The field would not fit on one line of 998 octets.
+    #[error("header field {0:?} is longer than 998 octets")]
+    TooLong(String),
+}
+
+impl HeaderField {
+    /// A new field `Name: value` CRLF, checked so it cannot break the header block.
+    pub fn new(name: &str, value: &str) -> Result<Self, FieldError> {
+        if name.is_empty() || !name.bytes().all(|b| (33..=126).contains(&b) && b != b':') {
+            return Err(FieldError::Name(name.into()));
+        }
+        if value.chars().any(|c| c.is_control() && c != '\t') {
+            return Err(FieldError::Value(name.into()));
+        }
+        let raw = format!("{name}: {value}\r\n").into_bytes();
+        if raw.len() - 2 > MAX_LINE {
+            return Err(FieldError::TooLong(name.into()));
+        }
+        Ok(Self {
+            raw,
+            name_len: name.len(),
+        })
+    }
+
+    /// The field's name as written.
+    pub fn name(&self) -> String {
+        String::from_utf8_lossy(&self.raw[..self.name_len]).into_owned()
+    }
+
+    /// True if the field has this name (ASCII case-insensitive).
+    pub fn is(&self, name: &str) -> bool {
+        self.raw[..self.name_len].eq_ignore_ascii_case(name.as_bytes())
+    }
+
+    /// The value, unfolded (line breaks removed), without the space after the colon.
+    pub fn value(&self) -> String {
+        let value = &self.raw[self.name_len + 1..];
+        let unfolded: Vec<u8> = value
+            .iter()
+            .copied()
+            .filter(|&b| b != b'\r' && b != b'\n')
+            .collect();
+        let text = String::from_utf8_lossy(&unfolded);
+        text.strip_prefix(' ')
+            .unwrap_or(&text)
+            .trim_end()
+            .to_string()
+    }
+
+    /// The exact bytes, CRLF included.
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+}
+
+/// Splits the start of a message into header fields. Returns the fields, how many
+/// octets they (and the empty line after them, if present) take, and whether that
+/// empty line was there. Parsing stops at the empty line, at a line that is not a
+/// field, or at an unfinished line; what follows belongs to the body.
+pub fn parse_block(head: &[u8]) -> (Vec<HeaderField>, usize, bool) {
+    let mut fields: Vec<HeaderField> = Vec::new();
+    let mut at = 0;
+    while let Some(end) = memchr::memmem::find(&head[at..], b"\r\n").map(|i| at + i + 2) {
+        let line = &head[at..end];
+        if line == b"\r\n" {
+            return (fields, end, true);
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            match fields.last_mut() {
+                Some(field) => field.raw.extend_from_slice(line),
+                None => break,
+            }
+        } else {
+            match field_name_len(line) {
+                Some(name_len) => fields.push(HeaderField {
+                    raw: line.to_vec(),
+                    name_len,
+                }),
+                None => break,
+            }
+        }
+        at = end;
+    }
+    (fields, at, false)
+}
+
+/// The length of the name if `line` starts a header field (`name:`).
+fn field_name_len(line: &[u8]) -> Option<usize> {
+    let colon = memchr::memchr(b':', line)?;
+    let name = &line[..colon];
+    (!name.is_empty() && name.iter().all(|b| (33..=126).contains(b))).then_some(colon)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_blocks_split_where_the_fields_end() {
+        let cases: [(&[u8], usize, usize, bool); 6] = [
+            (
+                b"Subject: hi\r\n there\r\nFrom: a@b\r\n\r\nbody",
+                2,
+                34,
+                true,
+            ),
+            (b"\r\nbody only", 0, 2, true),
+            (b"no header here\r\n", 0, 0, false),
+            (b"A: 1\r\nnot a field\r\n", 1, 6, false),
+            (b"A: 1\r\nB: unfinished", 1, 6, false),
+            (b" folded first\r\n", 0, 0, false),
+        ];
+        for (input, count, consumed, separator) in cases {
+            let (fields, used, blank) = parse_block(input);
+            assert_eq!(
+                (fields.len(), used, blank),
+                (count, consumed, separator),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn fields_keep_their_bytes_and_unfold_their_values() {
+        let (fields, _, _) = parse_block(b"Subject:  two\r\n\tlines \r\n\r\n");
+        assert_eq!(fields[0].raw(), b"Subject:  two\r\n\tlines \r\n");
+        assert_eq!(fields[0].value(), " two\tlines");
+        assert!(fields[0].is("SUBJECT"));
+        assert_eq!(fields[0].name(), "Subject");
+    }
+
+    #[test]
+    fn new_fields_are_checked() {
+        assert_eq!(
+            HeaderField::new("X-Tag", "ok").unwrap().raw(),
+            b"X-Tag: ok\r\n"
+        );
+        assert!(matches!(
+            HeaderField::new("X-Tag", "a\r\nRCPT TO:<x@y>"),
+            Err(FieldError::Value(_))
+        ));
+        assert!(matches!(
+            HeaderField::new("Bad Name", "v"),
+            Err(FieldError::Name(_))
+        ));
+        assert!(matches!(
+            HeaderField::new("", "v"),
+            Err(FieldError::Name(_))
+        ));
+        assert!(matches!(
+            HeaderField::new("X", &"v".repeat(998)),
+            Err(FieldError::TooLong(_))
+        ));
+    }
+}

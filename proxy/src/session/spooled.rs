@@ -1,0 +1,283 @@
+//! DATA when a plugin of the chain wants to see the message: the proxy answers 354
+//! itself, spools the message (memory, then a temporary file), runs the DATA hook,
+//! applies what the plugins decided — refuse, discard, quarantine, header and body
+//! edits, recipients added or removed — and only then sends the message upstream:
+//! recipients first, then DATA. The upstream's reply to the final dot is the reply.
+//!
+//! Nothing is lost: the client gets 2xx only for the upstream's 2xx, or for a message
+//! a plugin explicitly discarded (which is logged).
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    time::Instant,
+};
+use tracing::{info, warn};
+
+use super::{
+    Flow, Session,
+    data::{UPSTREAM_WRITE_SIZE, violation_reply},
+    replies,
+    transaction::render_params,
+};
+use crate::{
+    hooks::Decision,
+    message::{Edit, Message, SpoolWriter, Spooled},
+    smtp::{RcptCommand, Reply, data::DataReader, data::DotStuffer},
+    upstream::Stage,
+};
+
+/// Body octets read from the spool per upstream write.
+const SPOOL_READ_SIZE: usize = 64 * 1024;
+
+/// Why spooling ended without a message.
+enum SpoolEnd {
+    /// The client left or was cut off; the session ends.
+    Gone(Option<Reply>),
+    /// The message is refused with this reply (a rule broken, or the spool failed).
+    Refused(Reply),
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    /// DATA with plugins: 354 from us, spool, DATA hook, then upstream.
+    pub(super) async fn spooled_data(&mut self) -> Flow {
+        self.reply(replies::start_input());
+        if self.flush().await.is_err() {
+            return Flow::Close;
+        }
+        let mut size = 0;
+        let spooled = match self.spool_message(&mut size).await {
+            Ok(spooled) => spooled,
+            Err(SpoolEnd::Gone(reply)) => return self.client_left(reply),
+            Err(SpoolEnd::Refused(reply)) => return self.finish_spooled(size, reply).await,
+        };
+        let recipients = self
+            .envelope
+            .recipients
+            .iter()
+            .map(|r| r.forward_path.mailbox().to_string())
+            .collect();
+        let mut message = Message::new(spooled, recipients);
+        let (info, envelope) = (self.plugin_session(), self.plugin_envelope(None));
+        let reply = match self.hooks.data(&info, &envelope, &mut message).await {
+            Decision::Continue | Decision::Accept => self.deliver(message).await,
+            Decision::Refuse(reply) => reply,
+            Decision::Discard => {
+                info!("message discarded by a plugin");
+                replies::discarded()
+            }
+            Decision::Disconnect(reply) => {
+                self.finish_spooled(size, reply).await;
+                return Flow::Close;
+            }
+        };
+        self.finish_spooled(size, reply).await
+    }
+
+    /// Reads the message from the client into the spool, checking it as it comes.
+    async fn spool_message(&mut self, size: &mut u64) -> Result<Spooled, SpoolEnd> {
+        let (smtp, spool) = (&self.context.config.smtp, &self.context.config.spool);
+        let mut reader = DataReader::new(
+            smtp.bare_line_endings,
+            smtp.text_line_limit,
+            smtp.max_message_size,
+        );
+        let mut writer = SpoolWriter::new(spool.memory_limit, spool.directory.clone());
+        let phase_deadline = Instant::now() + smtp.data_timeout;
+        let (mut content, mut spool_error) = (Vec::new(), None);
+        loop {
+            let feed = reader.feed(self.downstream.input.pending(), &mut content);
+            self.downstream.input.consume(feed.consumed);
+            if reader.violation().is_none()
+                && spool_error.is_none()
+                && let Err(error) = writer.write(&content).await
+            {
+                spool_error = Some(error);
+            }
+            content.clear();
+            if feed.finished {
+                break;
+            }
+            self.read_data_chunk(phase_deadline)
+                .await
+                .map_err(SpoolEnd::Gone)?;
+        }
+        *size = reader.size();
+        if let Some(violation) = reader.violation() {
+            return Err(SpoolEnd::Refused(violation_reply(violation)));
+        }
+        let spooled = match spool_error {
+            None => writer.finish().await,
+            Some(error) => Err(error),
+        };
+        spooled.map_err(|error| {
+            warn!(%error, "cannot spool the message");
+            SpoolEnd::Refused(replies::spool_failed())
+        })
+    }
+
+    /// Logs the message, ends the transaction here and upstream, and replies.
+    async fn finish_spooled(&mut self, size: u64, reply: Reply) -> Flow {
+        self.log_message(size, &reply);
+        self.reset_transaction().await;
+        self.relay(reply)
+    }
+
+    /// Sends the message as the plugins left it: the final reply for the client.
+    async fn deliver(&mut self, mut message: Message) -> Reply {
+        self.apply_quarantine(&mut message);
+        if message.recipients.is_empty() {
+            info!("plugins removed every recipient; message discarded");
+            return replies::discarded();
+        }
+        if let Err(reply) = self.sync_recipients(&message).await {
+            return reply;
+        }
+        let timeout = self.context.config.upstream.timeouts.data_init;
+        let Some(upstream) = self.upstream.as_mut() else {
+            return replies::upstream_lost();
+        };
+        match upstream.command(Stage::Command, "DATA", timeout).await {
+            Ok(reply) if reply.code() == 354 => {}
+            Ok(reply) => return reply,
+            Err(error) => return self.upstream_failed(error),
+        }
+        self.send_message(&message).await
+    }
+
+    /// A quarantined message gets the configured header with the plugin's reason, and
+    /// goes to the quarantine mailbox instead of its recipients if one is configured.
+    fn apply_quarantine(&self, message: &mut Message) {
+        let Some(reason) = message.quarantine.clone() else {
+            return;
+        };
+        let quarantine = &self.context.config.quarantine;
+        info!(%reason, "message quarantined");
+        if let Err(error) = message.apply(Edit::AddHeader(quarantine.header.clone(), reason)) {
+            warn!(%error, "quarantine header not added");
+        }
+        if let Some(mailbox) = &quarantine.redirect {
+            message.recipients = vec![mailbox.clone()];
+        }
+    }
+
+    /// Makes the upstream's recipients those of the message: added ones get a RCPT;
+    /// if any was removed, the upstream transaction starts over (RSET, MAIL, RCPTs),
+    /// since SMTP cannot take back an accepted recipient. `Err` is the final reply.
+    async fn sync_recipients(&mut self, message: &Message) -> Result<(), Reply> {
+        let original = &self.envelope.recipients;
+        let listed =
+            |mailbox: &str, list: &[String]| list.iter().any(|m| m.eq_ignore_ascii_case(mailbox));
+        let kept: Vec<&RcptCommand> = original
+            .iter()
+            .filter(|r| listed(r.forward_path.mailbox(), &message.recipients))
+            .collect();
+        let original_mailboxes: Vec<String> = original
+            .iter()
+            .map(|r| r.forward_path.mailbox().to_string())
+            .collect();
+        let restart = kept.len() < original.len();
+        let mut lines = Vec::new();
+        if restart {
+            let mail = self
+                .envelope
+                .mail
+                .as_ref()
+                .ok_or_else(replies::upstream_lost)?;
+            lines.push("RSET".to_string());
+            lines.push(format!(
+                "MAIL FROM:{}{}",
+                mail.reverse_path,
+                render_params(&mail.params)
+            ));
+            lines.extend(
+                kept.iter()
+                    .map(|r| format!("RCPT TO:{}{}", r.forward_path, render_params(&r.params))),
+            );
+        }
+        let first_added = lines.len();
+        lines.extend(
+            message
+                .recipients
+                .iter()
+                .filter(|m| !listed(m, &original_mailboxes))
+                .map(|m| format!("RCPT TO:<{m}>")),
+        );
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let timeout = self.context.config.upstream.timeouts.command;
+        let Some(upstream) = self.upstream.as_mut() else {
+            return Err(replies::upstream_lost());
+        };
+        let replies = match upstream.pipeline(Stage::Command, &lines, timeout).await {
+            Ok(replies) => replies,
+            Err(error) => return Err(self.upstream_failed(error)),
+        };
+        let prefix = if restart { 2 } else { 0 };
+        if let Some(refused) = replies[..prefix].iter().find(|r| !r.is_positive()) {
+            warn!(reply = %refused, "upstream refused to restart the transaction");
+            return Err(refused.clone());
+        }
+        let mut accepted = if restart { 0 } else { kept.len() };
+        let mut last_refusal = None;
+        for (index, reply) in replies.iter().enumerate().skip(prefix) {
+            if reply.is_positive() {
+                accepted += 1;
+            } else {
+                let (command, added) = (&lines[index], index >= first_added);
+                warn!(%command, reply = %reply, added, "upstream refused a recipient");
+                last_refusal = Some(reply.clone());
+            }
+        }
+        if accepted == 0 {
+            return Err(last_refusal.unwrap_or_else(replies::no_valid_recipients));
+        }
+        Ok(())
+    }
+
+    /// Writes the message dot-stuffed after the upstream's 354 and returns its reply
+    /// to the final dot. A spool read error drops the upstream connection without a
+    /// terminator, so nothing partial is delivered.
+    async fn send_message(&mut self, message: &Message) -> Reply {
+        let mut stuffer = DotStuffer::default();
+        let mut wire = Vec::with_capacity(UPSTREAM_WRITE_SIZE + SPOOL_READ_SIZE);
+        stuffer.stuff(&message.header_block(), &mut wire);
+        let mut offset = 0;
+        let Some(upstream) = self.upstream.as_mut() else {
+            return replies::upstream_lost();
+        };
+        let result = loop {
+            let chunk = match message.body.read_at(offset, SPOOL_READ_SIZE).await {
+                Ok(chunk) => chunk,
+                Err(error) => {
+                    warn!(%error, "cannot read the spooled message");
+                    self.upstream = None;
+                    self.upstream_in_transaction = false;
+                    return replies::spool_failed();
+                }
+            };
+            offset += chunk.len() as u64;
+            stuffer.stuff(&chunk, &mut wire);
+            if chunk.is_empty() {
+                stuffer.finish(&mut wire);
+                break match upstream.write_data(&wire).await {
+                    Ok(()) => upstream.read_data_reply().await,
+                    Err(error) => Err(error),
+                };
+            }
+            if wire.len() >= UPSTREAM_WRITE_SIZE {
+                if let Err(error) = upstream.write_data(&wire).await {
+                    break Err(error);
+                }
+                wire.clear();
+            }
+        };
+        match result {
+            Ok(reply) => {
+                self.upstream_in_transaction = false;
+                reply
+            }
+            Err(error) => self.upstream_failed(error),
+        }
+    }
+}
