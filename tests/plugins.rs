@@ -322,3 +322,87 @@ fn data_verdicts_and_envelope_edits_reach_the_upstream() {
     proxy.wait_for_log("message discarded by a plugin");
     proxy.wait_for_log("message quarantined");
 }
+
+#[test]
+fn dnsbl_refuses_listed_clients_against_a_local_dns_server() {
+    let dns = common::dns::DnsServer::start(
+        vec![
+            ("1.0.0.127.bl.test", "A", "127.0.0.2"),
+            (
+                "1.0.0.127.bl.test",
+                "TXT",
+                "Listed for testing, see https://bl.test/127.0.0.1",
+            ),
+        ],
+        "slow.test",
+    );
+    let upstream = RecordingUpstream::start();
+    let dnsbl = component("dnsbl");
+    let proxy = Proxy::start_with(&format!(
+        r#"plugins = ["dnsbl"]
+
+[[listener]]
+name = "strict"
+address = "127.0.0.1:0"
+plugins = ["dnsbl-silent-zone"]
+
+[upstream]
+address = "{}"
+
+[dns]
+nameservers = ["{}"]
+timeout = "300ms"
+
+[plugins.dnsbl]
+path = "{}"
+timeout_ms = 2000
+config = {{ zones = ["bl.test"] }}
+
+[plugins.dnsbl-silent-zone]
+path = "{}"
+timeout_ms = 2000
+config = {{ zones = ["slow.test"], on_dns_error = "tempfail" }}
+"#,
+        upstream.address(),
+        dns.address,
+        dnsbl.display(),
+        dnsbl.display()
+    ));
+    for _ in 0..3 {
+        let mut listed = common::Client::connect_from_unread("127.0.0.1", proxy.address);
+        assert_eq!(
+            listed.read_reply().lines,
+            [
+                "554 5.7.1 Service unavailable; client [127.0.0.1] blocked using bl.test; Listed for testing, see https://bl.test/127.0.0.1"
+            ]
+        );
+        assert!(listed.is_closed());
+    }
+    let mut clean = common::Client::connect_from("127.0.0.2", proxy.address);
+    clean.expect("EHLO clean.test", 250);
+    assert_eq!(
+        clean
+            .send_message(
+                "a@example.org",
+                &["b@example.com"],
+                b"Subject: clean\r\n\r\nhi\r\n.\r\n"
+            )
+            .code,
+        250
+    );
+    let lookups = |name: &str| dns.queries().iter().filter(|q| q.ends_with(name)).count();
+    assert_eq!(
+        lookups("1.0.0.127.bl.test."),
+        2,
+        "A and TXT once, then the cache: {:?}",
+        dns.queries()
+    );
+    assert_eq!(lookups("2.0.0.127.bl.test."), 1);
+    let mut unanswered = common::Client::connect_from_unread("127.0.0.2", proxy.listener("strict"));
+    let reply = unanswered.read_reply();
+    assert_eq!(
+        reply.lines,
+        ["451 4.7.1 Cannot check [127.0.0.2] against slow.test; try again later"]
+    );
+    assert_eq!(lookups("2.0.0.127.slow.test."), 1, "{:?}", dns.queries());
+}

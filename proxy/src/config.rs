@@ -39,6 +39,28 @@ pub struct Config {
     pub spool: SpoolConfig,
     /// What a plugin's quarantine mark does.
     pub quarantine: QuarantineConfig,
+    /// The resolver plugins' DNS lookups go through.
+    pub dns: DnsConfig,
+}
+
+/// `[dns]`: the resolver behind the plugins' DNS lookups.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Nameservers as `ip:port`; the system's (resolv.conf) if empty.
+    pub nameservers: Vec<SocketAddr>,
+    /// Longest wait for one query.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            nameservers: Vec::new(),
+            timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 /// `[spool]`: messages are spooled only when a plugin of the chain wants DATA.
@@ -348,6 +370,8 @@ pub struct RawConfig {
     #[serde(default)]
     spool: SpoolConfig,
     quarantine: Option<Spanned<QuarantineConfig>>,
+    #[serde(default)]
+    dns: DnsConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -533,6 +557,7 @@ impl RawConfig {
             plugins: self.plugins,
             spool: self.spool,
             quarantine,
+            dns: self.dns,
             listeners,
             upstream: UpstreamConfig {
                 target,

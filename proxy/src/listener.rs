@@ -141,7 +141,7 @@ pub async fn load_plugins(config: &Config) -> anyhow::Result<BTreeMap<String, Ar
     if config.plugins.is_empty() {
         return Ok(loaded);
     }
-    let runtime = PluginRuntime::new()?;
+    let runtime = PluginRuntime::new(&config.dns)?;
     for (name, plugin) in &config.plugins {
         let plugin = runtime
             .load(name, plugin)

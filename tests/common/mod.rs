@@ -4,6 +4,8 @@
 //! instead of hanging CI.
 #![allow(dead_code)]
 
+pub mod dns;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -186,17 +188,23 @@ impl Client {
         Client::over(TcpStream::connect(address).unwrap())
     }
 
-    /// Connects from a chosen local address (e.g. 127.0.0.2, to tell it from the proxy's).
+    /// Connects from a chosen local address (e.g. 127.0.0.2, to tell it from the proxy's)
+    /// and reads the 220 greeting.
     pub fn connect_from(local: &str, address: SocketAddr) -> Client {
+        let mut client = Client::connect_from_unread(local, address);
+        assert_eq!(client.read_reply().code, 220);
+        client
+    }
+
+    /// Connects from a chosen local address; the greeting is left unread.
+    pub fn connect_from_unread(local: &str, address: SocketAddr) -> Client {
         let socket =
             socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         socket
             .bind(&format!("{local}:0").parse::<SocketAddr>().unwrap().into())
             .unwrap();
         socket.connect(&address.into()).unwrap();
-        let mut client = Client::over(socket.into());
-        assert_eq!(client.read_reply().code, 220);
-        client
+        Client::over(socket.into())
     }
 
     fn over(stream: TcpStream) -> Client {

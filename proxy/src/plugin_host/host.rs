@@ -12,8 +12,19 @@ use wasmtime::{
 
 use super::{
     KvStore,
+    dns::{LookupError, Resolver, to_text},
     generated::portcullis::plugin::{clock, dns, kv, log, types},
 };
+use hickory_resolver::proto::rr::{RData, RecordType};
+
+/// The services every plugin instance calls, shared by all of them.
+#[derive(Clone)]
+pub struct Services {
+    /// The key-value store.
+    pub kv: Arc<KvStore>,
+    /// The DNS resolver.
+    pub dns: Arc<Resolver>,
+}
 
 /// What one plugin instance's store holds.
 pub struct PluginState {
@@ -22,20 +33,20 @@ pub struct PluginState {
     /// The memory cap.
     pub limits: StoreLimits,
     table: ResourceTable,
-    kv: Arc<KvStore>,
+    services: Services,
     /// When the current call must end.
     pub deadline: Instant,
 }
 
 impl PluginState {
     /// The state of a new instance of `plugin` in session `session`.
-    pub fn new(plugin: Arc<str>, session: &str, limits: StoreLimits, kv: Arc<KvStore>) -> Self {
+    pub fn new(plugin: Arc<str>, session: &str, limits: StoreLimits, services: Services) -> Self {
         Self {
             plugin,
             session: session.to_string(),
             limits,
             table: ResourceTable::new(),
-            kv,
+            services,
             deadline: Instant::now(),
         }
     }
@@ -81,67 +92,80 @@ impl log::Host for PluginState {
 
 impl kv::Host for PluginState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>> {
-        Ok(self.kv.get(&self.key(&key)))
+        Ok(self.services.kv.get(&self.key(&key)))
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<()> {
-        self.kv.set(&self.key(&key), value, ttl_ms);
+        self.services.kv.set(&self.key(&key), value, ttl_ms);
         Ok(())
     }
 
     async fn incr(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> Result<i64> {
-        Ok(self.kv.incr(&self.key(&key), delta, ttl_ms))
+        Ok(self.services.kv.incr(&self.key(&key), delta, ttl_ms))
     }
 
     async fn delete(&mut self, key: String) -> Result<bool> {
-        Ok(self.kv.delete(&self.key(&key)))
+        Ok(self.services.kv.delete(&self.key(&key)))
     }
 }
 
-/// DNS lookups need the resolver that the next step of the plugin work adds; until
-/// then every query fails (plugins see `failure`) and says so in the log.
-fn no_resolver<T>(
-    plugin: &str,
-    kind: &str,
-    name: &str,
-) -> Result<std::result::Result<T, dns::DnsError>> {
-    tracing::warn!(
-        plugin,
-        kind,
-        name,
-        "DNS lookups are not available in this version"
-    );
-    Ok(Err(dns::DnsError::Failure))
+type DnsResult<T> = Result<std::result::Result<Vec<T>, dns::DnsError>>;
+
+impl PluginState {
+    /// One lookup, logged at debug level with the plugin that asked.
+    async fn lookup(
+        &mut self,
+        name: &str,
+        kind: RecordType,
+    ) -> std::result::Result<Vec<RData>, dns::DnsError> {
+        let resolver = self.services.dns.clone();
+        let result = resolver.lookup(name, kind).await;
+        tracing::debug!(plugin = &*self.plugin, session = %self.session, %name, ?kind, ok = result.is_ok(), "DNS lookup");
+        result.map_err(|error| match error {
+            LookupError::NotFound => dns::DnsError::NotFound,
+            LookupError::Timeout => dns::DnsError::Timeout,
+            LookupError::Failure => dns::DnsError::Failure,
+        })
+    }
+
+    async fn lookup_text(&mut self, name: &str, kind: RecordType) -> DnsResult<String> {
+        Ok(self
+            .lookup(name, kind)
+            .await
+            .map(|records| records.iter().filter_map(to_text).collect()))
+    }
 }
 
 impl dns::Host for PluginState {
-    async fn a(&mut self, name: String) -> Result<std::result::Result<Vec<String>, dns::DnsError>> {
-        no_resolver(&self.plugin, "A", &name)
+    async fn a(&mut self, name: String) -> DnsResult<String> {
+        self.lookup_text(&name, RecordType::A).await
     }
 
-    async fn aaaa(
-        &mut self,
-        name: String,
-    ) -> Result<std::result::Result<Vec<String>, dns::DnsError>> {
-        no_resolver(&self.plugin, "AAAA", &name)
+    async fn aaaa(&mut self, name: String) -> DnsResult<String> {
+        self.lookup_text(&name, RecordType::AAAA).await
     }
 
-    async fn txt(
-        &mut self,
-        name: String,
-    ) -> Result<std::result::Result<Vec<String>, dns::DnsError>> {
-        no_resolver(&self.plugin, "TXT", &name)
+    async fn txt(&mut self, name: String) -> DnsResult<String> {
+        self.lookup_text(&name, RecordType::TXT).await
     }
 
-    async fn mx(
-        &mut self,
-        name: String,
-    ) -> Result<std::result::Result<Vec<(u16, String)>, dns::DnsError>> {
-        no_resolver(&self.plugin, "MX", &name)
+    async fn mx(&mut self, name: String) -> DnsResult<(u16, String)> {
+        Ok(self.lookup(&name, RecordType::MX).await.map(|records| {
+            records
+                .iter()
+                .filter_map(|r| match r {
+                    RData::MX(mx) => Some((mx.preference, mx.exchange.to_string())),
+                    _ => None,
+                })
+                .collect()
+        }))
     }
 
-    async fn ptr(&mut self, ip: String) -> Result<std::result::Result<Vec<String>, dns::DnsError>> {
-        no_resolver(&self.plugin, "PTR", &ip)
+    async fn ptr(&mut self, ip: String) -> DnsResult<String> {
+        match Resolver::reverse_name(&ip) {
+            Some(name) => self.lookup_text(&name, RecordType::PTR).await,
+            None => Ok(Err(dns::DnsError::Failure)),
+        }
     }
 }
 

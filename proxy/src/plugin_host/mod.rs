@@ -9,6 +9,7 @@
 //! [`PluginError`]; the instance is then dropped, and the caller applies the
 //! plugin's `on_error` policy.
 
+pub mod dns;
 mod host;
 pub mod kv;
 
@@ -20,7 +21,7 @@ use wasmtime::{
     component::{Component, HasSelf, Linker, Resource, ResourceType},
 };
 
-use crate::config::{OnError, PluginConfig};
+use crate::config::{DnsConfig, OnError, PluginConfig};
 pub use host::MessageResource;
 pub use kv::KvStore;
 
@@ -80,14 +81,15 @@ fn trap(error: wasmtime::Error) -> PluginError {
 pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<host::PluginState>,
-    kv: Arc<KvStore>,
+    services: host::Services,
     /// Components compiled so far, by path: several plugin entries may share a file.
     compiled: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, Component>>,
 }
 
 impl PluginRuntime {
-    /// An engine with epoch interruption, and a task that advances the epoch.
-    pub fn new() -> Result<Arc<Self>, PluginError> {
+    /// An engine with epoch interruption, a thread that advances the epoch, and the
+    /// services plugins call (key-value store, DNS through `dns`).
+    pub fn new(dns: &DnsConfig) -> Result<Arc<Self>, PluginError> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         let engine = Engine::new(&config).map_err(|error| PluginError::Load {
@@ -115,7 +117,10 @@ impl PluginRuntime {
         let runtime = Arc::new(PluginRuntime {
             engine,
             linker,
-            kv: Arc::new(KvStore::default()),
+            services: host::Services {
+                kv: Arc::new(KvStore::default()),
+                dns: Arc::new(dns::Resolver::new(dns)),
+            },
             compiled: Default::default(),
         });
         let ticker = runtime.engine.weak();
@@ -215,7 +220,7 @@ impl LoadedPlugin {
             self.name.clone(),
             session_id,
             limits,
-            self.runtime.kv.clone(),
+            self.runtime.services.clone(),
         );
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|state| &mut state.limits);

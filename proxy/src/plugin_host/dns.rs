@@ -1,0 +1,127 @@
+//! DNS lookups for plugins through hickory's resolver: the system's nameservers, or
+//! those of `[dns] nameservers` (so tests and operators can point plugins at a local
+//! resolver), each query bounded by `[dns] timeout`. Answers are cached by the
+//! resolver for their TTL.
+
+use std::{net::IpAddr, time::Duration};
+
+use hickory_resolver::{
+    TokioResolver,
+    config::{NameServerConfig, ResolverConfig},
+    net::{DnsError, NetError, runtime::TokioRuntimeProvider},
+    proto::rr::{Name, RData, RecordType},
+};
+
+use crate::config::DnsConfig;
+
+/// Why a lookup gave no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupError {
+    /// NXDOMAIN, or no records of that type.
+    NotFound,
+    /// No answer within the timeout.
+    Timeout,
+    /// Anything else (no resolver, a server failure, a malformed name).
+    Failure,
+}
+
+/// The resolver plugins share.
+pub struct Resolver {
+    inner: Option<TokioResolver>,
+    timeout: Duration,
+}
+
+impl Resolver {
+    /// A resolver as configured. Without nameservers in the config the system's are
+    /// used; if those cannot be read, every lookup fails (and says so in the log).
+    pub fn new(config: &DnsConfig) -> Self {
+        let builder = if config.nameservers.is_empty() {
+            TokioResolver::builder_tokio()
+                .inspect_err(|error| tracing::warn!(%error, "no system DNS configuration; plugin DNS lookups will fail"))
+                .ok()
+        } else {
+            let servers = config
+                .nameservers
+                .iter()
+                .map(|address| {
+                    let mut server = NameServerConfig::udp_and_tcp(address.ip());
+                    for connection in &mut server.connections {
+                        connection.port = address.port();
+                    }
+                    server
+                })
+                .collect();
+            Some(TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(servers),
+                TokioRuntimeProvider::default(),
+            ))
+        };
+        let inner = builder.and_then(|mut builder| {
+            let options = builder.options_mut();
+            options.timeout = config.timeout;
+            options.attempts = 1;
+            builder
+                .build()
+                .inspect_err(|error| tracing::warn!(%error, "cannot build the DNS resolver"))
+                .ok()
+        });
+        Self {
+            inner,
+            timeout: config.timeout,
+        }
+    }
+
+    /// The records of `kind` for `name` (treated as fully qualified).
+    pub async fn lookup(&self, name: &str, kind: RecordType) -> Result<Vec<RData>, LookupError> {
+        let resolver = self.inner.as_ref().ok_or(LookupError::Failure)?;
+        let mut name = Name::from_utf8(name).map_err(|_| LookupError::Failure)?;
+        name.set_fqdn(true);
+        let lookup = tokio::time::timeout(self.timeout, resolver.lookup(name, kind))
+            .await
+            .map_err(|_| LookupError::Timeout)?;
+        match lookup {
+            Ok(lookup) => {
+                let records: Vec<RData> = lookup
+                    .answers()
+                    .iter()
+                    .filter(|r| r.record_type() == kind)
+                    .map(|r| r.data.clone())
+                    .collect();
+                if records.is_empty() {
+                    Err(LookupError::NotFound)
+                } else {
+                    Ok(records)
+                }
+            }
+            Err(NetError::Dns(DnsError::NoRecordsFound(_))) => Err(LookupError::NotFound),
+            Err(NetError::Timeout) => Err(LookupError::Timeout),
+            Err(error) => {
+                tracing::debug!(%error, "DNS lookup failed");
+                Err(LookupError::Failure)
+            }
+        }
+    }
+
+    /// The name to look up for a PTR query of `ip`, or `None` if it is no address.
+    pub fn reverse_name(ip: &str) -> Option<String> {
+        ip.parse::<IpAddr>()
+            .ok()
+            .map(|ip| Name::from(ip).to_string())
+    }
+}
+
+/// A record's data as plugins get it: addresses and names as text, TXT strings joined.
+pub fn to_text(data: &RData) -> Option<String> {
+    match data {
+        RData::A(a) => Some(a.0.to_string()),
+        RData::AAAA(aaaa) => Some(aaaa.0.to_string()),
+        RData::TXT(txt) => Some(
+            txt.txt_data
+                .iter()
+                .map(|part| String::from_utf8_lossy(part))
+                .collect(),
+        ),
+        RData::PTR(ptr) => Some(ptr.0.to_string()),
+        _ => None,
+    }
+}
