@@ -406,3 +406,44 @@ config = {{ zones = ["slow.test"], on_dns_error = "tempfail" }}
     );
     assert_eq!(lookups("2.0.0.127.slow.test."), 1, "{:?}", dns.queries());
 }
+
+#[test]
+fn rate_limit_counts_across_concurrent_sessions() {
+    let upstream = RecordingUpstream::start();
+    let proxy = Proxy::start_with(&format!(
+        "plugins = [\"rate-limit\"]\n\n[upstream]\naddress = \"{}\"\n\n[plugins.rate-limit]\npath = \"{}\"\n\
+         config = {{ per_client = {{ messages = 5, window_seconds = 600 }} }}\n",
+        upstream.address(),
+        component("rate-limit").display()
+    ));
+    let address = proxy.address;
+    let sessions: Vec<_> = (0..20)
+        .map(|n| {
+            thread::spawn(move || {
+                let mut client = common::Client::connect_from("127.0.0.2", address);
+                client.expect("EHLO busy.test", 250);
+                let reply = client.command("MAIL FROM:<a@example.org>");
+                if reply.code == 250 {
+                    client.expect("RCPT TO:<b@example.com>", 250);
+                    client.expect("DATA", 354);
+                    client.send(format!("Subject: {n}\r\n\r\nhi\r\n.\r\n").as_bytes());
+                    assert_eq!(client.read_reply().code, 250);
+                }
+                reply
+            })
+        })
+        .collect();
+    let replies: Vec<_> = sessions.into_iter().map(|s| s.join().unwrap()).collect();
+    let accepted = replies.iter().filter(|r| r.code == 250).count();
+    assert_eq!(accepted, 5, "{replies:?}");
+    for refused in replies.iter().filter(|r| r.code != 250) {
+        assert_eq!(
+            refused.lines,
+            ["450 4.7.1 Rate limit reached for client [127.0.0.2], try again later"]
+        );
+    }
+    assert_eq!(upstream.wait_messages(5).len(), 5);
+    let mut other = common::Client::connect_from("127.0.0.3", address);
+    other.expect("EHLO other.test", 250);
+    other.expect("MAIL FROM:<a@example.org>", 250);
+}

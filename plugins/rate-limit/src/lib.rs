@@ -1,0 +1,191 @@
+//! `rate-limit`: counts messages (MAIL commands) per client address and per
+//! authenticated login in the proxy's key-value store, shared by every session (and by
+//! every proxy, once the store is shared), and tempfails past the limit with
+//! `450 4.7.1`, so well-behaved clients retry later.
+//!
+//! - `per_client = { messages = 100, window_seconds = 3600 }`: per client IP address;
+//! - `per_login = { messages = 500, window_seconds = 3600 }`: per authenticated login
+//!   (sessions without a login are not counted here);
+//! - `skip`: client addresses that are never limited.
+//!
+//! A window starts with the first message counted in it and lasts `window_seconds`
+//! (fixed windows: a counter in the store that expires).
+
+use std::time::Duration;
+
+use portcullis_sdk::{Config, Hooks, Param, PathOutcome, Plugin, Session, Verdict, kv, log};
+
+/// One limit: so many messages per window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Limit {
+    messages: i64,
+    window: Duration,
+}
+
+/// The plugin's configuration.
+pub struct RateLimit {
+    per_client: Option<Limit>,
+    per_login: Option<Limit>,
+    skip: Vec<String>,
+}
+
+fn limit(config: &Config, key: &str) -> Result<Option<Limit>, String> {
+    let Some(value) = config.get(key) else {
+        return Ok(None);
+    };
+    let table = value.as_table().ok_or(format!(
+        "{key} must be a table {{ messages, window_seconds }}"
+    ))?;
+    let positive = |field: &str| {
+        table
+            .get(field)
+            .and_then(|v| v.as_integer())
+            .filter(|n| *n > 0)
+            .ok_or(format!("{key}.{field} must be a positive integer"))
+    };
+    Ok(Some(Limit {
+        messages: positive("messages")?,
+        window: Duration::from_secs(positive("window_seconds")? as u64),
+    }))
+}
+
+impl RateLimit {
+    /// Counts one message against `limit` under `key`; the reply if it is over.
+    fn count(&self, what: &str, key: &str, limit: Limit) -> Option<Verdict> {
+        let count = kv::incr(key, 1, Some(limit.window));
+        if count <= limit.messages {
+            return None;
+        }
+        if count == limit.messages + 1 {
+            log::info(&format!(
+                "{what} went over {} messages per {}s",
+                limit.messages,
+                limit.window.as_secs()
+            ));
+        }
+        Some(Verdict::tempfail(
+            450,
+            "4.7.1",
+            format!("Rate limit reached for {what}, try again later"),
+        ))
+    }
+}
+
+impl Plugin for RateLimit {
+    fn init(config: &Config) -> Result<(Self, Hooks), String> {
+        let per_client = limit(config, "per_client")?;
+        let per_login = limit(config, "per_login")?;
+        if per_client.is_none() && per_login.is_none() {
+            return Err("set per_client, per_login or both".into());
+        }
+        let skip = match config.get("skip") {
+            None => Vec::new(),
+            Some(value) => value
+                .as_array()
+                .ok_or("skip must be a list of addresses")?
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or("skip must be a list of addresses")
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        Ok((
+            RateLimit {
+                per_client,
+                per_login,
+                skip,
+            },
+            Hooks::MAIL,
+        ))
+    }
+
+    fn mail(&mut self, session: &Session, _sender: &str, _params: &[Param]) -> PathOutcome {
+        let ip = &session.client_ip;
+        if self.skip.contains(ip) {
+            return PathOutcome::default();
+        }
+        let over = self
+            .per_client
+            .and_then(|limit| self.count(&format!("client [{ip}]"), &format!("client/{ip}"), limit))
+            .or_else(|| {
+                let login = session.login.as_deref()?;
+                let limit = self.per_login?;
+                self.count(&format!("login {login}"), &format!("login/{login}"), limit)
+            });
+        over.map(PathOutcome::from).unwrap_or_default()
+    }
+}
+
+portcullis_sdk::export!(RateLimit);
+
+#[cfg(test)]
+mod tests {
+    use portcullis_sdk::{
+        Verdict,
+        testing::{Harness, reset, set_now_ms},
+    };
+
+    use super::RateLimit;
+
+    const CONFIG: &str = r#"
+        per_client = { messages = 2, window_seconds = 60 }
+        per_login = { messages = 3, window_seconds = 60 }
+        skip = ["192.0.2.250"]
+    "#;
+
+    fn send(ip: &str, login: Option<&str>) -> Verdict {
+        let mut harness = Harness::<RateLimit>::new(CONFIG).unwrap();
+        harness.session_mut().client_ip = ip.into();
+        harness.session_mut().login = login.map(Into::into);
+        harness.mail("sender@example.org").verdict
+    }
+
+    #[test]
+    fn counts_per_client_across_sessions_and_windows() {
+        reset();
+        assert_eq!(send("192.0.2.1", None), Verdict::Continue);
+        assert_eq!(send("192.0.2.1", None), Verdict::Continue);
+        assert_eq!(
+            send("192.0.2.1", None),
+            Verdict::tempfail(
+                450,
+                "4.7.1",
+                "Rate limit reached for client [192.0.2.1], try again later"
+            )
+        );
+        assert_eq!(send("192.0.2.2", None), Verdict::Continue, "another client");
+        assert_eq!(send("192.0.2.250", None), Verdict::Continue);
+        set_now_ms(1_700_000_000_000 + 61_000);
+        assert_eq!(send("192.0.2.1", None), Verdict::Continue, "a new window");
+    }
+
+    #[test]
+    fn counts_per_login_whatever_the_address() {
+        reset();
+        for n in 0..3 {
+            assert_eq!(
+                send(&format!("198.51.100.{n}"), Some("alice")),
+                Verdict::Continue
+            );
+        }
+        assert!(matches!(
+            send("198.51.100.9", Some("alice")),
+            Verdict::Tempfail(_)
+        ));
+        assert_eq!(send("198.51.100.9", Some("bob")), Verdict::Continue);
+    }
+
+    #[test]
+    fn bad_configuration_is_refused() {
+        for config in [
+            "",
+            "per_client = 3",
+            "per_client = { messages = 0, window_seconds = 1 }",
+            "per_login = { messages = 1 }",
+        ] {
+            assert!(Harness::<RateLimit>::new(config).is_err(), "{config}");
+        }
+    }
+}
