@@ -447,3 +447,84 @@ fn rate_limit_counts_across_concurrent_sessions() {
     other.expect("EHLO other.test", 250);
     other.expect("MAIL FROM:<a@example.org>", 250);
 }
+
+/// Sends, with Python's email package and smtplib, a message carrying `attachment`
+/// (as a plain attachment, or inside a forwarded message when `forwarded`), and
+/// returns the server's reply to the end of data as "CODE TEXT".
+fn send_with_attachment(port: u16, attachment: &str, forwarded: bool) -> String {
+    let script = r#"
+import smtplib, sys
+from email.message import EmailMessage
+name, forwarded = sys.argv[2], sys.argv[3] == "1"
+inner = EmailMessage()
+inner["Subject"] = "files"
+inner.set_content("See the attachment.")
+inner.add_attachment(b"MZ\x90\x00 not really a program", maintype="application",
+                     subtype="octet-stream", filename=name)
+if forwarded:
+    outer = EmailMessage()
+    outer["Subject"] = "Fwd: files"
+    outer.set_content("Forwarding this.")
+    outer.add_attachment(inner)
+    inner = outer
+inner["From"] = "alice@example.org"
+inner["To"] = "bob@example.com"
+with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20) as smtp:
+    try:
+        smtp.send_message(inner)
+        print("250 accepted")
+    except smtplib.SMTPDataError as error:
+        print(error.smtp_code, error.smtp_error.decode())
+"#;
+    let output = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args([
+            port.to_string(),
+            attachment.to_string(),
+            (forwarded as u8).to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+#[test]
+fn attachments_refuses_blocked_types_in_real_multipart_messages() {
+    if !common::require_program("python3") {
+        return;
+    }
+    let upstream = RecordingUpstream::start();
+    let proxy = Proxy::start_with(&format!(
+        "plugins = [\"attachments\"]\n\n[upstream]\naddress = \"{}\"\n\n[plugins.attachments]\npath = \"{}\"\n",
+        upstream.address(),
+        component("attachments").display()
+    ));
+    let port = proxy.address.port();
+    let refused = "554 5.7.1 Attachment \"invoice.pdf.exe\" is of a blocked type; message refused";
+    assert_eq!(
+        send_with_attachment(port, "invoice.pdf.exe", false),
+        refused
+    );
+    assert_eq!(send_with_attachment(port, "invoice.pdf.exe", true), refused);
+    assert_eq!(
+        send_with_attachment(port, "invoice.pdf", false),
+        "250 accepted"
+    );
+    assert_eq!(
+        send_with_attachment(port, "invoice.pdf", true),
+        "250 accepted"
+    );
+    let messages = upstream.wait_messages(2);
+    assert_eq!(messages.len(), 2);
+    assert!(
+        messages
+            .iter()
+            .all(|m| String::from_utf8_lossy(m).contains("invoice.pdf\""))
+    );
+}

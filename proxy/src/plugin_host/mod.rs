@@ -153,8 +153,8 @@ impl PluginRuntime {
         };
         let component = self.compile(&config.path).map_err(load_error)?;
         let mut linker = self.linker.clone();
-        linker
-            .define_unknown_imports_as_traps(&component)
+        provide_hash_seeds(&mut linker, &component, &self.engine)
+            .and_then(|()| linker.define_unknown_imports_as_traps(&component))
             .map_err(|error| load_error(format!("{error:#}")))?;
         let pre = linker
             .instantiate_pre(&component)
@@ -192,6 +192,32 @@ impl PluginRuntime {
             .insert(path.to_path_buf(), component.clone());
         Ok(component)
     }
+}
+
+/// Rust's std `HashMap` asks WASI for a hash seed (`wasi:random/insecure-seed`) the
+/// first time one is made; provide that one function so plugins can use std's
+/// collections. The rest of WASI stays out: any other WASI call traps.
+fn provide_hash_seeds(
+    linker: &mut Linker<host::PluginState>,
+    component: &Component,
+    engine: &Engine,
+) -> wasmtime::Result<()> {
+    let seed_interfaces: Vec<String> = component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name.to_string())
+        .filter(|name| name.starts_with("wasi:random/insecure-seed@"))
+        .collect();
+    for name in seed_interfaces {
+        linker
+            .instance(&name)?
+            .func_wrap("insecure-seed", |_, (): ()| {
+                use std::hash::BuildHasher;
+                let state = std::collections::hash_map::RandomState::new();
+                Ok(((state.hash_one(1u8), state.hash_one(2u8)),))
+            })?;
+    }
+    Ok(())
 }
 
 /// A compiled, pre-instantiated plugin and its settings.
