@@ -79,6 +79,18 @@ pub struct SessionHooks {
     chain: Arc<Chain>,
     instances: Vec<Option<PluginInstance>>,
     session_id: String,
+    trace: Option<Vec<TraceEntry>>,
+}
+
+/// What one plugin said at one stage (recorded for `portcullis replay`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceEntry {
+    /// The stage: connect, helo, mail, rcpt, data.
+    pub stage: &'static str,
+    /// The plugin's name.
+    pub plugin: Arc<str>,
+    /// Its verdict (and edits), or how it failed.
+    pub outcome: String,
 }
 
 /// Which path hook `path_stage` runs.
@@ -102,6 +114,27 @@ impl SessionHooks {
             chain,
             instances,
             session_id: session_id.to_string(),
+            trace: None,
+        }
+    }
+
+    /// Starts recording each plugin's verdict per stage.
+    pub fn record_trace(&mut self) {
+        self.trace.get_or_insert_with(Vec::new);
+    }
+
+    /// The verdicts recorded since the last call.
+    pub fn take_trace(&mut self) -> Vec<TraceEntry> {
+        self.trace.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    fn note(&mut self, index: usize, stage: Stage, outcome: String) {
+        if let Some(trace) = self.trace.as_mut() {
+            trace.push(TraceEntry {
+                stage: stage.name(),
+                plugin: self.chain.plugins[index].name.clone(),
+                outcome,
+            });
         }
     }
 
@@ -135,8 +168,14 @@ impl SessionHooks {
     fn failed(&mut self, index: usize, stage: Stage, error: PluginError) -> OnError {
         let plugin = &self.chain.plugins[index];
         warn!(plugin = %plugin.name, hook = stage.name(), session = %self.session_id, %error, on_error = ?plugin.on_error, "plugin failed");
+        let policy = plugin.on_error;
         self.instances[index] = None;
-        plugin.on_error
+        self.note(
+            index,
+            stage,
+            format!("failed ({error}); on_error = {policy:?}"),
+        );
+        policy
     }
 
     /// The connect hook over the chain.
@@ -374,6 +413,7 @@ impl SessionHooks {
             Outcome::Failed(policy) => return policy_decision(policy),
             Outcome::Verdict(verdict, extra) => (verdict, extra),
         };
+        self.note(index, stage, describe(&verdict));
         if let abi::Verdict::Continue | abi::Verdict::Accept = verdict
             && let Err(reason) = rewrite(extra)
         {
@@ -470,6 +510,20 @@ fn rewritten_line(
         }
     }
     line
+}
+
+/// A verdict in a few words, for the replay trace.
+fn describe(verdict: &abi::Verdict) -> String {
+    match verdict {
+        abi::Verdict::Continue => "continue".into(),
+        abi::Verdict::Accept => "accept".into(),
+        abi::Verdict::Discard => "discard".into(),
+        abi::Verdict::Reject(reply) => format!("reject {}", to_reply(reply.clone())),
+        abi::Verdict::Tempfail(reply) => format!("tempfail {}", to_reply(reply.clone())),
+        abi::Verdict::Disconnect(text) => {
+            format!("disconnect {}", text.as_deref().unwrap_or_default())
+        }
+    }
 }
 
 fn to_edit(edit: abi::MessageEdit) -> Edit {

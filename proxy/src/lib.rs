@@ -15,6 +15,7 @@ pub mod hooks;
 pub mod listener;
 pub mod message;
 pub mod plugin_host;
+pub mod replay;
 pub mod session;
 pub mod smtp;
 pub mod upstream;

@@ -38,7 +38,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .await?
         .to_string(),
     };
-    let plugins = load_plugins(&config).await?;
+    let plugins = load_plugins(&config, true).await?;
     let mut listeners = Vec::new();
     for listener in &config.listeners {
         let socket = TcpListener::bind(listener.address).await.with_context(|| {
@@ -135,13 +135,17 @@ async fn accept_loop(
 }
 
 /// Compiles, pre-instantiates and initialises every configured plugin. Any failure
-/// stops the start-up with the plugin's name and the reason.
-pub async fn load_plugins(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<LoadedPlugin>>> {
+/// stops the start-up with the plugin's name and the reason. Without `network`, the
+/// plugins' DNS lookups fail instead of going out.
+pub async fn load_plugins(
+    config: &Config,
+    network: bool,
+) -> anyhow::Result<BTreeMap<String, Arc<LoadedPlugin>>> {
     let mut loaded = BTreeMap::new();
     if config.plugins.is_empty() {
         return Ok(loaded);
     }
-    let runtime = PluginRuntime::new(&config.dns)?;
+    let runtime = PluginRuntime::new(network.then_some(&config.dns))?;
     for (name, plugin) in &config.plugins {
         let plugin = runtime
             .load(name, plugin)

@@ -32,6 +32,30 @@ enum Commands {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run a listener's plugin chain over a message file, offline, and print each
+    /// plugin's verdict per stage and the resulting envelope and message.
+    Replay {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The listener whose chain runs.
+        #[arg(long)]
+        listener: String,
+        /// The envelope sender ("" for the null reverse-path).
+        #[arg(long)]
+        from: String,
+        /// An envelope recipient (repeat for several).
+        #[arg(long, required = true)]
+        to: Vec<String>,
+        /// The client address the plugins see.
+        #[arg(long, default_value = "192.0.2.1")]
+        client_ip: std::net::IpAddr,
+        /// The HELO name the plugins see.
+        #[arg(long, default_value = "replay.invalid")]
+        helo: String,
+        /// The message, as an .eml file.
+        message: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -72,6 +96,37 @@ fn main() -> ExitCode {
             Ok(config) => check(&config),
             Err(code) => code,
         },
+        Commands::Replay {
+            config,
+            listener,
+            from,
+            to,
+            client_ip,
+            helo,
+            message,
+        } => {
+            let config = match load(&config) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            init_logging(cli.log_format);
+            let message = match std::fs::read(&message) {
+                Ok(message) => message,
+                Err(error) => {
+                    eprintln!("{}: {error}", message.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let input = portcullis::replay::ReplayInput {
+                listener,
+                client_ip,
+                helo,
+                from,
+                to,
+                message,
+            };
+            replay(&config, input)
+        }
         Commands::Run { config } => {
             let config = match load(&config) {
                 Ok(config) => config,
@@ -87,7 +142,7 @@ fn main() -> ExitCode {
 fn check(config: &Config) -> ExitCode {
     let loaded = runtime(1)
         .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(portcullis::listener::load_plugins(config)));
+        .and_then(|rt| rt.block_on(portcullis::listener::load_plugins(config, true)));
     match loaded {
         Ok(plugins) => {
             for (name, plugin) in &plugins {
@@ -98,6 +153,23 @@ fn check(config: &Config) -> ExitCode {
                 config.listeners.len(),
                 plugins.len()
             );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs `portcullis replay` and prints its report.
+fn replay(config: &Config, input: portcullis::replay::ReplayInput) -> ExitCode {
+    let report = runtime(1)
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(portcullis::replay::replay(config, input)));
+    match report {
+        Ok(report) => {
+            print!("{report}");
             ExitCode::SUCCESS
         }
         Err(error) => {

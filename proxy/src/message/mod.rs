@@ -11,7 +11,10 @@ pub use spool::{Body, SpoolWriter, Spooled};
 
 use std::sync::Arc;
 
-use crate::smtp::{Command, command};
+use crate::{
+    config::QuarantineConfig,
+    smtp::{Command, command},
+};
 
 /// Longest line of a replaced body, CRLF excluded (RFC 5321 §4.5.3.1.6).
 const MAX_BODY_LINE: usize = 998;
@@ -80,6 +83,18 @@ impl Message {
             recipients,
             quarantine: None,
         }
+    }
+
+    /// If a plugin marked the message for quarantine: adds the configured header with
+    /// the reason and, if configured, sends it to the quarantine mailbox only.
+    pub fn apply_quarantine(&mut self, config: &QuarantineConfig) -> Result<(), EditError> {
+        let Some(reason) = self.quarantine.clone() else {
+            return Ok(());
+        };
+        if let Some(mailbox) = &config.redirect {
+            self.recipients = vec![mailbox.clone()];
+        }
+        self.apply(Edit::AddHeader(config.header.clone(), reason))
     }
 
     /// Header fields as plugins see them: name and unfolded value.

@@ -71,6 +71,14 @@ impl Resolver {
         }
     }
 
+    /// A resolver that never touches the network: every lookup fails (for replay).
+    pub fn offline() -> Self {
+        Self {
+            inner: None,
+            timeout: Duration::ZERO,
+        }
+    }
+
     /// The records of `kind` for `name` (treated as fully qualified).
     pub async fn lookup(&self, name: &str, kind: RecordType) -> Result<Vec<RData>, LookupError> {
         let resolver = self.inner.as_ref().ok_or(LookupError::Failure)?;

@@ -88,8 +88,9 @@ pub struct PluginRuntime {
 
 impl PluginRuntime {
     /// An engine with epoch interruption, a thread that advances the epoch, and the
-    /// services plugins call (key-value store, DNS through `dns`).
-    pub fn new(dns: &DnsConfig) -> Result<Arc<Self>, PluginError> {
+    /// services plugins call (key-value store, DNS through `dns`; with `None` every
+    /// DNS lookup fails, for running plugins without network).
+    pub fn new(dns: Option<&DnsConfig>) -> Result<Arc<Self>, PluginError> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         let engine = Engine::new(&config).map_err(|error| PluginError::Load {
@@ -119,7 +120,7 @@ impl PluginRuntime {
             linker,
             services: host::Services {
                 kv: Arc::new(KvStore::default()),
-                dns: Arc::new(dns::Resolver::new(dns)),
+                dns: Arc::new(dns.map_or_else(dns::Resolver::offline, dns::Resolver::new)),
             },
             compiled: Default::default(),
         });

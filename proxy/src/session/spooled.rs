@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     hooks::Decision,
-    message::{Edit, Message, SpoolWriter, Spooled},
+    message::{Message, SpoolWriter, Spooled},
     smtp::{RcptCommand, Reply, data::DataReader, data::DotStuffer},
     upstream::Stage,
 };
@@ -147,16 +147,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// A quarantined message gets the configured header with the plugin's reason, and
     /// goes to the quarantine mailbox instead of its recipients if one is configured.
     fn apply_quarantine(&self, message: &mut Message) {
-        let Some(reason) = message.quarantine.clone() else {
-            return;
-        };
-        let quarantine = &self.context.config.quarantine;
-        info!(%reason, "message quarantined");
-        if let Err(error) = message.apply(Edit::AddHeader(quarantine.header.clone(), reason)) {
-            warn!(%error, "quarantine header not added");
+        if let Some(reason) = &message.quarantine {
+            info!(%reason, "message quarantined");
         }
-        if let Some(mailbox) = &quarantine.redirect {
-            message.recipients = vec![mailbox.clone()];
+        if let Err(error) = message.apply_quarantine(&self.context.config.quarantine) {
+            warn!(%error, "quarantine header not added");
         }
     }
 

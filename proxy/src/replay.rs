@@ -1,0 +1,206 @@
+//! `portcullis replay`: runs one listener's plugin chain over a message from a file,
+//! offline — no client, no upstream, and DNS lookups fail instead of going out — and
+//! reports what each plugin said at each stage and what would go upstream: the
+//! envelope and the message after every rewrite and edit.
+
+use std::{fmt::Write, net::IpAddr, sync::Arc};
+
+use anyhow::{Context, bail};
+
+use crate::{
+    Config,
+    hooks::{Chain, Decision, SessionHooks},
+    listener::load_plugins,
+    message::{Message, SpoolWriter},
+    plugin_host::abi,
+    smtp::{Command, command},
+};
+
+/// What to replay.
+#[derive(Debug, Clone)]
+pub struct ReplayInput {
+    /// The listener whose chain runs.
+    pub listener: String,
+    /// The client address plugins see.
+    pub client_ip: IpAddr,
+    /// The HELO name plugins see.
+    pub helo: String,
+    /// The envelope sender (empty for the null reverse-path).
+    pub from: String,
+    /// The envelope recipients.
+    pub to: Vec<String>,
+    /// The message as stored in a file (LF or CRLF line ends).
+    pub message: Vec<u8>,
+}
+
+/// Runs the chain and returns the report. `Err` only for bad input or a plugin that
+/// cannot load; refusals are part of the report.
+pub async fn replay(config: &Config, input: ReplayInput) -> anyhow::Result<String> {
+    let listener = config
+        .listeners
+        .iter()
+        .find(|l| l.name == input.listener)
+        .with_context(|| format!("no listener named {:?}", input.listener))?;
+    let plugins = load_plugins(config, false).await?;
+    let chain = Chain {
+        listener: listener.name.clone(),
+        plugins: listener
+            .plugins
+            .iter()
+            .map(|n| plugins[n].clone())
+            .collect(),
+    };
+    let mut hooks = SessionHooks::new(Arc::new(chain), "replay");
+    hooks.record_trace();
+    let mut report = Report::default();
+    let mut session = abi::Session {
+        id: "replay".into(),
+        listener: listener.name.clone(),
+        client_ip: input.client_ip.to_string(),
+        client_port: 0,
+        helo: None,
+        tls: false,
+        login: None,
+    };
+    let decision = hooks.connect(&session).await;
+    if report.stage(&mut hooks, "connect", &decision) {
+        return Ok(report.finish());
+    }
+    let (decision, helo_rewrite) = hooks.helo(&session, &input.helo).await;
+    session.helo = Some(input.helo.clone());
+    if report.stage(&mut hooks, "helo", &decision) {
+        return Ok(report.finish());
+    }
+    let Ok(Command::Mail(mail)) = command::parse(format!("MAIL FROM:<{}>", input.from).as_bytes())
+    else {
+        bail!("--from {:?} is not a valid reverse-path", input.from);
+    };
+    let (decision, mail) = hooks.mail(&session, mail).await;
+    if mail.reverse_path.mailbox() != input.from {
+        report.line(&format!(
+            "{:<24} rewritten to {}",
+            "mail", mail.reverse_path
+        ));
+    }
+    if report.stage(&mut hooks, "mail", &decision) {
+        return Ok(report.finish());
+    }
+    let mut envelope = abi::Envelope {
+        sender: mail.reverse_path.mailbox().to_string(),
+        mail_params: Vec::new(),
+        recipients: Vec::new(),
+    };
+    let mut accepted = Vec::new();
+    for to in &input.to {
+        let Ok(Command::Rcpt(rcpt)) = command::parse(format!("RCPT TO:<{to}>").as_bytes()) else {
+            bail!("--to {to:?} is not a valid forward-path");
+        };
+        let (decision, rcpt) = hooks.rcpt(&session, &envelope, rcpt).await;
+        let stage = format!("rcpt <{to}>");
+        if rcpt.forward_path.mailbox() != to {
+            report.line(&format!("{stage:<24} rewritten to {}", rcpt.forward_path));
+        }
+        if !report.stage(&mut hooks, &stage, &decision) {
+            envelope
+                .recipients
+                .push(rcpt.forward_path.mailbox().to_string());
+            accepted.push(rcpt);
+        }
+    }
+    if accepted.is_empty() {
+        report.line("no recipient accepted; the message would not be sent");
+        return Ok(report.finish());
+    }
+    let mut message = spool(&input.message).await?;
+    message.recipients = envelope.recipients.clone();
+    if hooks.wants_data() {
+        let decision = hooks.data(&session, &envelope, &mut message).await;
+        if report.stage(&mut hooks, "data", &decision) {
+            return Ok(report.finish());
+        }
+        message.apply_quarantine(&config.quarantine)?;
+    }
+    if let Some(name) = helo_rewrite {
+        report.line(&format!("HELO name for the upstream: {name}"));
+    }
+    report
+        .result(&mail.reverse_path.to_string(), &mail.params, &message)
+        .await?;
+    Ok(report.finish())
+}
+
+/// The message as the proxy would spool it: line ends made CRLF first, as files on
+/// disk usually have bare LF.
+async fn spool(raw: &[u8]) -> anyhow::Result<Message> {
+    let mut crlf = Vec::with_capacity(raw.len() + raw.len() / 32);
+    for (i, &byte) in raw.iter().enumerate() {
+        if byte == b'\n' && (i == 0 || raw[i - 1] != b'\r') {
+            crlf.push(b'\r');
+        }
+        crlf.push(byte);
+    }
+    let mut writer = SpoolWriter::new(usize::MAX, None);
+    writer.write(&crlf).await?;
+    Ok(Message::new(writer.finish().await?, Vec::new()))
+}
+
+/// The report being written.
+#[derive(Default)]
+struct Report {
+    text: String,
+}
+
+impl Report {
+    fn line(&mut self, line: &str) {
+        self.text.push_str(line);
+        self.text.push('\n');
+    }
+
+    /// Writes each plugin's verdict and the chain's decision for a stage; true if the
+    /// decision ends the transaction (or the session).
+    fn stage(&mut self, hooks: &mut SessionHooks, stage: &str, decision: &Decision) -> bool {
+        for entry in hooks.take_trace() {
+            let _ = writeln!(
+                self.text,
+                "{stage:<24} {:<16} {}",
+                entry.plugin, entry.outcome
+            );
+        }
+        let (ends, summary) = match decision {
+            Decision::Continue => (false, "continue".to_string()),
+            Decision::Accept => (false, "accepted".to_string()),
+            Decision::Refuse(reply) => (true, format!("refused: {reply}")),
+            Decision::Discard => (
+                true,
+                "discarded: the client gets 250, nothing goes upstream".into(),
+            ),
+            Decision::Disconnect(reply) => (true, format!("disconnected: {reply}")),
+        };
+        let _ = writeln!(self.text, "{stage:<24} => {summary}");
+        ends
+    }
+
+    /// Writes the envelope and message as they would go upstream.
+    async fn result(
+        &mut self,
+        reverse_path: &str,
+        params: &[crate::smtp::Param],
+        message: &Message,
+    ) -> anyhow::Result<()> {
+        self.line("\nenvelope:");
+        let params: String = params.iter().map(|p| format!(" {p}")).collect();
+        self.line(&format!("  MAIL FROM:{reverse_path}{params}"));
+        for recipient in &message.recipients {
+            self.line(&format!("  RCPT TO:<{recipient}>"));
+        }
+        self.line("\nmessage:");
+        let mut bytes = message.header_block();
+        bytes.extend(message.body.read_at(0, usize::MAX).await?);
+        self.text.push_str(&String::from_utf8_lossy(&bytes));
+        Ok(())
+    }
+
+    fn finish(self) -> String {
+        self.text
+    }
+}
