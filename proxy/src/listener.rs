@@ -18,7 +18,7 @@ use crate::{
     config::{Config, UpstreamTarget},
     devupstream,
     hooks::Chain,
-    plugin_host::{LoadedPlugin, PluginRuntime},
+    plugin_host::{Capacity, LoadedPlugin, PluginRuntime},
     session::{Peer, Session, SessionContext, Shutdown, replies},
     upstream::{capability_cache::CapabilityCache, pool::SessionPool},
 };
@@ -145,7 +145,21 @@ pub async fn load_plugins(
     if config.plugins.is_empty() {
         return Ok(loaded);
     }
-    let runtime = PluginRuntime::new(network.then_some(&config.dns))?;
+    let longest_chain = config.listeners.iter().map(|l| l.plugins.len()).max();
+    let capacity = Capacity {
+        instances: u32::try_from(
+            (config.server.max_connections + 64) * longest_chain.unwrap_or(0)
+                + config.plugins.len(),
+        )
+        .unwrap_or(u32::MAX),
+        max_memory: config
+            .plugins
+            .values()
+            .map(|p| p.memory_mb as usize * 1024 * 1024)
+            .max()
+            .unwrap_or(0),
+    };
+    let runtime = PluginRuntime::new(network.then_some(&config.dns), capacity)?;
     for (name, plugin) in &config.plugins {
         let plugin = runtime
             .load(name, plugin)

@@ -77,6 +77,47 @@ fn trap(error: wasmtime::Error) -> PluginError {
     }
 }
 
+/// How many plugin instances may be alive at once, and how large one's memory may
+/// grow: the pooling allocator reserves (virtual) room for exactly that, so creating
+/// an instance or calling a hook never maps memory or a stack.
+#[derive(Debug, Clone, Copy)]
+pub struct Capacity {
+    /// Plugin instances alive at once (sessions × chain length, plus start-up).
+    pub instances: u32,
+    /// The largest `memory_mb` of any plugin, in bytes.
+    pub max_memory: usize,
+}
+
+/// Core instances, memories and tables one plugin component may have (a Rust
+/// component for wasm32-wasip2 has a few core instances, one memory, a few tables).
+const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+const MEMORIES_PER_COMPONENT: u32 = 2;
+const TABLES_PER_COMPONENT: u32 = 4;
+const KEEP_RESIDENT: usize = 256 * 1024;
+
+impl Capacity {
+    fn configure(self, config: &mut wasmtime::Config) {
+        let memory = (self.max_memory.max(1 << 20) as u64).next_multiple_of(64 * 1024);
+        config.memory_reservation(memory);
+        config.memory_guard_size(64 * 1024);
+        config.memory_reservation_for_growth(0);
+        let mut pool = wasmtime::PoolingAllocationConfig::new();
+        let instances = self.instances.max(16);
+        pool.total_component_instances(instances)
+            .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+            .total_core_instances(instances.saturating_mul(4))
+            .max_memories_per_component(MEMORIES_PER_COMPONENT)
+            .total_memories(instances.saturating_mul(MEMORIES_PER_COMPONENT))
+            .max_tables_per_component(TABLES_PER_COMPONENT)
+            .total_tables(instances.saturating_mul(TABLES_PER_COMPONENT))
+            .total_stacks(instances)
+            .max_memory_size(memory as usize)
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(KEEP_RESIDENT);
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+    }
+}
+
 /// The shared engine and the services plugins call.
 pub struct PluginRuntime {
     engine: Engine,
@@ -87,12 +128,14 @@ pub struct PluginRuntime {
 }
 
 impl PluginRuntime {
-    /// An engine with epoch interruption, a thread that advances the epoch, and the
-    /// services plugins call (key-value store, DNS through `dns`; with `None` every
-    /// DNS lookup fails, for running plugins without network).
-    pub fn new(dns: Option<&DnsConfig>) -> Result<Arc<Self>, PluginError> {
+    /// An engine with epoch interruption and a pooling allocator sized by `capacity`,
+    /// a thread that advances the epoch, and the services plugins call (key-value
+    /// store, DNS through `dns`; with `None` every DNS lookup fails, for running
+    /// plugins without network).
+    pub fn new(dns: Option<&DnsConfig>, capacity: Capacity) -> Result<Arc<Self>, PluginError> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
+        capacity.configure(&mut config);
         let engine = Engine::new(&config).map_err(|error| PluginError::Load {
             path: "(engine)".into(),
             reason: format!("{error:#}"),

@@ -1,0 +1,119 @@
+//! Micro-benchmarks of the plugin host with criterion: creating a session's instance
+//! of a plugin (Store + instance from the pre-instantiated component + its `init`),
+//! and one hook call on a warm instance. Uses the example plugins' release `.wasm`
+//! (built by `./scripts/test` or `bench/plugins.sh`).
+//!
+//!   cargo bench -p portcullis --bench plugin_calls
+
+use std::{hint::black_box, path::PathBuf, sync::Arc, time::Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use portcullis::{
+    config::PluginConfig,
+    plugin_host::{Capacity, LoadedPlugin, PluginRuntime, abi},
+};
+
+fn load(runtime: &tokio::runtime::Runtime, crate_name: &str, config: &str) -> Arc<LoadedPlugin> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm/wasm32-wasip2/plugin")
+        .join(format!("{}.wasm", crate_name.replace('-', "_")));
+    assert!(
+        path.exists(),
+        "{} is missing: build the plugins first",
+        path.display()
+    );
+    let config: PluginConfig = toml::from_str(&format!(
+        "path = {:?}\nconfig = {config}",
+        path.display().to_string()
+    ))
+    .unwrap();
+    runtime.block_on(async {
+        PluginRuntime::new(
+            None,
+            Capacity {
+                instances: 1000,
+                max_memory: 32 << 20,
+            },
+        )
+        .unwrap()
+        .load(crate_name, &config)
+        .await
+        .unwrap()
+    })
+}
+
+fn session() -> abi::Session {
+    abi::Session {
+        id: "bench".into(),
+        listener: "bench".into(),
+        client_ip: "192.0.2.1".into(),
+        client_port: 40000,
+        helo: Some("client.example".into()),
+        tls: false,
+        login: None,
+    }
+}
+
+fn plugin_calls(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let recipients = load(
+        &runtime,
+        "recipients",
+        r#"{ domains = ["example.com"], max_recipients = 50 }"#,
+    );
+    let rate_limit = load(
+        &runtime,
+        "rate-limit",
+        "{ per_client = { messages = 1000000000, window_seconds = 3600 } }",
+    );
+    c.bench_function("instance per session (recipients, with init)", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { recipients.instantiate("bench").await.unwrap() })
+    });
+    let session = session();
+    let envelope = abi::Envelope {
+        sender: "alice@example.org".into(),
+        mail_params: Vec::new(),
+        recipients: vec!["carol@example.com".into()],
+    };
+    let mut instance = runtime.block_on(recipients.instantiate("bench")).unwrap();
+    c.bench_function("rcpt hook call (recipients)", |b| {
+        b.iter_custom(|iterations| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iterations {
+                    black_box(
+                        instance
+                            .rcpt(&session, &envelope, "bob@example.com", &[])
+                            .await
+                            .unwrap(),
+                    );
+                }
+                start.elapsed()
+            })
+        })
+    });
+    let mut limiter = runtime.block_on(rate_limit.instantiate("bench")).unwrap();
+    c.bench_function("mail hook call (rate-limit, one kv increment)", |b| {
+        b.iter_custom(|iterations| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iterations {
+                    black_box(
+                        limiter
+                            .mail(&session, "alice@example.org", &[])
+                            .await
+                            .unwrap(),
+                    );
+                }
+                start.elapsed()
+            })
+        })
+    });
+}
+
+criterion_group!(benches, plugin_calls);
+criterion_main!(benches);
