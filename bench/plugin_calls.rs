@@ -31,6 +31,7 @@ fn load(runtime: &tokio::runtime::Runtime, crate_name: &str, config: &str) -> Ar
         PluginRuntime::new(
             None,
             Capacity {
+                pooling: std::env::var_os("POOLING").is_some(),
                 instances: 1000,
                 max_memory: 32 << 20,
             },

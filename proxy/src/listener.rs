@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::{
-    config::{Config, UpstreamTarget},
+    config::{Config, PluginAllocator, UpstreamTarget},
     devupstream,
     hooks::Chain,
     plugin_host::{Capacity, LoadedPlugin, PluginRuntime},
@@ -146,12 +146,11 @@ pub async fn load_plugins(
         return Ok(loaded);
     }
     let longest_chain = config.listeners.iter().map(|l| l.plugins.len()).max();
+    let sessions = config.server.max_connections + 64;
     let capacity = Capacity {
-        instances: u32::try_from(
-            (config.server.max_connections + 64) * longest_chain.unwrap_or(0)
-                + config.plugins.len(),
-        )
-        .unwrap_or(u32::MAX),
+        pooling: config.server.plugin_allocator == PluginAllocator::Pooling,
+        instances: u32::try_from(sessions * longest_chain.unwrap_or(0) + config.plugins.len())
+            .unwrap_or(u32::MAX),
         max_memory: config
             .plugins
             .values()

@@ -77,11 +77,13 @@ fn trap(error: wasmtime::Error) -> PluginError {
     }
 }
 
-/// How many plugin instances may be alive at once, and how large one's memory may
-/// grow: the pooling allocator reserves (virtual) room for exactly that, so creating
-/// an instance or calling a hook never maps memory or a stack.
+/// How plugin instances get memory: on demand, or from a pool sized for this many
+/// instances (the pool reserves virtual room for exactly that, so creating an instance
+/// or calling a hook maps nothing).
 #[derive(Debug, Clone, Copy)]
 pub struct Capacity {
+    /// Use the pooling allocator (`server.plugin_allocator = "pooling"`).
+    pub pooling: bool,
     /// Plugin instances alive at once (sessions × chain length, plus start-up).
     pub instances: u32,
     /// The largest `memory_mb` of any plugin, in bytes.
@@ -97,6 +99,9 @@ const KEEP_RESIDENT: usize = 256 * 1024;
 
 impl Capacity {
     fn configure(self, config: &mut wasmtime::Config) {
+        if !self.pooling {
+            return;
+        }
         let memory = (self.max_memory.max(1 << 20) as u64).next_multiple_of(64 * 1024);
         config.memory_reservation(memory);
         config.memory_guard_size(64 * 1024);
@@ -110,6 +115,7 @@ impl Capacity {
             .total_memories(instances.saturating_mul(MEMORIES_PER_COMPONENT))
             .max_tables_per_component(TABLES_PER_COMPONENT)
             .total_tables(instances.saturating_mul(TABLES_PER_COMPONENT))
+            // A store keeps the stack of its first call: one stack per instance.
             .total_stacks(instances)
             .max_memory_size(memory as usize)
             .linear_memory_keep_resident(KEEP_RESIDENT)

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Plugins' cost, in one run: the sink directly, Portcullis without plugins, and
+# Portcullis with recipients + headers + rate-limit on the chain (two listeners of one
+# proxy process), then 10,000 concurrent sessions past MAIL with all three plugins
+# instantiated in each. Prints a Markdown report for bench/RESULTS.md.
+#
+#   bench/plugins.sh           # full run
+#   QUICK=1 bench/plugins.sh   # fewer messages and sessions, for a smoke run
+#   ALLOCATOR=pooling bench/plugins.sh   # server.plugin_allocator (default on-demand)
+#
+# 10,000 sessions x 3 instances need more memory mappings than Linux allows a process
+# by default (vm.max_map_count = 65530); the script raises it when it may (root).
+#
+# Needs smtp-source and smtp-sink (Debian's postfix package), python3, and the
+# wasm32-wasip2 target (rustup target add wasm32-wasip2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v smtp-source >/dev/null || { echo "install postfix (smtp-source/smtp-sink)"; exit 1; }
+# Each held session has a client and an upstream socket: 10,000 need over 20,000 files.
+ulimit -Hn 1048576 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)"
+if [ "$(cat /proc/sys/vm/max_map_count)" -lt 1048576 ] && [ -w /proc/sys/vm/max_map_count ]; then
+  echo 1048576 > /proc/sys/vm/max_map_count
+fi
+
+cargo build --release --locked -p portcullis >/dev/null 2>&1
+cargo build --locked --profile plugin --target wasm32-wasip2 --target-dir target/wasm \
+  -p recipients -p headers -p rate-limit >/dev/null 2>&1
+binary=target/release/portcullis
+plugins=target/wasm/wasm32-wasip2/plugin
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+sink_port=$(free_port)
+plain_port=$(free_port)
+plugin_port=$(free_port)
+
+smtp-sink -u nobody -m 20000 127.0.0.1:$sink_port 20000 &
+
+cat > "$work/bench.toml" <<TOML
+[server]
+hostname = "bench.test"
+max_connections = 20000
+plugin_allocator = "${ALLOCATOR:-on-demand}"
+[[listener]]
+name = "plain"
+address = "127.0.0.1:$plain_port"
+[[listener]]
+name = "plugins"
+address = "127.0.0.1:$plugin_port"
+plugins = ["recipients", "headers", "rate-limit"]
+[upstream]
+address = "127.0.0.1:$sink_port"
+[plugins.recipients]
+path = "$plugins/recipients.wasm"
+config = { domains = ["bench.test"], max_recipients = 100 }
+[plugins.headers]
+path = "$plugins/headers.wasm"
+config = { remove = ["Authentication-Results"], add = [{ name = "X-Checked", value = "{listener} {client_ip}" }], subject_tags = [{ tag = "[EXTERNAL]", sender_domain_not_in = ["example.com"] }] }
+[plugins.rate-limit]
+path = "$plugins/rate_limit.wasm"
+config = { per_client = { messages = 1000000000, window_seconds = 3600 } }
+TOML
+RUST_LOG=warn "$binary" run --config "$work/bench.toml" 2>"$work/proxy.log" &
+proxy_pid=$!
+for _ in $(seq 100); do
+  python3 -c "import socket; socket.create_connection(('127.0.0.1', $plugin_port)).close()" 2>/dev/null && break
+  sleep 0.2
+done
+
+# run PORT SIZE MESSAGES CONCURRENCY PER_SESSION -> messages/s
+run() {
+  local port=$1 size=$2 messages=$3 concurrency=$4 per_session=$5 flags=()
+  [ "$per_session" = many ] && flags+=(-d)
+  local start end
+  start=$(date +%s.%N)
+  smtp-source "${flags[@]}" -s "$concurrency" -l "$size" -m "$messages" -f from@bench.test -t to@bench.test 127.0.0.1:$port
+  end=$(date +%s.%N)
+  python3 -c "print(f'{$messages / ($end - $start):.0f}')"
+}
+median() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
+
+quick=${QUICK:-0}
+messages=$(( quick ? 500 : 3000 ))
+echo "## Plugins: recipients + headers + rate-limit"
+echo
+echo "Machine: $(nproc) cores, load average before the run: $(cut -d' ' -f1-3 /proc/loadavg); plugin_allocator = ${ALLOCATOR:-on-demand}; vm.max_map_count = $(cat /proc/sys/vm/max_map_count)."
+echo "10 KiB messages, $messages per run; each figure is the median of three alternating runs."
+echo
+echo "| concurrency | sessions | direct msg/s | no plugins msg/s | three plugins msg/s | plugins / no plugins |"
+echo "|---|---|---|---|---|---|"
+for concurrency in 1 10; do
+  for per_session in one many; do
+    direct=(); plain=(); with=()
+    for _ in 1 2 3; do
+      direct+=("$(run $sink_port 10240 $messages $concurrency $per_session)")
+      plain+=("$(run $plain_port 10240 $messages $concurrency $per_session)")
+      with+=("$(run $plugin_port 10240 $messages $concurrency $per_session)")
+    done
+    d=$(median "${direct[@]}"); p=$(median "${plain[@]}"); w=$(median "${with[@]}")
+    label=$([ "$per_session" = one ] && echo "one per message" || echo "many per session")
+    echo "| $concurrency | $label | $d | $p | $w | $(python3 -c "print(f'{$w / $p:.2f}')") |"
+  done
+done
+echo
+
+# Concurrent sessions, each past MAIL with all three plugins instantiated: a first
+# message instantiates headers (DATA), then MAIL and RCPT (rate-limit, recipients)
+# and the session is held open.
+sessions=${SESSIONS:-$(( quick ? 1000 : 10000 ))}
+rss_before=$(awk '/VmRSS/ {print $2}' /proc/$proxy_pid/status)
+python3 - "$plugin_port" "$sessions" "$proxy_pid" <<'PY'
+import resource, socket, sys, time
+port, count, pid = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+def expect(s, code):
+    data = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            raise SystemExit(f"connection closed waiting for {code}")
+        data += chunk
+        lines = data.split(b"\r\n")
+        done = [l for l in lines if len(l) >= 4 and l[3:4] == b" "]
+        if done:
+            assert done[-1].startswith(str(code).encode()), (code, data)
+            return
+
+held = []
+start = time.time()
+for n in range(count):
+    s = socket.create_connection(("127.0.0.1", port), timeout=60)
+    expect(s, 220)
+    s.sendall(b"EHLO held.test\r\n"); expect(s, 250)
+    s.sendall(b"MAIL FROM:<a@bench.test>\r\n"); expect(s, 250)
+    s.sendall(b"RCPT TO:<b@bench.test>\r\n"); expect(s, 250)
+    s.sendall(b"DATA\r\n"); expect(s, 354)
+    s.sendall(b"Subject: held\r\n\r\nfirst message\r\n.\r\n"); expect(s, 250)
+    s.sendall(b"MAIL FROM:<a@bench.test>\r\n"); expect(s, 250)
+    s.sendall(b"RCPT TO:<b@bench.test>\r\n"); expect(s, 250)
+    held.append(s)
+elapsed = time.time() - start
+time.sleep(1)
+rss = int(next(l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")).split()[1])
+pss = int(next(l for l in open(f"/proc/{pid}/smaps_rollup") if l.startswith("Pss:")).split()[1])
+print(f"{count} concurrent sessions past MAIL, three plugin instances each: proxy RSS {rss / 1024:.0f} MiB "
+      f"({rss / count:.0f} KiB per session), PSS {pss / 1024:.0f} MiB; opened in {elapsed:.0f} s")
+for s in held:
+    s.close()
+PY
+echo "(proxy RSS before opening them: $((rss_before / 1024)) MiB)"
