@@ -360,7 +360,6 @@ config = {{ zones = ["bl.test"] }}
 
 [plugins.dnsbl-silent-zone]
 path = "{}"
-timeout_ms = 2000
 config = {{ zones = ["slow.test"], on_dns_error = "tempfail" }}
 "#,
         upstream.address(),
@@ -628,4 +627,45 @@ config = {{ mode = "quarantine", stage = "data" }}
         "replay must not use the network: {:?}",
         dns.queries()
     );
+}
+
+#[test]
+fn helo_hooks_refuse_and_rename_and_the_upstream_learns_the_new_name() {
+    let mut extensions = common::FULL_EHLO.to_vec();
+    extensions.push("XCLIENT NAME ADDR PROTO HELO REVERSE_NAME PORT LOGIN");
+    let upstream = RecordingUpstream::scripted(
+        &extensions,
+        std::sync::Arc::new(|_| common::Action::Default),
+    );
+    let fault = component("fault-plugin");
+    let proxy = Proxy::start_with(&format!(
+        "plugins = [\"gate\", \"rename\"]\n\n[upstream]\naddress = \"{}\"\nclient_address = \"xclient\"\n\n\
+         [plugins.gate]\npath = \"{}\"\nconfig = {{ mode = \"refuse-helo\", stage = \"helo\" }}\n\n\
+         [plugins.rename]\npath = \"{}\"\nconfig = {{ mode = \"rename\", stage = \"helo\" }}\n",
+        upstream.address(),
+        fault.display(),
+        fault.display()
+    ));
+    let mut client = proxy.client();
+    let reply = client.expect("EHLO nodots", 550);
+    assert_eq!(reply.lines, ["550 5.7.1 HELO name must be a domain"]);
+    let reply = client.command("MAIL FROM:<a@example.org>");
+    assert_eq!(
+        reply.code, 503,
+        "a refused EHLO leaves the client ungreeted: {reply:?}"
+    );
+    client.expect("EHLO client.test", 250);
+    assert_eq!(
+        client
+            .send_message("a@example.org", &["b@example.com"], b"x\r\n.\r\n")
+            .code,
+        250
+    );
+    let session = &upstream.sessions()[0];
+    let xclient = session
+        .commands
+        .iter()
+        .find(|c| c.starts_with("XCLIENT"))
+        .expect("XCLIENT sent");
+    assert!(xclient.ends_with("HELO=renamed.example"), "{xclient}");
 }

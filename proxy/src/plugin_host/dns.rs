@@ -79,12 +79,19 @@ impl Resolver {
         }
     }
 
-    /// The records of `kind` for `name` (treated as fully qualified).
-    pub async fn lookup(&self, name: &str, kind: RecordType) -> Result<Vec<RData>, LookupError> {
+    /// The records of `kind` for `name` (treated as fully qualified), waiting at most
+    /// the configured timeout or `budget`, whichever is shorter.
+    pub async fn lookup(
+        &self,
+        name: &str,
+        kind: RecordType,
+        budget: Duration,
+    ) -> Result<Vec<RData>, LookupError> {
         let resolver = self.inner.as_ref().ok_or(LookupError::Failure)?;
         let mut name = Name::from_utf8(name).map_err(|_| LookupError::Failure)?;
         name.set_fqdn(true);
-        let lookup = tokio::time::timeout(self.timeout, resolver.lookup(name, kind))
+        let wait = self.timeout.min(budget);
+        let lookup = tokio::time::timeout(wait, resolver.lookup(name, kind))
             .await
             .map_err(|_| LookupError::Timeout)?;
         match lookup {

@@ -109,6 +109,9 @@ impl kv::Host for PluginState {
     }
 }
 
+/// Time a plugin keeps after a DNS lookup that used up its budget.
+const DNS_MARGIN: std::time::Duration = std::time::Duration::from_millis(20);
+
 type DnsResult<T> = Result<std::result::Result<Vec<T>, dns::DnsError>>;
 
 impl PluginState {
@@ -118,8 +121,14 @@ impl PluginState {
         name: &str,
         kind: RecordType,
     ) -> std::result::Result<Vec<RData>, dns::DnsError> {
+        // A lookup ends in time for the plugin to act on the timeout itself (e.g. its
+        // own "on DNS error" choice) before its call's deadline stops it.
+        let budget = self
+            .deadline
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(DNS_MARGIN);
         let resolver = self.services.dns.clone();
-        let result = resolver.lookup(name, kind).await;
+        let result = resolver.lookup(name, kind, budget).await;
         tracing::debug!(plugin = &*self.plugin, session = %self.session, %name, ?kind, ok = result.is_ok(), "DNS lookup");
         result.map_err(|error| match error {
             LookupError::NotFound => dns::DnsError::NotFound,

@@ -1,5 +1,5 @@
 //! A test plugin that misbehaves, or acts, as its config says. `stage` is `mail` (the
-//! default) or `data`; `mode` is one of:
+//! default), `data` or `helo`; `mode` is one of:
 //!
 //! - faults the proxy must contain to that call: `trap`, `panic`, `loop`, `memory`,
 //!   `bad-code` (a 250 in a reject), `crlf` (CR LF in reply text), `bad-rewrite` (an
@@ -7,11 +7,13 @@
 //! - DATA actions: `discard`, `quarantine`, `add-recipient` / `remove-recipient` (the
 //!   `recipient` key), `replace-body` (the `body` key), `measure-body` (reads the whole
 //!   body through the host and adds `X-Body-Size` and `X-Body-Lines` fields);
+//! - HELO actions (`stage = "helo"`): `rename` (the upstream is told the name
+//!   `renamed.example`), `refuse-helo` (550 5.7.1 for names without a dot);
 //! - `ok`, which does nothing; `refuse-connect` refuses every client with 554 5.7.1.
 
 use portcullis_sdk::{
-    Config, DataOutcome, Envelope, Header, Hooks, Message, MessageEdit, Param, PathOutcome, Plugin,
-    Reply, Session, Verdict,
+    Config, DataOutcome, Envelope, Header, HeloOutcome, Hooks, Message, MessageEdit, Param,
+    PathOutcome, Plugin, Reply, Session, Verdict,
 };
 
 /// The configured behaviour.
@@ -38,6 +40,7 @@ impl Plugin for Fault {
         let hooks = match (mode.as_str(), text(config, "stage").as_str()) {
             ("refuse-connect", _) => Hooks::CONNECT,
             (_, "data") => Hooks::DATA,
+            (_, "helo") => Hooks::HELO,
             _ => Hooks::MAIL,
         };
         let fault = Fault {
@@ -50,6 +53,19 @@ impl Plugin for Fault {
 
     fn connect(&mut self, _session: &Session) -> Verdict {
         Verdict::reject(554, "5.7.1", "No service for you")
+    }
+
+    fn helo(&mut self, _session: &Session, name: &str) -> HeloOutcome {
+        match self.mode.as_str() {
+            "rename" => HeloOutcome {
+                verdict: Verdict::Continue,
+                rewrite_name: Some("renamed.example".into()),
+            },
+            "refuse-helo" if !name.contains('.') => {
+                Verdict::reject(550, "5.7.1", "HELO name must be a domain").into()
+            }
+            _ => HeloOutcome::default(),
+        }
     }
 
     fn mail(&mut self, _session: &Session, _sender: &str, _params: &[Param]) -> PathOutcome {
