@@ -132,24 +132,24 @@ macro_rules! export {
             fn init(config: String) -> Result<$crate::__runtime::wit::Hooks, String> {
                 $crate::__runtime::init::<$plugin>(config)
             }
-            fn on_connect(session: $crate::__runtime::wit::Session) -> $crate::__runtime::wit::Verdict {
+            fn on_connect(session: u32) -> $crate::__runtime::wit::Verdict {
                 $crate::__runtime::connect::<$plugin>(session)
             }
-            fn on_helo(session: $crate::__runtime::wit::Session, name: String) -> $crate::__runtime::wit::HeloOutcome {
+            fn on_helo(session: u32, name: String) -> $crate::__runtime::wit::HeloOutcome {
                 $crate::__runtime::helo::<$plugin>(session, name)
             }
-            fn on_auth(session: $crate::__runtime::wit::Session, mechanism: String, login: String) -> $crate::__runtime::wit::Verdict {
+            fn on_auth(session: u32, mechanism: String, login: String) -> $crate::__runtime::wit::Verdict {
                 $crate::__runtime::auth::<$plugin>(session, mechanism, login)
             }
             fn on_mail(
-                session: $crate::__runtime::wit::Session,
+                session: u32,
                 sender: String,
                 params: Vec<$crate::__runtime::wit::Param>,
             ) -> $crate::__runtime::wit::PathOutcome {
                 $crate::__runtime::mail::<$plugin>(session, sender, params)
             }
             fn on_rcpt(
-                session: $crate::__runtime::wit::Session,
+                session: u32,
                 envelope: $crate::__runtime::wit::Envelope,
                 recipient: String,
                 params: Vec<$crate::__runtime::wit::Param>,
@@ -157,13 +157,13 @@ macro_rules! export {
                 $crate::__runtime::rcpt::<$plugin>(session, envelope, recipient, params)
             }
             fn on_data(
-                session: $crate::__runtime::wit::Session,
+                session: u32,
                 envelope: $crate::__runtime::wit::Envelope,
                 message: &$crate::__runtime::wit::Message,
             ) -> $crate::__runtime::wit::DataOutcome {
                 $crate::__runtime::data::<$plugin>(session, envelope, message)
             }
-            fn on_session_end(session: $crate::__runtime::wit::Session) {
+            fn on_session_end(session: u32) {
                 $crate::__runtime::session_end::<$plugin>(session)
             }
         }
@@ -178,11 +178,25 @@ pub mod __runtime {
     use std::{any::Any, cell::RefCell};
 
     pub use crate::bindings::portcullis::plugin::types as wit;
-    use crate::{Config, Plugin, convert};
+    use crate::{Config, Plugin, Session, convert};
 
     thread_local! {
         /// The instance of this component: one per session, so one per store.
         static INSTANCE: RefCell<Option<Box<dyn Any>>> = RefCell::new(None);
+        /// The session as last fetched from the host, with its version.
+        static SESSION: RefCell<Option<(u32, Session)>> = const { RefCell::new(None) };
+    }
+
+    /// Runs `f` with the session of `version`, asking the host only if it changed.
+    fn with_session<R>(version: u32, f: impl FnOnce(&Session) -> R) -> R {
+        SESSION.with(|cell| {
+            let mut cached = cell.borrow_mut();
+            if cached.as_ref().map(|(v, _)| *v) != Some(version) {
+                let session = crate::bindings::portcullis::plugin::context::current();
+                *cached = Some((version, session.into()));
+            }
+            f(&cached.as_ref().expect("just fetched").1)
+        })
     }
 
     fn with<P: Plugin, R: Default>(f: impl FnOnce(&mut P) -> R) -> R {
@@ -207,59 +221,59 @@ pub mod __runtime {
         Ok(wit::Hooks::from_bits_retain(hooks.bits()))
     }
 
-    pub fn connect<P: Plugin>(session: wit::Session) -> wit::Verdict {
-        convert::verdict(with::<P, _>(|p| p.connect(&session.into())))
+    pub fn connect<P: Plugin>(session: u32) -> wit::Verdict {
+        convert::verdict(with_session(session, |s| with::<P, _>(|p| p.connect(s))))
     }
 
-    pub fn helo<P: Plugin>(session: wit::Session, name: String) -> wit::HeloOutcome {
-        convert::helo_outcome(with::<P, _>(|p| p.helo(&session.into(), &name)))
+    pub fn helo<P: Plugin>(session: u32, name: String) -> wit::HeloOutcome {
+        convert::helo_outcome(with_session(session, |s| {
+            with::<P, _>(|p| p.helo(s, &name))
+        }))
     }
 
-    pub fn auth<P: Plugin>(
-        session: wit::Session,
-        mechanism: String,
-        login: String,
-    ) -> wit::Verdict {
-        convert::verdict(with::<P, _>(|p| {
-            p.auth(&session.into(), &mechanism, &login)
+    pub fn auth<P: Plugin>(session: u32, mechanism: String, login: String) -> wit::Verdict {
+        convert::verdict(with_session(session, |s| {
+            with::<P, _>(|p| p.auth(s, &mechanism, &login))
         }))
     }
 
     pub fn mail<P: Plugin>(
-        session: wit::Session,
+        session: u32,
         sender: String,
         params: Vec<wit::Param>,
     ) -> wit::PathOutcome {
         let params = convert::params(params);
-        convert::path_outcome(with::<P, _>(|p| p.mail(&session.into(), &sender, &params)))
+        convert::path_outcome(with_session(session, |s| {
+            with::<P, _>(|p| p.mail(s, &sender, &params))
+        }))
     }
 
     pub fn rcpt<P: Plugin>(
-        session: wit::Session,
+        session: u32,
         envelope: wit::Envelope,
         recipient: String,
         params: Vec<wit::Param>,
     ) -> wit::PathOutcome {
         let params = convert::params(params);
         let envelope = envelope.into();
-        convert::path_outcome(with::<P, _>(|p| {
-            p.rcpt(&session.into(), &envelope, &recipient, &params)
+        convert::path_outcome(with_session(session, |s| {
+            with::<P, _>(|p| p.rcpt(s, &envelope, &recipient, &params))
         }))
     }
 
     pub fn data<P: Plugin>(
-        session: wit::Session,
+        session: u32,
         envelope: wit::Envelope,
         message: &wit::Message,
     ) -> wit::DataOutcome {
         let message = crate::Message::from_host(message);
         let envelope = envelope.into();
-        convert::data_outcome(with::<P, _>(|p| {
-            p.data(&session.into(), &envelope, &message)
+        convert::data_outcome(with_session(session, |s| {
+            with::<P, _>(|p| p.data(s, &envelope, &message))
         }))
     }
 
-    pub fn session_end<P: Plugin>(session: wit::Session) {
-        with::<P, _>(|p| p.session_end(&session.into()))
+    pub fn session_end<P: Plugin>(session: u32) {
+        with_session(session, |s| with::<P, _>(|p| p.session_end(s)))
     }
 }

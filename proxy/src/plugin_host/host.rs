@@ -13,7 +13,7 @@ use wasmtime::{
 use super::{
     KvStore,
     dns::{LookupError, Resolver, to_text},
-    generated::portcullis::plugin::{clock, dns, kv, log, types},
+    generated::portcullis::plugin::{clock, context, dns, kv, log, types},
 };
 use hickory_resolver::proto::rr::{RData, RecordType};
 
@@ -36,6 +36,9 @@ pub struct PluginState {
     services: Services,
     /// When the current call must end.
     pub deadline: Instant,
+    /// The session the plugin was last told about, and its version.
+    known_session: Option<types::Session>,
+    session_version: u32,
 }
 
 impl PluginState {
@@ -48,7 +51,23 @@ impl PluginState {
             table: ResourceTable::new(),
             services,
             deadline: Instant::now(),
+            known_session: None,
+            session_version: 0,
         }
+    }
+
+    /// The version of `session` for the next call: unchanged while the session is,
+    /// so the plugin fetches it (through `context.current`) only when it changed.
+    pub fn session_version(&mut self, session: &types::Session) -> u32 {
+        if self
+            .known_session
+            .as_ref()
+            .is_none_or(|known| !same_session(known, session))
+        {
+            self.known_session = Some(session.clone());
+            self.session_version = self.session_version.wrapping_add(1);
+        }
+        self.session_version
     }
 
     /// The resources lent to the plugin (the message during the DATA hook).
@@ -60,6 +79,16 @@ impl PluginState {
     fn key(&self, key: &str) -> String {
         format!("{}\u{0}{key}", self.plugin)
     }
+}
+
+fn same_session(a: &types::Session, b: &types::Session) -> bool {
+    a.id == b.id
+        && a.listener == b.listener
+        && a.client_ip == b.client_ip
+        && a.client_port == b.client_port
+        && a.helo == b.helo
+        && a.tls == b.tls
+        && a.login == b.login
 }
 
 /// The message the DATA hook reads: header fields, and the spooled body, which is
@@ -178,6 +207,14 @@ impl dns::Host for PluginState {
     }
 }
 
+impl context::Host for PluginState {
+    async fn current(&mut self) -> Result<types::Session> {
+        self.known_session
+            .clone()
+            .ok_or_else(|| wasmtime::Error::msg("no session yet"))
+    }
+}
+
 impl clock::Host for PluginState {
     async fn now_ms(&mut self) -> Result<u64> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
@@ -210,5 +247,43 @@ impl types::HostMessage for PluginState {
     async fn drop(&mut self, message: Resource<MessageResource>) -> Result<()> {
         self.table.delete(message)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(helo: Option<&str>) -> types::Session {
+        types::Session {
+            id: "s1".into(),
+            listener: "mx".into(),
+            client_ip: "192.0.2.1".into(),
+            client_port: 4000,
+            helo: helo.map(Into::into),
+            tls: false,
+            login: None,
+        }
+    }
+
+    #[test]
+    fn the_session_version_changes_only_with_the_session() {
+        let services = Services {
+            kv: Arc::new(KvStore::default()),
+            dns: Arc::new(Resolver::offline()),
+        };
+        let mut state = PluginState::new("p".into(), "s1", StoreLimits::default(), services);
+        let first = state.session_version(&session(None));
+        assert_eq!(state.session_version(&session(None)), first);
+        let after_helo = state.session_version(&session(Some("client.example")));
+        assert_ne!(after_helo, first);
+        assert_eq!(
+            state.session_version(&session(Some("client.example"))),
+            after_helo
+        );
+        assert_eq!(
+            state.known_session.as_ref().and_then(|s| s.helo.as_deref()),
+            Some("client.example")
+        );
     }
 }

@@ -347,18 +347,21 @@ impl PluginInstance {
         self.store.set_epoch_deadline(1);
     }
 
-    fn parts(&mut self) -> (&Plugin, &mut Store<host::PluginState>) {
+    /// The bindings, the store and the session's version, ready for a call.
+    fn parts(&mut self, session: &abi::Session) -> (&Plugin, &mut Store<host::PluginState>, u32) {
         self.arm();
+        let version = self.store.data_mut().session_version(session);
         (
             self.bindings.as_ref().expect("instantiated"),
             &mut self.store,
+            version,
         )
     }
 
     /// The connect hook.
     pub async fn connect(&mut self, session: &abi::Session) -> Result<abi::Verdict, PluginError> {
-        let (bindings, store) = self.parts();
-        bindings.call_on_connect(store, session).await.map_err(trap)
+        let (bindings, store, version) = self.parts(session);
+        bindings.call_on_connect(store, version).await.map_err(trap)
     }
 
     /// The HELO hook.
@@ -367,9 +370,9 @@ impl PluginInstance {
         session: &abi::Session,
         name: &str,
     ) -> Result<abi::HeloOutcome, PluginError> {
-        let (bindings, store) = self.parts();
+        let (bindings, store, version) = self.parts(session);
         bindings
-            .call_on_helo(store, session, name)
+            .call_on_helo(store, version, name)
             .await
             .map_err(trap)
     }
@@ -381,9 +384,9 @@ impl PluginInstance {
         sender: &str,
         params: &[abi::Param],
     ) -> Result<abi::PathOutcome, PluginError> {
-        let (bindings, store) = self.parts();
+        let (bindings, store, version) = self.parts(session);
         bindings
-            .call_on_mail(store, session, sender, params)
+            .call_on_mail(store, version, sender, params)
             .await
             .map_err(trap)
     }
@@ -396,9 +399,9 @@ impl PluginInstance {
         recipient: &str,
         params: &[abi::Param],
     ) -> Result<abi::PathOutcome, PluginError> {
-        let (bindings, store) = self.parts();
+        let (bindings, store, version) = self.parts(session);
         bindings
-            .call_on_rcpt(store, session, envelope, recipient, params)
+            .call_on_rcpt(store, version, envelope, recipient, params)
             .await
             .map_err(trap)
     }
@@ -417,9 +420,9 @@ impl PluginInstance {
             .push(message)
             .map_err(|error| PluginError::Trap(error.to_string()))?;
         let borrowed = Resource::new_borrow(owned.rep());
-        let (bindings, store) = self.parts();
+        let (bindings, store, version) = self.parts(session);
         let result = bindings
-            .call_on_data(&mut *store, session, envelope, borrowed)
+            .call_on_data(&mut *store, version, envelope, borrowed)
             .await
             .map_err(trap);
         let _ = store.data_mut().table().delete(owned);
@@ -428,9 +431,9 @@ impl PluginInstance {
 
     /// The session-end hook.
     pub async fn session_end(&mut self, session: &abi::Session) -> Result<(), PluginError> {
-        let (bindings, store) = self.parts();
+        let (bindings, store, version) = self.parts(session);
         bindings
-            .call_on_session_end(store, session)
+            .call_on_session_end(store, version)
             .await
             .map_err(trap)
     }
