@@ -3,8 +3,11 @@
 //!
 //! Layers, data flowing one way: [`config`] → [`listener`] → [`session`] (the only
 //! place that decides) → [`smtp`] (protocol as data, no I/O) → [`upstream`] (the client
-//! side of the relay). [`connection`] is the shared bytes ↔ lines plumbing;
-//! [`devupstream`] is the built-in development upstream for trying things out.
+//! side of the relay). The session asks [`hooks`] (plugin chains) at each stage, which
+//! runs [`plugin_host`] (wasmtime, the only module naming it); [`message`] is the
+//! spooled message of the DATA hook and its edits; [`replay`] runs a chain offline.
+//! [`connection`] is the shared bytes ↔ lines plumbing; [`devupstream`] is the
+//! built-in development upstream for trying things out.
 
 #![forbid(unsafe_code)]
 

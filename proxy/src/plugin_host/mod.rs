@@ -7,7 +7,9 @@
 //! interruption: an endless loop yields to the runtime every tick and traps once its
 //! time is up). A trap, a timeout or a memory bomb ends that one call with a
 //! [`PluginError`]; the instance is then dropped, and the caller applies the
-//! plugin's `on_error` policy.
+//! plugin's `on_error` policy. Instances get memory on demand or from a pool
+//! ([`Capacity`], `server.plugin_allocator`). Plugins see no WASI except the hash seed
+//! std's `HashMap` asks for.
 
 pub mod dns;
 mod host;
