@@ -3,8 +3,9 @@
 //! The session reads commands, checks them against its state and limits, relays MAIL,
 //! RCPT and DATA to the upstream in lock step, and relays the upstream's replies. It
 //! is generic over its stream, so unit tests drive it over `tokio::io::duplex`.
-//! Stages where plugins will hook in: connect ([`Session::run`]), HELO
-//! ([`Session::helo`]), MAIL and RCPT (`transaction.rs`), DATA (`data.rs`).
+//! Plugins are asked through `hooks` at connect ([`Session::run`]), HELO (`helo`),
+//! MAIL and RCPT (`transaction.rs`) and DATA (`data.rs` streams when no plugin wants
+//! the message, `spooled.rs` spools it for them).
 
 mod data;
 pub mod replies;
