@@ -113,6 +113,17 @@ impl Message {
 
     /// Applies one edit, or refuses it and leaves the message as it was.
     pub fn apply(&mut self, edit: Edit) -> Result<(), EditError> {
+        let had_header = !self.headers.is_empty();
+        self.apply_edit(edit)?;
+        if !had_header && !self.headers.is_empty() {
+            // A message that had no header block gets one: its body must not run on
+            // from the new field as if it were more header.
+            self.separator = true;
+        }
+        Ok(())
+    }
+
+    fn apply_edit(&mut self, edit: Edit) -> Result<(), EditError> {
         match edit {
             Edit::AddHeader(name, value) => self.headers.push(HeaderField::new(&name, &value)?),
             Edit::InsertHeader(index, name, value) => {
@@ -286,6 +297,14 @@ mod tests {
         assert_eq!(block(&m), "A: 1\r\n\r\n");
         assert_eq!(m.recipients, ["a@example.com"]);
         assert!(m.quarantine.is_none());
+    }
+
+    #[test]
+    fn a_field_added_to_a_message_without_header_gets_an_empty_line_after_it() {
+        let mut m = message(b"");
+        m.apply(Edit::AddHeader("X-Tag".into(), "v".into()))
+            .unwrap();
+        assert_eq!(block(&m), "X-Tag: v\r\n\r\n");
     }
 
     #[test]
