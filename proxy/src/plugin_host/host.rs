@@ -62,7 +62,7 @@ impl PluginState {
         if self
             .known_session
             .as_ref()
-            .is_none_or(|known| !same_session(known, session))
+            .is_none_or(|known| known != session)
         {
             self.known_session = Some(session.clone());
             self.session_version = self.session_version.wrapping_add(1);
@@ -79,16 +79,6 @@ impl PluginState {
     fn key(&self, key: &str) -> String {
         format!("{}\u{0}{key}", self.plugin)
     }
-}
-
-fn same_session(a: &types::Session, b: &types::Session) -> bool {
-    a.id == b.id
-        && a.listener == b.listener
-        && a.client_ip == b.client_ip
-        && a.client_port == b.client_port
-        && a.helo == b.helo
-        && a.tls == b.tls
-        && a.login == b.login
 }
 
 /// The message the DATA hook reads: header fields, and the spooled body, which is

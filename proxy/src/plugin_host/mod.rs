@@ -35,6 +35,7 @@ mod generated {
         world: "plugin",
         imports: { default: async | trappable },
         exports: { default: async },
+        additional_derives: [PartialEq],
         with: {
             "portcullis:plugin/types.message": crate::plugin_host::host::MessageResource,
         },
