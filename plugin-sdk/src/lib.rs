@@ -55,6 +55,21 @@ pub type Config = toml::Table;
 /// The TOML crate the configuration comes in, for reading its values.
 pub use toml;
 
+/// The list of strings at `key` of a configuration table; empty if the key is absent,
+/// an error naming the key if it is not a list of strings.
+pub fn config_strings(config: &Config, key: &str) -> Result<Vec<String>, String> {
+    let Some(value) = config.get(key) else {
+        return Ok(Vec::new());
+    };
+    let invalid = || format!("{key} must be a list of strings");
+    value
+        .as_array()
+        .ok_or_else(invalid)?
+        .iter()
+        .map(|item| item.as_str().map(str::to_string).ok_or_else(invalid))
+        .collect()
+}
+
 /// A filter plugin. Every hook has a default that continues, so implement only the
 /// stages you need and return them from [`Plugin::init`]; the proxy never calls the
 /// others.

@@ -76,18 +76,13 @@ fn raw_message(message: &Message) -> Vec<u8> {
 
 impl Plugin for Attachments {
     fn init(config: &Config) -> Result<(Self, Hooks), String> {
-        let blocked = match config.get("blocked_extensions") {
-            None => DEFAULT_BLOCKED.iter().map(|e| e.to_string()).collect(),
-            Some(value) => value
-                .as_array()
-                .ok_or("blocked_extensions must be a list of strings")?
+        let blocked = if config.contains_key("blocked_extensions") {
+            portcullis_sdk::config_strings(config, "blocked_extensions")?
                 .iter()
-                .map(|v| {
-                    v.as_str()
-                        .map(|e| e.trim_start_matches('.').to_ascii_lowercase())
-                        .ok_or("blocked_extensions must be a list of strings")
-                })
-                .collect::<Result<_, _>>()?,
+                .map(|e| e.trim_start_matches('.').to_ascii_lowercase())
+                .collect()
+        } else {
+            DEFAULT_BLOCKED.iter().map(|e| e.to_string()).collect()
         };
         let max_size = match config.get("max_size") {
             None => 10 * 1024 * 1024,

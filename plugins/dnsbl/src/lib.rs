@@ -31,20 +31,13 @@ enum Listing {
     Unknown,
 }
 
-fn strings(config: &Config, key: &str) -> Result<Vec<String>, String> {
-    match config.get(key) {
-        None => Ok(Vec::new()),
-        Some(value) => value
-            .as_array()
-            .ok_or(format!("{key} must be a list of strings"))?
-            .iter()
-            .map(|item| {
-                item.as_str()
-                    .map(|s| s.trim_end_matches('.').to_ascii_lowercase())
-                    .ok_or(format!("{key} must be a list of strings"))
-            })
-            .collect(),
-    }
+/// A list of names or addresses from the config, lower-cased, without a final dot.
+fn names(config: &Config, key: &str) -> Result<Vec<String>, String> {
+    let list = portcullis_sdk::config_strings(config, key)?;
+    Ok(list
+        .iter()
+        .map(|s| s.trim_end_matches('.').to_ascii_lowercase())
+        .collect())
 }
 
 /// The name to look up for `ip` in `zone`: reversed octets, or reversed nibbles for
@@ -117,7 +110,7 @@ fn sanitize(reason: &str) -> String {
 
 impl Plugin for Dnsbl {
     fn init(config: &Config) -> Result<(Self, Hooks), String> {
-        let zones = strings(config, "zones")?;
+        let zones = names(config, "zones")?;
         if zones.is_empty() {
             return Err("zones must list at least one blocklist zone".into());
         }
@@ -138,7 +131,7 @@ impl Plugin for Dnsbl {
             zones,
             cache: Duration::from_secs(cache),
             tempfail_on_error,
-            skip: strings(config, "skip")?,
+            skip: names(config, "skip")?,
         };
         Ok((plugin, Hooks::CONNECT))
     }

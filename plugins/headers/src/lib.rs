@@ -14,7 +14,8 @@
 //! Removals happen before additions, so a removed field can be replaced by our own.
 
 use portcullis_sdk::{
-    Config, DataOutcome, Envelope, Header, Hooks, Message, MessageEdit, Plugin, Session, toml,
+    Config, DataOutcome, Envelope, Header, Hooks, Message, MessageEdit, Plugin, Session,
+    config_strings, toml,
 };
 
 /// When a subject tag applies.
@@ -45,19 +46,6 @@ fn string(table: &toml::Table, key: &str, context: &str) -> Result<String, Strin
         .ok_or(format!("{context} needs a string {key}"))
 }
 
-fn string_list(value: &toml::Value, context: &str) -> Result<Vec<String>, String> {
-    value
-        .as_array()
-        .ok_or(format!("{context} must be a list of strings"))?
-        .iter()
-        .map(|item| {
-            item.as_str()
-                .map(str::to_string)
-                .ok_or(format!("{context} must be a list of strings"))
-        })
-        .collect()
-}
-
 fn tables<'a>(config: &'a Config, key: &str) -> Result<Vec<&'a toml::Table>, String> {
     match config.get(key) {
         None => Ok(Vec::new()),
@@ -75,8 +63,8 @@ fn tables<'a>(config: &'a Config, key: &str) -> Result<Vec<&'a toml::Table>, Str
 
 fn subject_tag(table: &toml::Table) -> Result<SubjectTag, String> {
     let tag = string(table, "tag", "each subject_tags entry")?;
-    let condition = if let Some(domains) = table.get("sender_domain_not_in") {
-        let domains = string_list(domains, "sender_domain_not_in")?;
+    let condition = if table.contains_key("sender_domain_not_in") {
+        let domains = config_strings(table, "sender_domain_not_in")?;
         Condition::SenderDomainNotIn(domains.iter().map(|d| d.to_ascii_lowercase()).collect())
     } else if table.contains_key("header") {
         Condition::HeaderContains {
@@ -118,10 +106,7 @@ fn expand(template: &str, session: &Session) -> String {
 
 impl Plugin for Headers {
     fn init(config: &Config) -> Result<(Self, Hooks), String> {
-        let remove = match config.get("remove") {
-            None => Vec::new(),
-            Some(value) => string_list(value, "remove")?,
-        };
+        let remove = config_strings(config, "remove")?;
         let add = tables(config, "add")?
             .into_iter()
             .map(|t| {

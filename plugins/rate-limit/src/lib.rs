@@ -78,19 +78,7 @@ impl Plugin for RateLimit {
         if per_client.is_none() && per_login.is_none() {
             return Err("set per_client, per_login or both".into());
         }
-        let skip = match config.get("skip") {
-            None => Vec::new(),
-            Some(value) => value
-                .as_array()
-                .ok_or("skip must be a list of addresses")?
-                .iter()
-                .map(|v| {
-                    v.as_str()
-                        .map(str::to_string)
-                        .ok_or("skip must be a list of addresses")
-                })
-                .collect::<Result<_, _>>()?,
-        };
+        let skip = portcullis_sdk::config_strings(config, "skip")?;
         Ok((
             RateLimit {
                 per_client,

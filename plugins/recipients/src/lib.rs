@@ -22,20 +22,10 @@ pub struct Recipients {
     max_recipients: usize,
 }
 
-fn strings(config: &Config, key: &str) -> Result<Vec<String>, String> {
-    match config.get(key) {
-        None => Ok(Vec::new()),
-        Some(value) => value
-            .as_array()
-            .ok_or(format!("{key} must be a list of strings"))?
-            .iter()
-            .map(|item| {
-                item.as_str()
-                    .map(str::to_ascii_lowercase)
-                    .ok_or(format!("{key} must be a list of strings"))
-            })
-            .collect(),
-    }
+/// A list of strings from the config, lower-cased (comparisons ignore case).
+fn lowercase_strings(config: &Config, key: &str) -> Result<Vec<String>, String> {
+    let list = portcullis_sdk::config_strings(config, key)?;
+    Ok(list.iter().map(|s| s.to_ascii_lowercase()).collect())
 }
 
 impl Recipients {
@@ -72,8 +62,8 @@ impl Plugin for Recipients {
                 as usize,
         };
         let plugin = Recipients {
-            domains: strings(config, "domains")?,
-            addresses: strings(config, "addresses")?,
+            domains: lowercase_strings(config, "domains")?,
+            addresses: lowercase_strings(config, "addresses")?,
             aliases,
             max_recipients,
         };
