@@ -3,6 +3,7 @@
 //! name on disk, so nothing is left behind even if the proxy is killed).
 
 use std::{
+    borrow::Cow,
     io::{Seek, SeekFrom, Write},
     os::unix::fs::FileExt,
     path::PathBuf,
@@ -45,26 +46,29 @@ impl Body {
 
     /// Up to `length` octets from `offset` (fewer at the end, none past it).
     pub async fn read_at(&self, offset: u64, length: usize) -> std::io::Result<Vec<u8>> {
+        Ok(self.chunk_at(offset, length).await?.into_owned())
+    }
+
+    /// Like [`Body::read_at`], but a body in memory is lent, not copied.
+    pub async fn chunk_at(&self, offset: u64, length: usize) -> std::io::Result<Cow<'_, [u8]>> {
         let length = usize::try_from(self.len().saturating_sub(offset))
             .unwrap_or(usize::MAX)
             .min(length);
         if length == 0 {
-            return Ok(Vec::new());
+            return Ok(Cow::Borrowed(&[]));
         }
         match self {
             Body::Memory(bytes) => {
                 let start = offset as usize;
-                Ok(bytes[start..start + length].to_vec())
+                Ok(Cow::Borrowed(&bytes[start..start + length]))
             }
             Body::File { file, .. } => {
                 let file = file.clone();
-                tokio::task::spawn_blocking(move || {
+                let read = tokio::task::spawn_blocking(move || {
                     let mut buffer = vec![0; length];
-                    file.read_exact_at(&mut buffer, offset)?;
-                    Ok(buffer)
-                })
-                .await
-                .map_err(std::io::Error::other)?
+                    file.read_exact_at(&mut buffer, offset).map(|()| buffer)
+                });
+                Ok(Cow::Owned(read.await.map_err(std::io::Error::other)??))
             }
         }
     }

@@ -242,7 +242,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return replies::upstream_lost();
         };
         let result = loop {
-            let chunk = match message.body.read_at(offset, SPOOL_READ_SIZE).await {
+            let chunk = match message.body.chunk_at(offset, SPOOL_READ_SIZE).await {
                 Ok(chunk) => chunk,
                 Err(error) => {
                     warn!(%error, "cannot read the spooled message");
