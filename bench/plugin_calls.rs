@@ -35,6 +35,7 @@ fn load(runtime: &tokio::runtime::Runtime, crate_name: &str, config: &str) -> Ar
                 instances: 1000,
                 max_memory: 32 << 20,
             },
+            Default::default(),
         )
         .unwrap()
         .load(crate_name, &config)

@@ -45,8 +45,8 @@ pub mod testing;
 
 pub use message::Message;
 pub use types::{
-    DataOutcome, Envelope, Header, HeloOutcome, Hooks, MessageEdit, Param, PathOutcome, Reply,
-    Session, Verdict,
+    DataOutcome, Envelope, Header, HeloOutcome, Hooks, LoginCheck, MessageEdit, Param, PathOutcome,
+    Reply, Session, Verdict,
 };
 
 /// The plugin's own configuration: its `config` table from the proxy's TOML file.
@@ -121,6 +121,19 @@ pub trait Plugin: Sized + 'static {
 
     /// The session ended.
     fn session_end(&mut self, _session: &Session) {}
+
+    /// Only for a plugin named as a listener's `auth.verifier` (ask for
+    /// [`Hooks::VERIFY_LOGIN`]): checks a password. Called in an instance of its own,
+    /// and the only call that ever sees a password; never log it.
+    fn verify_login(
+        &mut self,
+        _session: &Session,
+        _mechanism: &str,
+        _login: &str,
+        _password: &str,
+    ) -> LoginCheck {
+        LoginCheck::Unavailable
+    }
 }
 
 /// The bindings generated from `wit/portcullis.wit`. Not for plugin authors.
@@ -180,6 +193,14 @@ macro_rules! export {
             }
             fn on_session_end(session: u32) {
                 $crate::__runtime::session_end::<$plugin>(session)
+            }
+            fn verify_login(
+                session: u32,
+                mechanism: String,
+                login: String,
+                password: String,
+            ) -> $crate::__runtime::wit::LoginCheck {
+                $crate::__runtime::verify_login::<$plugin>(session, mechanism, login, password)
             }
         }
 
@@ -290,5 +311,21 @@ pub mod __runtime {
 
     pub fn session_end<P: Plugin>(session: u32) {
         with_session(session, |s| with::<P, _>(|p| p.session_end(s)))
+    }
+
+    pub fn verify_login<P: Plugin>(
+        session: u32,
+        mechanism: String,
+        login: String,
+        password: String,
+    ) -> wit::LoginCheck {
+        let check = with_session(session, |s| {
+            with::<P, _>(|p| p.verify_login(s, &mechanism, &login, &password))
+        });
+        match check {
+            crate::LoginCheck::Valid => wit::LoginCheck::Valid,
+            crate::LoginCheck::Invalid => wit::LoginCheck::Invalid,
+            crate::LoginCheck::Unavailable => wit::LoginCheck::Unavailable,
+        }
     }
 }

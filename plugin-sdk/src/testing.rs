@@ -28,8 +28,8 @@
 //! ```
 
 use crate::{
-    Config, DataOutcome, Envelope, HeloOutcome, Hooks, Message, Param, PathOutcome, Plugin,
-    Session, Verdict, dns::DnsError, log::Level,
+    Config, DataOutcome, Envelope, HeloOutcome, Hooks, LoginCheck, Message, Param, PathOutcome,
+    Plugin, Session, Verdict, dns::DnsError, log::Level,
 };
 
 /// One plugin instance driven like the proxy drives it: hooks the plugin did not ask
@@ -104,6 +104,16 @@ impl<P: Plugin> Harness<P> {
             return Verdict::Continue;
         }
         self.plugin.auth(&self.session, mechanism, login)
+    }
+
+    /// Runs the verifier's password check, as the proxy does for a listener whose
+    /// `auth.verifier` names this plugin.
+    pub fn verify_login(&mut self, mechanism: &str, login: &str, password: &str) -> LoginCheck {
+        if !self.hooks.contains(Hooks::VERIFY_LOGIN) {
+            return LoginCheck::Unavailable;
+        }
+        self.plugin
+            .verify_login(&self.session, mechanism, login, password)
     }
 
     /// Runs the MAIL hook for `sender` (no brackets) and starts a new envelope.

@@ -30,6 +30,18 @@ impl Reply {
     }
 }
 
+/// A verifier's answer: does the password match the login?
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoginCheck {
+    /// It does: the client gets 235 (unless an AUTH hook refuses).
+    Valid,
+    /// It does not, or the login is unknown: 535 5.7.8.
+    Invalid,
+    /// Cannot tell now (a backend is down): 454 4.7.0, the client tries later.
+    #[default]
+    Unavailable,
+}
+
 /// What a hook decides for its stage. The first verdict in the chain that is not
 /// `Continue` decides the stage.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -82,6 +94,9 @@ impl Hooks {
     pub const DATA: Hooks = Hooks(1 << 5);
     /// [`crate::Plugin::session_end`].
     pub const SESSION_END: Hooks = Hooks(1 << 6);
+    /// [`crate::Plugin::verify_login`]: the plugin checks passwords for listeners
+    /// that name it as `auth.verifier`.
+    pub const VERIFY_LOGIN: Hooks = Hooks(1 << 7);
 
     /// True if every hook in `other` is in `self`.
     pub fn contains(self, other: Hooks) -> bool {

@@ -8,7 +8,14 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
-pub use crate::smtp::data::BareLineEndings;
+pub use crate::{
+    auth::Mechanism,
+    smtp::data::BareLineEndings,
+    tls::{
+        client::{Trust, UpstreamTls},
+        server::CertificateFiles,
+    },
+};
 
 /// A configuration error: which key, on which line, and what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +48,121 @@ pub struct Config {
     pub quarantine: QuarantineConfig,
     /// The resolver plugins' DNS lookups go through.
     pub dns: DnsConfig,
+    /// Certificates offered to clients.
+    pub tls: TlsConfig,
+    /// Failed-AUTH throttling per client address.
+    pub auth_throttle: ThrottleConfig,
+}
+
+/// `[tls]`: the certificates offered to clients on listeners with TLS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Certificate chains and keys; the one covering the client's SNI name is used,
+    /// the first one when none does.
+    pub certificate: Vec<CertificateFiles>,
+    /// Longest time a TLS handshake may take.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            certificate: Vec::new(),
+            handshake_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[auth_throttle]`: failed AUTH attempts per client address, counted in the shared
+/// key-value store. Each failure waits `delay × failures` (at most `max_delay`) before
+/// its 535; past `max_failures` within `window` the client gets 421 4.7.0.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThrottleConfig {
+    /// Failures allowed per address within the window.
+    pub max_failures: u32,
+    /// How long failures are remembered (from the first one).
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Added delay per failure.
+    #[serde(with = "humantime_serde")]
+    pub delay: Duration,
+    /// Longest delay.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        Self {
+            max_failures: 10,
+            window: Duration::from_secs(15 * 60),
+            delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+/// TLS on a listener or toward the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plaintext only.
+    #[default]
+    None,
+    /// Plaintext, upgraded by STARTTLS (RFC 3207).
+    Starttls,
+    /// TLS from the first byte (port 465, RFC 8314).
+    Implicit,
+}
+
+/// Who checks the credentials of SMTP AUTH on a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// AUTH is not offered.
+    #[default]
+    Off,
+    /// The proxy checks them (credentials file or verifier plugin).
+    Edge,
+    /// The upstream does: the exchange is relayed.
+    Passthrough,
+}
+
+/// `[listener.auth]`, validated.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    /// Who checks credentials.
+    pub mode: AuthMode,
+    /// The mechanisms offered, in order.
+    pub mechanisms: Vec<Mechanism>,
+    /// Offer AUTH before TLS too.
+    pub allow_plaintext: bool,
+    /// MAIL without AUTH gets 530 5.7.0.
+    pub required: bool,
+    /// Edge mode: the file of logins and password hashes.
+    pub credentials: Option<PathBuf>,
+    /// Edge mode: the plugin that checks passwords instead of a file.
+    pub verifier: Option<String>,
+    /// Which logins may use which sender addresses or domains.
+    pub sender_logins: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(default)]
+    mode: AuthMode,
+    mechanisms: Option<Vec<Mechanism>>,
+    #[serde(default)]
+    allow_plaintext: bool,
+    #[serde(default)]
+    required: bool,
+    credentials: Option<PathBuf>,
+    verifier: Option<String>,
+    sender_logins: Option<PathBuf>,
 }
 
 /// `[dns]`: the resolver behind the plugins' DNS lookups.
@@ -217,6 +339,12 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     /// The plugin chain of this listener, in order (names of `[plugins.NAME]`).
     pub plugins: Vec<String>,
+    /// TLS toward clients.
+    pub tls: TlsMode,
+    /// MAIL before TLS gets 530 5.7.0.
+    pub require_tls: bool,
+    /// SMTP AUTH.
+    pub auth: AuthConfig,
 }
 
 /// What a session gets when a plugin fails (trap, timeout, memory, invalid result).
@@ -296,6 +424,17 @@ pub struct UpstreamConfig {
     pub capabilities_refresh: Duration,
     /// Keeping idle upstream sessions for later client sessions.
     pub reuse: ReuseConfig,
+    /// TLS toward the upstream.
+    pub tls: UpstreamTlsConfig,
+}
+
+/// TLS toward the upstream, validated.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamTlsConfig {
+    /// None, STARTTLS after EHLO, or TLS from the first byte.
+    pub mode: TlsMode,
+    /// The handshake runner, with the trust anchors read (`None` without TLS).
+    pub connector: Option<UpstreamTls>,
 }
 
 /// `[upstream.reuse]`: idle upstream sessions kept for the next client session, like
@@ -388,6 +527,10 @@ pub struct RawConfig {
     quarantine: Option<Spanned<QuarantineConfig>>,
     #[serde(default)]
     dns: DnsConfig,
+    #[serde(default)]
+    tls: TlsConfig,
+    #[serde(default)]
+    auth_throttle: ThrottleConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -396,6 +539,9 @@ struct RawListener {
     name: Spanned<String>,
     address: SocketAddr,
     plugins: Option<Spanned<Vec<String>>>,
+    tls: Option<Spanned<TlsMode>>,
+    require_tls: Option<Spanned<bool>>,
+    auth: Option<Spanned<RawAuth>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -410,6 +556,11 @@ struct RawUpstream {
     #[serde(default = "default_capabilities_refresh", with = "humantime_serde")]
     capabilities_refresh: Duration,
     reuse: Option<Spanned<ReuseConfig>>,
+    tls: Option<Spanned<TlsMode>>,
+    tls_ca: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    tls_insecure: bool,
+    tls_server_name: Option<String>,
 }
 
 fn default_client_address() -> ClientAddressMode {
@@ -494,15 +645,46 @@ impl RawConfig {
                     &format!("no [plugins.{missing}] is configured"),
                 ));
             }
+            let (tls_span, tls) = raw
+                .tls
+                .map(|t| (t.span().start, t.into_inner()))
+                .unwrap_or_default();
+            if tls != TlsMode::None && self.tls.certificate.is_empty() {
+                return Err(error(
+                    &format!("listener[{index}].tls"),
+                    tls_span,
+                    "TLS needs a certificate: add a [[tls.certificate]] with cert and key",
+                ));
+            }
+            let require_tls = raw.require_tls.map(|r| (r.span().start, r.into_inner()));
+            if let Some((span, true)) = require_tls
+                && tls != TlsMode::Starttls
+            {
+                return Err(error(
+                    &format!("listener[{index}].require_tls"),
+                    span,
+                    "only meaningful with tls = \"starttls\" (implicit TLS is always encrypted)",
+                ));
+            }
+            let auth = match raw.auth {
+                Some(auth) => validate_auth(index, auth, &self.plugins, line_of)?,
+                None => AuthConfig::default(),
+            };
             listeners.push(ListenerConfig {
                 name: raw.name.into_inner(),
                 address: raw.address,
                 plugins: plugins.1,
+                tls,
+                require_tls: require_tls.is_some_and(|(_, r)| r),
+                auth,
             });
         }
         let upstream_span = self.upstream.span();
         let upstream = self.upstream.into_inner();
-        let target = match (upstream.address, upstream.development_folder) {
+        let target = match (
+            upstream.address.clone(),
+            upstream.development_folder.clone(),
+        ) {
             (Some(address), None) => {
                 let (host, port) = address.get_ref().rsplit_once(':').unwrap_or(("", ""));
                 if host.is_empty() || port.parse::<u16>().is_err() {
@@ -544,6 +726,7 @@ impl RawConfig {
                 "upstream sessions cannot be reused with the PROXY protocol (its header describes one client)",
             ));
         }
+        let tls = validate_upstream_tls(&upstream, &target, line_of)?;
         let (quarantine_span, quarantine) = self
             .quarantine
             .map(|q| (q.span(), q.into_inner()))
@@ -581,9 +764,128 @@ impl RawConfig {
                 timeouts: upstream.timeouts,
                 capabilities_refresh: upstream.capabilities_refresh,
                 reuse: upstream.reuse.map(Spanned::into_inner).unwrap_or_default(),
+                tls,
             },
+            tls: self.tls,
+            auth_throttle: self.auth_throttle,
         })
     }
+}
+
+fn validate_auth(
+    index: usize,
+    raw: Spanned<RawAuth>,
+    plugins: &std::collections::BTreeMap<String, PluginConfig>,
+    line_of: &dyn Fn(usize) -> usize,
+) -> Result<AuthConfig, ConfigError> {
+    let span = raw.span().start;
+    let raw = raw.into_inner();
+    let error = |key: &str, message: &str| ConfigError {
+        key: format!("listener[{index}].auth.{key}"),
+        line: Some(line_of(span)),
+        message: message.into(),
+    };
+    match raw.mode {
+        AuthMode::Edge => match (&raw.credentials, &raw.verifier) {
+            (None, None) => {
+                return Err(error(
+                    "credentials",
+                    "edge mode needs a credentials file or a verifier plugin",
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(error("verifier", "set credentials or verifier, not both"));
+            }
+            (None, Some(verifier)) if !plugins.contains_key(verifier) => {
+                return Err(error(
+                    "verifier",
+                    &format!("no [plugins.{verifier}] is configured"),
+                ));
+            }
+            _ => {}
+        },
+        AuthMode::Passthrough | AuthMode::Off => {
+            if raw.credentials.is_some() || raw.verifier.is_some() {
+                return Err(error(
+                    "credentials",
+                    "credentials and verifier are for mode = \"edge\" only",
+                ));
+            }
+            if raw.required && raw.mode == AuthMode::Off {
+                return Err(error(
+                    "required",
+                    "AUTH cannot be required when mode = \"off\"",
+                ));
+            }
+        }
+    }
+    let mechanisms = raw
+        .mechanisms
+        .unwrap_or_else(|| vec![Mechanism::Plain, Mechanism::Login]);
+    if raw.mode != AuthMode::Off && mechanisms.is_empty() {
+        return Err(error("mechanisms", "at least one mechanism is needed"));
+    }
+    Ok(AuthConfig {
+        mode: raw.mode,
+        mechanisms,
+        allow_plaintext: raw.allow_plaintext,
+        required: raw.required,
+        credentials: raw.credentials,
+        verifier: raw.verifier,
+        sender_logins: raw.sender_logins,
+    })
+}
+
+fn validate_upstream_tls(
+    upstream: &RawUpstream,
+    target: &UpstreamTarget,
+    line_of: &dyn Fn(usize) -> usize,
+) -> Result<UpstreamTlsConfig, ConfigError> {
+    let Some(mode) = &upstream.tls else {
+        return Ok(UpstreamTlsConfig::default());
+    };
+    let error = |key: &str, span: usize, message: &str| ConfigError {
+        key: format!("upstream.{key}"),
+        line: Some(line_of(span)),
+        message: message.into(),
+    };
+    let trust = match (&upstream.tls_ca, upstream.tls_insecure) {
+        (Some(ca), true) => {
+            return Err(error(
+                "tls_ca",
+                ca.span().start,
+                "set tls_ca or tls_insecure, not both",
+            ));
+        }
+        (Some(ca), false) => Trust::CaFile(ca.get_ref().clone()),
+        (None, true) => Trust::Insecure,
+        (None, false) => Trust::SystemRoots,
+    };
+    let server_name = match (&upstream.tls_server_name, target) {
+        (Some(name), _) => name.clone(),
+        (None, UpstreamTarget::Address(address)) => address
+            .rsplit_once(':')
+            .map(|(host, _)| host.trim_matches(['[', ']']).to_string())
+            .unwrap_or_default(),
+        (None, UpstreamTarget::Development(_)) => "localhost".into(),
+    };
+    if *mode.get_ref() == TlsMode::None {
+        return Ok(UpstreamTlsConfig::default());
+    }
+    let key = match trust {
+        Trust::CaFile(_) => "tls_ca",
+        _ => "tls",
+    };
+    let span = upstream
+        .tls_ca
+        .as_ref()
+        .map_or(mode.span().start, |ca| ca.span().start);
+    let connector =
+        UpstreamTls::new(&trust, &server_name).map_err(|e| error(key, span, &e.to_string()))?;
+    Ok(UpstreamTlsConfig {
+        mode: *mode.get_ref(),
+        connector: Some(connector),
+    })
 }
 
 fn at_least<'de, D: Deserializer<'de>>(

@@ -121,4 +121,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub fn stream(&self) -> &S {
         &self.stream
     }
+
+    /// The underlying stream, to replace it (STARTTLS).
+    pub fn stream_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
 }

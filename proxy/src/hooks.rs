@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tracing::{debug, info, warn};
 
 use crate::{
+    auth::{Check, Credentials},
     config::OnError,
     message::{Edit, Message},
     plugin_host::{LoadedPlugin, MessageResource, PluginError, PluginInstance, abi},
@@ -44,6 +45,7 @@ pub enum Decision {
 enum Stage {
     Connect,
     Helo,
+    Auth,
     Mail,
     Rcpt,
     Data,
@@ -55,6 +57,7 @@ impl Stage {
         match self {
             Stage::Connect => abi::Hooks::CONNECT,
             Stage::Helo => abi::Hooks::HELO,
+            Stage::Auth => abi::Hooks::AUTH,
             Stage::Mail => abi::Hooks::MAIL,
             Stage::Rcpt => abi::Hooks::RCPT,
             Stage::Data => abi::Hooks::DATA,
@@ -66,6 +69,7 @@ impl Stage {
         match self {
             Stage::Connect => "connect",
             Stage::Helo => "helo",
+            Stage::Auth => "auth",
             Stage::Mail => "mail",
             Stage::Rcpt => "rcpt",
             Stage::Data => "data",
@@ -180,16 +184,34 @@ impl SessionHooks {
 
     /// The connect hook over the chain.
     pub async fn connect(&mut self, session: &abi::Session) -> Decision {
+        self.verdict_stage(Stage::Connect, session, None).await
+    }
+
+    /// The AUTH hook, after a login was verified: `mechanism` and `login`, never a
+    /// password.
+    pub async fn auth(&mut self, session: &abi::Session, mechanism: &str, login: &str) -> Decision {
+        self.verdict_stage(Stage::Auth, session, Some((mechanism, login)))
+            .await
+    }
+
+    /// A stage whose hooks return a bare verdict (connect, or AUTH with its login).
+    async fn verdict_stage(
+        &mut self,
+        stage: Stage,
+        session: &abi::Session,
+        login: Option<(&str, &str)>,
+    ) -> Decision {
         let mut decision = Decision::Continue;
-        for index in self.wanting(Stage::Connect) {
-            let outcome = match self.instance(index).await {
-                Ok(instance) => instance.connect(session).await.map(|v| (v, ())),
-                Err(error) => Err(error),
+        for index in self.wanting(stage) {
+            let outcome = match (self.instance(index).await, login) {
+                (Ok(instance), None) => instance.connect(session).await,
+                (Ok(instance), Some((mechanism, login))) => {
+                    instance.auth(session, mechanism, login).await
+                }
+                (Err(error), _) => Err(error),
             };
-            let outcome = self.settle(index, Stage::Connect, outcome);
-            if let Some(done) =
-                self.interpret(index, Stage::Connect, outcome, &mut decision, |_| Ok(()))
-            {
+            let outcome = self.settle(index, stage, outcome.map(|v| (v, ())));
+            if let Some(done) = self.interpret(index, stage, outcome, &mut decision, |_| Ok(())) {
                 return done;
             }
         }
@@ -462,6 +484,39 @@ impl SessionHooks {
         match result.and_then(|(verdict, extra)| validate(&verdict).map(|()| (verdict, extra))) {
             Ok((verdict, extra)) => Outcome::Verdict(verdict, extra),
             Err(error) => Outcome::Failed(self.failed(index, stage, error)),
+        }
+    }
+}
+
+/// Asks a listener's verifier plugin whether a login and password match, in an
+/// instance of its own that lives for this call only. A failed call (trap, timeout)
+/// means the verifier is unavailable: 454, never a login.
+pub async fn verify_login(
+    verifier: &LoadedPlugin,
+    session_id: &str,
+    session: &abi::Session,
+    credentials: &Credentials,
+) -> Check {
+    let result = match verifier.instantiate(session_id).await {
+        Ok(mut instance) => {
+            instance
+                .verify_login(
+                    session,
+                    credentials.mechanism.name(),
+                    &credentials.login,
+                    credentials.password.expose(),
+                )
+                .await
+        }
+        Err(error) => Err(error),
+    };
+    match result {
+        Ok(abi::LoginCheck::Valid) => Check::Valid,
+        Ok(abi::LoginCheck::Invalid) => Check::Invalid,
+        Ok(abi::LoginCheck::Unavailable) => Check::Unavailable,
+        Err(error) => {
+            warn!(plugin = %verifier.name, session = %session_id, %error, "verifier plugin failed");
+            Check::Unavailable
         }
     }
 }

@@ -11,16 +11,19 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod devupstream;
 pub mod hooks;
+pub mod kv;
 pub mod listener;
 pub mod message;
 pub mod plugin_host;
 pub mod replay;
 pub mod session;
 pub mod smtp;
+pub mod tls;
 pub mod upstream;
 
 pub use config::Config;

@@ -15,11 +15,17 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::{
-    config::{Config, PluginAllocator, UpstreamTarget},
+    auth::{
+        Reloadable, credentials::CredentialsFile, sender_logins::SenderLogins,
+        throttle::AuthThrottle,
+    },
+    config::{AuthMode, ClientAddressMode, Config, PluginAllocator, TlsMode, UpstreamTarget},
     devupstream,
     hooks::Chain,
-    plugin_host::{Capacity, LoadedPlugin, PluginRuntime},
-    session::{Peer, Session, SessionContext, Shutdown, replies},
+    kv::KvStore,
+    plugin_host::{Capacity, LoadedPlugin, PluginRuntime, abi},
+    session::{ListenerContext, Peer, Session, SessionContext, Shutdown, replies},
+    tls::server::ServerTls,
     upstream::{capability_cache::CapabilityCache, pool::SessionPool},
 };
 
@@ -38,40 +44,42 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .await?
         .to_string(),
     };
-    let plugins = load_plugins(&config, true).await?;
+    let kv = Arc::new(KvStore::default());
+    let plugins = load_plugins(&config, true, kv.clone()).await?;
+    let server_tls = server_tls(&config)?;
+    let prepared = prepare_listeners(&config, &plugins)?;
     let mut listeners = Vec::new();
-    for listener in &config.listeners {
-        let socket = TcpListener::bind(listener.address).await.with_context(|| {
+    for listener in prepared {
+        let address = listener.config.address;
+        let socket = TcpListener::bind(address).await.with_context(|| {
             format!(
-                "cannot listen on {} (listener {})",
-                listener.address, listener.name
+                "cannot listen on {address} (listener {})",
+                listener.config.name
             )
         })?;
-        info!(listener = %listener.name, address = %socket.local_addr()?, "listening");
-        let chain = Arc::new(Chain {
-            listener: listener.name.clone(),
-            plugins: listener
-                .plugins
-                .iter()
-                .map(|name| plugins[name].clone())
-                .collect(),
-        });
-        listeners.push((chain, socket));
+        info!(listener = %listener.config.name, address = %socket.local_addr()?, tls = ?listener.config.tls, auth = ?listener.config.auth.mode, "listening");
+        listeners.push((listener, socket));
     }
+    tokio::spawn(reload_on_sighup(
+        server_tls.clone(),
+        listeners.iter().map(|(l, _)| l.clone()).collect(),
+    ));
     let context = Arc::new(SessionContext {
         config: config.clone(),
         upstream_address,
         capabilities: Arc::new(CapabilityCache::default()),
         pool: Arc::new(SessionPool::new(config.upstream.reuse.clone())),
         shutdown: signals.clone(),
+        server_tls,
+        throttle: AuthThrottle::new(kv, config.auth_throttle.clone()),
     });
     tokio::spawn(refresh_capabilities(context.clone()));
     let reaper = tokio::spawn(reap_idle_upstream_sessions(context.clone()));
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.server.max_connections));
-    for (chain, socket) in listeners {
+    for (listener, socket) in listeners {
         tracker.spawn(accept_loop(
-            chain,
+            listener,
             socket,
             context.clone(),
             permits.clone(),
@@ -97,7 +105,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 }
 
 async fn accept_loop(
-    chain: Arc<Chain>,
+    listener: Arc<ListenerContext>,
     socket: TcpListener,
     context: Arc<SessionContext>,
     permits: Arc<Semaphore>,
@@ -112,7 +120,7 @@ async fn accept_loop(
             Ok(accepted) => accepted,
             Err(error) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                warn!(listener = %chain.listener, %error, "accept failed");
+                warn!(listener = %listener.config.name, %error, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -126,11 +134,119 @@ async fn accept_loop(
             continue;
         };
         let peer = Peer::new(address, local_address);
-        let session = Session::new(context.clone(), stream, peer, chain.clone());
+        let session = Session::new(context.clone(), stream, peer, listener.clone());
         tracker.spawn(async move {
             session.run().await;
             drop(permit);
         });
+    }
+}
+
+/// The certificates for client TLS, if any listener uses TLS.
+pub fn server_tls(config: &Config) -> anyhow::Result<Option<ServerTls>> {
+    if config.listeners.iter().all(|l| l.tls == TlsMode::None) {
+        return Ok(None);
+    }
+    let tls = ServerTls::load(&config.tls.certificate).context("tls.certificate")?;
+    Ok(Some(tls))
+}
+
+/// Each listener with its chain and the files its AUTH policy reads. A file that
+/// cannot be used stops the start-up, naming the listener, the key and the file.
+pub fn prepare_listeners(
+    config: &Config,
+    plugins: &BTreeMap<String, Arc<LoadedPlugin>>,
+) -> anyhow::Result<Vec<Arc<ListenerContext>>> {
+    let mut prepared = Vec::new();
+    for (index, listener) in config.listeners.iter().enumerate() {
+        let auth = &listener.auth;
+        let key = |name: &str| format!("listener[{index}].auth.{name}");
+        let credentials = auth
+            .credentials
+            .as_deref()
+            .map(|path| Reloadable::load(path, CredentialsFile::load))
+            .transpose()
+            .with_context(|| key("credentials"))?;
+        let sender_logins = auth
+            .sender_logins
+            .as_deref()
+            .map(|path| Reloadable::load(path, SenderLogins::load))
+            .transpose()
+            .with_context(|| key("sender_logins"))?;
+        let verifier = match &auth.verifier {
+            Some(name) => {
+                let plugin = plugins
+                    .get(name)
+                    .with_context(|| format!("{}: plugin {name} is not loaded", key("verifier")))?;
+                if !plugin.hooks.contains(abi::Hooks::VERIFY_LOGIN) {
+                    anyhow::bail!(
+                        "{}: plugin {name} does not check logins (its init did not ask for verify-login)",
+                        key("verifier")
+                    );
+                }
+                Some(plugin.clone())
+            }
+            None => None,
+        };
+        if auth.mode == AuthMode::Edge
+            && config.upstream.client_address != ClientAddressMode::Xclient
+        {
+            warn!(listener = %listener.name, "edge AUTH without upstream.client_address = \"xclient\": the upstream will not learn who logged in");
+        }
+        prepared.push(Arc::new(ListenerContext {
+            config: listener.clone(),
+            chain: Arc::new(Chain {
+                listener: listener.name.clone(),
+                plugins: listener
+                    .plugins
+                    .iter()
+                    .map(|name| plugins[name].clone())
+                    .collect(),
+            }),
+            credentials,
+            verifier,
+            sender_logins,
+        }));
+    }
+    Ok(prepared)
+}
+
+/// SIGHUP: certificates, credentials files and sender-login maps are read again. A
+/// file that fails keeps its old contents (and says so); sessions carry on.
+async fn reload_on_sighup(tls: Option<ServerTls>, listeners: Vec<Arc<ListenerContext>>) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        warn!("cannot listen for SIGHUP; reloading is off");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        if let Some(tls) = &tls {
+            match tls.reload() {
+                Ok(count) => info!(certificates = count, "reloaded TLS certificates"),
+                Err(error) => warn!(%error, "TLS reload failed; keeping the certificates in use"),
+            }
+        }
+        for listener in &listeners {
+            let name = &listener.config.name;
+            if let Some(file) = &listener.credentials {
+                match file.reload() {
+                    Ok(()) => {
+                        info!(listener = %name, logins = file.get().len(), "reloaded credentials")
+                    }
+                    Err(error) => {
+                        warn!(listener = %name, %error, "credentials reload failed; keeping the old ones")
+                    }
+                }
+            }
+            if let Some(map) = &listener.sender_logins {
+                match map.reload() {
+                    Ok(()) => info!(listener = %name, "reloaded sender logins"),
+                    Err(error) => {
+                        warn!(listener = %name, %error, "sender-login reload failed; keeping the old map")
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -140,6 +256,7 @@ async fn accept_loop(
 pub async fn load_plugins(
     config: &Config,
     network: bool,
+    kv: Arc<KvStore>,
 ) -> anyhow::Result<BTreeMap<String, Arc<LoadedPlugin>>> {
     let mut loaded = BTreeMap::new();
     if config.plugins.is_empty() {
@@ -158,7 +275,7 @@ pub async fn load_plugins(
             .max()
             .unwrap_or(0),
     };
-    let runtime = PluginRuntime::new(network.then_some(&config.dns), capacity)?;
+    let runtime = PluginRuntime::new(network.then_some(&config.dns), capacity, kv)?;
     for (name, plugin) in &config.plugins {
         let plugin = runtime
             .load(name, plugin)

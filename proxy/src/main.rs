@@ -56,6 +56,9 @@ enum Commands {
         /// The message, as an .eml file.
         message: PathBuf,
     },
+    /// Read a password on standard input and print an Argon2id hash of it for a
+    /// credentials file line (`login:HASH`).
+    HashPassword,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -127,6 +130,7 @@ fn main() -> ExitCode {
             };
             replay(&config, input)
         }
+        Commands::HashPassword => hash_password(),
         Commands::Run { config } => {
             let config = match load(&config) {
                 Ok(config) => config,
@@ -142,7 +146,18 @@ fn main() -> ExitCode {
 fn check(config: &Config) -> ExitCode {
     let loaded = runtime(1)
         .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(portcullis::listener::load_plugins(config, true)));
+        .and_then(|rt| {
+            rt.block_on(portcullis::listener::load_plugins(
+                config,
+                true,
+                Default::default(),
+            ))
+        })
+        .and_then(|plugins| {
+            portcullis::listener::server_tls(config)?;
+            portcullis::listener::prepare_listeners(config, &plugins)?;
+            Ok(plugins)
+        });
     match loaded {
         Ok(plugins) => {
             for (name, plugin) in &plugins {
@@ -157,6 +172,30 @@ fn check(config: &Config) -> ExitCode {
         }
         Err(error) => {
             eprintln!("{error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Reads one line (the password) from standard input and prints its hash.
+fn hash_password() -> ExitCode {
+    let mut password = String::new();
+    if let Err(error) = std::io::stdin().read_line(&mut password) {
+        eprintln!("cannot read the password: {error}");
+        return ExitCode::from(2);
+    }
+    let password = password.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!("empty password");
+        return ExitCode::from(2);
+    }
+    match portcullis::auth::credentials::hash_password(password) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("cannot hash: {error}");
             ExitCode::from(2)
         }
     }

@@ -41,7 +41,7 @@ pub async fn replay(config: &Config, input: ReplayInput) -> anyhow::Result<Strin
         .iter()
         .find(|l| l.name == input.listener)
         .with_context(|| format!("no listener named {:?}", input.listener))?;
-    let plugins = load_plugins(config, false).await?;
+    let plugins = load_plugins(config, false, Default::default()).await?;
     let chain = Chain {
         listener: listener.name.clone(),
         plugins: listener

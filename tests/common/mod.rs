@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod tls;
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -35,6 +36,11 @@ impl Proxy {
 
     /// Starts the proxy with a listener on port 0 and `rest` as the rest of the config.
     pub fn start_with(rest: &str) -> Proxy {
+        Proxy::start_logging(rest, "info,portcullis=debug")
+    }
+
+    /// [`Proxy::start_with`] with this `RUST_LOG` filter.
+    pub fn start_logging(rest: &str, filter: &str) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("portcullis.toml");
         std::fs::write(
@@ -46,7 +52,7 @@ impl Proxy {
             .args(["--log-format", "json", "run", "--config"])
             .arg(&config)
             .current_dir(dir.path())
-            .env("RUST_LOG", "info,portcullis=debug")
+            .env("RUST_LOG", filter)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -129,8 +135,13 @@ impl Proxy {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`).
+    pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());

@@ -13,7 +13,6 @@
 
 pub mod dns;
 mod host;
-pub mod kv;
 
 use std::{path::Path, sync::Arc, time::Duration};
 
@@ -24,8 +23,8 @@ use wasmtime::{
 };
 
 use crate::config::{DnsConfig, OnError, PluginConfig};
+pub use crate::kv::KvStore;
 pub use host::MessageResource;
-pub use kv::KvStore;
 
 /// The bindings generated from the SDK's WIT file (the one ABI).
 #[allow(missing_docs)]
@@ -139,9 +138,13 @@ pub struct PluginRuntime {
 impl PluginRuntime {
     /// An engine with epoch interruption and a pooling allocator sized by `capacity`,
     /// a thread that advances the epoch, and the services plugins call (key-value
-    /// store, DNS through `dns`; with `None` every DNS lookup fails, for running
+    /// store `kv`, DNS through `dns`; with `None` every DNS lookup fails, for running
     /// plugins without network).
-    pub fn new(dns: Option<&DnsConfig>, capacity: Capacity) -> Result<Arc<Self>, PluginError> {
+    pub fn new(
+        dns: Option<&DnsConfig>,
+        capacity: Capacity,
+        kv: Arc<KvStore>,
+    ) -> Result<Arc<Self>, PluginError> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         capacity.configure(&mut config);
@@ -171,7 +174,7 @@ impl PluginRuntime {
             engine,
             linker,
             services: host::Services {
-                kv: Arc::new(KvStore::default()),
+                kv,
                 dns: Arc::new(dns.map_or_else(dns::Resolver::offline, dns::Resolver::new)),
             },
             compiled: Default::default(),
@@ -430,6 +433,35 @@ impl PluginInstance {
             .map_err(trap);
         let _ = store.data_mut().table().delete(owned);
         result
+    }
+
+    /// The AUTH hook.
+    pub async fn auth(
+        &mut self,
+        session: &abi::Session,
+        mechanism: &str,
+        login: &str,
+    ) -> Result<abi::Verdict, PluginError> {
+        let (bindings, store, version) = self.parts(session);
+        bindings
+            .call_on_auth(store, version, mechanism, login)
+            .await
+            .map_err(trap)
+    }
+
+    /// A verifier's password check. The password goes to this plugin only.
+    pub async fn verify_login(
+        &mut self,
+        session: &abi::Session,
+        mechanism: &str,
+        login: &str,
+        password: &str,
+    ) -> Result<abi::LoginCheck, PluginError> {
+        let (bindings, store, version) = self.parts(session);
+        bindings
+            .call_verify_login(store, version, mechanism, login, password)
+            .await
+            .map_err(trap)
     }
 
     /// The session-end hook.

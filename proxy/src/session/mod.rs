@@ -7,10 +7,12 @@
 //! MAIL and RCPT (`transaction.rs`) and DATA (`data.rs` streams when no plugin wants
 //! the message, `spooled.rs` spools it for them).
 
+mod auth;
 mod data;
 pub mod replies;
 mod spooled;
 pub mod state;
+mod tls;
 mod transaction;
 
 use std::{
@@ -29,14 +31,22 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
-    config::{Config, VerifyPolicy},
+    auth::{
+        Reloadable, credentials::CredentialsFile, sender_logins::SenderLogins,
+        throttle::AuthThrottle,
+    },
+    config::{Config, ListenerConfig, TlsMode, VerifyPolicy},
     connection::{Connection, ReadError},
     hooks::{Chain, Decision, SessionHooks},
+    plugin_host::LoadedPlugin,
     plugin_host::abi,
     smtp::{
-        Command, CommandError, MailCommand, Reply, capabilities::Capabilities, command,
+        Command, CommandError, MailCommand, Reply,
+        capabilities::{Capabilities, Extension},
+        command,
         line::NextLine,
     },
+    tls::{MaybeTls, server::ServerTls},
     upstream::{
         Stage, UpstreamError, UpstreamSession, capability_cache::CapabilityCache, pool::SessionPool,
     },
@@ -65,6 +75,40 @@ pub struct SessionContext {
     pub pool: Arc<SessionPool>,
     /// Shutdown signals.
     pub shutdown: Shutdown,
+    /// The certificates for client TLS (`None` when no listener uses TLS).
+    pub server_tls: Option<ServerTls>,
+    /// Failed-AUTH counting, shared by all sessions through the key-value store.
+    pub throttle: AuthThrottle,
+}
+
+/// What a session knows about the listener it came in on.
+pub struct ListenerContext {
+    /// The listener's configuration.
+    pub config: ListenerConfig,
+    /// Its plugin chain.
+    pub chain: Arc<Chain>,
+    /// Edge AUTH: logins and password hashes.
+    pub credentials: Option<Reloadable<CredentialsFile>>,
+    /// Edge AUTH: the plugin that checks passwords instead.
+    pub verifier: Option<Arc<LoadedPlugin>>,
+    /// Which logins may use which senders.
+    pub sender_logins: Option<Reloadable<SenderLogins>>,
+}
+
+impl ListenerContext {
+    /// A listener without TLS, AUTH or plugins (for tests and tools).
+    pub fn plain(config: ListenerConfig) -> Self {
+        Self {
+            chain: Arc::new(Chain {
+                listener: config.name.clone(),
+                plugins: Vec::new(),
+            }),
+            config,
+            credentials: None,
+            verifier: None,
+            sender_logins: None,
+        }
+    }
 }
 
 /// Whether the session goes on after a command.
@@ -92,13 +136,16 @@ fn next_session_id() -> String {
 /// One client connection.
 pub struct Session<S> {
     context: Arc<SessionContext>,
+    listener: Arc<ListenerContext>,
     id: String,
-    downstream: Connection<S>,
+    downstream: Connection<MaybeTls<S>>,
     peer: Peer,
     envelope: Envelope,
     upstream: Option<UpstreamSession>,
     /// A MAIL was sent upstream and the transaction there is not finished.
     upstream_in_transaction: bool,
+    /// The upstream session carries this client's AUTH (passthrough): never reused.
+    upstream_authenticated: bool,
     /// What the last EHLO offered (nothing after HELO).
     offered: Capabilities,
     /// This session's plugin instances.
@@ -110,17 +157,24 @@ pub struct Session<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// A session for a freshly accepted stream.
-    pub fn new(context: Arc<SessionContext>, stream: S, peer: Peer, chain: Arc<Chain>) -> Self {
+    pub fn new(
+        context: Arc<SessionContext>,
+        stream: S,
+        peer: Peer,
+        listener: Arc<ListenerContext>,
+    ) -> Self {
         let id = next_session_id();
         Self {
             context,
-            hooks: SessionHooks::new(chain, &id),
+            hooks: SessionHooks::new(listener.chain.clone(), &id),
+            listener,
             id,
-            downstream: Connection::new(stream),
+            downstream: Connection::new(MaybeTls::Plain(stream)),
             peer,
             envelope: Envelope::default(),
             upstream: None,
             upstream_in_transaction: false,
+            upstream_authenticated: false,
             offered: Capabilities::default(),
             errors: 0,
             closing: false,
@@ -135,6 +189,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     async fn serve(mut self) {
         debug!("connected");
+        if self.listener.config.tls == TlsMode::Implicit && !self.handshake().await {
+            return;
+        }
         let hostname = self.context.config.server.hostname.clone();
         if self.connect_hook().await == Flow::Continue {
             self.reply(replies::greeting(&hostname));
@@ -159,7 +216,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.hooks.session_end(&info).await;
         }
         let (context, upstream) = (self.context.clone(), self.upstream.take());
-        let in_transaction = self.upstream_in_transaction;
+        let in_transaction = self.upstream_in_transaction || self.upstream_authenticated;
         // Close the downstream socket first: the client sees the end at once, not after
         // the upstream's QUIT round trip.
         drop(self);
@@ -173,7 +230,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// is already waiting (so pipelined replies go out together). `Err` ends the
     /// session, with a final reply if there is one to give.
     async fn next_line(&mut self) -> Result<NextLine, Option<Reply>> {
-        let limit = self.context.config.smtp.command_line_limit;
+        self.next_line_within(self.context.config.smtp.command_line_limit)
+            .await
+    }
+
+    /// [`Session::next_line`] with another line length limit (AUTH responses).
+    async fn next_line_within(&mut self, limit: usize) -> Result<NextLine, Option<Reply>> {
         if !self.downstream.input.has_line(limit) && self.flush().await.is_err() {
             return Err(None);
         }
@@ -240,8 +302,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.verify("EXPN", &argument, self.context.config.smtp.expn)
                     .await
             }
-            Command::StartTls => self.error(replies::not_offered("STARTTLS")),
-            Command::Auth(_) => self.error(replies::not_offered("AUTH")),
+            Command::StartTls => self.starttls().await,
+            Command::Auth(argument) => self.auth(argument).await,
             Command::NotImplemented(verb) => self.error(replies::not_implemented(verb)),
         }
     }
@@ -266,12 +328,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.offered = Capabilities::default();
             return self.reply(Reply::plain(250, format!("{hostname} Hello {name}")));
         }
-        self.offered = self
-            .upstream_capabilities()
-            .await
-            .offer(self.context.config.smtp.max_message_size);
+        let upstream = self.upstream_capabilities().await;
+        self.offered = upstream.offer(self.context.config.smtp.max_message_size);
+        if let Some(mechanisms) = self.auth_offer(&upstream) {
+            self.offered.insert(Extension::Auth);
+            self.offered.auth_mechanisms = mechanisms;
+        }
         let mut lines = vec![format!("{hostname} Hello {name}")];
         lines.extend(self.offered.ehlo_lines());
+        if self.listener.config.tls == TlsMode::Starttls && self.peer.tls.is_none() {
+            lines.push("STARTTLS".into());
+        }
         self.reply(Reply::multiline(250, lines))
     }
 
@@ -431,8 +498,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             client_ip: self.peer.address.ip().to_string(),
             client_port: self.peer.address.port(),
             helo: self.peer.helo.clone(),
-            tls: false,
-            login: None,
+            tls: self.peer.tls.is_some(),
+            login: self.peer.login.as_ref().map(|login| login.name.clone()),
         }
     }
 

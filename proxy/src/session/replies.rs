@@ -234,3 +234,93 @@ pub fn plugin_reject() -> Reply {
 pub fn plugin_disconnect(text: Option<&str>) -> Reply {
     Reply::new(421, code(4, 7, 0), text.unwrap_or("Closing connection"))
 }
+
+/// 220 after STARTTLS: the handshake comes next.
+pub fn ready_for_tls() -> Reply {
+    Reply::new(220, code(2, 0, 0), "Ready to start TLS")
+}
+
+/// 530 for MAIL before STARTTLS on a listener that requires TLS.
+pub fn tls_required() -> Reply {
+    Reply::new(530, code(5, 7, 0), "Must issue a STARTTLS command first")
+}
+
+/// 530 for MAIL without AUTH on a listener that requires it.
+pub fn auth_required() -> Reply {
+    Reply::new(530, code(5, 7, 0), "Authentication required")
+}
+
+/// 538 for AUTH before TLS where plaintext AUTH is not allowed.
+pub fn encryption_required() -> Reply {
+    Reply::new(
+        538,
+        code(5, 7, 11),
+        "Encryption required for requested authentication mechanism",
+    )
+}
+
+/// 235 after a successful AUTH.
+pub fn authenticated() -> Reply {
+    Reply::new(235, code(2, 7, 0), "Authentication successful")
+}
+
+/// 535 for wrong credentials.
+pub fn bad_credentials() -> Reply {
+    Reply::new(535, code(5, 7, 8), "Authentication credentials invalid")
+}
+
+/// 534 for a mechanism this listener's policy does not permit.
+pub fn mechanism_too_weak() -> Reply {
+    Reply::new(534, code(5, 7, 9), "Authentication mechanism is too weak")
+}
+
+/// 504 for a mechanism the proxy does not know.
+pub fn unknown_mechanism() -> Reply {
+    Reply::new(504, code(5, 5, 4), "Unrecognized authentication type")
+}
+
+/// 454 when the credentials cannot be checked now.
+pub fn auth_unavailable() -> Reply {
+    Reply::new(454, code(4, 7, 0), "Temporary authentication failure")
+}
+
+/// 501 when the client cancels an AUTH exchange with `*`.
+pub fn auth_cancelled() -> Reply {
+    Reply::new(501, code(5, 0, 0), "Authentication cancelled")
+}
+
+/// 501 for an AUTH response that is not valid base64 or not what the mechanism expects.
+pub fn auth_malformed(detail: impl std::fmt::Display) -> Reply {
+    Reply::new(
+        501,
+        code(5, 5, 2),
+        format!("Cannot decode response: {detail}"),
+    )
+}
+
+/// 500 for an AUTH response line over the limit.
+pub fn auth_line_too_long() -> Reply {
+    Reply::new(
+        500,
+        code(5, 5, 6),
+        "Authentication exchange line is too long",
+    )
+}
+
+/// 421 for a client that failed AUTH too often.
+pub fn auth_throttled(hostname: &str) -> Reply {
+    Reply::new(
+        421,
+        code(4, 7, 0),
+        format!("{hostname} Too many failed authentication attempts, closing connection"),
+    )
+}
+
+/// 553 for a sender the login may not use.
+pub fn sender_not_owned(login: Option<&str>) -> Reply {
+    let text = match login {
+        Some(login) => format!("Sender address rejected: not owned by user {login}"),
+        None => "Sender address rejected: authentication required to use this sender".into(),
+    };
+    Reply::new(553, code(5, 7, 1), text)
+}

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use tokio::time::Instant;
 
 use crate::{
+    auth::Mechanism,
     smtp::{MailCommand, RcptCommand},
+    tls::TlsInfo,
     upstream::ClientInfo,
 };
 
@@ -24,6 +26,21 @@ pub struct Peer {
     pub esmtp: bool,
     /// The HELO name a plugin gave for the upstream, if it rewrote the client's.
     pub helo_rewrite: Option<String>,
+    /// What TLS negotiated, once the session is encrypted.
+    pub tls: Option<TlsInfo>,
+    /// Who authenticated with AUTH, and how.
+    pub login: Option<Login>,
+}
+
+/// A successful AUTH.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    /// The authenticated identity.
+    pub name: String,
+    /// The mechanism used.
+    pub mechanism: Mechanism,
+    /// True if the proxy verified it (edge mode); false if the upstream did.
+    pub verified_here: bool,
 }
 
 impl Peer {
@@ -35,6 +52,8 @@ impl Peer {
             helo: None,
             esmtp: false,
             helo_rewrite: None,
+            tls: None,
+            login: None,
         }
     }
 
@@ -45,6 +64,13 @@ impl Peer {
             local_address: self.local_address,
             helo: self.helo_rewrite.clone().or_else(|| self.helo.clone()),
             esmtp: self.esmtp,
+            // The upstream verified a passthrough login itself; only edge logins go
+            // in XCLIENT.
+            login: self
+                .login
+                .as_ref()
+                .filter(|login| login.verified_here)
+                .map(|login| login.name.clone()),
         }
     }
 }

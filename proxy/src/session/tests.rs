@@ -18,6 +18,8 @@ fn context(extra: &str) -> Arc<SessionContext> {
         capabilities: Arc::new(CapabilityCache::default()),
         pool: Arc::new(SessionPool::new(Default::default())),
         shutdown: Shutdown::default(),
+        server_tls: None,
+        throttle: AuthThrottle::new(Default::default(), Default::default()),
     })
 }
 
@@ -28,8 +30,8 @@ fn start(context: Arc<SessionContext>) -> DuplexStream {
         "192.0.2.1:4000".parse().unwrap(),
         "127.0.0.1:25".parse().unwrap(),
     );
-    let chain = Arc::new(crate::hooks::Chain::default());
-    tokio::spawn(Session::new(context, server, peer, chain).run());
+    let listener = Arc::new(ListenerContext::plain(context.config.listeners[0].clone()));
+    tokio::spawn(Session::new(context, server, peer, listener).run());
     client
 }
 

@@ -5,10 +5,10 @@
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::{Envelope, Flow, Session, replies};
-use crate::hooks::Decision;
+use crate::{config::AuthMode, hooks::Decision};
 use crate::{
     smtp::{
         MailCommand, Param, RcptCommand, Reply,
@@ -52,12 +52,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if self.envelope.in_transaction() {
             return self.error(replies::bad_sequence("nested MAIL command"));
         }
+        if self.listener.config.require_tls && self.peer.tls.is_none() {
+            return self.reply(replies::tls_required());
+        }
+        if self.listener.config.auth.required && self.peer.login.is_none() {
+            return self.reply(replies::auth_required());
+        }
         if let Err((reply, counts)) = check_mail(&mail, &self.offered) {
             return if counts {
                 self.error(reply)
             } else {
                 self.reply(reply)
             };
+        }
+        if !self.sender_allowed(mail.reverse_path.mailbox()) {
+            info!(sender = %mail.reverse_path.mailbox(), login = ?self.login_name(), "sender not allowed for this login");
+            return self.reply(replies::sender_not_owned(self.login_name()));
+        }
+        let mut mail = mail;
+        if self.listener.config.auth.mode == AuthMode::Edge {
+            // The upstream learns the login from XCLIENT; a client's AUTH= claim is
+            // not passed on (RFC 4954 §5 leaves it to the server to trust or drop).
+            mail.params.retain(|param| !param.is("AUTH"));
         }
         let mail = match self.mail_hook(mail).await {
             Ok(mail) => mail,
@@ -376,6 +392,10 @@ fn check_mail(mail: &MailCommand, offered: &Capabilities) -> Result<(), (Reply, 
             "ENVID" if value.is_none() => {
                 return Err((replies::syntax("ENVID needs a value"), true));
             }
+            // RFC 4954 §5: AUTH=<> or an xtext-encoded mailbox.
+            "AUTH" if !value.is_some_and(|v| v == "<>" || is_xtext(v)) => {
+                return Err((replies::syntax("AUTH must be <> or an xtext mailbox"), true));
+            }
             _ => {}
         }
     }
@@ -384,6 +404,28 @@ fn check_mail(mail: &MailCommand, offered: &Capabilities) -> Result<(), (Reply, 
         return Err((replies::utf8_needs_smtputf8(), false));
     }
     Ok(())
+}
+
+/// True for a non-empty xtext (RFC 3461 §4): printable ASCII but `=`, and `+` only
+/// as `+HH`.
+fn is_xtext(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'+' => {
+                let hex = bytes.get(index + 1..index + 3);
+                if !hex.is_some_and(|h| h.iter().all(|b| b.is_ascii_hexdigit())) {
+                    return false;
+                }
+                index += 3;
+            }
+            b'=' => return false,
+            b'!'..=b'~' => index += 1,
+            _ => return false,
+        }
+    }
+    !bytes.is_empty()
 }
 
 /// The first parameter whose extension is not in `capabilities`.

@@ -19,17 +19,20 @@ pub enum Extension {
     Dsn,
     /// RFC 2034.
     EnhancedStatusCodes,
+    /// RFC 4954. Never copied from the upstream's offer: each listener decides.
+    Auth,
 }
 
 impl Extension {
     /// Every relayable extension, in the order they are advertised.
-    pub const ALL: [Extension; 6] = [
+    pub const ALL: [Extension; 7] = [
         Extension::Pipelining,
         Extension::Size,
         Extension::EightBitMime,
         Extension::SmtpUtf8,
         Extension::Dsn,
         Extension::EnhancedStatusCodes,
+        Extension::Auth,
     ];
 
     /// The EHLO keyword.
@@ -41,6 +44,7 @@ impl Extension {
             Extension::SmtpUtf8 => "SMTPUTF8",
             Extension::Dsn => "DSN",
             Extension::EnhancedStatusCodes => "ENHANCEDSTATUSCODES",
+            Extension::Auth => "AUTH",
         }
     }
 
@@ -55,6 +59,7 @@ impl Extension {
             "BODY" => Some(Extension::EightBitMime),
             "SMTPUTF8" => Some(Extension::SmtpUtf8),
             "RET" | "ENVID" => Some(Extension::Dsn),
+            "AUTH" => Some(Extension::Auth),
             _ => None,
         }
     }
@@ -77,6 +82,10 @@ pub struct Capabilities {
     pub size_limit: Option<u64>,
     /// The XCLIENT attribute names announced, if XCLIENT was.
     pub xclient: Option<Vec<String>>,
+    /// The SASL mechanisms announced with AUTH (upper case).
+    pub auth_mechanisms: Vec<String>,
+    /// STARTTLS was announced (only used toward the upstream; never relayed).
+    pub starttls: bool,
 }
 
 impl Capabilities {
@@ -91,6 +100,26 @@ impl Capabilities {
             let keyword = keyword.to_ascii_uppercase();
             if keyword == "XCLIENT" {
                 capabilities.xclient = Some(words.map(str::to_ascii_uppercase).collect());
+                continue;
+            }
+            // "AUTH=PLAIN LOGIN" is the pre-RFC form some servers still announce.
+            if let Some(first) = keyword.strip_prefix("AUTH=") {
+                capabilities.insert(Extension::Auth);
+                capabilities.auth_mechanisms.push(first.to_string());
+                capabilities
+                    .auth_mechanisms
+                    .extend(words.map(str::to_ascii_uppercase));
+                continue;
+            }
+            if keyword == "STARTTLS" {
+                capabilities.starttls = true;
+                continue;
+            }
+            if keyword == "AUTH" {
+                capabilities.insert(Extension::Auth);
+                capabilities
+                    .auth_mechanisms
+                    .extend(words.map(str::to_ascii_uppercase));
                 continue;
             }
             let Some(extension) = Extension::ALL.into_iter().find(|e| e.keyword() == keyword)
@@ -127,12 +156,14 @@ impl Capabilities {
     /// the two SIZE limits.
     pub fn offer(&self, own_size_limit: u64) -> Capabilities {
         Capabilities {
-            bits: self.bits,
+            bits: self.bits & !Extension::Auth.bit(),
             size_limit: Some(
                 self.size_limit
                     .map_or(own_size_limit, |limit| limit.min(own_size_limit)),
             ),
             xclient: None,
+            auth_mechanisms: Vec::new(),
+            starttls: false,
         }
     }
 
@@ -143,6 +174,7 @@ impl Capabilities {
             .filter(|&extension| self.has(extension))
             .map(|extension| match (extension, self.size_limit) {
                 (Extension::Size, Some(limit)) => format!("SIZE {limit}"),
+                (Extension::Auth, _) => format!("AUTH {}", self.auth_mechanisms.join(" ")),
                 _ => extension.keyword().to_string(),
             })
             .collect()
@@ -172,6 +204,7 @@ mod tests {
             "DSN",
             "SMTPUTF8",
             "CHUNKING",
+            "AUTH PLAIN login",
         ]));
         for extension in Extension::ALL {
             assert!(caps.has(extension), "{extension:?}");
@@ -179,6 +212,12 @@ mod tests {
         assert_eq!(caps.size_limit, Some(10_240_000));
         assert!(caps.xclient_attribute("ADDR") && caps.xclient_attribute("HELO"));
         assert!(!caps.xclient_attribute("DESTADDR"));
+        assert_eq!(caps.auth_mechanisms, ["PLAIN", "LOGIN"]);
+        let old_style = Capabilities::from_ehlo(&ehlo(&["mx", "AUTH=LOGIN PLAIN"]));
+        assert!(old_style.has(Extension::Auth));
+        assert_eq!(old_style.auth_mechanisms, ["LOGIN", "PLAIN"]);
+        // Each listener decides about AUTH itself: it is never copied into the offer.
+        assert!(!caps.offer(1000).has(Extension::Auth));
     }
 
     #[test]
@@ -206,7 +245,7 @@ mod tests {
             ("RET", Some(Extension::Dsn)),
             ("ENVID", Some(Extension::Dsn)),
             ("XFOO", None),
-            ("AUTH", None),
+            ("AUTH", Some(Extension::Auth)),
         ];
         for (keyword, extension) in mail {
             assert_eq!(Extension::for_mail_param(keyword), extension, "{keyword}");

@@ -16,6 +16,8 @@ pub struct ClientInfo {
     pub helo: Option<String>,
     /// True if the client greeted with EHLO.
     pub esmtp: bool,
+    /// The login the proxy verified (edge AUTH), sent as XCLIENT LOGIN.
+    pub login: Option<String>,
 }
 
 /// The XCLIENT command for this client, with only the attributes the upstream
@@ -38,6 +40,9 @@ pub fn xclient_command(client: &ClientInfo, upstream: &Capabilities) -> Option<S
     ];
     if let Some(helo) = &client.helo {
         attributes.push(("HELO", helo.clone()));
+    }
+    if let Some(login) = &client.login {
+        attributes.push(("LOGIN", login.clone()));
     }
     let words: Vec<String> = attributes
         .into_iter()
@@ -141,6 +146,7 @@ mod tests {
             local_address: local.parse().unwrap(),
             helo: Some("client.example".into()),
             esmtp: true,
+            login: None,
         }
     }
 
@@ -161,6 +167,20 @@ mod tests {
             "XCLIENT ADDR=192.0.2.7"
         );
         assert_eq!(xclient_command(&info, &upstream("XCLIENT")), None);
+        let logged_in = ClientInfo {
+            login: Some("alice+x=y".into()),
+            ..info.clone()
+        };
+        assert!(
+            xclient_command(&logged_in, &full)
+                .unwrap()
+                .ends_with(" HELO=client.example LOGIN=alice+2Bx+3Dy")
+        );
+        assert!(
+            !xclient_command(&logged_in, &upstream("XCLIENT ADDR"))
+                .unwrap()
+                .contains("LOGIN")
+        );
         let v6 = client("[2001:db8::7]:40000", "[::1]:25");
         assert!(
             xclient_command(&v6, &full)

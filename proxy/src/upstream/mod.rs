@@ -16,7 +16,7 @@ use std::{io, time::Duration};
 use tokio::{net::TcpStream, time::Instant};
 
 use crate::{
-    config::{ClientAddressMode, UpstreamConfig},
+    config::{ClientAddressMode, TlsMode, UpstreamConfig},
     connection::{Connection, ReadError},
     smtp::{
         EnhancedCode, Reply,
@@ -25,6 +25,7 @@ use crate::{
         line::NextLine,
         reply::{ReplyError, ReplyParser},
     },
+    tls::MaybeTls,
 };
 pub use client_address::ClientInfo;
 
@@ -42,6 +43,8 @@ pub enum Stage {
     Ehlo,
     /// XCLIENT and the greeting that follows it.
     Xclient,
+    /// STARTTLS and the TLS handshake.
+    Tls,
     /// An envelope or session command (MAIL, RCPT, RSET, VRFY, EXPN, DATA).
     Command,
     /// Sending message data.
@@ -71,6 +74,15 @@ pub enum UpstreamError {
     /// The upstream refused the session before any transaction (greeting, EHLO, XCLIENT).
     #[error("upstream refused the session at {0:?}: {1}")]
     Refused(Stage, Reply),
+    /// The TLS handshake with the upstream failed (certificate, protocol).
+    #[error("TLS with the upstream failed: {0}")]
+    Tls(io::Error),
+    /// `upstream.tls = "starttls"` but the upstream does not offer STARTTLS.
+    #[error("upstream does not offer STARTTLS")]
+    StarttlsNotOffered,
+    /// The upstream sent more after its 220 to STARTTLS: a plaintext injection.
+    #[error("upstream sent data after its STARTTLS reply; refusing to go on")]
+    TlsInjection,
     /// XCLIENT is configured but the upstream does not offer it to us.
     #[error("upstream does not offer XCLIENT to this proxy (check smtpd_authorized_xclient_hosts)")]
     XclientNotOffered,
@@ -109,11 +121,13 @@ fn write_error(stage: Stage, error: io::Error) -> UpstreamError {
 /// An open SMTP session with the upstream, past greeting, EHLO and XCLIENT.
 #[derive(Debug)]
 pub struct UpstreamSession {
-    connection: Connection<TcpStream>,
+    connection: Connection<MaybeTls<TcpStream>>,
     capabilities: Capabilities,
     config: UpstreamConfig,
     /// Client sessions served so far (more than one with `[upstream.reuse]`).
     uses: usize,
+    /// The upstream was told who the client is (XCLIENT, PROXY): never reused.
+    identified: bool,
 }
 
 impl UpstreamSession {
@@ -131,16 +145,23 @@ impl UpstreamSession {
             .map_err(UpstreamError::Connect)?;
         stream.set_nodelay(true).map_err(UpstreamError::Connect)?;
         let mut session = UpstreamSession {
-            connection: Connection::new(stream),
+            connection: Connection::new(MaybeTls::Plain(stream)),
             capabilities: Capabilities::default(),
             config: config.clone(),
             uses: 1,
+            identified: client.is_some() && config.client_address != ClientAddressMode::None,
         };
         session.send_proxy_header(client).await?;
+        if config.tls.mode == TlsMode::Implicit {
+            session.handshake().await?;
+        }
         session
             .expect(Stage::Greeting, timeouts.greeting, 220)
             .await?;
         session.ehlo(hostname).await?;
+        if config.tls.mode == TlsMode::Starttls {
+            session.starttls(hostname).await?;
+        }
         if let (ClientAddressMode::Xclient, Some(client)) = (config.client_address, client) {
             session.xclient(hostname, client).await?;
         }
@@ -153,8 +174,61 @@ impl UpstreamSession {
         if !self.connection.input.pending().is_empty() {
             return true;
         }
+        let Some(socket) = self.connection.stream().transport() else {
+            return true;
+        };
         let mut probe = [0u8; 64];
-        !matches!(self.connection.stream().try_read(&mut probe), Err(error) if error.kind() == io::ErrorKind::WouldBlock)
+        !matches!(socket.try_read(&mut probe), Err(error) if error.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// True once the session with the upstream is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.connection.stream().is_tls()
+    }
+
+    /// STARTTLS, the handshake, and EHLO again (RFC 3207). Anything the upstream sent
+    /// after its 220 came in plaintext and is refused, as the downstream side does.
+    async fn starttls(&mut self, hostname: &str) -> Result<(), UpstreamError> {
+        if !self.capabilities.starttls {
+            return Err(UpstreamError::StarttlsNotOffered);
+        }
+        let reply = self
+            .command(Stage::Tls, "STARTTLS", self.config.timeouts.command)
+            .await?;
+        if reply.code() != 220 {
+            return Err(UpstreamError::Refused(Stage::Tls, reply));
+        }
+        if !self.connection.input.pending().is_empty() {
+            return Err(UpstreamError::TlsInjection);
+        }
+        self.handshake().await?;
+        self.ehlo(hostname).await
+    }
+
+    /// The client handshake on the plaintext connection.
+    async fn handshake(&mut self) -> Result<(), UpstreamError> {
+        let connector =
+            self.config.tls.connector.clone().ok_or_else(|| {
+                UpstreamError::Tls(io::Error::other("no TLS connector configured"))
+            })?;
+        let stream = self
+            .connection
+            .stream_mut()
+            .take_plain()
+            .ok_or_else(|| UpstreamError::Tls(io::Error::other("already encrypted")))?;
+        let encrypted =
+            tokio::time::timeout(self.config.timeouts.connect, connector.connect(stream))
+                .await
+                .map_err(|_| UpstreamError::Timeout(Stage::Tls))?
+                .map_err(UpstreamError::Tls)?;
+        *self.connection.stream_mut() = MaybeTls::Tls(Box::new(encrypted));
+        Ok(())
+    }
+
+    /// True if the upstream was told about one particular client (XCLIENT or PROXY
+    /// header): such a session must not serve another client.
+    pub fn is_identified(&self) -> bool {
+        self.identified
     }
 
     /// Client sessions this upstream session has served.

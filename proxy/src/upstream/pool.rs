@@ -43,7 +43,11 @@ impl SessionPool {
     /// Offers a session that finished outside a transaction. Returns it when the pool
     /// does not keep it; the caller then QUITs it.
     pub fn give_back(&self, session: UpstreamSession) -> Option<UpstreamSession> {
-        if !self.reuse.enabled() || session.uses() >= self.reuse.max_uses || session.is_stale() {
+        if !self.reuse.enabled()
+            || session.uses() >= self.reuse.max_uses
+            || session.is_identified()
+            || session.is_stale()
+        {
             return Some(session);
         }
         let mut idle = self.idle.lock().expect("lock poisoned");

@@ -9,11 +9,14 @@
 //!   body through the host and adds `X-Body-Size` and `X-Body-Lines` fields);
 //! - HELO actions (`stage = "helo"`): `rename` (the upstream is told the name
 //!   `renamed.example`), `refuse-helo` (550 5.7.1 for names without a dot);
-//! - `ok`, which does nothing; `refuse-connect` refuses every client with 554 5.7.1.
+//! - `ok`, which does nothing; `refuse-connect` refuses every client with 554 5.7.1;
+//! - AUTH: `refuse-login` (the AUTH hook refuses the login `mallory` with 554 5.7.1),
+//!   `verifier` (a password checker: `LOGIN-secret` is valid, the login `backend-down`
+//!   is unavailable, anything else invalid).
 
 use portcullis_sdk::{
-    Config, DataOutcome, Envelope, Header, HeloOutcome, Hooks, Message, MessageEdit, Param,
-    PathOutcome, Plugin, Reply, Session, Verdict,
+    Config, DataOutcome, Envelope, Header, HeloOutcome, Hooks, LoginCheck, Message, MessageEdit,
+    Param, PathOutcome, Plugin, Reply, Session, Verdict,
 };
 
 /// The configured behaviour.
@@ -39,6 +42,8 @@ impl Plugin for Fault {
         }
         let hooks = match (mode.as_str(), text(config, "stage").as_str()) {
             ("refuse-connect", _) => Hooks::CONNECT,
+            ("refuse-login", _) => Hooks::AUTH,
+            ("verifier", _) => Hooks::VERIFY_LOGIN,
             (_, "data") => Hooks::DATA,
             (_, "helo") => Hooks::HELO,
             _ => Hooks::MAIL,
@@ -65,6 +70,29 @@ impl Plugin for Fault {
                 Verdict::reject(550, "5.7.1", "HELO name must be a domain").into()
             }
             _ => HeloOutcome::default(),
+        }
+    }
+
+    fn auth(&mut self, _session: &Session, _mechanism: &str, login: &str) -> Verdict {
+        if login == "mallory" {
+            return Verdict::reject(554, "5.7.1", "Not from here, not now");
+        }
+        Verdict::Continue
+    }
+
+    fn verify_login(
+        &mut self,
+        _session: &Session,
+        _mechanism: &str,
+        login: &str,
+        password: &str,
+    ) -> LoginCheck {
+        if login == "backend-down" {
+            LoginCheck::Unavailable
+        } else if password == format!("{login}-secret") {
+            LoginCheck::Valid
+        } else {
+            LoginCheck::Invalid
         }
     }
 

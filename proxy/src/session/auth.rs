@@ -1,0 +1,334 @@
+//! SMTP AUTH (RFC 4954): the checks every mode shares (offered, sequence, TLS,
+//! throttling, mechanism), then either the proxy verifies the credentials itself
+//! (`edge`) or relays the exchange to the upstream (`passthrough`). After a verified
+//! login the AUTH hook of the plugin chain may still refuse it. Passwords stay in a
+//! [`crate::auth::Secret`]; no log line here carries a response line.
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{info, warn};
+
+use super::{Flow, Session, replies, state::Login};
+use crate::{
+    auth::{
+        Check, Credentials, Mechanism,
+        sasl::{self, Exchange, SaslError, Step},
+        throttle::AfterFailure,
+    },
+    config::AuthMode,
+    hooks::Decision,
+    smtp::{
+        Reply,
+        capabilities::{Capabilities, Extension},
+        line::NextLine,
+    },
+    upstream::Stage,
+};
+
+/// Why an exchange with the client ended early: the flow after the reply was queued.
+type Stop = Flow;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    /// The mechanisms to announce in EHLO now, if AUTH is offered at all.
+    pub(super) fn auth_offer(&self, upstream: &Capabilities) -> Option<Vec<String>> {
+        let policy = &self.listener.config.auth;
+        let offered = match policy.mode {
+            AuthMode::Off => return None,
+            AuthMode::Edge => true,
+            AuthMode::Passthrough => upstream.has(Extension::Auth),
+        };
+        if !offered || (self.peer.tls.is_none() && !policy.allow_plaintext) {
+            return None;
+        }
+        let mechanisms: Vec<String> = policy
+            .mechanisms
+            .iter()
+            .filter(|m| {
+                policy.mode == AuthMode::Edge
+                    || upstream.auth_mechanisms.iter().any(|u| u == m.name())
+            })
+            .map(|m| m.name().to_string())
+            .collect();
+        (!mechanisms.is_empty()).then_some(mechanisms)
+    }
+
+    pub(super) async fn auth(&mut self, argument: String) -> Flow {
+        let policy = self.listener.config.auth.clone();
+        if policy.mode == AuthMode::Off {
+            return self.error(replies::not_offered("AUTH"));
+        }
+        if !self.peer.esmtp {
+            return self.error(replies::bad_sequence("send EHLO first"));
+        }
+        if self.peer.login.is_some() {
+            return self.error(replies::bad_sequence("already authenticated"));
+        }
+        if self.envelope.in_transaction() {
+            return self.error(replies::bad_sequence(
+                "AUTH is not permitted during a mail transaction",
+            ));
+        }
+        if self.peer.tls.is_none() && !policy.allow_plaintext {
+            return self.reply(replies::encryption_required());
+        }
+        if self.context.throttle.is_blocked(self.peer.address.ip()) {
+            info!("AUTH refused: too many failures from this address");
+            self.reply(replies::auth_throttled(
+                &self.context.config.server.hostname,
+            ));
+            return Flow::Close;
+        }
+        let (name, initial) = match argument.split_once(' ') {
+            Some((name, initial)) => (name, Some(initial.trim().to_string())),
+            None => (argument.as_str(), None),
+        };
+        let Some(mechanism) = Mechanism::from_name(name) else {
+            return self.error(replies::unknown_mechanism());
+        };
+        // Known but not permitted here (the listener's `mechanisms`): too weak for
+        // this listener's policy. In passthrough the upstream may refuse it too.
+        if !policy.mechanisms.contains(&mechanism) {
+            return self.reply(replies::mechanism_too_weak());
+        }
+        match policy.mode {
+            AuthMode::Edge => self.auth_edge(mechanism, initial).await,
+            AuthMode::Passthrough => self.auth_passthrough(mechanism, initial).await,
+            AuthMode::Off => unreachable!("checked above"),
+        }
+    }
+
+    /// Edge mode: run the exchange, check the credentials here.
+    async fn auth_edge(&mut self, mechanism: Mechanism, initial: Option<String>) -> Flow {
+        let credentials = match self.sasl_exchange(mechanism, initial).await {
+            Ok(credentials) => credentials,
+            Err(flow) => return flow,
+        };
+        match self.check_credentials(&credentials).await {
+            Check::Valid => {
+                let login = credentials.login.clone();
+                self.logged_in(mechanism, login, true, replies::authenticated())
+                    .await
+            }
+            Check::Invalid => {
+                info!(login = %credentials.login, %mechanism, "AUTH failed: invalid credentials");
+                self.auth_failed(replies::bad_credentials()).await
+            }
+            Check::Unavailable => {
+                warn!(login = %credentials.login, "AUTH: the verifier is unavailable");
+                self.reply(replies::auth_unavailable())
+            }
+        }
+    }
+
+    /// Challenges and responses until the mechanism has the credentials.
+    async fn sasl_exchange(
+        &mut self,
+        mechanism: Mechanism,
+        initial: Option<String>,
+    ) -> Result<Credentials, Stop> {
+        let started = Exchange::start(mechanism, initial.as_deref());
+        let (mut exchange, mut step) = started.map_err(|error| self.sasl_error(error))?;
+        loop {
+            match step {
+                Step::Done(credentials) => return Ok(credentials),
+                Step::Challenge(text) => {
+                    self.reply(Reply::plain(334, text));
+                    let line = self.auth_response().await?;
+                    step = exchange
+                        .respond(&line)
+                        .map_err(|error| self.sasl_error(error))?;
+                }
+            }
+        }
+    }
+
+    /// One response line of an exchange.
+    async fn auth_response(&mut self) -> Result<String, Stop> {
+        match self.next_line_within(sasl::RESPONSE_LINE_LIMIT).await {
+            Ok(NextLine::Line(line)) => match String::from_utf8(line) {
+                Ok(line) => Ok(line),
+                Err(_) => Err(self.error(replies::auth_malformed("not ASCII"))),
+            },
+            Ok(NextLine::BareLf(_)) => Err(self.error(replies::bare_lf_command())),
+            Ok(NextLine::TooLong) => Err(self.error(replies::auth_line_too_long())),
+            Err(reply) => {
+                if let Some(reply) = reply {
+                    self.reply(reply);
+                }
+                Err(Flow::Close)
+            }
+        }
+    }
+
+    fn sasl_error(&mut self, error: SaslError) -> Stop {
+        match error {
+            SaslError::Cancelled => self.reply(replies::auth_cancelled()),
+            other => self.error(replies::auth_malformed(other)),
+        }
+    }
+
+    /// Asks the credentials file (on a blocking thread: hashes are slow on purpose)
+    /// or the verifier plugin.
+    async fn check_credentials(&mut self, credentials: &Credentials) -> Check {
+        if let Some(file) = &self.listener.credentials {
+            let (file, credentials) = (file.get(), credentials.clone());
+            return tokio::task::spawn_blocking(move || {
+                file.check(&credentials.login, credentials.password.expose())
+            })
+            .await
+            .unwrap_or(Check::Unavailable);
+        }
+        if let Some(verifier) = self.listener.verifier.clone() {
+            let session = self.plugin_session();
+            return crate::hooks::verify_login(&verifier, &self.id, &session, credentials).await;
+        }
+        Check::Unavailable
+    }
+
+    /// A failed attempt: counted per client address; a growing delay before `reply`,
+    /// or 421 and close past the limit.
+    async fn auth_failed(&mut self, reply: Reply) -> Flow {
+        match self.context.throttle.record_failure(self.peer.address.ip()) {
+            AfterFailure::Delay(delay) => {
+                tokio::select! {
+                    _ = self.context.shutdown.abort.cancelled() => {}
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                self.reply(reply)
+            }
+            AfterFailure::Disconnect => {
+                info!("too many failed AUTH attempts; closing");
+                self.reply(reply);
+                self.reply(replies::auth_throttled(
+                    &self.context.config.server.hostname,
+                ));
+                Flow::Close
+            }
+        }
+    }
+
+    /// A login the verifier accepted: the AUTH hook decides last; `success` is the
+    /// 235 the client gets otherwise (the upstream's own, in passthrough).
+    async fn logged_in(
+        &mut self,
+        mechanism: Mechanism,
+        login: String,
+        verified_here: bool,
+        success: Reply,
+    ) -> Flow {
+        if !self.hooks.is_empty() {
+            let session = self.plugin_session();
+            let decision = self.hooks.auth(&session, mechanism.name(), &login).await;
+            if let Decision::Refuse(_) | Decision::Disconnect(_) = decision {
+                info!(%login, "AUTH refused by a plugin");
+                if let Some(upstream) = self.upstream.take()
+                    && self.upstream_authenticated
+                {
+                    upstream.quit().await;
+                }
+                self.upstream_authenticated = false;
+                return self.refused(decision).unwrap_or(Flow::Continue);
+            }
+        }
+        info!(%login, %mechanism, "authenticated");
+        self.peer.login = Some(Login {
+            name: login,
+            mechanism,
+            verified_here,
+        });
+        // An upstream session opened before (VRFY) was not told the login.
+        if verified_here && let Some(upstream) = self.upstream.take() {
+            upstream.quit().await;
+        }
+        self.reply(success)
+    }
+
+    /// Passthrough mode: the upstream runs the exchange; responses are relayed to it
+    /// line by line, and its final reply to the client.
+    async fn auth_passthrough(&mut self, mechanism: Mechanism, initial: Option<String>) -> Flow {
+        let mut login = initial
+            .as_deref()
+            .and_then(|i| sasl::login_of(mechanism, i));
+        let mut line = match &initial {
+            Some(initial) if !is_sasl_token(initial) => {
+                return self.error(replies::auth_malformed("not base64"));
+            }
+            Some(initial) => format!("AUTH {mechanism} {initial}"),
+            None => format!("AUTH {mechanism}"),
+        };
+        let timeout = self.context.config.upstream.timeouts.command;
+        loop {
+            let reply = match self.upstream_session().await {
+                Ok(upstream) => upstream.command(Stage::Command, &line, timeout).await,
+                Err(error) => Err(error),
+            };
+            let reply = match reply {
+                Ok(reply) => reply,
+                Err(error) => {
+                    let _ = self.upstream_failed(error);
+                    return self.reply(replies::auth_unavailable());
+                }
+            };
+            match reply.code() {
+                334 => {}
+                235 => {
+                    self.upstream_authenticated = true;
+                    let login = login.unwrap_or_default();
+                    return self.logged_in(mechanism, login, false, reply).await;
+                }
+                421 => return self.relay(reply),
+                535 => return self.auth_failed(reply).await,
+                _ => return self.reply(reply),
+            }
+            self.reply(reply);
+            let response = match self.auth_response().await {
+                Ok(response) => response,
+                Err(flow) => {
+                    self.cancel_upstream_auth().await;
+                    return flow;
+                }
+            };
+            if !is_sasl_token(&response) {
+                self.cancel_upstream_auth().await;
+                return self.error(replies::auth_malformed("not base64"));
+            }
+            if login.is_none() {
+                login = sasl::login_of(mechanism, &response);
+            }
+            line = response;
+        }
+    }
+
+    /// Ends an exchange the upstream is in the middle of.
+    async fn cancel_upstream_auth(&mut self) {
+        let timeout = self.context.config.upstream.timeouts.command;
+        if let Some(upstream) = self.upstream.as_mut()
+            && upstream
+                .command(Stage::Command, "*", timeout)
+                .await
+                .is_err()
+        {
+            self.upstream = None;
+        }
+    }
+
+    /// The login for the sender-login check and AUTH= of MAIL.
+    pub(super) fn login_name(&self) -> Option<&str> {
+        self.peer.login.as_ref().map(|login| login.name.as_str())
+    }
+
+    /// The sender-login map, if the listener has one.
+    pub(super) fn sender_allowed(&self, sender: &str) -> bool {
+        self.listener
+            .sender_logins
+            .as_ref()
+            .is_none_or(|map| map.get().allows(self.login_name(), sender))
+    }
+}
+
+/// A response that may be relayed: base64, `=` or `*`, nothing that could end a line.
+fn is_sasl_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'*'))
+}
