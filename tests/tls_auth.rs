@@ -532,13 +532,9 @@ fn injecting_relay(target: std::net::SocketAddr, injected: &'static str) -> std:
         });
         let mut injected_once = false;
         let mut buffer = [0u8; 16384];
-        loop {
-            let Ok(count) = client_read.read(&mut buffer) else {
-                break;
-            };
-            if count == 0 {
-                break;
-            }
+        while let Ok(count) = client_read.read(&mut buffer)
+            && count > 0
+        {
             let mut packet = buffer[..count].to_vec();
             if !injected_once
                 && packet
