@@ -7,7 +7,7 @@ mod common;
 
 use std::{path::PathBuf, process::Command, thread, time::Duration};
 
-use common::{Client, Proxy, closed_port, require_program, wait_until};
+use common::{Client, Proxy, closed_port, require_program, tls::Pki, wait_until};
 
 /// A private Postfix instance; stopped on drop.
 struct Postfix {
@@ -16,6 +16,14 @@ struct Postfix {
     xclient_port: String,
     /// smtpd expecting a PROXY protocol header.
     proxy_protocol_port: String,
+    /// smtpd offering STARTTLS with a certificate for postfix.test.
+    starttls_port: String,
+    /// smtpd with TLS from the first byte (wrapper mode).
+    smtps_port: String,
+    /// smtpd offering SASL AUTH (Cyrus, sasldb), for passthrough AUTH.
+    sasl_port: String,
+    /// The CA that signed Postfix's certificate.
+    ca: PathBuf,
 }
 
 impl Postfix {
@@ -31,8 +39,13 @@ impl Postfix {
         run("chmod", &["755", root.to_str().unwrap()]);
         run("chmod", &["777", root.join("mail").to_str().unwrap()]);
         run("chown", &["postfix", root.join("data").to_str().unwrap()]);
-        let xclient_port = closed_port().rsplit_once(':').unwrap().1.to_string();
-        let proxy_protocol_port = closed_port().rsplit_once(':').unwrap().1.to_string();
+        let port = || closed_port().rsplit_once(':').unwrap().1.to_string();
+        let (xclient_port, proxy_protocol_port) = (port(), port());
+        let (starttls_port, smtps_port, sasl_port) = (port(), port(), port());
+        let pki = Pki::new(&root.join("etc"));
+        let certificate = pki.server("postfix", &["postfix.test"]);
+        let (cert, key) = (certificate.cert.display(), certificate.key.display());
+        let sasl = sasl_database(&root);
         let r = root.display();
         std::fs::write(
             root.join("etc/main.cf"),
@@ -62,6 +75,12 @@ alias_database =
 default_transport = error:no delivery outside the test
 relay_transport = error:no relay in the test
 smtpd_banner = $myhostname ESMTP test instance
+smtpd_sasl_authenticated_header = yes
+smtpd_tls_received_header = yes
+smtpd_tls_cert_file = {cert}
+smtpd_tls_key_file = {key}
+cyrus_sasl_config_path = {r}/etc/sasl
+smtpd_sasl_local_domain = postfix.test
 "
             ),
         )
@@ -72,6 +91,10 @@ smtpd_banner = $myhostname ESMTP test instance
             format!(
                 "127.0.0.1:{xclient_port} inet n - n - - smtpd
 127.0.0.1:{proxy_protocol_port} inet n - n - - smtpd -o smtpd_upstream_proxy_protocol=haproxy
+127.0.0.1:{starttls_port} inet n - n - - smtpd -o smtpd_tls_security_level=may
+127.0.0.1:{smtps_port} inet n - n - - smtpd -o smtpd_tls_wrappermode=yes -o smtpd_tls_security_level=encrypt
+127.0.0.1:{sasl_port} inet n - n - - smtpd -o smtpd_sasl_auth_enable={sasl} -o smtpd_sasl_type=cyrus -o smtpd_sasl_path=smtpd
+tlsmgr unix - - n 1000? 1 tlsmgr
 cleanup unix n - n - 0 cleanup
 qmgr unix n - n 300 1 qmgr
 rewrite unix - - n - - trivial-rewrite
@@ -95,6 +118,10 @@ postlog unix-dgram n - n - 1 postlogd
             dir,
             xclient_port,
             proxy_protocol_port,
+            starttls_port,
+            smtps_port,
+            sasl_port,
+            ca: pki.ca.clone(),
         };
         let status = Command::new("postfix")
             .args(["-c", &postfix.etc(), "start"])
@@ -146,6 +173,41 @@ impl Drop for Postfix {
         // master exits asynchronously; give it a moment before the folder goes away.
         thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// The Cyrus SASL set-up of the SASL smtpd: dave / dave-password in a sasldb made by
+/// saslpasswd2. Returns "yes" if it could be made (saslpasswd2 installed).
+fn sasl_database(root: &std::path::Path) -> &'static str {
+    if !require_program("saslpasswd2") {
+        return "no";
+    }
+    let database = root.join("etc/sasldb2");
+    std::fs::create_dir(root.join("etc/sasl")).unwrap();
+    std::fs::write(
+        root.join("etc/sasl/smtpd.conf"),
+        format!(
+            "pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: PLAIN LOGIN\nsasldb_path: {}\n",
+            database.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new("saslpasswd2")
+        .args([
+            "-f",
+            database.to_str().unwrap(),
+            "-p",
+            "-c",
+            "-u",
+            "postfix.test",
+            "dave",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"dave-password").unwrap();
+    assert!(child.wait().unwrap().success(), "saslpasswd2 failed");
+    run("chmod", &["644", database.to_str().unwrap()]);
+    "yes"
 }
 
 fn run(program: &str, args: &[&str]) {
@@ -273,4 +335,145 @@ fn a_kept_postfix_session_serves_the_next_client() {
         );
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn the_upstream_leg_is_encrypted_and_verified() {
+    let Some(postfix) = Postfix::start() else {
+        return;
+    };
+    let ca = postfix.ca.display().to_string();
+    let cases = [
+        (
+            &postfix.starttls_port,
+            format!("tls = \"starttls\"\ntls_ca = {ca:?}\ntls_server_name = \"postfix.test\"\n"),
+        ),
+        (
+            &postfix.smtps_port,
+            format!("tls = \"implicit\"\ntls_ca = {ca:?}\ntls_server_name = \"postfix.test\"\n"),
+        ),
+        (
+            &postfix.starttls_port,
+            "tls = \"starttls\"\ntls_insecure = true\n".to_string(),
+        ),
+    ];
+    for (index, (port, keys)) in cases.iter().enumerate() {
+        let proxy = proxy_with(&postfix, port, keys);
+        let mut client = proxy.client();
+        client.expect("EHLO client.test", 250);
+        let body = format!("Subject: over TLS {index}\r\n\r\nHi.\r\n.\r\n");
+        let reply = client.send_message(
+            "sender@origin.test",
+            &["user@example.test"],
+            body.as_bytes(),
+        );
+        assert_eq!(reply.code, 250, "{keys}: {reply:?}\n{}", postfix.log());
+        client.expect("QUIT", 221);
+        let delivered = postfix.wait_delivered(index + 1);
+        let message = delivered
+            .iter()
+            .find(|m| m.contains(&format!("Subject: over TLS {index}")))
+            .expect("delivered");
+        // smtpd_tls_received_header: Postfix notes the TLS version of the session.
+        assert!(message.contains("(using TLSv1."), "{keys}: {message}");
+    }
+    // A certificate signed by another CA is refused: the client gets 451, nothing is sent.
+    let stranger = tempfile::tempdir().unwrap();
+    let other_ca = Pki::new(stranger.path()).ca.display().to_string();
+    let proxy = proxy_with(
+        &postfix,
+        &postfix.starttls_port,
+        &format!("tls = \"starttls\"\ntls_ca = {other_ca:?}\ntls_server_name = \"postfix.test\"\n"),
+    );
+    let mut client = proxy.client();
+    client.expect("EHLO client.test", 250);
+    let reply = client.expect("MAIL FROM:<sender@origin.test>", 451);
+    assert!(reply.text().contains("4.4.1"), "{reply:?}");
+    proxy.wait_for_log("TLS with the upstream failed");
+}
+
+#[test]
+fn an_edge_login_reaches_postfix_through_xclient() {
+    let Some(postfix) = Postfix::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    let hash = Command::new("openssl")
+        .args(["passwd", "-6", "alice-password"])
+        .output()
+        .unwrap();
+    std::fs::write(
+        &users,
+        format!("alice:{}", String::from_utf8_lossy(&hash.stdout)),
+    )
+    .unwrap();
+    let proxy = Proxy::start_with(&format!(
+        "[listener.auth]\nmode = \"edge\"\nallow_plaintext = true\nrequired = true\ncredentials = {:?}\n[upstream]\naddress = \"{}\"\nclient_address = \"xclient\"\n",
+        users.display().to_string(),
+        postfix.address(&postfix.xclient_port)
+    ));
+    let mut client = Client::connect_from("127.0.0.2", proxy.address);
+    client.expect("EHLO client.test", 250);
+    let credentials = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        "\0alice\0alice-password",
+    );
+    client.expect(&format!("AUTH PLAIN {credentials}"), 235);
+    let reply = client.send_message(
+        "alice@origin.test",
+        &["user@example.test"],
+        b"Subject: edge login\r\n\r\nHi.\r\n.\r\n",
+    );
+    assert_eq!(reply.code, 250, "{reply:?}\n{}", postfix.log());
+    let message = &postfix.wait_delivered(1)[0];
+    assert!(
+        message.contains("(Authenticated sender: alice)"),
+        "{message}\n{}",
+        postfix.log()
+    );
+    assert!(message.contains("[127.0.0.2]"), "{message}");
+}
+
+#[test]
+fn passthrough_auth_is_checked_by_postfix_sasl() {
+    let Some(postfix) = Postfix::start() else {
+        return;
+    };
+    if !require_program("saslpasswd2") {
+        return;
+    }
+    let proxy = Proxy::start_with(&format!(
+        "[listener.auth]\nmode = \"passthrough\"\nallow_plaintext = true\nrequired = true\n[upstream]\naddress = \"{}\"\n",
+        postfix.address(&postfix.sasl_port)
+    ));
+    let encode =
+        |text: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, text);
+    let mut client = proxy.client();
+    let ehlo = client.expect("EHLO client.test", 250);
+    assert!(
+        ehlo.lines.iter().any(|l| l.ends_with("AUTH PLAIN LOGIN")),
+        "{ehlo:?}\n{}",
+        postfix.log()
+    );
+    let refused = client.expect(&format!("AUTH PLAIN {}", encode("\0dave\0wrong")), 535);
+    assert!(refused.text().contains("5.7.8"), "{refused:?}");
+    client.expect("AUTH LOGIN", 334);
+    client.expect(&encode("dave"), 334);
+    client.expect(&encode("dave-password"), 235);
+    // Cyrus qualifies the login with smtpd_sasl_local_domain.
+    let reply = client.send_message(
+        "dave@origin.test",
+        &["user@example.test"],
+        b"Subject: passthrough\r\n\r\nHi.\r\n.\r\n",
+    );
+    assert_eq!(reply.code, 250, "{reply:?}\n{}", postfix.log());
+    let message = &postfix.wait_delivered(1)[0];
+    assert!(
+        message.contains("(Authenticated sender: dave@postfix.test)"),
+        "{message}"
+    );
+    wait_until("postfix logged the SASL login", || {
+        postfix.log().contains("sasl_username=dave@postfix.test")
+    });
 }
