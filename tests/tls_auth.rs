@@ -272,7 +272,9 @@ fn swaks_authenticates_with_plain_and_login_over_starttls_and_implicit_tls() {
 #[test]
 fn every_auth_reply_code() {
     let files = Files::new();
-    let upstream = RecordingUpstream::scripted(XCLIENT_EHLO, Arc::new(|_| Action::Default));
+    let mut extensions = XCLIENT_EHLO.to_vec();
+    extensions.push("AUTH PLAIN");
+    let upstream = RecordingUpstream::scripted(&extensions, Arc::new(|_| Action::Default));
     // "test": plaintext AUTH allowed, PLAIN only, AUTH required, sender map.
     // "strict": STARTTLS, no plaintext AUTH. "open": AUTH optional, both mechanisms.
     let proxy = Proxy::start_with(&format!(
@@ -337,15 +339,14 @@ fn every_auth_reply_code() {
     expect(&mut client, "RSET", 250, "");
     expect(&mut client, "MAIL FROM:<> AUTH=bad=value", 501, "5.5.4");
     client.expect("QUIT", 221);
+    // RFC 4954 §5: an authenticated client's AUTH= goes on as given.
     let session = upstream.sessions().remove(0);
-    let mail = session
-        .commands
-        .iter()
-        .find(|c| c.starts_with("MAIL"))
-        .unwrap();
-    assert_eq!(
-        mail, "MAIL FROM:<alice@example.org>",
-        "AUTH= is not passed on in edge mode"
+    assert!(
+        session
+            .commands
+            .contains(&"MAIL FROM:<alice@example.org> AUTH=<>".to_string()),
+        "{:?}",
+        session.commands
     );
 
     // AUTH before TLS where plaintext AUTH is not allowed.
@@ -367,7 +368,12 @@ fn every_auth_reply_code() {
     let mut open = Client::connect(proxy.listener("open"));
     open.read_reply();
     open.expect("EHLO client.example", 250);
-    expect(&mut open, "MAIL FROM:<someone@elsewhere.example>", 250, "");
+    expect(
+        &mut open,
+        "MAIL FROM:<someone@elsewhere.example> AUTH=alice+40example.org",
+        250,
+        "",
+    );
     expect(
         &mut open,
         &format!("AUTH PLAIN {}", plain("alice", ALICE_PASSWORD)),
@@ -385,6 +391,16 @@ fn every_auth_reply_code() {
     expect(&mut open, "MAIL FROM:<alice@example.org>", 553, "5.7.1");
     expect(&mut open, "MAIL FROM:<mallory@example.org>", 250, "");
     open.expect("QUIT", 221);
+    // A client that did not authenticate is taken as AUTH=<>, whatever it claimed.
+    let commands: Vec<String> = upstream
+        .recorded()
+        .into_iter()
+        .flat_map(|r| r.commands)
+        .collect();
+    assert!(
+        commands.contains(&"MAIL FROM:<someone@elsewhere.example> AUTH=<>".to_string()),
+        "{commands:?}"
+    );
 }
 
 #[test]
@@ -911,6 +927,10 @@ fn passthrough_relays_the_exchange_to_the_upstream() {
         commands.contains(&b64("dave")) && commands.contains(&b64("pw")),
         "{commands:?}"
     );
+    let logs = proxy.logs().join("\n");
+    for secret in [plain("dave", "bad"), b64("pw"), "\\u0000dave\\u0000".into()] {
+        assert!(!logs.contains(&secret), "{secret:?} in the logs");
+    }
     drop(upstream);
 
     // Upstream gone: 454, never a login.

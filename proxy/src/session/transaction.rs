@@ -69,13 +69,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             info!(sender = %mail.reverse_path.mailbox(), login = ?self.login_name(), "sender not allowed for this login");
             return self.reply(replies::sender_not_owned(self.login_name()));
         }
-        let mut mail = mail;
-        if self.listener.config.auth.mode == AuthMode::Edge {
-            // The upstream learns the login from XCLIENT; a client's AUTH= claim is
-            // not passed on (RFC 4954 §5 leaves it to the server to trust or drop).
-            mail.params.retain(|param| !param.is("AUTH"));
-        }
-        let mail = match self.mail_hook(mail).await {
+        let edge = self.listener.config.auth.mode == AuthMode::Edge;
+        let authenticated = self.peer.login.is_some();
+        let mut mail = match self.mail_hook(mail).await {
             Ok(mail) => mail,
             Err(flow) => return flow,
         };
@@ -86,6 +82,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return self.reply(reply);
             }
         };
+        if edge {
+            edge_auth_param(
+                &mut mail.params,
+                authenticated,
+                upstream.capabilities().has(Extension::Auth),
+            );
+        }
         if let Some(keyword) = missing_extension(
             &mail.params,
             upstream.capabilities(),
@@ -345,6 +348,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             };
         }
         Flow::Continue
+    }
+}
+
+/// RFC 4954 §5 for edge AUTH, where the proxy is the server that verified the
+/// client: an authenticated client's AUTH= goes on as given; a client that did not
+/// authenticate is treated as if it had sent AUTH=<>; an upstream without AUTH gets
+/// no AUTH= at all (it learns the login through XCLIENT LOGIN instead).
+fn edge_auth_param(params: &mut Vec<Param>, authenticated: bool, upstream_offers_auth: bool) {
+    let Some(index) = params.iter().position(|param| param.is("AUTH")) else {
+        return;
+    };
+    if !upstream_offers_auth {
+        params.remove(index);
+    } else if !authenticated {
+        params[index].value = Some("<>".into());
     }
 }
 
