@@ -581,7 +581,12 @@ impl Config {
             message: error.message().trim().to_string(),
         })?;
         let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|error| {
-            let key = error.path().to_string();
+            // A value wrapped in `Spanned` shows up in the path under serde_spanned's
+            // private field name; users know the key without it.
+            let key = error
+                .path()
+                .to_string()
+                .replace(".$__serde_spanned_private_value", "");
             let inner = error.into_inner();
             ConfigError {
                 key,
@@ -1019,6 +1024,72 @@ mod tests {
                 Some(10),
                 "unknown variant",
             ),
+            (
+                &MINIMAL.replace("name = \"mx\"", "name = \"mx\"\ntls = \"starttls\""),
+                "listener[0].tls",
+                Some(3),
+                "[[tls.certificate]]",
+            ),
+            (
+                &MINIMAL.replace("name = \"mx\"", "name = \"mx\"\nrequire_tls = true"),
+                "listener[0].require_tls",
+                Some(3),
+                "starttls",
+            ),
+            (
+                &MINIMAL.replace("name = \"mx\"", "name = \"mx\"\ntls = \"sometimes\""),
+                "listener[0].tls",
+                Some(3),
+                "unknown variant",
+            ),
+            (
+                &MINIMAL.replace(
+                    "address = \"127.0.0.1:2525\"",
+                    "address = \"127.0.0.1:2525\"\n[listener.auth]\nmode = \"edge\"",
+                ),
+                "listener[0].auth.credentials",
+                Some(4),
+                "credentials file or a verifier",
+            ),
+            (
+                &MINIMAL.replace(
+                    "address = \"127.0.0.1:2525\"",
+                    "address = \"127.0.0.1:2525\"\n[listener.auth]\nmode = \"edge\"\nverifier = \"ghost\"",
+                ),
+                "listener[0].auth.verifier",
+                Some(4),
+                "no [plugins.ghost]",
+            ),
+            (
+                &MINIMAL.replace(
+                    "address = \"127.0.0.1:2525\"",
+                    "address = \"127.0.0.1:2525\"\n[listener.auth]\nrequired = true",
+                ),
+                "listener[0].auth.required",
+                Some(4),
+                "mode = \"off\"",
+            ),
+            (
+                &MINIMAL.replace(
+                    "address = \"127.0.0.1:2525\"",
+                    "address = \"127.0.0.1:2525\"\n[listener.auth]\nmode = \"edge\"\ncredentials = \"u\"\nmechanisms = [\"CRAM-MD5\"]",
+                ),
+                "listener[0].auth.mechanisms[0]",
+                Some(7),
+                "unknown variant",
+            ),
+            (
+                &format!("{MINIMAL}tls = \"starttls\"\ntls_ca = \"/nonexistent/ca.pem\"\n"),
+                "upstream.tls_ca",
+                Some(8),
+                "/nonexistent/ca.pem",
+            ),
+            (
+                &format!("{MINIMAL}tls = \"implicit\"\ntls_insecure = true\ntls_ca = \"ca.pem\"\n"),
+                "upstream.tls_ca",
+                Some(9),
+                "not both",
+            ),
         ];
         for (text, key, line, message) in cases {
             let error = Config::parse(text).unwrap_err();
@@ -1029,6 +1100,29 @@ mod tests {
             );
             assert!(error.message.contains(message), "{error}");
         }
+    }
+
+    #[test]
+    fn submission_and_mx_examples_are_valid() {
+        let submission = Config::parse(include_str!("../../config/submission.toml")).unwrap();
+        let ports: Vec<_> = submission
+            .listeners
+            .iter()
+            .map(|l| (l.address.port(), l.tls))
+            .collect();
+        assert_eq!(ports, [(587, TlsMode::Starttls), (465, TlsMode::Implicit)]);
+        assert!(
+            submission
+                .listeners
+                .iter()
+                .all(|l| l.auth.mode == AuthMode::Edge
+                    && l.auth.required
+                    && l.auth.sender_logins.is_some())
+        );
+        assert!(submission.listeners[0].require_tls);
+        let mx = Config::parse(include_str!("../../config/mx.toml")).unwrap();
+        assert_eq!(mx.listeners[0].address.port(), 25);
+        assert_eq!(mx.listeners[0].auth.mode, AuthMode::Off);
     }
 
     #[test]
