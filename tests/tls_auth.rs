@@ -944,3 +944,45 @@ fn passthrough_relays_the_exchange_to_the_upstream() {
     assert_eq!(reply.code, 454, "{reply:?}");
     assert!(reply.text().contains("4.7.0"), "{reply:?}");
 }
+
+#[test]
+fn the_upstream_leg_refuses_plaintext_after_its_starttls_reply_and_a_missing_starttls() {
+    // An upstream (or a man in the middle) that sends a second reply in the same packet
+    // as its 220 to STARTTLS: that reply was never encrypted and must not be read as
+    // part of the TLS session.
+    let mut extensions = common::FULL_EHLO.to_vec();
+    extensions.push("STARTTLS");
+    let injecting = RecordingUpstream::scripted(
+        &extensions,
+        Arc::new(|line: &str| match line {
+            "STARTTLS" => {
+                Action::Reply("220 2.0.0 Ready to start TLS\r\n250 2.1.0 Sender ok".into())
+            }
+            _ => Action::Default,
+        }),
+    );
+    let without = RecordingUpstream::start();
+    for (upstream, log) in [
+        (&injecting, "upstream sent data after its STARTTLS reply"),
+        (&without, "upstream does not offer STARTTLS"),
+    ] {
+        let proxy = Proxy::start(
+            &upstream.address(),
+            "tls = \"starttls\"\ntls_insecure = true\n",
+        );
+        let mut client = proxy.client();
+        client.expect("EHLO client.example", 250);
+        let reply = client.expect("MAIL FROM:<a@example.org>", 451);
+        assert!(reply.text().contains("4.4.1"), "{reply:?}");
+        proxy.wait_for_log(log);
+        let commands: Vec<String> = upstream
+            .recorded()
+            .into_iter()
+            .flat_map(|r| r.commands)
+            .collect();
+        assert!(
+            !commands.iter().any(|c| c.starts_with("MAIL")),
+            "{commands:?}"
+        );
+    }
+}

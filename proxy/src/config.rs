@@ -671,10 +671,22 @@ impl RawConfig {
                     "only meaningful with tls = \"starttls\" (implicit TLS is always encrypted)",
                 ));
             }
+            let auth_span = raw.auth.as_ref().map(|a| a.span().start);
             let auth = match raw.auth {
                 Some(auth) => validate_auth(index, auth, &self.plugins, line_of)?,
                 None => AuthConfig::default(),
             };
+            if let Some(span) = auth_span
+                && auth.mode != AuthMode::Off
+                && tls == TlsMode::None
+                && !auth.allow_plaintext
+            {
+                return Err(error(
+                    &format!("listener[{index}].auth.mode"),
+                    span,
+                    "AUTH is only offered over TLS and this listener has none: set tls, or allow_plaintext = true",
+                ));
+            }
             listeners.push(ListenerConfig {
                 name: raw.name.into_inner(),
                 address: raw.address,
@@ -1077,6 +1089,15 @@ mod tests {
                 "listener[0].auth.mechanisms[0]",
                 Some(7),
                 "unknown variant",
+            ),
+            (
+                &MINIMAL.replace(
+                    "address = \"127.0.0.1:2525\"",
+                    "address = \"127.0.0.1:2525\"\n[listener.auth]\nmode = \"passthrough\"",
+                ),
+                "listener[0].auth.mode",
+                Some(4),
+                "only offered over TLS",
             ),
             (
                 &format!("{MINIMAL}tls = \"starttls\"\ntls_ca = \"/nonexistent/ca.pem\"\n"),
