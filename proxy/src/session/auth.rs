@@ -52,30 +52,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     pub(super) async fn auth(&mut self, argument: String) -> Flow {
-        let policy = self.listener.config.auth.clone();
-        if policy.mode == AuthMode::Off {
-            return self.error(replies::not_offered("AUTH"));
-        }
-        if !self.peer.esmtp {
-            return self.error(replies::bad_sequence("send EHLO first"));
-        }
-        if self.peer.login.is_some() {
-            return self.error(replies::bad_sequence("already authenticated"));
-        }
-        if self.envelope.in_transaction() {
-            return self.error(replies::bad_sequence(
-                "AUTH is not permitted during a mail transaction",
-            ));
-        }
-        if self.peer.tls.is_none() && !policy.allow_plaintext {
-            return self.reply(replies::encryption_required());
-        }
-        if self.context.throttle.is_blocked(self.peer.address.ip()) {
-            info!("AUTH refused: too many failures from this address");
-            self.reply(replies::auth_throttled(
-                &self.context.config.server.hostname,
-            ));
-            return Flow::Close;
+        if let Some(refused) = self.auth_refused() {
+            return refused;
         }
         let (name, initial) = match argument.split_once(' ') {
             Some((name, initial)) => (name, Some(initial.trim().to_string())),
@@ -86,14 +64,40 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         // Known but not permitted here (the listener's `mechanisms`): too weak for
         // this listener's policy. In passthrough the upstream may refuse it too.
+        let policy = &self.listener.config.auth;
         if !policy.mechanisms.contains(&mechanism) {
             return self.reply(replies::mechanism_too_weak());
         }
         match policy.mode {
             AuthMode::Edge => self.auth_edge(mechanism, initial).await,
             AuthMode::Passthrough => self.auth_passthrough(mechanism, initial).await,
-            AuthMode::Off => unreachable!("checked above"),
+            AuthMode::Off => self.error(replies::not_offered("AUTH")),
         }
+    }
+
+    /// The checks before any exchange: offered, sequence, TLS, throttling. `Some`
+    /// when AUTH may not start (the reply is queued).
+    fn auth_refused(&mut self) -> Option<Flow> {
+        let policy = &self.listener.config.auth;
+        let refusal = if policy.mode == AuthMode::Off {
+            replies::not_offered("AUTH")
+        } else if !self.peer.esmtp {
+            replies::bad_sequence("send EHLO first")
+        } else if self.peer.login.is_some() {
+            replies::bad_sequence("already authenticated")
+        } else if self.envelope.in_transaction() {
+            replies::bad_sequence("AUTH is not permitted during a mail transaction")
+        } else if self.peer.tls.is_none() && !policy.allow_plaintext {
+            return Some(self.reply(replies::encryption_required()));
+        } else if self.context.throttle.is_blocked(self.peer.address.ip()) {
+            info!("AUTH refused: too many failures from this address");
+            let hostname = &self.context.config.server.hostname;
+            self.reply(replies::auth_throttled(hostname));
+            return Some(Flow::Close);
+        } else {
+            return None;
+        };
+        Some(self.error(refusal))
     }
 
     /// Edge mode: run the exchange, check the credentials here.
