@@ -205,6 +205,11 @@ print("ok")
         .find(|c| c.starts_with("XCLIENT"))
         .expect("XCLIENT sent");
     assert!(xclient.ends_with(" LOGIN=alice"), "{xclient}");
+    let summary = proxy.wait_for_log("\"message\":\"message\"");
+    assert!(
+        summary.contains("\"login\":\"alice\"") && summary.contains("\"tls\":\"TLSv1.3\""),
+        "{summary}"
+    );
     assert!(
         !session
             .commands

@@ -212,12 +212,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .envelope
             .started
             .map_or(0, |started| started.elapsed().as_millis() as u64);
+        let tls = self.peer.tls.as_ref().map(|tls| tls.version.as_str());
         info!(
             from = %from,
             recipients = self.envelope.recipients.len(),
             size,
             upstream_reply = %reply,
             duration_ms,
+            login = self.login_name(),
+            tls,
             "message"
         );
     }
