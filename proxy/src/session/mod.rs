@@ -2,10 +2,12 @@
 //!
 //! The session reads commands, checks them against its state and limits, relays MAIL,
 //! RCPT and DATA to the upstream in lock step, and relays the upstream's replies. It
-//! is generic over its stream, so unit tests drive it over `tokio::io::duplex`.
-//! Plugins are asked through `hooks` at connect ([`Session::run`]), HELO (`helo`),
-//! MAIL and RCPT (`transaction.rs`) and DATA (`data.rs` streams when no plugin wants
-//! the message, `spooled.rs` spools it for them).
+//! is generic over its stream (wrapped in [`MaybeTls`] so STARTTLS can encrypt it in
+//! place), so unit tests drive it over `tokio::io::duplex`. STARTTLS and implicit TLS
+//! are in `tls.rs`, AUTH in `auth.rs`. Plugins are asked through `hooks` at connect
+//! ([`Session::run`]), HELO (`helo`), AUTH (`auth.rs`), MAIL and RCPT
+//! (`transaction.rs`) and DATA (`data.rs` streams when no plugin wants the message,
+//! `spooled.rs` spools it for them).
 
 mod auth;
 mod data;
