@@ -57,11 +57,8 @@ impl UpstreamTls {
                 .with_root_certificates(roots_from(path)?)
                 .with_no_client_auth(),
         };
-        let server_name =
-            ServerName::try_from(server_name.to_string()).map_err(|_| TlsError::File {
-                path: server_name.into(),
-                reason: "not a valid server name for TLS".into(),
-            })?;
+        let server_name = ServerName::try_from(server_name.to_string())
+            .map_err(|_| TlsError::ServerName(server_name.to_string()))?;
         Ok(Self {
             connector: TlsConnector::from(Arc::new(config)),
             server_name,
@@ -86,10 +83,7 @@ fn system_roots() -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     roots.add_parsable_certificates(found.certs);
     if roots.is_empty() {
-        return Err(TlsError::File {
-            path: "(system certificate store)".into(),
-            reason: "no root certificates found; set upstream.tls_ca".into(),
-        });
+        return Err(TlsError::NoSystemRoots);
     }
     Ok(roots)
 }

@@ -47,6 +47,12 @@ pub enum TlsError {
         /// The key file.
         key: PathBuf,
     },
+    /// The name the upstream's certificate must carry is not a valid DNS name or IP.
+    #[error("{0:?} is not a valid server name for TLS")]
+    ServerName(String),
+    /// The system's certificate store has no usable root certificate.
+    #[error("no root certificates found in the system store; set upstream.tls_ca")]
+    NoSystemRoots,
     /// No certificate is configured.
     #[error("no certificate is configured ([[tls.certificate]])")]
     NoCertificate,
