@@ -12,7 +12,7 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject};
 use tokio_rustls::TlsConnector;
 
-use super::server::{TlsError, provider};
+use super::{TlsError, provider};
 
 /// Where the upstream's certificate is verified against.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,11 +8,59 @@ pub mod server;
 
 use std::{
     io,
+    path::{Path, PathBuf},
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
 };
 
+use rustls::crypto::CryptoProvider;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Why certificates or keys could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or holds no usable PEM section.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The key does not belong to the certificate.
+    #[error("{key}: this key does not belong to the certificate in {cert}")]
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
+    /// The name the upstream's certificate must carry is not a valid DNS name or IP.
+    #[error("{0:?} is not a valid server name for TLS")]
+    ServerName(String),
+    /// The system's certificate store has no usable root certificate.
+    #[error("no root certificates found in the system store; set upstream.tls_ca")]
+    NoSystemRoots,
+    /// No certificate is configured.
+    #[error("no certificate is configured ([[tls.certificate]])")]
+    NoCertificate,
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+pub(crate) fn file_error(path: &Path, reason: impl std::fmt::Display) -> TlsError {
+    TlsError::File {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The process's crypto provider (ring).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
 
 /// A stream that is plaintext until a TLS handshake replaces it.
 #[derive(Debug)]

@@ -5,18 +5,19 @@
 //! and a reload that fails keeps the old set.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{Arc, RwLock},
 };
 
 use rustls::{
     ServerConfig,
-    crypto::CryptoProvider,
     server::{ClientHello, ResolvesServerCert},
     sign::CertifiedKey,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
 use tokio_rustls::TlsAcceptor;
+
+use super::{TlsError, file_error, provider};
 
 /// One certificate chain and its key, as PEM files.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -26,51 +27,6 @@ pub struct CertificateFiles {
     pub cert: PathBuf,
     /// The private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
-}
-
-/// Why certificates or keys could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    /// A file could not be read or holds no usable PEM section.
-    #[error("{path}: {reason}")]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The key does not belong to the certificate.
-    #[error("{key}: this key does not belong to the certificate in {cert}")]
-    KeyMismatch {
-        /// The certificate file.
-        cert: PathBuf,
-        /// The key file.
-        key: PathBuf,
-    },
-    /// The name the upstream's certificate must carry is not a valid DNS name or IP.
-    #[error("{0:?} is not a valid server name for TLS")]
-    ServerName(String),
-    /// The system's certificate store has no usable root certificate.
-    #[error("no root certificates found in the system store; set upstream.tls_ca")]
-    NoSystemRoots,
-    /// No certificate is configured.
-    #[error("no certificate is configured ([[tls.certificate]])")]
-    NoCertificate,
-    /// rustls refused the configuration.
-    #[error("TLS configuration: {0}")]
-    Rustls(#[from] rustls::Error),
-}
-
-fn file_error(path: &Path, reason: impl std::fmt::Display) -> TlsError {
-    TlsError::File {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    }
-}
-
-/// The process's crypto provider (ring).
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// A loaded certificate and the DER of its leaf, to match SNI names against.
