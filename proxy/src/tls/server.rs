@@ -151,6 +151,8 @@ fn read_all(files: &[CertificateFiles]) -> Result<Vec<Loaded>, TlsError> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn write_certificate(dir: &Path, names: &[&str]) -> CertificateFiles {
