@@ -991,3 +991,49 @@ fn the_upstream_leg_refuses_plaintext_after_its_starttls_reply_and_a_missing_sta
         );
     }
 }
+
+#[test]
+fn replay_runs_the_auth_hook_for_a_login() {
+    let fault = component("fault-plugin");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("replay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listener]]\nname = \"sub\"\naddress = \"127.0.0.1:0\"\nplugins = [\"guard\"]\n[upstream]\naddress = \"127.0.0.1:1\"\n[plugins.guard]\npath = {fault:?}\nconfig = {{ mode = \"refuse-login\" }}\n"
+        ),
+    )
+    .unwrap();
+    let message = dir.path().join("m.eml");
+    std::fs::write(&message, "Subject: hi\n\nhello\n").unwrap();
+    let replay = |login: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["replay", "--config"])
+            .arg(&config)
+            .args(["--listener", "sub", "--login", login])
+            .args(["--from", "a@example.org", "--to", "b@example.com"])
+            .arg(&message)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let refused = replay("mallory");
+    assert!(
+        refused.lines().any(|l| l
+            == "auth                     guard            reject 554 5.7.1 Not from here, not now"),
+        "{refused}"
+    );
+    assert!(!refused.contains("MAIL FROM"), "{refused}");
+    let accepted = replay("alice");
+    assert!(
+        accepted
+            .lines()
+            .any(|l| l == "auth                     guard            continue"),
+        "{accepted}"
+    );
+    assert!(
+        accepted.contains("  MAIL FROM:<a@example.org>"),
+        "{accepted}"
+    );
+}

@@ -53,6 +53,9 @@ enum Commands {
         /// The HELO name the plugins see.
         #[arg(long, default_value = "replay.invalid")]
         helo: String,
+        /// Replay as a client authenticated with this login (runs the AUTH hook).
+        #[arg(long)]
+        login: Option<String>,
         /// The message, as an .eml file.
         message: PathBuf,
     },
@@ -106,6 +109,7 @@ fn main() -> ExitCode {
             to,
             client_ip,
             helo,
+            login,
             message,
         } => {
             let config = match load(&config) {
@@ -124,6 +128,7 @@ fn main() -> ExitCode {
                 listener,
                 client_ip,
                 helo,
+                login,
                 from,
                 to,
                 message,

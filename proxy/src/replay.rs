@@ -25,6 +25,8 @@ pub struct ReplayInput {
     pub client_ip: IpAddr,
     /// The HELO name plugins see.
     pub helo: String,
+    /// A login, as if the client had authenticated (runs the AUTH hook).
+    pub login: Option<String>,
     /// The envelope sender (empty for the null reverse-path).
     pub from: String,
     /// The envelope recipients.
@@ -70,6 +72,13 @@ pub async fn replay(config: &Config, input: ReplayInput) -> anyhow::Result<Strin
     session.helo = Some(input.helo.clone());
     if report.stage(&mut hooks, "helo", &decision) {
         return Ok(report.finish());
+    }
+    if let Some(login) = &input.login {
+        let decision = hooks.auth(&session, "PLAIN", login).await;
+        if report.stage(&mut hooks, "auth", &decision) {
+            return Ok(report.finish());
+        }
+        session.login = Some(login.clone());
     }
     let Ok(Command::Mail(mail)) = command::parse(format!("MAIL FROM:<{}>", input.from).as_bytes())
     else {
