@@ -181,11 +181,6 @@ impl UpstreamSession {
         !matches!(socket.try_read(&mut probe), Err(error) if error.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// True once the session with the upstream is encrypted.
-    pub fn is_tls(&self) -> bool {
-        self.connection.stream().is_tls()
-    }
-
     /// STARTTLS, the handshake, and EHLO again (RFC 3207). Anything the upstream sent
     /// after its 220 came in plaintext and is refused, as the downstream side does.
     async fn starttls(&mut self, hostname: &str) -> Result<(), UpstreamError> {
