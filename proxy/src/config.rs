@@ -163,6 +163,9 @@ struct RawAuth {
     credentials: Option<PathBuf>,
     verifier: Option<String>,
     sender_logins: Option<PathBuf>,
+    /// The listener's `require_tls`, also accepted here.
+    #[serde(default)]
+    require_tls: bool,
 }
 
 /// `[dns]`: the resolver behind the plugins' DNS lookups.
@@ -661,17 +664,27 @@ impl RawConfig {
                     "TLS needs a certificate: add a [[tls.certificate]] with cert and key",
                 ));
             }
-            let require_tls = raw.require_tls.map(|r| (r.span().start, r.into_inner()));
+            let auth_span = raw.auth.as_ref().map(|a| a.span().start);
+            let auth_requires_tls = raw.auth.as_ref().is_some_and(|a| a.get_ref().require_tls);
+            let (require_tls_key, require_tls) = match raw.require_tls {
+                Some(r) => (
+                    "require_tls",
+                    Some((r.span().start, *r.get_ref() || auth_requires_tls)),
+                ),
+                None => (
+                    "auth.require_tls",
+                    auth_span.map(|span| (span, auth_requires_tls)),
+                ),
+            };
             if let Some((span, true)) = require_tls
-                && tls != TlsMode::Starttls
+                && tls == TlsMode::None
             {
                 return Err(error(
-                    &format!("listener[{index}].require_tls"),
+                    &format!("listener[{index}].{require_tls_key}"),
                     span,
-                    "only meaningful with tls = \"starttls\" (implicit TLS is always encrypted)",
+                    "TLS cannot be required on a listener with tls = \"none\"",
                 ));
             }
-            let auth_span = raw.auth.as_ref().map(|a| a.span().start);
             let auth = match raw.auth {
                 Some(auth) => validate_auth(index, auth, &self.plugins, line_of)?,
                 None => AuthConfig::default(),
@@ -1046,7 +1059,16 @@ mod tests {
                 &MINIMAL.replace("name = \"mx\"", "name = \"mx\"\nrequire_tls = true"),
                 "listener[0].require_tls",
                 Some(3),
-                "starttls",
+                "tls = \"none\"",
+            ),
+            (
+                &MINIMAL.replace(
+                    "address = \"127.0.0.1:2525\"",
+                    "address = \"127.0.0.1:2525\"\nauth = { require_tls = true }",
+                ),
+                "listener[0].auth.require_tls",
+                Some(4),
+                "tls = \"none\"",
             ),
             (
                 &MINIMAL.replace("name = \"mx\"", "name = \"mx\"\ntls = \"sometimes\""),
@@ -1121,6 +1143,20 @@ mod tests {
             );
             assert!(error.message.contains(message), "{error}");
         }
+    }
+
+    #[test]
+    fn require_tls_may_also_sit_in_the_auth_table() {
+        // The form of DESIGN.md's config sketch.
+        let text = MINIMAL.replace(
+            "address = \"127.0.0.1:2525\"",
+            "address = \"127.0.0.1:2525\"\ntls = \"starttls\"\nauth = { mode = \"edge\", required = true, require_tls = true, credentials = \"users\" }\n[[tls.certificate]]\ncert = \"c.pem\"\nkey = \"k.pem\"",
+        );
+        let config = Config::parse(&text).unwrap();
+        assert!(config.listeners[0].require_tls);
+        assert!(config.listeners[0].auth.required);
+        let implicit = text.replace("\"starttls\"", "\"implicit\"");
+        assert!(Config::parse(&implicit).unwrap().listeners[0].require_tls);
     }
 
     #[test]
