@@ -1,9 +1,10 @@
 //! Idle upstream sessions kept for later client sessions (`[upstream.reuse]`), like
 //! Postfix's own SMTP connection cache: a client session that ends outside a
 //! transaction gives its upstream session back instead of QUITting it, and the next
-//! client session takes it. Only with `client_address = "none"` (config validation
-//! enforces it): a PROXY header or an XCLIENT names one client for the whole upstream
-//! session. A kept session that the upstream closed meanwhile, or that idled past
+//! client session takes it. Only sessions that name no client are kept: a PROXY header
+//! or an XCLIENT names one client for the whole upstream session (config validation
+//! refuses PROXY with reuse; XCLIENT sessions are simply never given back), and one
+//! that carried a client's AUTH (passthrough) is closed too. A kept session that the upstream closed meanwhile, or that idled past
 //! `idle_timeout`, is never handed out.
 
 use std::sync::Mutex;
