@@ -164,13 +164,13 @@ pub fn prepare_listeners(
         let credentials = auth
             .credentials
             .as_deref()
-            .map(|path| Reloadable::load(path, CredentialsFile::load))
+            .map(|path| Reloadable::load(path, CredentialsFile::parse))
             .transpose()
             .with_context(|| key("credentials"))?;
         let sender_logins = auth
             .sender_logins
             .as_deref()
-            .map(|path| Reloadable::load(path, SenderLogins::load))
+            .map(|path| Reloadable::load(path, SenderLogins::parse))
             .transpose()
             .with_context(|| key("sender_logins"))?;
         let verifier = match &auth.verifier {

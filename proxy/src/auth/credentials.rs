@@ -5,35 +5,12 @@
 //! Checking a password costs what the hash says (tens of milliseconds for Argon2), so
 //! callers run [`CredentialsFile::check`] on a blocking thread.
 
-use std::{collections::HashMap, path::Path};
+use std::collections::HashMap;
 
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use password_hash::{SaltString, rand_core::OsRng};
 
-use super::Check;
-
-/// Why the file cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum CredentialsError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// A line is malformed.
-    #[error("{path}: line {line}: {message}")]
-    Line {
-        /// The file.
-        path: String,
-        /// 1-based line number.
-        line: usize,
-        /// What is wrong.
-        message: String,
-    },
-}
+use super::{Check, policy_lines};
 
 /// A stored hash, parsed when the file is read.
 #[derive(Debug, Clone)]
@@ -81,28 +58,11 @@ pub struct CredentialsFile {
 }
 
 impl CredentialsFile {
-    /// Reads and checks the file.
-    pub fn load(path: &Path) -> Result<Self, CredentialsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| CredentialsError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|(line, message)| CredentialsError::Line {
-            path: path.display().to_string(),
-            line,
-            message,
-        })
-    }
-
     /// Parses the file's text; errors carry the 1-based line.
     pub fn parse(text: &str) -> Result<Self, (usize, String)> {
         let mut entries = HashMap::new();
-        for (index, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let fail = |message: &str| (index + 1, message.to_string());
+        for (number, line) in policy_lines(text) {
+            let fail = |message: &str| (number, message.to_string());
             let Some((login, hash)) = line.split_once(':') else {
                 return Err(fail("expected login:hash"));
             };

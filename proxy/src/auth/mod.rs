@@ -10,7 +10,11 @@ pub mod sasl;
 pub mod sender_logins;
 pub mod throttle;
 
-use std::fmt;
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+};
 
 /// A SASL mechanism the proxy implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -98,37 +102,117 @@ pub enum Check {
     Unavailable,
 }
 
-/// A file read at start-up and again on SIGHUP. A reload that fails keeps the
+/// Why a credentials file or sender-login map cannot be used; names the file and, for
+/// a bad entry, its line.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyFileError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A line is malformed.
+    #[error("{path}: line {line}: {message}")]
+    Line {
+        /// The file.
+        path: String,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// How a policy file's text becomes its contents; errors carry the 1-based line.
+pub type Parse<T> = fn(&str) -> Result<T, (usize, String)>;
+
+/// The entries of a policy file: each line trimmed, with its 1-based number; blank
+/// lines and `#` comments left out.
+pub(crate) fn policy_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines()
+        .map(str::trim)
+        .enumerate()
+        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+        .map(|(index, line)| (index + 1, line))
+}
+
+fn read_policy_file<T>(path: &Path, parse: Parse<T>) -> Result<T, PolicyFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyFileError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&text).map_err(|(line, message)| PolicyFileError::Line {
+        path: path.display().to_string(),
+        line,
+        message,
+    })
+}
+
+/// A policy file read at start-up and again on SIGHUP. A reload that fails keeps the
 /// contents in use.
 #[derive(Debug)]
 pub struct Reloadable<T> {
-    path: std::path::PathBuf,
-    current: std::sync::RwLock<std::sync::Arc<T>>,
-    read: fn(&std::path::Path) -> Result<T, credentials::CredentialsError>,
+    path: PathBuf,
+    current: RwLock<Arc<T>>,
+    parse: Parse<T>,
 }
 
 impl<T> Reloadable<T> {
-    /// Reads `path` with `read`.
-    pub fn load(
-        path: &std::path::Path,
-        read: fn(&std::path::Path) -> Result<T, credentials::CredentialsError>,
-    ) -> Result<Self, credentials::CredentialsError> {
+    /// Reads `path` and parses it with `parse`.
+    pub fn load(path: &Path, parse: Parse<T>) -> Result<Self, PolicyFileError> {
         Ok(Self {
             path: path.to_path_buf(),
-            current: std::sync::RwLock::new(std::sync::Arc::new(read(path)?)),
-            read,
+            current: RwLock::new(Arc::new(read_policy_file(path, parse)?)),
+            parse,
         })
     }
 
     /// The contents in use.
-    pub fn get(&self) -> std::sync::Arc<T> {
+    pub fn get(&self) -> Arc<T> {
         self.current.read().expect("lock poisoned").clone()
     }
 
     /// Reads the file again.
-    pub fn reload(&self) -> Result<(), credentials::CredentialsError> {
-        let fresh = (self.read)(&self.path)?;
-        *self.current.write().expect("lock poisoned") = std::sync::Arc::new(fresh);
+    pub fn reload(&self) -> Result<(), PolicyFileError> {
+        let fresh = read_policy_file(&self.path, self.parse)?;
+        *self.current.write().expect("lock poisoned") = Arc::new(fresh);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count_entries(text: &str) -> Result<usize, (usize, String)> {
+        let mut count = 0;
+        for (number, line) in policy_lines(text) {
+            if line == "bad" {
+                return Err((number, "bad entry".into()));
+            }
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    #[test]
+    fn policy_files_name_file_and_line_and_a_failed_reload_keeps_the_old_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy");
+        std::fs::write(&path, "# comment\n\n  one\ntwo\n").unwrap();
+        let file = Reloadable::load(&path, count_entries).unwrap();
+        assert_eq!(*file.get(), 2);
+        std::fs::write(&path, "one\n\nbad\n").unwrap();
+        let error = file.reload().unwrap_err().to_string();
+        assert!(error.ends_with("policy: line 3: bad entry"), "{error}");
+        assert_eq!(*file.get(), 2);
+        std::fs::write(&path, "one\ntwo\nthree\n").unwrap();
+        file.reload().unwrap();
+        assert_eq!(*file.get(), 3);
+        let missing = Reloadable::load(&dir.path().join("missing"), count_entries);
+        assert!(matches!(missing, Err(PolicyFileError::Read { .. })));
     }
 }

@@ -9,9 +9,9 @@
 //!
 //! Addresses and domains compare case-insensitively. Errors name the file and line.
 
-use std::{collections::HashMap, path::Path};
+use std::collections::HashMap;
 
-use super::credentials::CredentialsError;
+use super::policy_lines;
 
 /// The sender → logins map.
 #[derive(Debug, Default)]
@@ -20,28 +20,11 @@ pub struct SenderLogins {
 }
 
 impl SenderLogins {
-    /// Reads the file.
-    pub fn load(path: &Path) -> Result<Self, CredentialsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| CredentialsError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|(line, message)| CredentialsError::Line {
-            path: path.display().to_string(),
-            line,
-            message,
-        })
-    }
-
     /// Parses the file's text; errors carry the 1-based line.
     pub fn parse(text: &str) -> Result<Self, (usize, String)> {
         let mut owners = HashMap::new();
-        for (index, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let fail = |message: &str| (index + 1, message.to_string());
+        for (number, line) in policy_lines(text) {
+            let fail = |message: &str| (number, message.to_string());
             let (sender, logins) = line
                 .split_once(char::is_whitespace)
                 .ok_or_else(|| fail("expected: sender login[, login…]"))?;
