@@ -4,22 +4,9 @@
 
 mod common;
 
-use std::{path::PathBuf, thread};
+use std::thread;
 
-use common::{Proxy, RecordingUpstream};
-
-/// A plugin component built by `./scripts/test`; missing is a failure, not a skip.
-fn component(crate_name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/wasm/wasm32-wasip2/plugin")
-        .join(format!("{}.wasm", crate_name.replace('-', "_")));
-    assert!(
-        path.exists(),
-        "{} is missing: build the plugins first (./scripts/test does: cargo build --profile plugin --target wasm32-wasip2 --target-dir target/wasm -p {crate_name})",
-        path.display()
-    );
-    path
-}
+use common::{Proxy, RecordingUpstream, component};
 
 #[test]
 fn mail_flows_through_the_recipients_plugin() {

@@ -7,7 +7,6 @@ mod common;
 use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
-    path::PathBuf,
     process::{Command, Stdio},
     sync::{Arc, Mutex},
     thread,
@@ -16,7 +15,7 @@ use std::{
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use common::tls::{Pki, ServerCert};
-use common::{Action, Client, Proxy, RecordingUpstream, closed_port, require_program};
+use common::{Action, Client, Proxy, RecordingUpstream, closed_port, component, require_program};
 
 const ALICE_PASSWORD: &str = "correct horse battery";
 const BOB_PASSWORD: &str = "Tr0ub4dor&3";
@@ -397,11 +396,7 @@ fn every_auth_reply_code() {
     expect(&mut open, "MAIL FROM:<mallory@example.org>", 250, "");
     open.expect("QUIT", 221);
     // A client that did not authenticate is taken as AUTH=<>, whatever it claimed.
-    let commands: Vec<String> = upstream
-        .recorded()
-        .into_iter()
-        .flat_map(|r| r.commands)
-        .collect();
+    let commands: Vec<String> = upstream.all_commands();
     assert!(
         commands.contains(&"MAIL FROM:<someone@elsewhere.example> AUTH=<>".to_string()),
         "{commands:?}"
@@ -629,11 +624,7 @@ fn plaintext_injected_with_starttls_is_not_executed() {
     assert!(output.contains("250 2.1.0 Sender ok"), "{output}");
     assert!(!output.lines().any(|l| l.starts_with("503")), "{output}");
     proxy.wait_for_log("discarding plaintext the client sent after STARTTLS");
-    let commands: Vec<String> = upstream
-        .recorded()
-        .into_iter()
-        .flat_map(|r| r.commands)
-        .collect();
+    let commands: Vec<String> = upstream.all_commands();
     assert!(
         commands
             .iter()
@@ -719,38 +710,15 @@ assert code == 250, code
 s.quit()
 print("still ok", flush=True)
 "#;
-    let mut first = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args([
-            &proxy.address.port().to_string(),
-            files.pki.ca.to_str().unwrap(),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = std::io::BufReader::new(first.stdout.take().unwrap());
-    let mut before = String::new();
-    std::io::BufRead::read_line(&mut stdout, &mut before).unwrap();
+    let port = proxy.address.port().to_string();
+    let ca = files.pki.ca.to_str().unwrap();
+    let (mut first, mut first_out, before) = held_session(script, &port, ca);
     let renewed = files.pki.server("mail", &["mail.example.test"]);
     assert_eq!(renewed.cert, files.mail.cert);
     proxy.signal("HUP");
     proxy.wait_for_log("reloaded TLS certificates");
-    let mut second = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args([
-            &proxy.address.port().to_string(),
-            files.pki.ca.to_str().unwrap(),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut second_out = std::io::BufReader::new(second.stdout.take().unwrap());
-    let mut after = String::new();
-    std::io::BufRead::read_line(&mut second_out, &mut after).unwrap();
+    // Its output is kept open: the script prints again before it ends.
+    let (mut second, _second_out, after) = held_session(script, &port, ca);
     assert_ne!(
         before.trim(),
         after.trim(),
@@ -758,7 +726,7 @@ print("still ok", flush=True)
     );
     first.stdin.take().unwrap().write_all(b"go\n").unwrap();
     let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
+    first_out.read_to_string(&mut rest).unwrap();
     assert!(
         rest.contains("still ok"),
         "the session from before the reload went on"
@@ -772,12 +740,34 @@ print("still ok", flush=True)
     proxy.wait_for_log("TLS reload failed");
     let (ok, output) = python(
         "import smtplib, ssl, sys\ns = smtplib.SMTP('127.0.0.1', int(sys.argv[1]), timeout=20)\ns._host = 'mail.example.test'\ns.starttls(context=ssl.create_default_context(cafile=sys.argv[2]))\ns.quit()\n",
-        &[
-            &proxy.address.port().to_string(),
-            files.pki.ca.to_str().unwrap(),
-        ],
+        &[&port, ca],
     );
     assert!(ok, "{output}");
+}
+
+/// Starts `script` (which prints the certificate's fingerprint, then waits for a line
+/// on stdin) against the proxy; returns the child, its output and the fingerprint.
+fn held_session(
+    script: &str,
+    port: &str,
+    ca: &str,
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+    String,
+) {
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args([port, ca])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut output = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut fingerprint = String::new();
+    std::io::BufRead::read_line(&mut output, &mut fingerprint).unwrap();
+    (child, output, fingerprint)
 }
 
 #[test]
@@ -827,18 +817,6 @@ fn no_password_reaches_the_logs_at_trace_level() {
             assert!(!logs.contains(&form), "{form:?} appears in the logs");
         }
     }
-}
-
-fn component(crate_name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/wasm/wasm32-wasip2/plugin")
-        .join(format!("{}.wasm", crate_name.replace('-', "_")));
-    assert!(
-        path.exists(),
-        "{} is missing: run ./scripts/test",
-        path.display()
-    );
-    path
 }
 
 #[test]
@@ -937,11 +915,7 @@ fn passthrough_relays_the_exchange_to_the_upstream() {
     assert_eq!(reply.code, 250, "{reply:?}");
     client.expect("RCPT TO:<user@example.com>", 250);
     client.expect("QUIT", 221);
-    let commands: Vec<String> = upstream
-        .recorded()
-        .into_iter()
-        .flat_map(|r| r.commands)
-        .collect();
+    let commands: Vec<String> = upstream.all_commands();
     assert!(
         commands.contains(&"MAIL FROM:<dave@example.org> AUTH=dave+40example.org".to_string()),
         "{commands:?}"
@@ -998,11 +972,7 @@ fn the_upstream_leg_refuses_plaintext_after_its_starttls_reply_and_a_missing_sta
         let reply = client.expect("MAIL FROM:<a@example.org>", 451);
         assert!(reply.text().contains("4.4.1"), "{reply:?}");
         proxy.wait_for_log(log);
-        let commands: Vec<String> = upstream
-            .recorded()
-            .into_iter()
-            .flat_map(|r| r.commands)
-            .collect();
+        let commands: Vec<String> = upstream.all_commands();
         assert!(
             !commands.iter().any(|c| c.starts_with("MAIL")),
             "{commands:?}"

@@ -391,6 +391,14 @@ impl RecordingUpstream {
             .collect()
     }
 
+    /// Every command line received, over all connections, in connection order.
+    pub fn all_commands(&self) -> Vec<String> {
+        self.recorded()
+            .into_iter()
+            .flat_map(|r| r.commands)
+            .collect()
+    }
+
     /// Every complete message received, over all connections.
     pub fn messages(&self) -> Vec<Vec<u8>> {
         self.recorded()
@@ -622,6 +630,19 @@ impl RecordingReader<'_> {
             }
         }
     }
+}
+
+/// A plugin component built by `./scripts/test`; missing is a failure, not a skip.
+pub fn component(crate_name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm/wasm32-wasip2/plugin")
+        .join(format!("{}.wasm", crate_name.replace('-', "_")));
+    assert!(
+        path.exists(),
+        "{} is missing: build the plugins first (./scripts/test does: cargo build --profile plugin --target wasm32-wasip2 --target-dir target/wasm -p {crate_name})",
+        path.display()
+    );
+    path
 }
 
 /// Waits (bounded) until `condition` holds.
