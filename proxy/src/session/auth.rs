@@ -236,7 +236,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         info!(%login, %mechanism, "authenticated");
         self.peer.login = Some(Login {
             name: login,
-            mechanism,
             verified_here,
         });
         // An upstream session opened before (VRFY) was not told the login.

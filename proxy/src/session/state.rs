@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use tokio::time::Instant;
 
 use crate::{
-    auth::Mechanism,
     smtp::{MailCommand, RcptCommand},
     tls::TlsInfo,
     upstream::ClientInfo,
@@ -37,8 +36,6 @@ pub struct Peer {
 pub struct Login {
     /// The authenticated identity.
     pub name: String,
-    /// The mechanism used.
-    pub mechanism: Mechanism,
     /// True if the proxy verified it (edge mode); false if the upstream did.
     pub verified_here: bool,
 }
