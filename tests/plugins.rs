@@ -160,6 +160,61 @@ fn misbehaving_plugins_are_contained_while_other_sessions_deliver() {
 }
 
 #[test]
+fn init_runs_once_and_every_session_starts_from_the_state_it_left() {
+    let upstream = RecordingUpstream::start();
+    // Two entries with the same file and configuration, one with another: the first
+    // two share one pre-initialised component.
+    let mut config = format!("[upstream]\naddress = \"{}\"\n", upstream.address());
+    for (name, stage) in [("counter", "data"), ("same", "data"), ("other", "mail")] {
+        config.push_str(&format!(
+            "\n[[listener]]\nname = \"{name}\"\naddress = \"127.0.0.1:0\"\nplugins = [\"{name}\"]\n\n\
+             [plugins.{name}]\npath = \"{}\"\nconfig = {{ mode = \"count\", stage = \"{stage}\" }}\n",
+            component("fault-plugin").display()
+        ));
+    }
+    let proxy = Proxy::start_with(&config);
+    let counted = |messages: usize| -> Vec<String> {
+        let mut client = common::Client::connect(proxy.listener("counter"));
+        client.read_reply();
+        client.expect("EHLO client.test", 250);
+        for n in 0..messages {
+            let wire = format!("Subject: {n}\r\n\r\nbody\r\n.\r\n");
+            let reply = client.send_message("a@example.org", &["b@example.com"], wire.as_bytes());
+            assert_eq!(reply.code, 250, "{reply:?}");
+        }
+        client.expect("QUIT", 221);
+        let session = upstream.sessions().pop().unwrap();
+        session
+            .messages
+            .iter()
+            .map(|m| {
+                String::from_utf8_lossy(m)
+                    .lines()
+                    .nth(1)
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect()
+    };
+    // Per-session state counts from where `init` left it in every session: a
+    // session's messages never show in the next one's instance.
+    for messages in [2, 1, 3] {
+        let expected: Vec<String> = (1..=messages)
+            .map(|n| format!("X-Message-In-Session: {n}"))
+            .collect();
+        assert_eq!(counted(messages), expected);
+    }
+    // `init` ran at start-up only: once for the two identical entries, once for the
+    // other configuration, never in a session.
+    let inits = proxy
+        .logs()
+        .iter()
+        .filter(|line| line.contains("fault plugin init"))
+        .count();
+    assert_eq!(inits, 2, "{:#?}", proxy.logs());
+}
+
+#[test]
 fn a_connect_refusal_replaces_the_greeting() {
     let upstream = RecordingUpstream::start();
     let proxy = Proxy::start_with(&format!(

@@ -74,8 +74,14 @@ pub fn config_strings(config: &Config, key: &str) -> Result<Vec<String>, String>
 /// stages you need and return them from [`Plugin::init`]; the proxy never calls the
 /// others.
 pub trait Plugin: Sized + 'static {
-    /// Builds the per-session instance from the plugin's configuration and names the
-    /// hooks it wants. An `Err` at start-up stops the proxy with that message.
+    /// Builds the plugin from its configuration and names the hooks it wants. An `Err`
+    /// at start-up stops the proxy with that message.
+    ///
+    /// The proxy runs `init` once, at start-up, and every session's instance starts
+    /// from the state it left (the plugin's memory is snapshotted after it): parse and
+    /// precompute here, and a session pays nothing for it. For the same reason `init`
+    /// should not read the clock, the key-value store or DNS — what it sees there is
+    /// what every session will start with.
     fn init(config: &Config) -> Result<(Self, Hooks), String>;
 
     /// A client connected (before the greeting).

@@ -1,8 +1,10 @@
 //! Running plugins: the only module that names wasmtime.
 //!
-//! At start-up every configured component is compiled once and pre-instantiated
-//! ([`LoadedPlugin`]). A session gets one [`PluginInstance`] per plugin, created at that
-//! plugin's first wanted hook, each in its own `Store` with a memory cap
+//! At start-up every configured component runs its `init` once with its
+//! configuration, its memory is snapshotted into a new component (see [`snapshot`]),
+//! and that is compiled and pre-instantiated ([`LoadedPlugin`]). A session gets one
+//! [`PluginInstance`] per plugin, created at that plugin's first wanted hook from
+//! that snapshot, each in its own `Store` with a memory cap
 //! (`memory_mb`) and a deadline on every call (`timeout_ms`, enforced by epoch
 //! interruption: an endless loop yields to the runtime every tick and traps once its
 //! time is up). A trap, a timeout or a memory bomb ends that one call with a
@@ -13,13 +15,14 @@
 
 pub mod dns;
 mod host;
+mod snapshot;
 
 use std::{path::Path, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 use wasmtime::{
     Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline,
-    component::{Component, HasSelf, Linker, Resource, ResourceType},
+    component::{Component, HasSelf, Instance, Linker, Resource, ResourceType},
 };
 
 use crate::config::{DnsConfig, OnError, PluginConfig};
@@ -121,7 +124,10 @@ impl Capacity {
             .total_stacks(instances)
             .max_memory_size(memory as usize)
             .linear_memory_keep_resident(KEEP_RESIDENT)
-            .table_keep_resident(KEEP_RESIDENT);
+            .table_keep_resident(KEEP_RESIDENT)
+            // Linux 6.7+: reset only the pages an instance wrote, found with the
+            // PAGEMAP_SCAN ioctl, instead of copying back the whole kept-resident part.
+            .pagemap_scan(wasmtime::Enabled::Auto);
         config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
     }
 }
@@ -133,6 +139,9 @@ pub struct PluginRuntime {
     services: host::Services,
     /// Components compiled so far, by path: several plugin entries may share a file.
     compiled: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, Component>>,
+    /// Components made ready so far, by path and configuration: entries that share
+    /// both share the pre-initialised component.
+    prepared: std::sync::Mutex<std::collections::HashMap<(std::path::PathBuf, String), Prepared>>,
 }
 
 impl PluginRuntime {
@@ -147,6 +156,12 @@ impl PluginRuntime {
     ) -> Result<Arc<Self>, PluginError> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
+        config
+            .enable_incremental_compilation(Arc::new(CompiledFunctions::default()))
+            .map_err(|error| PluginError::Load {
+                path: "(engine)".into(),
+                reason: format!("{error:#}"),
+            })?;
         capacity.configure(&mut config);
         let engine = Engine::new(&config).map_err(|error| PluginError::Load {
             path: "(engine)".into(),
@@ -178,6 +193,7 @@ impl PluginRuntime {
                 dns: Arc::new(dns.map_or_else(dns::Resolver::offline, dns::Resolver::new)),
             },
             compiled: Default::default(),
+            prepared: Default::default(),
         });
         let ticker = runtime.engine.weak();
         std::thread::Builder::new()
@@ -196,57 +212,161 @@ impl PluginRuntime {
         Ok(runtime)
     }
 
-    /// Compiles and pre-instantiates one plugin, then runs its `init` once to learn
-    /// its hooks and to check its configuration.
+    /// Compiles and pre-instantiates one plugin, and runs its `init` once with its
+    /// configuration: that checks the configuration, tells the plugin's hooks, and
+    /// leaves the state every session's instance then starts from (see
+    /// [`snapshot`]). A component the pre-initialiser cannot handle is loaded as it
+    /// is, and then runs `init` in every session's instance instead (with a warning).
     pub async fn load(
         self: &Arc<Self>,
         name: &str,
         config: &PluginConfig,
     ) -> Result<Arc<LoadedPlugin>, PluginError> {
-        let load_error = |reason: String| PluginError::Load {
-            path: config.path.display().to_string(),
-            reason,
-        };
-        let component = self.compile(&config.path).map_err(load_error)?;
-        let mut linker = self.linker.clone();
-        provide_hash_seeds(&mut linker, &component, &self.engine)
-            .and_then(|()| linker.define_unknown_imports_as_traps(&component))
-            .map_err(|error| load_error(format!("{error:#}")))?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .and_then(PluginPre::new)
-            .map_err(|error| load_error(format!("{error:#}")))?;
-        let mut loaded = LoadedPlugin {
+        let settings = Settings {
             name: name.into(),
+            path: config.path.clone(),
             runtime: self.clone(),
-            pre,
-            config_text: toml::to_string(&config.config)
-                .map_err(|error| load_error(error.to_string()))?,
+            config_text: toml::to_string(&config.config).map_err(|error| PluginError::Load {
+                path: config.path.display().to_string(),
+                reason: error.to_string(),
+            })?,
             timeout: Duration::from_millis(config.timeout_ms.max(1)),
             memory: config.memory_mb.saturating_mul(1024 * 1024) as usize,
-            on_error: config.on_error,
-            hooks: abi::Hooks::empty(),
         };
-        let instance = loaded.instantiate("(start-up)").await?;
-        loaded.hooks = instance.hooks;
+        let key = (config.path.clone(), settings.config_text.clone());
+        let cached = self
+            .prepared
+            .lock()
+            .expect("lock poisoned")
+            .get(&key)
+            .cloned();
+        let prepared = match cached {
+            Some(prepared) => prepared,
+            None => {
+                let prepared = self.prepare(&settings).await?;
+                let mut all = self.prepared.lock().expect("lock poisoned");
+                all.insert(key, prepared.clone());
+                prepared
+            }
+        };
+        let (component, hooks) = match prepared {
+            Prepared::Initialised { component, hooks } => (component, Some(hooks)),
+            Prepared::AsIs(component) => (component, None),
+        };
+        let mut loaded = LoadedPlugin {
+            name: settings.name.clone(),
+            pre: self
+                .pre_instantiate(&component)
+                .map_err(|reason| settings.error(reason))?,
+            settings,
+            on_error: config.on_error,
+            hooks: hooks.unwrap_or(abi::Hooks::empty()),
+            init_per_instance: hooks.is_none(),
+        };
+        // One instance now: a plugin that cannot start within its limits (or whose
+        // `init` refuses its configuration) stops start-up, not a session.
+        loaded.hooks = loaded.instantiate("(start-up)").await?.hooks;
         Ok(Arc::new(loaded))
+    }
+
+    /// Pre-initialises a plugin's component with its configuration, or, if the
+    /// pre-initialiser cannot handle the component, compiles it as it is.
+    async fn prepare(&self, plugin: &Settings) -> Result<Prepared, PluginError> {
+        let path = &plugin.path;
+        let bytes = std::fs::read(path).map_err(|error| plugin.error(error.to_string()))?;
+        let (context, instrumented) = match snapshot::instrument(&bytes) {
+            Ok(instrumented) => instrumented,
+            Err(reason) => {
+                tracing::warn!(plugin = &*plugin.name, %reason,
+                    "cannot pre-initialise this plugin: it will run init in every session");
+                let component = self
+                    .compile(path, &bytes)
+                    .map_err(|reason| plugin.error(reason))?;
+                return Ok(Prepared::AsIs(component));
+            }
+        };
+        let component = self
+            .compile(&path.with_extension("wasm.instrumented"), &instrumented)
+            .map_err(|reason| plugin.error(reason))?;
+        let pre = self
+            .pre_instantiate(&component)
+            .map_err(|reason| plugin.error(reason))?;
+        let mut instance = plugin.new_instance("(start-up)");
+        instance.arm();
+        let raw = pre
+            .instance_pre()
+            .instantiate_async(&mut instance.store)
+            .await
+            .map_err(trap)?;
+        let hooks = plugin.init(&mut instance, &raw).await?.hooks;
+        instance.arm();
+        let initialised = snapshot::take(&context, &mut instance.store, raw)
+            .await
+            .map_err(|reason| plugin.error(reason))?;
+        let component = Component::new(&self.engine, &initialised)
+            .map_err(|error| plugin.error(format!("{error:#}")))?;
+        Ok(Prepared::Initialised { component, hooks })
     }
 }
 
+/// What start-up made of one plugin file with one configuration.
+#[derive(Clone)]
+enum Prepared {
+    /// Pre-initialised: instances start as `init` left the plugin.
+    Initialised {
+        component: Component,
+        hooks: abi::Hooks,
+    },
+    /// The pre-initialiser could not handle it: instances run `init` themselves.
+    AsIs(Component),
+}
+
 impl PluginRuntime {
-    /// Compiles a component once per path.
-    fn compile(&self, path: &Path) -> Result<Component, String> {
+    /// Compiles a component once per path (several plugin entries may share a file).
+    fn compile(&self, path: &Path, bytes: &[u8]) -> Result<Component, String> {
         if let Some(component) = self.compiled.lock().expect("lock poisoned").get(path) {
             return Ok(component.clone());
         }
-        let bytes = std::fs::read(path).map_err(|error| error.to_string())?;
         let component =
-            Component::new(&self.engine, &bytes).map_err(|error| format!("{error:#}"))?;
+            Component::new(&self.engine, bytes).map_err(|error| format!("{error:#}"))?;
         self.compiled
             .lock()
             .expect("lock poisoned")
             .insert(path.to_path_buf(), component.clone());
         Ok(component)
+    }
+
+    /// Links a component against the host's imports, ready to instantiate.
+    fn pre_instantiate(
+        &self,
+        component: &Component,
+    ) -> Result<PluginPre<host::PluginState>, String> {
+        let mut linker = self.linker.clone();
+        provide_hash_seeds(&mut linker, component, &self.engine)
+            .and_then(|()| linker.define_unknown_imports_as_traps(component))
+            .and_then(|()| linker.instantiate_pre(component))
+            .and_then(PluginPre::new)
+            .map_err(|error| format!("{error:#}"))
+    }
+}
+
+/// Cranelift's machine code per function, kept for the life of the process. A
+/// pre-initialised component has the code of the component it was made from (only its
+/// data differs), so compiling it finds every function here instead of compiling it
+/// again; several entries of one plugin with different configurations share it too.
+#[derive(Debug, Default)]
+struct CompiledFunctions(std::sync::Mutex<std::collections::HashMap<Vec<u8>, Vec<u8>>>);
+
+impl wasmtime::CacheStore for CompiledFunctions {
+    fn get(&self, key: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+        let functions = self.0.lock().expect("lock poisoned");
+        functions.get(key).map(|code| code.clone().into())
+    }
+
+    fn insert(&self, key: &[u8], value: Vec<u8>) -> bool {
+        let mut functions = self.0.lock().expect("lock poisoned");
+        functions.insert(key.to_vec(), value);
+        true
     }
 }
 
@@ -280,20 +400,82 @@ fn provide_hash_seeds(
 pub struct LoadedPlugin {
     /// The plugin's name in the configuration.
     pub name: Arc<str>,
-    runtime: Arc<PluginRuntime>,
+    settings: Settings,
     pre: PluginPre<host::PluginState>,
-    config_text: String,
-    timeout: Duration,
-    memory: usize,
     /// What the session gets when this plugin fails.
     pub on_error: OnError,
     /// The hooks the plugin asked for.
     pub hooks: abi::Hooks,
+    /// The component could not be pre-initialised: each instance runs `init` itself.
+    init_per_instance: bool,
 }
 
 impl LoadedPlugin {
-    /// A fresh instance for one session, after its `init`.
+    /// A fresh instance for one session, in the state `init` left (from the
+    /// pre-initialised image, or by running `init` in it).
     pub async fn instantiate(&self, session_id: &str) -> Result<PluginInstance, PluginError> {
+        let mut instance = self.settings.new_instance(session_id);
+        instance.arm();
+        if self.init_per_instance {
+            let raw = self
+                .pre
+                .instance_pre()
+                .instantiate_async(&mut instance.store)
+                .await
+                .map_err(trap)?;
+            self.settings.init(&mut instance, &raw).await?;
+        } else {
+            let bindings = self
+                .pre
+                .instantiate_async(&mut instance.store)
+                .await
+                .map_err(trap)?;
+            instance.bindings = Some(bindings);
+            instance.hooks = self.hooks;
+        }
+        Ok(instance)
+    }
+}
+
+/// What a plugin's instances need besides the component.
+struct Settings {
+    name: Arc<str>,
+    path: std::path::PathBuf,
+    runtime: Arc<PluginRuntime>,
+    /// The plugin's configuration table, as TOML text for `init`.
+    config_text: String,
+    timeout: Duration,
+    memory: usize,
+}
+
+impl Settings {
+    /// A start-up error about this plugin's component.
+    fn error(&self, reason: String) -> PluginError {
+        PluginError::Load {
+            path: self.path.display().to_string(),
+            reason,
+        }
+    }
+
+    /// Runs `init` with the plugin's configuration in a fresh `raw` instance.
+    async fn init<'a>(
+        &self,
+        instance: &'a mut PluginInstance,
+        raw: &Instance,
+    ) -> Result<&'a mut PluginInstance, PluginError> {
+        let bindings = Plugin::new(&mut instance.store, raw).map_err(trap)?;
+        instance.arm();
+        instance.hooks = bindings
+            .call_init(&mut instance.store, &self.config_text)
+            .await
+            .map_err(trap)?
+            .map_err(PluginError::Init)?;
+        instance.bindings = Some(bindings);
+        Ok(instance)
+    }
+
+    /// A store for one session's instance, with this plugin's limits.
+    fn new_instance(&self, session_id: &str) -> PluginInstance {
         let limits: StoreLimits = StoreLimitsBuilder::new()
             .memory_size(self.memory)
             .instances(32)
@@ -313,27 +495,12 @@ impl LoadedPlugin {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        let mut instance = PluginInstance {
+        PluginInstance {
             store,
             bindings: None,
             timeout: self.timeout,
             hooks: abi::Hooks::empty(),
-        };
-        instance.arm();
-        let bindings = self
-            .pre
-            .instantiate_async(&mut instance.store)
-            .await
-            .map_err(trap)?;
-        instance.arm();
-        let hooks = bindings
-            .call_init(&mut instance.store, &self.config_text)
-            .await
-            .map_err(trap)?
-            .map_err(PluginError::Init)?;
-        instance.hooks = hooks;
-        instance.bindings = Some(bindings);
-        Ok(instance)
+        }
     }
 }
 

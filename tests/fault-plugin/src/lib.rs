@@ -9,6 +9,8 @@
 //!   body through the host and adds `X-Body-Size` and `X-Body-Lines` fields);
 //! - HELO actions (`stage = "helo"`): `rename` (the upstream is told the name
 //!   `renamed.example`), `refuse-helo` (550 5.7.1 for names without a dot);
+//! - `count` (DATA): adds `X-Message-In-Session: N`, N counting this session's
+//!   messages — per-instance state; its `init` logs `fault plugin init` once per run;
 //! - `ok`, which does nothing; `refuse-connect` refuses every client with 554 5.7.1;
 //! - AUTH: `refuse-login` (the AUTH hook refuses the login `mallory` with 554 5.7.1),
 //!   `verifier` (a password checker: `LOGIN-secret` is valid, the login `backend-down`
@@ -24,6 +26,8 @@ pub struct Fault {
     mode: String,
     recipient: String,
     body: String,
+    /// Messages seen by this instance (`count`).
+    messages: u32,
 }
 
 fn text(config: &Config, key: &str) -> String {
@@ -52,7 +56,11 @@ impl Plugin for Fault {
             mode,
             recipient: text(config, "recipient"),
             body: text(config, "body"),
+            messages: 0,
         };
+        if fault.mode == "count" {
+            portcullis_sdk::log::info("fault plugin init");
+        }
         Ok((fault, hooks))
     }
 
@@ -111,6 +119,10 @@ impl Plugin for Fault {
             "add-recipient" => MessageEdit::AddRecipient(self.recipient.clone()),
             "remove-recipient" => MessageEdit::RemoveRecipient(self.recipient.clone()),
             "replace-body" => MessageEdit::ReplaceBody(self.body.clone().into_bytes()),
+            "count" => {
+                self.messages += 1;
+                header("X-Message-In-Session", &self.messages.to_string())
+            }
             "measure-body" => {
                 let body = message.body();
                 let lines = body.iter().filter(|&&b| b == b'\n').count();
