@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the plugin host with criterion: creating a session's instance
-//! of a plugin (Store + instance from the pre-instantiated component + its `init`),
-//! and one hook call on a warm instance. Uses the example plugins' release `.wasm`
+//! of a plugin (Store + instance from the pre-instantiated component, which starts
+//! from the snapshot taken after `init` at load), and one hook call on a warm instance. Uses the example plugins' release `.wasm`
 //! (built by `./scripts/test` or `bench/plugins.sh`).
 //!
 //!   cargo bench -p portcullis --bench plugin_calls
@@ -71,7 +71,7 @@ fn plugin_calls(c: &mut Criterion) {
         "rate-limit",
         "{ per_client = { messages = 1000000000, window_seconds = 3600 } }",
     );
-    c.bench_function("instance per session (recipients, with init)", |b| {
+    c.bench_function("instance per session (recipients)", |b| {
         b.to_async(&runtime)
             .iter(|| async { recipients.instantiate("bench").await.unwrap() })
     });

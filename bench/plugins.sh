@@ -7,6 +7,7 @@
 #   bench/plugins.sh           # full run
 #   QUICK=1 bench/plugins.sh   # fewer messages and sessions, for a smoke run
 #   ALLOCATOR=pooling bench/plugins.sh   # server.plugin_allocator (default on-demand)
+#   MEMORY_ONLY=1 SESSIONS=1000 bench/plugins.sh   # only the held sessions' memory
 #
 # 10,000 sessions x 3 instances need more memory mappings than Linux allows a process
 # by default (vm.max_map_count = 65530); the script raises it when it may (root).
@@ -90,7 +91,9 @@ echo "10 KiB messages, $messages per run; each figure is the median of three alt
 echo
 echo "| concurrency | sessions | direct msg/s | no plugins msg/s | three plugins msg/s | plugins / no plugins |"
 echo "|---|---|---|---|---|---|"
-for concurrency in 1 10; do
+concurrencies=(1 10)
+[ "${MEMORY_ONLY:-0}" = 1 ] && concurrencies=()
+for concurrency in "${concurrencies[@]}"; do
   for per_session in one many; do
     direct=(); plain=(); with=()
     for _ in 1 2 3; do
@@ -148,6 +151,35 @@ rss = int(next(l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")).
 pss = int(next(l for l in open(f"/proc/{pid}/smaps_rollup") if l.startswith("Pss:")).split()[1])
 print(f"{count} concurrent sessions past MAIL, three plugin instances each: proxy RSS {rss / 1024:.0f} MiB "
       f"({rss / count:.0f} KiB per session), PSS {pss / 1024:.0f} MiB; opened in {elapsed:.0f} s")
+
+# Where that memory is, by kind of mapping (from /proc/PID/smaps).
+kinds = {}
+kind = None
+for line in open(f"/proc/{pid}/smaps"):
+    fields = line.split()
+    if "-" in fields[0] and len(fields) >= 5:
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        size, name = end - start, " ".join(fields[5:])
+        if "memfd" in name:
+            kind = "plugin memory images (copy-on-write, /memfd)"
+        elif name:
+            kind = "the binary, libraries, [heap], [stack]"
+        elif size >= 1 << 30:
+            kind = "plugin linear memories (pages written or read outside the image)"
+        elif (2 << 20) <= size <= (2 << 20) + 65536:
+            kind = "fiber stacks"
+        else:
+            kind = "other anonymous memory (malloc arenas: stores, instances, sessions)"
+        kinds.setdefault(kind, [0, 0, 0])[0] += 1
+    elif fields[0] == "Rss:":
+        kinds[kind][1] += int(fields[1])
+    elif fields[0] == "Pss:":
+        kinds[kind][2] += int(fields[1])
+print()
+print("| mappings | count | RSS MiB | PSS MiB | RSS KiB per session |")
+print("|---|---|---|---|---|")
+for kind, (n, rss_k, pss_k) in sorted(kinds.items(), key=lambda kv: -kv[1][1]):
+    print(f"| {kind} | {n} | {rss_k / 1024:.0f} | {pss_k / 1024:.0f} | {rss_k / count:.0f} |")
 for s in held:
     s.close()
 PY
