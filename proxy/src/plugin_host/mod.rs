@@ -298,7 +298,7 @@ impl PluginRuntime {
             .instantiate_async(&mut instance.store)
             .await
             .map_err(trap)?;
-        let hooks = plugin.init(&mut instance, &raw).await?.hooks;
+        let hooks = plugin.init(&mut instance, &raw).await?;
         instance.arm();
         let initialised = snapshot::take(&context, &mut instance.store, raw)
             .await
@@ -457,12 +457,13 @@ impl Settings {
         }
     }
 
-    /// Runs `init` with the plugin's configuration in a fresh `raw` instance.
-    async fn init<'a>(
+    /// Runs `init` with the plugin's configuration in a fresh `raw` instance, which
+    /// is then ready for hook calls; returns the hooks the plugin asked for.
+    async fn init(
         &self,
-        instance: &'a mut PluginInstance,
+        instance: &mut PluginInstance,
         raw: &Instance,
-    ) -> Result<&'a mut PluginInstance, PluginError> {
+    ) -> Result<abi::Hooks, PluginError> {
         let bindings = Plugin::new(&mut instance.store, raw).map_err(trap)?;
         instance.arm();
         instance.hooks = bindings
@@ -471,7 +472,7 @@ impl Settings {
             .map_err(trap)?
             .map_err(PluginError::Init)?;
         instance.bindings = Some(bindings);
-        Ok(instance)
+        Ok(instance.hooks)
     }
 
     /// A store for one session's instance, with this plugin's limits.
