@@ -137,8 +137,9 @@ pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<host::PluginState>,
     services: host::Services,
-    /// Components compiled so far, by path: several plugin entries may share a file.
-    compiled: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, Component>>,
+    /// Instrumented components compiled so far, by path: entries of one file with
+    /// different configurations snapshot the same instrumented component.
+    instrumented: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, Component>>,
     /// Components made ready so far, by path and configuration: entries that share
     /// both share the pre-initialised component.
     prepared: std::sync::Mutex<std::collections::HashMap<(std::path::PathBuf, String), Prepared>>,
@@ -192,7 +193,7 @@ impl PluginRuntime {
                 kv,
                 dns: Arc::new(dns.map_or_else(dns::Resolver::offline, dns::Resolver::new)),
             },
-            compiled: Default::default(),
+            instrumented: Default::default(),
             prepared: Default::default(),
         });
         let ticker = runtime.engine.weak();
@@ -279,14 +280,13 @@ impl PluginRuntime {
             Err(reason) => {
                 tracing::warn!(plugin = &*plugin.name, %reason,
                     "cannot pre-initialise this plugin: it will run init in every session");
-                let component = self
-                    .compile(path, &bytes)
-                    .map_err(|reason| plugin.error(reason))?;
+                let component = Component::new(&self.engine, &bytes)
+                    .map_err(|error| plugin.error(format!("{error:#}")))?;
                 return Ok(Prepared::AsIs(component));
             }
         };
         let component = self
-            .compile(&path.with_extension("wasm.instrumented"), &instrumented)
+            .compile_instrumented(path, &instrumented)
             .map_err(|reason| plugin.error(reason))?;
         let pre = self
             .pre_instantiate(&component)
@@ -322,14 +322,14 @@ enum Prepared {
 }
 
 impl PluginRuntime {
-    /// Compiles a component once per path (several plugin entries may share a file).
-    fn compile(&self, path: &Path, bytes: &[u8]) -> Result<Component, String> {
-        if let Some(component) = self.compiled.lock().expect("lock poisoned").get(path) {
+    /// Compiles the instrumented component of the file at `path`, once per file.
+    fn compile_instrumented(&self, path: &Path, bytes: &[u8]) -> Result<Component, String> {
+        if let Some(component) = self.instrumented.lock().expect("lock poisoned").get(path) {
             return Ok(component.clone());
         }
         let component =
             Component::new(&self.engine, bytes).map_err(|error| format!("{error:#}"))?;
-        self.compiled
+        self.instrumented
             .lock()
             .expect("lock poisoned")
             .insert(path.to_path_buf(), component.clone());
