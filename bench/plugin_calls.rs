@@ -98,6 +98,17 @@ fn plugin_calls(c: &mut Criterion) {
             })
         })
     });
+    c.bench_function("connect hook call (recipients, default continue)", |b| {
+        b.iter_custom(|iterations| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iterations {
+                    black_box(instance.connect(&session).await.unwrap());
+                }
+                start.elapsed()
+            })
+        })
+    });
     let mut limiter = runtime.block_on(rate_limit.instantiate("bench")).unwrap();
     c.bench_function("mail hook call (rate-limit, one kv increment)", |b| {
         b.iter_custom(|iterations| {

@@ -215,6 +215,82 @@ fn init_runs_once_and_every_session_starts_from_the_state_it_left() {
 }
 
 #[test]
+fn plugins_read_the_envelope_as_the_chain_made_it_in_every_transaction() {
+    let upstream = RecordingUpstream::start();
+    let proxy = Proxy::start_with(&format!(
+        r#"plugins = ["alias", "extra", "watch"]
+
+[upstream]
+address = "{}"
+
+[plugins.alias]
+path = "{}"
+config = {{ domains = ["example.com", "example.org"], aliases = {{ "sales@example.com" = "alice@example.org" }} }}
+
+[plugins.extra]
+path = "{fault}"
+config = {{ mode = "add-recipient", stage = "data", recipient = "added@example.com" }}
+
+[plugins.watch]
+path = "{fault}"
+config = {{ mode = "envelope" }}
+"#,
+        upstream.address(),
+        component("recipients").display(),
+        fault = component("fault-plugin").display()
+    ));
+    let mut client = proxy.client();
+    client.expect("EHLO client.test", 250);
+    // `watch` reads the envelope at the first and the last RCPT only: the second read
+    // must bring the two recipients it skipped and the alias's rewrite.
+    let first = [
+        "b@example.com",
+        "quiet1@example.com",
+        "quiet2@example.com",
+        "sales@example.com",
+    ];
+    let reply = client.send_message("a@example.org", &first, b"Subject: 1\r\n\r\nbody\r\n.\r\n");
+    assert_eq!(reply.code, 250, "{reply:?}");
+    client.expect("RSET", 250);
+    let reply = client.send_message(
+        "c@example.org",
+        &["d@example.com"],
+        b"Subject: 2\r\n\r\nbody\r\n.\r\n",
+    );
+    assert_eq!(reply.code, 250, "{reply:?}");
+    client.expect("QUIT", 221);
+    let seen: Vec<Vec<String>> = upstream
+        .wait_messages(2)
+        .iter()
+        .map(|message| {
+            String::from_utf8_lossy(message)
+                .lines()
+                .filter(|line| line.starts_with("X-Envelope-At-"))
+                .map(str::to_string)
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            vec![
+                "X-Envelope-At-Rcpt: a@example.org -> [] | a@example.org -> \
+                 [b@example.com,quiet1@example.com,quiet2@example.com]"
+                    .to_string(),
+                "X-Envelope-At-Data: a@example.org -> [b@example.com,quiet1@example.com,\
+                 quiet2@example.com,alice@example.org,added@example.com]"
+                    .to_string(),
+            ],
+            vec![
+                "X-Envelope-At-Rcpt: c@example.org -> []".to_string(),
+                "X-Envelope-At-Data: c@example.org -> [d@example.com,added@example.com]"
+                    .to_string(),
+            ],
+        ]
+    );
+}
+
+#[test]
 fn a_connect_refusal_replaces_the_greeting() {
     let upstream = RecordingUpstream::start();
     let proxy = Proxy::start_with(&format!(

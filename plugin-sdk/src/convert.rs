@@ -2,10 +2,7 @@
 
 use crate::{
     __runtime::wit,
-    types::{
-        DataOutcome, Envelope, HeloOutcome, MessageEdit, Param, PathOutcome, Reply, Session,
-        Verdict,
-    },
+    types::{DataOutcome, HeloOutcome, MessageEdit, Param, PathOutcome, Reply, Session, Verdict},
 };
 
 impl From<wit::Session> for Session {
@@ -18,16 +15,6 @@ impl From<wit::Session> for Session {
             helo: s.helo,
             tls: s.tls,
             login: s.login,
-        }
-    }
-}
-
-impl From<wit::Envelope> for Envelope {
-    fn from(e: wit::Envelope) -> Self {
-        Envelope {
-            sender: e.sender,
-            mail_params: params(e.mail_params),
-            recipients: e.recipients,
         }
     }
 }

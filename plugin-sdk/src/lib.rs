@@ -33,6 +33,7 @@
 #![deny(missing_docs)]
 
 mod convert;
+mod envelope;
 mod message;
 mod types;
 
@@ -43,10 +44,11 @@ pub mod log;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
+pub use envelope::Envelope;
 pub use message::Message;
 pub use types::{
-    DataOutcome, Envelope, Header, HeloOutcome, Hooks, LoginCheck, MessageEdit, Param, PathOutcome,
-    Reply, Session, Verdict,
+    DataOutcome, Header, HeloOutcome, Hooks, LoginCheck, MessageEdit, Param, PathOutcome, Reply,
+    Session, Verdict,
 };
 
 /// The plugin's own configuration: its `config` table from the proxy's TOML file.
@@ -184,7 +186,7 @@ macro_rules! export {
             }
             fn on_rcpt(
                 session: u32,
-                envelope: $crate::__runtime::wit::Envelope,
+                envelope: $crate::__runtime::wit::EnvelopeRef,
                 recipient: String,
                 params: Vec<$crate::__runtime::wit::Param>,
             ) -> $crate::__runtime::wit::PathOutcome {
@@ -192,7 +194,7 @@ macro_rules! export {
             }
             fn on_data(
                 session: u32,
-                envelope: $crate::__runtime::wit::Envelope,
+                envelope: $crate::__runtime::wit::EnvelopeRef,
                 message: &$crate::__runtime::wit::Message,
             ) -> $crate::__runtime::wit::DataOutcome {
                 $crate::__runtime::data::<$plugin>(session, envelope, message)
@@ -292,12 +294,12 @@ pub mod __runtime {
 
     pub fn rcpt<P: Plugin>(
         session: u32,
-        envelope: wit::Envelope,
+        envelope: wit::EnvelopeRef,
         recipient: String,
         params: Vec<wit::Param>,
     ) -> wit::PathOutcome {
         let params = convert::params(params);
-        let envelope = envelope.into();
+        let envelope = crate::Envelope::from_host(envelope);
         convert::path_outcome(with_session(session, |s| {
             with::<P, _>(|p| p.rcpt(s, &envelope, &recipient, &params))
         }))
@@ -305,11 +307,11 @@ pub mod __runtime {
 
     pub fn data<P: Plugin>(
         session: u32,
-        envelope: wit::Envelope,
+        envelope: wit::EnvelopeRef,
         message: &wit::Message,
     ) -> wit::DataOutcome {
         let message = crate::Message::from_host(message);
-        let envelope = envelope.into();
+        let envelope = crate::Envelope::from_host(envelope);
         convert::data_outcome(with_session(session, |s| {
             with::<P, _>(|p| p.data(s, &envelope, &message))
         }))

@@ -24,7 +24,7 @@
 //! harness.mail("a@example.org");
 //! assert_eq!(harness.rcpt("b@example.com").verdict, Verdict::Continue);
 //! assert!(matches!(harness.rcpt("b@elsewhere.test").verdict, Verdict::Reject(_)));
-//! assert_eq!(harness.envelope().recipients, ["b@example.com"]);
+//! assert_eq!(harness.envelope().recipients(), ["b@example.com"]);
 //! ```
 
 use crate::{
@@ -128,17 +128,17 @@ impl<P: Plugin> Harness<P> {
         } else {
             PathOutcome::default()
         };
-        self.envelope = Envelope {
-            sender: outcome
+        self.envelope = Envelope::new(
+            outcome
                 .rewrite_address
                 .clone()
                 .unwrap_or_else(|| sender.to_string()),
-            mail_params: outcome
+            outcome
                 .rewrite_params
                 .clone()
                 .unwrap_or_else(|| params.to_vec()),
-            recipients: Vec::new(),
-        };
+            Vec::new(),
+        );
         outcome
     }
 
@@ -155,7 +155,7 @@ impl<P: Plugin> Harness<P> {
                 .rewrite_address
                 .clone()
                 .unwrap_or_else(|| recipient.to_string());
-            self.envelope.recipients.push(address);
+            self.envelope.push_recipient(address);
         }
         outcome
     }

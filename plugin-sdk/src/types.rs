@@ -145,17 +145,6 @@ pub struct Param {
     pub value: Option<String>,
 }
 
-/// The envelope so far.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Envelope {
-    /// The reverse-path without brackets; empty for the null path.
-    pub sender: String,
-    /// The MAIL parameters.
-    pub mail_params: Vec<Param>,
-    /// Accepted recipients, without brackets.
-    pub recipients: Vec<String>,
-}
-
 /// The result of the HELO hook.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HeloOutcome {

@@ -84,7 +84,7 @@ impl SubjectTag {
         match &self.condition {
             Condition::SenderDomainNotIn(domains) => {
                 let domain = envelope
-                    .sender
+                    .sender()
                     .rsplit_once('@')
                     .map(|(_, d)| d.to_ascii_lowercase());
                 !domain.is_some_and(|d| domains.contains(&d))

@@ -39,6 +39,55 @@ pub struct PluginState {
     /// The session the plugin was last told about, and its version.
     known_session: Option<types::Session>,
     session_version: u32,
+    envelope: KnownEnvelope,
+}
+
+/// The envelope as the plugin may have fetched it, and its version.
+struct KnownEnvelope {
+    envelope: types::Envelope,
+    version: u32,
+}
+
+impl KnownEnvelope {
+    fn new() -> Self {
+        let envelope = types::Envelope {
+            sender: String::new(),
+            mail_params: Vec::new(),
+            recipients: Vec::new(),
+        };
+        KnownEnvelope {
+            envelope,
+            version: 0,
+        }
+    }
+
+    /// Takes in `envelope` and says how a call refers to it. The version stays while
+    /// recipients are only added at the end, so what the plugin fetched before is
+    /// still a prefix of what it may fetch now.
+    fn refer(&mut self, envelope: &types::Envelope) -> types::EnvelopeRef {
+        let known = &mut self.envelope;
+        let extends_known = known.sender == envelope.sender
+            && known.mail_params == envelope.mail_params
+            && envelope.recipients.starts_with(&known.recipients);
+        if extends_known {
+            let new = &envelope.recipients[known.recipients.len()..];
+            known.recipients.extend_from_slice(new);
+        } else {
+            *known = envelope.clone();
+            self.version = self.version.wrapping_add(1);
+        }
+        types::EnvelopeRef {
+            version: self.version,
+            recipients: u32::try_from(envelope.recipients.len()).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// The recipients from `index` on.
+    fn recipients_from(&self, index: u32) -> Vec<String> {
+        let recipients = &self.envelope.recipients;
+        let start = (index as usize).min(recipients.len());
+        recipients[start..].to_vec()
+    }
 }
 
 impl PluginState {
@@ -53,6 +102,7 @@ impl PluginState {
             deadline: Instant::now(),
             known_session: None,
             session_version: 0,
+            envelope: KnownEnvelope::new(),
         }
     }
 
@@ -68,6 +118,14 @@ impl PluginState {
             self.session_version = self.session_version.wrapping_add(1);
         }
         self.session_version
+    }
+
+    /// How the next call refers to `envelope`: the version stays while recipients are
+    /// only added at the end, so a plugin that kept the recipients it read fetches
+    /// just the new ones (`context.recipients-from`), and one that reads nothing
+    /// costs nothing — the envelope is never copied into a call.
+    pub fn envelope_ref(&mut self, envelope: &types::Envelope) -> types::EnvelopeRef {
+        self.envelope.refer(envelope)
     }
 
     /// The resources lent to the plugin (the message during the DATA hook).
@@ -203,6 +261,14 @@ impl context::Host for PluginState {
             .clone()
             .ok_or_else(|| wasmtime::Error::msg("no session yet"))
     }
+
+    async fn current_envelope(&mut self) -> Result<types::Envelope> {
+        Ok(self.envelope.envelope.clone())
+    }
+
+    async fn recipients_from(&mut self, index: u32) -> Result<Vec<String>> {
+        Ok(self.envelope.recipients_from(index))
+    }
 }
 
 impl clock::Host for PluginState {
@@ -274,6 +340,48 @@ mod tests {
         assert_eq!(
             state.known_session.as_ref().and_then(|s| s.helo.as_deref()),
             Some("client.example")
+        );
+    }
+
+    fn envelope(sender: &str, recipients: &[&str]) -> types::Envelope {
+        types::Envelope {
+            sender: sender.into(),
+            mail_params: Vec::new(),
+            recipients: recipients.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_envelope_version_changes_unless_recipients_are_only_added() {
+        let mut known = KnownEnvelope::new();
+        let first = known.refer(&envelope("a@x.test", &[]));
+        let grown = known.refer(&envelope("a@x.test", &["b@y.test", "c@y.test"]));
+        assert_eq!(grown.version, first.version, "recipients added at the end");
+        assert_eq!(grown.recipients, 2);
+        assert_eq!(known.recipients_from(1), ["c@y.test"]);
+        assert!(known.recipients_from(7).is_empty());
+        let changes = [
+            envelope("a@x.test", &["c@y.test"]), // a recipient removed
+            envelope("a@x.test", &["b@y.test", "c@y.test"]), // one added before
+            envelope("other@x.test", &["b@y.test", "c@y.test"]), // new sender
+            envelope("other@x.test", &[]),       // a new transaction
+        ];
+        let mut version = grown.version;
+        for changed in changes {
+            let now = known.refer(&changed);
+            assert_ne!(now.version, version, "{changed:?}");
+            assert_eq!(known.recipients_from(0), changed.recipients);
+            version = now.version;
+        }
+        let mut with_params = envelope("other@x.test", &[]);
+        with_params.mail_params.push(types::Param {
+            keyword: "BODY".into(),
+            value: Some("8BITMIME".into()),
+        });
+        assert_ne!(
+            known.refer(&with_params).version,
+            version,
+            "new MAIL parameters"
         );
     }
 }

@@ -573,6 +573,7 @@ impl PluginInstance {
         recipient: &str,
         params: &[abi::Param],
     ) -> Result<abi::PathOutcome, PluginError> {
+        let envelope = self.store.data_mut().envelope_ref(envelope);
         let (bindings, store, version) = self.parts(session);
         bindings
             .call_on_rcpt(store, version, envelope, recipient, params)
@@ -594,6 +595,7 @@ impl PluginInstance {
             .push(message)
             .map_err(|error| PluginError::Trap(error.to_string()))?;
         let borrowed = Resource::new_borrow(owned.rep());
+        let envelope = self.store.data_mut().envelope_ref(envelope);
         let (bindings, store, version) = self.parts(session);
         let result = bindings
             .call_on_data(&mut *store, version, envelope, borrowed)

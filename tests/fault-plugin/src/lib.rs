@@ -11,6 +11,10 @@
 //!   `renamed.example`), `refuse-helo` (550 5.7.1 for names without a dot);
 //! - `count` (DATA): adds `X-Message-In-Session: N`, N counting this session's
 //!   messages — per-instance state; its `init` logs `fault plugin init` once per run;
+//! - `envelope` (RCPT and DATA): reads the envelope at each RCPT (except for
+//!   recipients whose address starts with `quiet`) and adds `X-Envelope-At-Rcpt` (what
+//!   those reads saw) and `X-Envelope-At-Data` (the envelope at DATA), each as
+//!   `sender -> [recipient,recipient]`;
 //! - `ok`, which does nothing; `refuse-connect` refuses every client with 554 5.7.1;
 //! - AUTH: `refuse-login` (the AUTH hook refuses the login `mallory` with 554 5.7.1),
 //!   `verifier` (a password checker: `LOGIN-secret` is valid, the login `backend-down`
@@ -28,6 +32,18 @@ pub struct Fault {
     body: String,
     /// Messages seen by this instance (`count`).
     messages: u32,
+    /// The envelopes the RCPT hook read in this transaction (`envelope`).
+    seen_at_rcpt: Vec<String>,
+}
+
+/// `sender -> [recipient,recipient]`, checking the count the hook got against the list.
+fn describe(envelope: &Envelope) -> String {
+    let recipients = envelope.recipients();
+    let mut text = format!("{} -> [{}]", envelope.sender(), recipients.join(","));
+    if recipients.len() != envelope.recipient_count() {
+        text.push_str(&format!(" (count says {})", envelope.recipient_count()));
+    }
+    text
 }
 
 fn text(config: &Config, key: &str) -> String {
@@ -48,6 +64,7 @@ impl Plugin for Fault {
             ("refuse-connect", _) => Hooks::CONNECT,
             ("refuse-login", _) => Hooks::AUTH,
             ("verifier", _) => Hooks::VERIFY_LOGIN,
+            ("envelope", _) => Hooks::RCPT | Hooks::DATA,
             (_, "data") => Hooks::DATA,
             (_, "helo") => Hooks::HELO,
             _ => Hooks::MAIL,
@@ -57,6 +74,7 @@ impl Plugin for Fault {
             recipient: text(config, "recipient"),
             body: text(config, "body"),
             messages: 0,
+            seen_at_rcpt: Vec::new(),
         };
         if fault.mode == "count" {
             portcullis_sdk::log::info("fault plugin init");
@@ -111,8 +129,25 @@ impl Plugin for Fault {
         }
     }
 
-    fn data(&mut self, _session: &Session, _envelope: &Envelope, message: &Message) -> DataOutcome {
+    fn rcpt(&mut self, _: &Session, envelope: &Envelope, to: &str, _: &[Param]) -> PathOutcome {
+        if !to.starts_with("quiet") {
+            self.seen_at_rcpt.push(describe(envelope));
+        }
+        PathOutcome::default()
+    }
+
+    fn data(&mut self, _session: &Session, envelope: &Envelope, message: &Message) -> DataOutcome {
         let edit = match self.mode.as_str() {
+            "envelope" => {
+                let seen = std::mem::take(&mut self.seen_at_rcpt);
+                return DataOutcome {
+                    verdict: Verdict::Continue,
+                    edits: vec![
+                        header("X-Envelope-At-Rcpt", &seen.join(" | ")),
+                        header("X-Envelope-At-Data", &describe(envelope)),
+                    ],
+                };
+            }
             "discard" => return Verdict::Discard.into(),
             "bad-rewrite" => header("X-Evil", "x\r\n.\r\nMAIL FROM:<evil@example.com>"),
             "quarantine" => MessageEdit::Quarantine("looks suspicious".into()),
