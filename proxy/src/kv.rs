@@ -62,23 +62,23 @@ impl KvStore {
         let now = Instant::now();
         let mut entries = self.entries.lock().expect("lock poisoned");
         sweep(&mut entries, now);
-        let current = entries.get(key).filter(|e| e.live(now));
-        let number = current
-            .and_then(|e| std::str::from_utf8(&e.value).ok()?.parse::<i64>().ok())
-            .unwrap_or(0)
-            .saturating_add(delta);
-        let expires = match current {
-            Some(entry) => entry.expires,
-            None => expiry(now, ttl_ms),
-        };
+        // A live counter is updated in place: no new key, no new value buffer.
+        if let Some(entry) = entries.get_mut(key).filter(|e| e.live(now)) {
+            let number = decimal(&entry.value).unwrap_or(0).saturating_add(delta);
+            entry.value.clear();
+            write_decimal(&mut entry.value, number);
+            return number;
+        }
+        let mut value = Vec::new();
+        write_decimal(&mut value, delta);
         entries.insert(
             key.to_string(),
             Entry {
-                value: number.to_string().into_bytes(),
-                expires,
+                value,
+                expires: expiry(now, ttl_ms),
             },
         );
-        number
+        delta
     }
 
     /// Removes `key`; true if it existed and had not expired.
@@ -86,6 +86,16 @@ impl KvStore {
         let mut entries = self.entries.lock().expect("lock poisoned");
         entries.remove(key).is_some_and(|e| e.live(Instant::now()))
     }
+}
+
+/// The decimal number a value holds, if it is one.
+fn decimal(value: &[u8]) -> Option<i64> {
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+fn write_decimal(value: &mut Vec<u8>, number: i64) {
+    use std::io::Write;
+    write!(value, "{number}").expect("writing to a Vec cannot fail");
 }
 
 fn sweep(entries: &mut HashMap<String, Entry>, now: Instant) {
@@ -103,6 +113,8 @@ mod tests {
         let store = KvStore::default();
         assert_eq!(store.incr("n", 1, Some(50)), 1);
         assert_eq!(store.incr("n", 5, Some(50)), 6);
+        store.set("text", b"not a number".to_vec(), None);
+        assert_eq!(store.incr("text", 2, None), 2, "a non-number counts from 0");
         assert_eq!(store.get("n"), Some(b"6".to_vec()));
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(store.get("n"), None);

@@ -51,11 +51,12 @@ fn limit(config: &Config, key: &str) -> Result<Option<Limit>, String> {
 
 impl RateLimit {
     /// Counts one message against `limit` under `key`; the reply if it is over.
-    fn count(&self, what: &str, key: &str, limit: Limit) -> Option<Verdict> {
+    fn count(&self, what: impl Fn() -> String, key: &str, limit: Limit) -> Option<Verdict> {
         let count = kv::incr(key, 1, Some(limit.window));
         if count <= limit.messages {
             return None;
         }
+        let what = what();
         if count == limit.messages + 1 {
             log::info(&format!(
                 "{what} went over {} messages per {}s",
@@ -96,11 +97,17 @@ impl Plugin for RateLimit {
         }
         let over = self
             .per_client
-            .and_then(|limit| self.count(&format!("client [{ip}]"), &format!("client/{ip}"), limit))
+            .and_then(|limit| {
+                self.count(|| format!("client [{ip}]"), &format!("client/{ip}"), limit)
+            })
             .or_else(|| {
                 let login = session.login.as_deref()?;
                 let limit = self.per_login?;
-                self.count(&format!("login {login}"), &format!("login/{login}"), limit)
+                self.count(
+                    || format!("login {login}"),
+                    &format!("login/{login}"),
+                    limit,
+                )
             });
         over.map(PathOutcome::from).unwrap_or_default()
     }
