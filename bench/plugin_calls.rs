@@ -1,9 +1,12 @@
 //! Micro-benchmarks of the plugin host with criterion: creating a session's instance
 //! of a plugin (Store + instance from the pre-instantiated component, which starts
-//! from the snapshot taken after `init` at load), and one hook call on a warm instance. Uses the example plugins' release `.wasm`
-//! (built by `./scripts/test` or `bench/plugins.sh`).
+//! from the snapshot taken after `init` at load), and one hook call on a warm instance.
+//! Uses the example plugins' release `.wasm` (built by `./scripts/test` or
+//! `bench/plugins.sh`). Instances come from the pool, as the proxy's first do by
+//! default; `ON_DEMAND=1` measures instances mapped on demand (the pool's overflow).
 //!
 //!   cargo bench -p portcullis --bench plugin_calls
+//!   ON_DEMAND=1 cargo bench -p portcullis --bench plugin_calls
 
 use std::{hint::black_box, path::PathBuf, sync::Arc, time::Instant};
 
@@ -31,8 +34,11 @@ fn load(runtime: &tokio::runtime::Runtime, crate_name: &str, config: &str) -> Ar
         PluginRuntime::new(
             None,
             Capacity {
-                pooling: std::env::var_os("POOLING").is_some(),
-                instances: 1000,
+                pooled: if std::env::var_os("ON_DEMAND").is_some() {
+                    0
+                } else {
+                    1000
+                },
                 max_memory: 32 << 20,
             },
             Default::default(),

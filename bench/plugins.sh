@@ -6,7 +6,7 @@
 #
 #   bench/plugins.sh           # full run
 #   QUICK=1 bench/plugins.sh   # fewer messages and sessions, for a smoke run
-#   ALLOCATOR=pooling bench/plugins.sh   # server.plugin_allocator (default on-demand)
+#   POOL=0 bench/plugins.sh    # server.plugin_pool_size (default 1024; 0 = all on demand)
 #   MEMORY_ONLY=1 SESSIONS=1000 bench/plugins.sh   # only the held sessions' memory
 #
 # 10,000 sessions x 3 instances need more memory mappings than Linux allows a process
@@ -43,7 +43,7 @@ cat > "$work/bench.toml" <<TOML
 [server]
 hostname = "bench.test"
 max_connections = 20000
-plugin_allocator = "${ALLOCATOR:-on-demand}"
+plugin_pool_size = ${POOL:-1024}
 [[listener]]
 name = "plain"
 address = "127.0.0.1:$plain_port"
@@ -86,7 +86,7 @@ quick=${QUICK:-0}
 messages=$(( quick ? 500 : 3000 ))
 echo "## Plugins: recipients + headers + rate-limit"
 echo
-echo "Machine: $(nproc) cores, load average before the run: $(cut -d' ' -f1-3 /proc/loadavg); plugin_allocator = ${ALLOCATOR:-on-demand}; vm.max_map_count = $(cat /proc/sys/vm/max_map_count)."
+echo "Machine: $(nproc) cores, load average before the run: $(cut -d' ' -f1-3 /proc/loadavg); plugin_pool_size = ${POOL:-1024}; vm.max_map_count = $(cat /proc/sys/vm/max_map_count)."
 echo "10 KiB messages, $messages per run; each figure is the median of three alternating runs."
 echo
 echo "| concurrency | sessions | direct msg/s | no plugins msg/s | three plugins msg/s | plugins / no plugins |"

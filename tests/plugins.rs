@@ -215,6 +215,75 @@ fn init_runs_once_and_every_session_starts_from_the_state_it_left() {
 }
 
 #[test]
+fn instances_past_the_pool_are_made_on_demand_and_reused_slots_start_clean() {
+    let upstream = RecordingUpstream::start();
+    let proxy = Proxy::start_with(&format!(
+        "[server]\nplugin_pool_size = 2\n\n[upstream]\naddress = \"{}\"\n\n\
+         [[listener]]\nname = \"counter\"\naddress = \"127.0.0.1:0\"\nplugins = [\"counter\"]\n\n\
+         [plugins.counter]\npath = \"{}\"\nconfig = {{ mode = \"count\", stage = \"data\" }}\n",
+        upstream.address(),
+        component("fault-plugin").display()
+    ));
+    let send = |client: &mut common::Client, n: usize| {
+        let wire = format!("Subject: {n}\r\n\r\nbody\r\n.\r\n");
+        let reply = client.send_message("a@example.org", &["b@example.com"], wire.as_bytes());
+        assert_eq!(reply.code, 250, "{reply:?}");
+    };
+    // Five sessions at once, each holding an instance: two from the pool of two,
+    // three made on demand; every one counts its own session's messages.
+    let mut clients: Vec<common::Client> = (0..5)
+        .map(|_| {
+            let mut client = common::Client::connect(proxy.listener("counter"));
+            client.read_reply();
+            client.expect("EHLO client.test", 250);
+            send(&mut client, 1);
+            client
+        })
+        .collect();
+    proxy.wait_for_log("plugin instance pool full");
+    for client in &mut clients {
+        send(client, 2);
+        client.expect("QUIT", 221);
+    }
+    // Then one session at a time, each on a slot an earlier session used: the slot's
+    // memory is reset, so the count starts from `init`'s state again.
+    for _ in 0..3 {
+        let mut client = common::Client::connect(proxy.listener("counter"));
+        client.read_reply();
+        client.expect("EHLO client.test", 250);
+        send(&mut client, 1);
+        send(&mut client, 2);
+        client.expect("QUIT", 221);
+    }
+    assert_eq!(upstream.wait_messages(16).len(), 16);
+    let counts: Vec<Vec<String>> = upstream
+        .sessions()
+        .iter()
+        .map(|session| {
+            session
+                .messages
+                .iter()
+                .flat_map(|m| {
+                    String::from_utf8_lossy(m)
+                        .lines()
+                        .filter(|line| line.starts_with("X-Message-In-Session:"))
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(counts.len(), 8, "{counts:?}");
+    for count in counts {
+        assert_eq!(
+            count,
+            ["X-Message-In-Session: 1", "X-Message-In-Session: 2"],
+            "each session counts only its own messages"
+        );
+    }
+}
+
+#[test]
 fn plugins_read_the_envelope_as_the_chain_made_it_in_every_transaction() {
     let upstream = RecordingUpstream::start();
     let proxy = Proxy::start_with(&format!(

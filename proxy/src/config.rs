@@ -237,8 +237,10 @@ pub struct ServerConfig {
     /// Threads that run sessions: 0 means one per CPU core, 1 a single-threaded runtime
     /// (the least CPU per message when the proxy shares a small machine).
     pub worker_threads: usize,
-    /// How plugin instances get their memory and stacks.
-    pub plugin_allocator: PluginAllocator,
+    /// Plugin instances alive at once that take memory and stack from a pool reserved
+    /// at start-up (at most `max_connections` × the longest chain); the rest get them
+    /// on demand. 0: every instance on demand.
+    pub plugin_pool_size: u32,
     /// On SIGTERM/SIGINT, how long running transactions may take to finish.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -250,7 +252,7 @@ impl Default for ServerConfig {
             hostname: "localhost".into(),
             max_connections: 1000,
             worker_threads: 0,
-            plugin_allocator: PluginAllocator::OnDemand,
+            plugin_pool_size: 1024,
             drain_timeout: Duration::from_secs(30),
         }
     }
@@ -264,19 +266,6 @@ pub enum VerifyPolicy {
     Refuse,
     /// Pass the command to the upstream and relay its reply.
     Relay,
-}
-
-/// How plugin instances get their memory and stacks (`server.plugin_allocator`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PluginAllocator {
-    /// Mapped when an instance is created, unmapped when it ends: the fewest memory
-    /// mappings per instance (about 7), so the most concurrent instances before the
-    /// kernel's `vm.max_map_count`.
-    OnDemand,
-    /// Slots reserved at start-up for `max_connections` × the longest chain: instances
-    /// are created about twice as fast, but each holds about 24 mappings.
-    Pooling,
 }
 
 /// `[smtp]`: limits and policies of the downstream server, RFC 5321 defaults.

@@ -19,7 +19,7 @@ use crate::{
         Reloadable, credentials::CredentialsFile, sender_logins::SenderLogins,
         throttle::AuthThrottle,
     },
-    config::{AuthMode, ClientAddressMode, Config, PluginAllocator, TlsMode, UpstreamTarget},
+    config::{AuthMode, ClientAddressMode, Config, TlsMode, UpstreamTarget},
     devupstream,
     hooks::Chain,
     kv::KvStore,
@@ -264,10 +264,10 @@ pub async fn load_plugins(
     }
     let longest_chain = config.listeners.iter().map(|l| l.plugins.len()).max();
     let sessions = config.server.max_connections + 64;
+    let needed = u32::try_from(sessions * longest_chain.unwrap_or(0) + config.plugins.len())
+        .unwrap_or(u32::MAX);
     let capacity = Capacity {
-        pooling: config.server.plugin_allocator == PluginAllocator::Pooling,
-        instances: u32::try_from(sessions * longest_chain.unwrap_or(0) + config.plugins.len())
-            .unwrap_or(u32::MAX),
+        pooled: config.server.plugin_pool_size.min(needed),
         max_memory: config
             .plugins
             .values()

@@ -43,7 +43,10 @@ pub async fn replay(config: &Config, input: ReplayInput) -> anyhow::Result<Strin
         .iter()
         .find(|l| l.name == input.listener)
         .with_context(|| format!("no listener named {:?}", input.listener))?;
-    let plugins = load_plugins(config, false, Default::default()).await?;
+    // One session: a pool would only cost a second compile of every plugin.
+    let mut config = config.clone();
+    config.server.plugin_pool_size = 0;
+    let plugins = load_plugins(&config, false, Default::default()).await?;
     let chain = Chain {
         listener: listener.name.clone(),
         plugins: listener

@@ -9,15 +9,23 @@
 //! interruption: an endless loop yields to the runtime every tick and traps once its
 //! time is up). A trap, a timeout or a memory bomb ends that one call with a
 //! [`PluginError`]; the instance is then dropped, and the caller applies the
-//! plugin's `on_error` policy. Instances get memory on demand or from a pool
-//! ([`Capacity`], `server.plugin_allocator`). Plugins see no WASI except the hash seed
+//! plugin's `on_error` policy. The first instances alive at once take their memory
+//! and stack from a pool reserved at start-up, the rest get them on demand
+//! ([`Capacity`], `server.plugin_pool_size`). Plugins see no WASI except the hash seed
 //! std's `HashMap` asks for.
 
 pub mod dns;
 mod host;
 mod snapshot;
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::time::Instant;
 use wasmtime::{
@@ -82,15 +90,13 @@ fn trap(error: wasmtime::Error) -> PluginError {
     }
 }
 
-/// How plugin instances get memory: on demand, or from a pool sized for this many
-/// instances (the pool reserves virtual room for exactly that, so creating an instance
-/// or calling a hook maps nothing).
+/// How plugin instances get memory and stacks: the first `pooled` instances alive at
+/// once from a pool reserved at start-up (creating one maps nothing, about three times
+/// as fast as mapping), any beyond that on demand.
 #[derive(Debug, Clone, Copy)]
 pub struct Capacity {
-    /// Use the pooling allocator (`server.plugin_allocator = "pooling"`).
-    pub pooling: bool,
-    /// Plugin instances alive at once (sessions × chain length, plus start-up).
-    pub instances: u32,
+    /// Instances the pool holds; 0 for none (every instance on demand).
+    pub pooled: u32,
     /// The largest `memory_mb` of any plugin, in bytes.
     pub max_memory: usize,
 }
@@ -103,71 +109,58 @@ const TABLES_PER_COMPONENT: u32 = 4;
 const KEEP_RESIDENT: usize = 256 * 1024;
 
 impl Capacity {
-    fn configure(self, config: &mut wasmtime::Config) {
-        if !self.pooling {
-            return;
-        }
-        let memory = (self.max_memory.max(1 << 20) as u64).next_multiple_of(64 * 1024);
-        config.memory_reservation(memory);
-        config.memory_guard_size(64 * 1024);
-        config.memory_reservation_for_growth(0);
+    /// The pooling allocator for the pooled engine. Both engines keep wasmtime's
+    /// default memory reservation, so they compile the same code (each pool slot
+    /// reserves address space, not memory).
+    fn pool(self) -> wasmtime::PoolingAllocationConfig {
+        let memory = self.max_memory.max(1 << 20).next_multiple_of(64 * 1024);
+        let instances = self.pooled;
         let mut pool = wasmtime::PoolingAllocationConfig::new();
-        let instances = self.instances.max(16);
         pool.total_component_instances(instances)
             .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
             .total_core_instances(instances.saturating_mul(4))
             .max_memories_per_component(MEMORIES_PER_COMPONENT)
-            .total_memories(instances.saturating_mul(MEMORIES_PER_COMPONENT))
+            .total_memories(instances)
             .max_tables_per_component(TABLES_PER_COMPONENT)
             .total_tables(instances.saturating_mul(TABLES_PER_COMPONENT))
             // A store keeps the stack of its first call: one stack per instance.
             .total_stacks(instances)
-            .max_memory_size(memory as usize)
+            .max_memory_size(memory)
             .linear_memory_keep_resident(KEEP_RESIDENT)
             .table_keep_resident(KEEP_RESIDENT)
             // Linux 6.7+: reset only the pages an instance wrote, found with the
             // PAGEMAP_SCAN ioctl, instead of copying back the whole kept-resident part.
             .pagemap_scan(wasmtime::Enabled::Auto);
-        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        pool
     }
 }
 
-/// The shared engine and the services plugins call.
-pub struct PluginRuntime {
+/// A wasmtime engine and the host's imports linked for it.
+struct Backend {
     engine: Engine,
     linker: Linker<host::PluginState>,
-    services: host::Services,
-    /// Instrumented components compiled so far, by path: entries of one file with
-    /// different configurations snapshot the same instrumented component.
-    instrumented: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, Component>>,
-    /// Components made ready so far, by path and configuration: entries that share
-    /// both share the pre-initialised component.
-    prepared: std::sync::Mutex<std::collections::HashMap<(std::path::PathBuf, String), Prepared>>,
 }
 
-impl PluginRuntime {
-    /// An engine with epoch interruption and a pooling allocator sized by `capacity`,
-    /// a thread that advances the epoch, and the services plugins call (key-value
-    /// store `kv`, DNS through `dns`; with `None` every DNS lookup fails, for running
-    /// plugins without network).
-    pub fn new(
-        dns: Option<&DnsConfig>,
-        capacity: Capacity,
-        kv: Arc<KvStore>,
-    ) -> Result<Arc<Self>, PluginError> {
+impl Backend {
+    /// An engine with epoch interruption, sharing `compiled` (so a component compiled
+    /// for one engine compiles for the other from cache), pooled when `pool` is given.
+    fn new(
+        compiled: &Arc<CompiledFunctions>,
+        pool: Option<wasmtime::PoolingAllocationConfig>,
+    ) -> Result<Self, PluginError> {
+        let failed = |what: &str, error: wasmtime::Error| PluginError::Load {
+            path: what.into(),
+            reason: format!("{error:#}"),
+        };
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         config
-            .enable_incremental_compilation(Arc::new(CompiledFunctions::default()))
-            .map_err(|error| PluginError::Load {
-                path: "(engine)".into(),
-                reason: format!("{error:#}"),
-            })?;
-        capacity.configure(&mut config);
-        let engine = Engine::new(&config).map_err(|error| PluginError::Load {
-            path: "(engine)".into(),
-            reason: format!("{error:#}"),
-        })?;
+            .enable_incremental_compilation(compiled.clone())
+            .map_err(|error| failed("(engine)", error))?;
+        if let Some(pool) = pool {
+            config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        }
+        let engine = Engine::new(&config).map_err(|error| failed("(engine)", error))?;
         let mut linker = Linker::new(&engine);
         Plugin::add_to_linker::<host::PluginState, HasSelf<host::PluginState>>(
             &mut linker,
@@ -182,13 +175,99 @@ impl PluginRuntime {
                 |_, _| Ok(()),
             )
         })
-        .map_err(|error| PluginError::Load {
-            path: "(linker)".into(),
-            reason: format!("{error:#}"),
-        })?;
+        .map_err(|error| failed("(linker)", error))?;
+        Ok(Backend { engine, linker })
+    }
+
+    /// Links a component against the host's imports, ready to instantiate.
+    fn pre_instantiate(
+        &self,
+        component: &Component,
+    ) -> Result<PluginPre<host::PluginState>, String> {
+        let mut linker = self.linker.clone();
+        provide_hash_seeds(&mut linker, component, &self.engine)
+            .and_then(|()| linker.define_unknown_imports_as_traps(component))
+            .and_then(|()| linker.instantiate_pre(component))
+            .and_then(PluginPre::new)
+            .map_err(|error| format!("{error:#}"))
+    }
+}
+
+/// The pooled engine and how many of its slots are taken.
+struct Pool {
+    backend: Backend,
+    capacity: u32,
+    taken: Arc<AtomicU32>,
+    /// Whether the pool has been found full yet (that is logged once).
+    filled: std::sync::atomic::AtomicBool,
+}
+
+impl Pool {
+    /// Takes a slot if one is free; it is given back when the slot is dropped.
+    fn take(&self) -> Option<PoolSlot> {
+        let taken = self
+            .taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
+                (taken < self.capacity).then_some(taken + 1)
+            });
+        if taken.is_err() && !self.filled.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                pool = self.capacity,
+                "plugin instance pool full: further instances are mapped on demand \
+                 (slower to create; see server.plugin_pool_size)"
+            );
+        }
+        taken.ok().map(|_| PoolSlot(self.taken.clone()))
+    }
+}
+
+/// One instance's place in the pool, given back on drop.
+struct PoolSlot(Arc<AtomicU32>);
+
+impl Drop for PoolSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The engines and the services plugins call.
+pub struct PluginRuntime {
+    /// Start-up work and instances past the pool.
+    on_demand: Backend,
+    /// The first instances alive at once, if the pool is not empty.
+    pool: Option<Pool>,
+    services: host::Services,
+    /// Instrumented components compiled so far, by path: entries of one file with
+    /// different configurations snapshot the same instrumented component.
+    instrumented: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, Component>>,
+    /// Components made ready so far, by path and configuration: entries that share
+    /// both share the pre-initialised component.
+    prepared: std::sync::Mutex<std::collections::HashMap<(std::path::PathBuf, String), Prepared>>,
+}
+
+impl PluginRuntime {
+    /// The engines (on demand, and pooled as `capacity` says), a thread that
+    /// advances their epochs, and the services plugins call (key-value store `kv`, DNS
+    /// through `dns`; with `None` every DNS lookup fails, for running plugins without
+    /// network).
+    pub fn new(
+        dns: Option<&DnsConfig>,
+        capacity: Capacity,
+        kv: Arc<KvStore>,
+    ) -> Result<Arc<Self>, PluginError> {
+        let compiled = Arc::new(CompiledFunctions::default());
+        let pool = match capacity.pooled {
+            0 => None,
+            pooled => Some(Pool {
+                backend: Backend::new(&compiled, Some(capacity.pool()))?,
+                capacity: pooled,
+                taken: Arc::default(),
+                filled: Default::default(),
+            }),
+        };
         let runtime = Arc::new(PluginRuntime {
-            engine,
-            linker,
+            on_demand: Backend::new(&compiled, None)?,
+            pool,
             services: host::Services {
                 kv,
                 dns: Arc::new(dns.map_or_else(dns::Resolver::offline, dns::Resolver::new)),
@@ -196,12 +275,16 @@ impl PluginRuntime {
             instrumented: Default::default(),
             prepared: Default::default(),
         });
-        let ticker = runtime.engine.weak();
+        let on_demand = runtime.on_demand.engine.weak();
+        let pooled = runtime.pool.as_ref().map(|pool| pool.backend.engine.weak());
         std::thread::Builder::new()
             .name("plugin-epoch".into())
             .spawn(move || {
-                while let Some(engine) = ticker.upgrade() {
+                while let Some(engine) = on_demand.upgrade() {
                     engine.increment_epoch();
+                    if let Some(engine) = pooled.as_ref().and_then(|pooled| pooled.upgrade()) {
+                        engine.increment_epoch();
+                    }
                     drop(engine);
                     std::thread::sleep(EPOCH_TICK);
                 }
@@ -254,11 +337,21 @@ impl PluginRuntime {
             Prepared::Initialised { component, hooks } => (component, Some(hooks)),
             Prepared::AsIs(component) => (component, None),
         };
+        let pooled = match (&self.pool, &component.pooled) {
+            (Some(pool), Some(pooled)) => Some(
+                pool.backend
+                    .pre_instantiate(pooled)
+                    .map_err(|reason| settings.error(reason))?,
+            ),
+            _ => None,
+        };
         let mut loaded = LoadedPlugin {
             name: settings.name.clone(),
             pre: self
-                .pre_instantiate(&component)
+                .on_demand
+                .pre_instantiate(&component.on_demand)
                 .map_err(|reason| settings.error(reason))?,
+            pooled,
             settings,
             on_error: config.on_error,
             hooks: hooks.unwrap_or(abi::Hooks::empty()),
@@ -280,8 +373,9 @@ impl PluginRuntime {
             Err(reason) => {
                 tracing::warn!(plugin = &*plugin.name, %reason,
                     "cannot pre-initialise this plugin: it will run init in every session");
-                let component = Component::new(&self.engine, &bytes)
-                    .map_err(|error| plugin.error(format!("{error:#}")))?;
+                let component = self
+                    .compile(&bytes)
+                    .map_err(|reason| plugin.error(reason))?;
                 return Ok(Prepared::AsIs(component));
             }
         };
@@ -289,9 +383,10 @@ impl PluginRuntime {
             .compile_instrumented(path, &instrumented)
             .map_err(|reason| plugin.error(reason))?;
         let pre = self
+            .on_demand
             .pre_instantiate(&component)
             .map_err(|reason| plugin.error(reason))?;
-        let mut instance = plugin.new_instance("(start-up)");
+        let mut instance = plugin.new_instance(&self.on_demand.engine, "(start-up)", None);
         instance.arm();
         let raw = pre
             .instance_pre()
@@ -303,10 +398,33 @@ impl PluginRuntime {
         let initialised = snapshot::take(&context, &mut instance.store, raw)
             .await
             .map_err(|reason| plugin.error(reason))?;
-        let component = Component::new(&self.engine, &initialised)
-            .map_err(|error| plugin.error(format!("{error:#}")))?;
+        let component = self
+            .compile(&initialised)
+            .map_err(|reason| plugin.error(reason))?;
         Ok(Prepared::Initialised { component, hooks })
     }
+
+    /// Compiles a component for each engine (the second from the first's cached code).
+    fn compile(&self, bytes: &[u8]) -> Result<Compiled, String> {
+        let compile = |backend: &Backend| {
+            Component::new(&backend.engine, bytes).map_err(|error| format!("{error:#}"))
+        };
+        Ok(Compiled {
+            on_demand: compile(&self.on_demand)?,
+            pooled: self
+                .pool
+                .as_ref()
+                .map(|pool| compile(&pool.backend))
+                .transpose()?,
+        })
+    }
+}
+
+/// One component compiled for each engine.
+#[derive(Clone)]
+struct Compiled {
+    on_demand: Component,
+    pooled: Option<Component>,
 }
 
 /// What start-up made of one plugin file with one configuration.
@@ -314,11 +432,11 @@ impl PluginRuntime {
 enum Prepared {
     /// Pre-initialised: instances start as `init` left the plugin.
     Initialised {
-        component: Component,
+        component: Compiled,
         hooks: abi::Hooks,
     },
     /// The pre-initialiser could not handle it: instances run `init` themselves.
-    AsIs(Component),
+    AsIs(Compiled),
 }
 
 impl PluginRuntime {
@@ -328,25 +446,12 @@ impl PluginRuntime {
             return Ok(component.clone());
         }
         let component =
-            Component::new(&self.engine, bytes).map_err(|error| format!("{error:#}"))?;
+            Component::new(&self.on_demand.engine, bytes).map_err(|error| format!("{error:#}"))?;
         self.instrumented
             .lock()
             .expect("lock poisoned")
             .insert(path.to_path_buf(), component.clone());
         Ok(component)
-    }
-
-    /// Links a component against the host's imports, ready to instantiate.
-    fn pre_instantiate(
-        &self,
-        component: &Component,
-    ) -> Result<PluginPre<host::PluginState>, String> {
-        let mut linker = self.linker.clone();
-        provide_hash_seeds(&mut linker, component, &self.engine)
-            .and_then(|()| linker.define_unknown_imports_as_traps(component))
-            .and_then(|()| linker.instantiate_pre(component))
-            .and_then(PluginPre::new)
-            .map_err(|error| format!("{error:#}"))
     }
 }
 
@@ -401,7 +506,10 @@ pub struct LoadedPlugin {
     /// The plugin's name in the configuration.
     pub name: Arc<str>,
     settings: Settings,
+    /// The component for the on-demand engine.
     pre: PluginPre<host::PluginState>,
+    /// The component for the pooled engine, if there is a pool.
+    pooled: Option<PluginPre<host::PluginState>>,
     /// What the session gets when this plugin fails.
     pub on_error: OnError,
     /// The hooks the plugin asked for.
@@ -412,28 +520,50 @@ pub struct LoadedPlugin {
 
 impl LoadedPlugin {
     /// A fresh instance for one session, in the state `init` left (from the
-    /// pre-initialised image, or by running `init` in it).
+    /// pre-initialised image, or by running `init` in it): from the pool while it has
+    /// room, on demand past it.
     pub async fn instantiate(&self, session_id: &str) -> Result<PluginInstance, PluginError> {
-        let mut instance = self.settings.new_instance(session_id);
+        let runtime = &self.settings.runtime;
+        if let (Some(pool), Some(pre)) = (&runtime.pool, &self.pooled)
+            && let Some(slot) = pool.take()
+        {
+            let instance = self
+                .settings
+                .new_instance(&pool.backend.engine, session_id, Some(slot));
+            match self.start(instance, pre).await {
+                // The pool's slot count is an estimate of what components need; a
+                // component that needs more than its share is made on demand.
+                Err(error) if error.is::<wasmtime::PoolConcurrencyLimitError>() => {}
+                started => return started.map_err(trap)?,
+            }
+        }
+        let instance = self
+            .settings
+            .new_instance(&runtime.on_demand.engine, session_id, None);
+        self.start(instance, &self.pre).await.map_err(trap)?
+    }
+
+    /// Instantiates `pre` in `instance`'s store and brings it to the state `init` left.
+    /// The outer error is wasmtime's failure to instantiate.
+    async fn start(
+        &self,
+        mut instance: PluginInstance,
+        pre: &PluginPre<host::PluginState>,
+    ) -> wasmtime::Result<Result<PluginInstance, PluginError>> {
         instance.arm();
         if self.init_per_instance {
-            let raw = self
-                .pre
+            let raw = pre
                 .instance_pre()
                 .instantiate_async(&mut instance.store)
-                .await
-                .map_err(trap)?;
-            self.settings.init(&mut instance, &raw).await?;
+                .await?;
+            if let Err(error) = self.settings.init(&mut instance, &raw).await {
+                return Ok(Err(error));
+            }
         } else {
-            let bindings = self
-                .pre
-                .instantiate_async(&mut instance.store)
-                .await
-                .map_err(trap)?;
-            instance.bindings = Some(bindings);
+            instance.bindings = Some(pre.instantiate_async(&mut instance.store).await?);
             instance.hooks = self.hooks;
         }
-        Ok(instance)
+        Ok(Ok(instance))
     }
 }
 
@@ -475,8 +605,14 @@ impl Settings {
         Ok(instance.hooks)
     }
 
-    /// A store for one session's instance, with this plugin's limits.
-    fn new_instance(&self, session_id: &str) -> PluginInstance {
+    /// A store of `engine` for one session's instance, with this plugin's limits;
+    /// `slot` is its place in the pool, if it is pooled.
+    fn new_instance(
+        &self,
+        engine: &Engine,
+        session_id: &str,
+        slot: Option<PoolSlot>,
+    ) -> PluginInstance {
         let limits: StoreLimits = StoreLimitsBuilder::new()
             .memory_size(self.memory)
             .instances(32)
@@ -487,7 +623,7 @@ impl Settings {
             limits,
             self.runtime.services.clone(),
         );
-        let mut store = Store::new(&self.runtime.engine, state);
+        let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_callback(|context| {
             if Instant::now() >= context.data().deadline {
@@ -501,6 +637,7 @@ impl Settings {
             bindings: None,
             timeout: self.timeout,
             hooks: abi::Hooks::empty(),
+            _slot: slot,
         }
     }
 }
@@ -512,6 +649,9 @@ pub struct PluginInstance {
     timeout: Duration,
     /// The hooks the plugin asked for.
     pub hooks: abi::Hooks,
+    /// The pool slot of a pooled instance: given back after the store (declared
+    /// first) is dropped.
+    _slot: Option<PoolSlot>,
 }
 
 impl PluginInstance {
