@@ -112,6 +112,14 @@ echo
 # message instantiates headers (DATA), then MAIL and RCPT (rate-limit, recipients)
 # and the session is held open.
 sessions=${SESSIONS:-$(( quick ? 1000 : 10000 ))}
+# Each held session takes two of the proxy's file descriptors (client and upstream).
+# Where the hard limit cannot be raised (a container without CAP_SYS_RESOURCE), hold
+# as many as it allows and say so, rather than fail half-way.
+fd_room=$(( ($(ulimit -n) - 200) / 2 ))
+if [ "$sessions" -gt "$fd_room" ]; then
+  echo "(the open-files limit, $(ulimit -n), allows $fd_room held sessions: measuring $fd_room, not $sessions)"
+  sessions=$fd_room
+fi
 rss_before=$(awk '/VmRSS/ {print $2}' /proc/$proxy_pid/status)
 python3 - "$plugin_port" "$sessions" "$proxy_pid" <<'PY'
 import resource, socket, sys, time
