@@ -7,13 +7,42 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Entries past this count trigger a sweep of expired ones.
+/// The fewest entries at which a new key sweeps out the expired ones.
 const SWEEP_AT: usize = 100_000;
 
 /// An in-memory store with expiry.
 #[derive(Debug, Default)]
 pub struct KvStore {
-    entries: Mutex<HashMap<String, Entry>>,
+    entries: Mutex<Entries>,
+}
+
+/// The entries, and the size at which the next sweep of expired ones runs.
+#[derive(Debug)]
+struct Entries {
+    map: HashMap<String, Entry>,
+    sweep_at: usize,
+}
+
+impl Default for Entries {
+    fn default() -> Self {
+        Self {
+            map: HashMap::new(),
+            sweep_at: SWEEP_AT,
+        }
+    }
+}
+
+impl Entries {
+    /// Called before a key is inserted: once the map has grown to `sweep_at`, drops
+    /// the expired entries and sets the next sweep at twice the live ones left. A
+    /// store full of live keys (say, a counter for each of 200,000 client addresses)
+    /// is then scanned once per doubling, not on every insert under the lock.
+    fn make_room(&mut self, now: Instant) {
+        if self.map.len() >= self.sweep_at {
+            self.map.retain(|_, e| e.live(now));
+            self.sweep_at = (self.map.len() * 2).max(SWEEP_AT);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -37,6 +66,7 @@ impl KvStore {
     pub fn get(&self, key: &str) -> Option<Vec<u8>> {
         let entries = self.entries.lock().expect("lock poisoned");
         entries
+            .map
             .get(key)
             .filter(|e| e.live(Instant::now()))
             .map(|e| e.value.clone())
@@ -46,8 +76,8 @@ impl KvStore {
     pub fn set(&self, key: &str, value: Vec<u8>, ttl_ms: Option<u64>) {
         let now = Instant::now();
         let mut entries = self.entries.lock().expect("lock poisoned");
-        sweep(&mut entries, now);
-        entries.insert(
+        entries.make_room(now);
+        entries.map.insert(
             key.to_string(),
             Entry {
                 value,
@@ -61,9 +91,8 @@ impl KvStore {
     pub fn incr(&self, key: &str, delta: i64, ttl_ms: Option<u64>) -> i64 {
         let now = Instant::now();
         let mut entries = self.entries.lock().expect("lock poisoned");
-        sweep(&mut entries, now);
         // A live counter is updated in place: no new key, no new value buffer.
-        if let Some(entry) = entries.get_mut(key).filter(|e| e.live(now)) {
+        if let Some(entry) = entries.map.get_mut(key).filter(|e| e.live(now)) {
             let number = decimal(&entry.value).unwrap_or(0).saturating_add(delta);
             entry.value.clear();
             write_decimal(&mut entry.value, number);
@@ -71,7 +100,8 @@ impl KvStore {
         }
         let mut value = Vec::new();
         write_decimal(&mut value, delta);
-        entries.insert(
+        entries.make_room(now);
+        entries.map.insert(
             key.to_string(),
             Entry {
                 value,
@@ -84,7 +114,10 @@ impl KvStore {
     /// Removes `key`; true if it existed and had not expired.
     pub fn delete(&self, key: &str) -> bool {
         let mut entries = self.entries.lock().expect("lock poisoned");
-        entries.remove(key).is_some_and(|e| e.live(Instant::now()))
+        entries
+            .map
+            .remove(key)
+            .is_some_and(|e| e.live(Instant::now()))
     }
 }
 
@@ -96,12 +129,6 @@ fn decimal(value: &[u8]) -> Option<i64> {
 fn write_decimal(value: &mut Vec<u8>, number: i64) {
     use std::io::Write;
     write!(value, "{number}").expect("writing to a Vec cannot fail");
-}
-
-fn sweep(entries: &mut HashMap<String, Entry>, now: Instant) {
-    if entries.len() >= SWEEP_AT {
-        entries.retain(|_, e| e.live(now));
-    }
 }
 
 #[cfg(test)]
@@ -126,5 +153,31 @@ mod tests {
         store.set("s", b"v".to_vec(), None);
         assert!(store.delete("s"));
         assert!(!store.delete("s"));
+    }
+
+    #[test]
+    fn expired_entries_are_swept_once_the_store_is_large() {
+        let store = KvStore::default();
+        for n in 0..SWEEP_AT {
+            store.set(&format!("old{n}"), Vec::new(), Some(1));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        store.set("new", b"v".to_vec(), None);
+        let entries = store.entries.lock().unwrap();
+        assert_eq!(entries.map.len(), 1, "only the live key is left");
+        assert_eq!(entries.sweep_at, SWEEP_AT);
+    }
+
+    #[test]
+    fn a_store_of_live_keys_is_not_swept_on_every_insert() {
+        let store = KvStore::default();
+        let live = SWEEP_AT + SWEEP_AT / 2;
+        for n in 0..live {
+            assert_eq!(store.incr(&format!("client{n}"), 1, Some(3_600_000)), 1);
+        }
+        let entries = store.entries.lock().unwrap();
+        assert_eq!(entries.map.len(), live, "live keys are never dropped");
+        // The sweep at SWEEP_AT found nothing to drop: the next waits for twice as many.
+        assert_eq!(entries.sweep_at, 2 * SWEEP_AT);
     }
 }
