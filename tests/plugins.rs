@@ -634,6 +634,31 @@ fn rate_limit_counts_across_concurrent_sessions() {
     other.expect("MAIL FROM:<a@example.org>", 250);
 }
 
+#[test]
+fn a_full_key_value_store_keeps_its_counters_and_stores_no_new_ones() {
+    let upstream = RecordingUpstream::start();
+    let proxy = Proxy::start_with(&format!(
+        "plugins = [\"rate-limit\"]\n\n[upstream]\naddress = \"{}\"\n\n[plugins.rate-limit]\npath = \"{}\"\n\
+         config = {{ per_client = {{ messages = 1, window_seconds = 600 }} }}\n\n[kv]\nmax_entries = 1\n",
+        upstream.address(),
+        component("rate-limit").display()
+    ));
+    let mail_from = |client: &str| {
+        let mut session = common::Client::connect_from(client, proxy.address);
+        session.expect("EHLO kv.test", 250);
+        session.command("MAIL FROM:<a@example.org>").code
+    };
+    // The first client's counter takes the one place and keeps counting.
+    assert_eq!(mail_from("127.0.0.2"), 250);
+    assert_eq!(mail_from("127.0.0.2"), 450);
+    // A second client's counter finds no room: it is not kept, so every message is
+    // its first, and the proxy says why.
+    assert_eq!(mail_from("127.0.0.3"), 250);
+    assert_eq!(mail_from("127.0.0.3"), 250);
+    proxy.wait_for_log("the key-value store is full of live keys");
+    assert_eq!(mail_from("127.0.0.2"), 450, "the kept counter still holds");
+}
+
 /// Sends, with Python's email package and smtplib, a message carrying `attachment`
 /// (as a plain attachment, or inside a forwarded message when `forwarded`), and
 /// returns the server's reply to the end of data as "CODE TEXT".

@@ -52,6 +52,25 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Failed-AUTH throttling per client address.
     pub auth_throttle: ThrottleConfig,
+    /// The key-value store shared by plugins and the AUTH throttle.
+    pub kv: KvConfig,
+}
+
+/// `[kv]`: the in-memory key-value store that plugins and the AUTH throttle share.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KvConfig {
+    /// Most keys held at once. When it is reached and a sweep finds nothing expired,
+    /// new keys are not stored (existing ones still change) and a warning is logged.
+    pub max_entries: std::num::NonZeroUsize,
+}
+
+impl Default for KvConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: crate::kv::DEFAULT_MAX_ENTRIES,
+        }
+    }
 }
 
 /// `[tls]`: the certificates offered to clients on listeners with TLS.
@@ -523,6 +542,8 @@ pub struct RawConfig {
     tls: TlsConfig,
     #[serde(default)]
     auth_throttle: ThrottleConfig,
+    #[serde(default)]
+    kv: KvConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -787,6 +808,7 @@ impl RawConfig {
             },
             tls: self.tls,
             auth_throttle: self.auth_throttle,
+            kv: self.kv,
         })
     }
 }
@@ -1026,6 +1048,12 @@ mod tests {
                 "at least one",
             ),
             ("[[listener]\n", "(syntax)", Some(1), ""),
+            (
+                &format!("{MINIMAL}\n[kv]\nmax_entries = 0\n"),
+                "kv.max_entries",
+                Some(9),
+                "nonzero",
+            ),
             (
                 &MINIMAL.replace("name = \"mx\"", "name = \"mx\"\nplugins = [\"nope\"]"),
                 "listener[0].plugins",

@@ -3,6 +3,7 @@
 
 use std::{
     collections::HashMap,
+    num::NonZeroUsize,
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -10,38 +11,62 @@ use std::{
 /// The fewest entries at which a new key sweeps out the expired ones.
 const SWEEP_AT: usize = 100_000;
 
-/// An in-memory store with expiry.
-#[derive(Debug, Default)]
+/// How often a full store may sweep for expired keys to make room for a new one.
+const FULL_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The default cap on keys (`kv.max_entries`): a million counters keyed by client
+/// address took 206 MiB.
+pub const DEFAULT_MAX_ENTRIES: NonZeroUsize = NonZeroUsize::new(1_000_000).unwrap();
+
+/// An in-memory store with expiry and a cap on its keys.
+#[derive(Debug)]
 pub struct KvStore {
     entries: Mutex<Entries>,
 }
 
-/// The entries, and the size at which the next sweep of expired ones runs.
-#[derive(Debug)]
-struct Entries {
-    map: HashMap<String, Entry>,
-    sweep_at: usize,
-}
-
-impl Default for Entries {
+impl Default for KvStore {
     fn default() -> Self {
-        Self {
-            map: HashMap::new(),
-            sweep_at: SWEEP_AT,
-        }
+        Self::new(DEFAULT_MAX_ENTRIES)
     }
 }
 
+/// The entries, and when the next sweep of expired ones runs.
+#[derive(Debug)]
+struct Entries {
+    map: HashMap<String, Entry>,
+    /// The size at which a new key sweeps.
+    sweep_at: usize,
+    max_entries: usize,
+    /// When the last sweep ran, which spaces out the sweeps of a full store.
+    last_sweep: Option<Instant>,
+}
+
 impl Entries {
-    /// Called before a key is inserted: once the map has grown to `sweep_at`, drops
-    /// the expired entries and sets the next sweep at twice the live ones left. A
-    /// store full of live keys (say, a counter for each of 200,000 client addresses)
-    /// is then scanned once per doubling, not on every insert under the lock.
-    fn make_room(&mut self, now: Instant) {
-        if self.map.len() >= self.sweep_at {
+    /// Called before a new key is inserted; false when there is no room for it.
+    ///
+    /// Once the map has grown to `sweep_at`, drops the expired entries and sets the
+    /// next sweep at twice the live ones left: a store of many live keys (say, a
+    /// counter for each of 200,000 client addresses) is scanned once per doubling,
+    /// not on every insert under the lock. At `max_entries` it sweeps at most once
+    /// per [`FULL_SWEEP_INTERVAL`], and says so when that frees nothing.
+    fn make_room(&mut self, now: Instant) -> bool {
+        let full = self.map.len() >= self.max_entries;
+        let full_sweep_due = full
+            && self
+                .last_sweep
+                .is_none_or(|last| now >= last + FULL_SWEEP_INTERVAL);
+        if self.map.len() >= self.sweep_at || full_sweep_due {
             self.map.retain(|_, e| e.live(now));
             self.sweep_at = (self.map.len() * 2).max(SWEEP_AT);
+            self.last_sweep = Some(now);
+            if self.map.len() >= self.max_entries {
+                tracing::warn!(
+                    max_entries = self.max_entries,
+                    "the key-value store is full of live keys: new keys are not stored (kv.max_entries)"
+                );
+            }
         }
+        self.map.len() < self.max_entries
     }
 }
 
@@ -62,6 +87,18 @@ fn expiry(now: Instant, ttl_ms: Option<u64>) -> Option<Instant> {
 }
 
 impl KvStore {
+    /// An empty store that holds at most `max_entries` keys.
+    pub fn new(max_entries: NonZeroUsize) -> Self {
+        Self {
+            entries: Mutex::new(Entries {
+                map: HashMap::new(),
+                sweep_at: SWEEP_AT,
+                max_entries: max_entries.get(),
+                last_sweep: None,
+            }),
+        }
+    }
+
     /// The value of `key`, if set and not expired.
     pub fn get(&self, key: &str) -> Option<Vec<u8>> {
         let entries = self.entries.lock().expect("lock poisoned");
@@ -72,35 +109,45 @@ impl KvStore {
             .map(|e| e.value.clone())
     }
 
-    /// Sets `key`, expiring after `ttl_ms` if given.
+    /// Sets `key`, expiring after `ttl_ms` if given. A new key is not stored while the
+    /// store is full.
     pub fn set(&self, key: &str, value: Vec<u8>, ttl_ms: Option<u64>) {
         let now = Instant::now();
+        let entry = Entry {
+            value,
+            expires: expiry(now, ttl_ms),
+        };
         let mut entries = self.entries.lock().expect("lock poisoned");
-        entries.make_room(now);
-        entries.map.insert(
-            key.to_string(),
-            Entry {
-                value,
-                expires: expiry(now, ttl_ms),
-            },
-        );
+        if let Some(existing) = entries.map.get_mut(key) {
+            *existing = entry;
+        } else if entries.make_room(now) {
+            entries.map.insert(key.to_string(), entry);
+        }
     }
 
     /// Adds `delta` to the decimal number at `key` and returns the result; a missing or
-    /// expired key starts at 0 and gets `ttl_ms`; an existing one keeps its expiry.
+    /// expired key starts at 0 and gets `ttl_ms`; a live one keeps its expiry. While
+    /// the store is full, a new key is counted from 0 but not stored.
     pub fn incr(&self, key: &str, delta: i64, ttl_ms: Option<u64>) -> i64 {
         let now = Instant::now();
         let mut entries = self.entries.lock().expect("lock poisoned");
-        // A live counter is updated in place: no new key, no new value buffer.
-        if let Some(entry) = entries.map.get_mut(key).filter(|e| e.live(now)) {
-            let number = decimal(&entry.value).unwrap_or(0).saturating_add(delta);
+        // A known key is updated in place: no new key, no new value buffer.
+        if let Some(entry) = entries.map.get_mut(key) {
+            let number = if entry.live(now) {
+                decimal(&entry.value).unwrap_or(0).saturating_add(delta)
+            } else {
+                entry.expires = expiry(now, ttl_ms);
+                delta
+            };
             entry.value.clear();
             write_decimal(&mut entry.value, number);
             return number;
         }
+        if !entries.make_room(now) {
+            return delta;
+        }
         let mut value = Vec::new();
         write_decimal(&mut value, delta);
-        entries.make_room(now);
         entries.map.insert(
             key.to_string(),
             Entry {
@@ -179,5 +226,29 @@ mod tests {
         assert_eq!(entries.map.len(), live, "live keys are never dropped");
         // The sweep at SWEEP_AT found nothing to drop: the next waits for twice as many.
         assert_eq!(entries.sweep_at, 2 * SWEEP_AT);
+    }
+
+    #[test]
+    fn a_full_store_keeps_its_keys_and_stores_no_new_ones() {
+        let store = KvStore::new(NonZeroUsize::new(3).unwrap());
+        store.set("a", b"1".to_vec(), None);
+        store.incr("b", 1, None);
+        store.incr("short", 1, Some(20));
+        store.set("d", b"4".to_vec(), None);
+        assert_eq!(store.get("d"), None, "a new key is not stored");
+        assert_eq!(store.incr("e", 5, None), 5, "counted from 0 ...");
+        assert_eq!(store.get("e"), None, "... but not kept");
+        assert_eq!(store.incr("b", 1, None), 2, "known keys still count");
+        store.set("a", b"changed".to_vec(), None);
+        assert_eq!(store.get("a"), Some(b"changed".to_vec()));
+
+        // Once a key has expired, the next sweep (spaced out while full) frees its room.
+        std::thread::sleep(Duration::from_millis(30));
+        store.set("f", b"6".to_vec(), None);
+        assert_eq!(store.get("f"), None, "the full store swept moments ago");
+        store.entries.lock().unwrap().last_sweep = None;
+        store.set("f", b"6".to_vec(), None);
+        assert_eq!(store.get("f"), Some(b"6".to_vec()));
+        assert_eq!(store.get("short"), None);
     }
 }

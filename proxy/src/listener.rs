@@ -44,7 +44,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .await?
         .to_string(),
     };
-    let kv = Arc::new(KvStore::default());
+    let kv = Arc::new(KvStore::new(config.kv.max_entries));
     let plugins = load_plugins(&config, true, kv.clone()).await?;
     let server_tls = server_tls(&config)?;
     let prepared = prepare_listeners(&config, &plugins)?;
