@@ -1,6 +1,11 @@
-//! The key-value store shared by all sessions (and by several proxies when the
-//! operator configures a shared backend). Keys are per plugin: two plugins using the
-//! same key do not see each other's values.
+//! The key-value store shared by all sessions of the proxy, in its memory (a backend
+//! shared by several proxies, such as Redis, fits the same calls but is not there
+//! yet). Keys are per plugin: two plugins using the same key do not see each other's
+//! values.
+//!
+//! The store holds at most the operator's `kv.max_entries` keys. When it is full of
+//! live keys, existing keys still change but new ones are not kept: `set` of a new key
+//! does nothing and `incr` of one returns `delta` each time, as for a fresh counter.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -25,7 +30,8 @@ pub fn get(key: &str) -> Option<Vec<u8>> {
     host::get(key)
 }
 
-/// Sets `key`, expiring after `ttl` if given.
+/// Sets `key`, expiring after `ttl` if given (a new key is not kept while the store
+/// is full).
 pub fn set(key: &str, value: &[u8], ttl: Option<Duration>) {
     host::set(key, value, millis(ttl));
 }
