@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Plugins' cost, in one run: the sink directly, Portcullis without plugins, and
 # Portcullis with recipients + headers + rate-limit on the chain (two listeners of one
-# proxy process), then 10,000 concurrent sessions past MAIL with all three plugins
-# instantiated in each. Prints a Markdown report for bench/RESULTS.md.
+# proxy process), then 10,000 concurrent sessions past MAIL that have each called all
+# three plugins (served by shared instances, or with SHARE=false by instances of their
+# own). Prints a Markdown report for bench/RESULTS.md.
 #
 #   bench/plugins.sh           # full run
 #   QUICK=1 bench/plugins.sh   # fewer messages and sessions, for a smoke run
 #   POOL=0 bench/plugins.sh    # server.plugin_pool_size (default 1024; 0 = all on demand)
 #   MEMORY_ONLY=1 SESSIONS=1000 bench/plugins.sh   # only the held sessions' memory
+#   SHARE=false bench/plugins.sh   # share_instances = false: an instance per plugin
+#                                  # per session, although the three are shareable
 #
 # 10,000 sessions x 3 instances need more memory mappings than Linux allows a process
 # by default (vm.max_map_count = 65530); the script raises it when it may (root).
@@ -54,12 +57,15 @@ plugins = ["recipients", "headers", "rate-limit"]
 [upstream]
 address = "127.0.0.1:$sink_port"
 [plugins.recipients]
+share_instances = ${SHARE:-true}
 path = "$plugins/recipients.wasm"
 config = { domains = ["bench.test"], max_recipients = 100 }
 [plugins.headers]
+share_instances = ${SHARE:-true}
 path = "$plugins/headers.wasm"
 config = { remove = ["Authentication-Results"], add = [{ name = "X-Checked", value = "{listener} {client_ip}" }], subject_tags = [{ tag = "[EXTERNAL]", sender_domain_not_in = ["example.com"] }] }
 [plugins.rate-limit]
+share_instances = ${SHARE:-true}
 path = "$plugins/rate_limit.wasm"
 config = { per_client = { messages = 1000000000, window_seconds = 3600 } }
 TOML
@@ -86,7 +92,7 @@ quick=${QUICK:-0}
 messages=$(( quick ? 500 : 3000 ))
 echo "## Plugins: recipients + headers + rate-limit"
 echo
-echo "Machine: $(nproc) cores, load average before the run: $(cut -d' ' -f1-3 /proc/loadavg); plugin_pool_size = ${POOL:-1024}; vm.max_map_count = $(cat /proc/sys/vm/max_map_count)."
+echo "Machine: $(nproc) cores, load average before the run: $(cut -d' ' -f1-3 /proc/loadavg); plugin_pool_size = ${POOL:-1024}; share_instances = ${SHARE:-true}; vm.max_map_count = $(cat /proc/sys/vm/max_map_count)."
 echo "10 KiB messages, $messages per run; each figure is the median of three alternating runs."
 echo
 echo "| concurrency | sessions | direct msg/s | no plugins msg/s | three plugins msg/s | plugins / no plugins |"
@@ -108,9 +114,10 @@ for concurrency in "${concurrencies[@]}"; do
 done
 echo
 
-# Concurrent sessions, each past MAIL with all three plugins instantiated: a first
-# message instantiates headers (DATA), then MAIL and RCPT (rate-limit, recipients)
-# and the session is held open.
+# Concurrent sessions, each past MAIL having called all three plugins: a first
+# message calls headers (DATA), then MAIL and RCPT call rate-limit and recipients,
+# and the session is held open. With SHARE=false each session keeps an instance of
+# each; otherwise they were lent one for each call.
 sessions=${SESSIONS:-$(( quick ? 1000 : 10000 ))}
 # Each held session takes two of the proxy's file descriptors (client and upstream).
 # Where the hard limit cannot be raised (a container without CAP_SYS_RESOURCE), hold
@@ -121,9 +128,10 @@ if [ "$sessions" -gt "$fd_room" ]; then
   sessions=$fd_room
 fi
 rss_before=$(awk '/VmRSS/ {print $2}' /proc/$proxy_pid/status)
-python3 - "$plugin_port" "$sessions" "$proxy_pid" <<'PY'
+instances=$([ "${SHARE:-true}" = true ] && echo "shared by sessions" || echo "one per plugin per session")
+python3 - "$plugin_port" "$sessions" "$proxy_pid" "$instances" <<'PY'
 import resource, socket, sys, time
-port, count, pid = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+port, count, pid, instances = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
@@ -157,7 +165,8 @@ elapsed = time.time() - start
 time.sleep(1)
 rss = int(next(l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")).split()[1])
 pss = int(next(l for l in open(f"/proc/{pid}/smaps_rollup") if l.startswith("Pss:")).split()[1])
-print(f"{count} concurrent sessions past MAIL, three plugin instances each: proxy RSS {rss / 1024:.0f} MiB "
+print(f"{count} concurrent sessions past MAIL, each having called the three plugins "
+      f"(instances: {instances}): proxy RSS {rss / 1024:.0f} MiB "
       f"({rss / count:.0f} KiB per session), PSS {pss / 1024:.0f} MiB; opened in {elapsed:.0f} s")
 
 # Where that memory is, by kind of mapping (from /proc/PID/smaps).

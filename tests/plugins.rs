@@ -283,6 +283,127 @@ fn instances_past_the_pool_are_made_on_demand_and_reused_slots_start_clean() {
     }
 }
 
+/// The `X-Message-In-Session` value of each delivered message, by its subject.
+fn counts_by_subject(messages: &[Vec<u8>]) -> std::collections::HashMap<String, u32> {
+    let field = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(|value| value.trim().to_string())
+    };
+    messages
+        .iter()
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .filter_map(|text| {
+            let subject = field(&text, "Subject:")?;
+            let count = field(&text, "X-Message-In-Session:")?.parse().ok()?;
+            Some((subject, count))
+        })
+        .collect()
+}
+
+#[test]
+fn shareable_plugins_lend_instances_per_call_and_drop_one_that_failed() {
+    let upstream = RecordingUpstream::start();
+    // The same shareable plugin three times: shared, refused sharing by the operator,
+    // and shared under concurrent sessions. `count` keeps a count in the instance, and
+    // the first two panic when theirs reaches 3.
+    let mut config = format!("[upstream]\naddress = \"{}\"\n", upstream.address());
+    for (name, share, fail_at) in [("shared", true, 3), ("own", false, 3), ("busy", true, 0)] {
+        config.push_str(&format!(
+            "\n[[listener]]\nname = \"{name}\"\naddress = \"127.0.0.1:0\"\nplugins = [\"{name}\"]\n\n\
+             [plugins.{name}]\npath = \"{}\"\nshare_instances = {share}\n\
+             config = {{ mode = \"count\", stage = \"data\", shareable = true, fail_at = {fail_at} }}\n",
+            component("fault-plugin").display()
+        ));
+    }
+    let proxy = Proxy::start_with(&config);
+    let one_session = |listener: &str, subjects: &[String]| -> Vec<u16> {
+        let mut client = common::Client::connect(proxy.listener(listener));
+        client.read_reply();
+        client.expect("EHLO client.test", 250);
+        let codes = subjects
+            .iter()
+            .map(|subject| {
+                let wire = format!("Subject: {subject}\r\n\r\nbody\r\n.\r\n");
+                client
+                    .send_message("a@example.org", &["b@example.com"], wire.as_bytes())
+                    .code
+            })
+            .collect();
+        client.expect("QUIT", 221);
+        codes
+    };
+    // Four sessions one after another, one message each. The shared instance counts
+    // across sessions; the third call fails, so that instance is dropped and the
+    // fourth session is served by a new one, starting from `init`'s state again.
+    let mut codes = Vec::new();
+    for n in 1..=4 {
+        codes.extend(one_session("shared", &[format!("shared {n}")]));
+        codes.extend(one_session("own", &[format!("own {n}")]));
+    }
+    assert_eq!(codes, [250, 250, 250, 250, 451, 250, 250, 250]);
+    let failed = proxy.wait_for_log("plugin failed");
+    assert!(failed.contains("\"plugin\":\"shared\""), "{failed}");
+    assert!(
+        proxy
+            .logs()
+            .iter()
+            .any(|line| line.contains("\"plugin\":\"shared\"") && line.contains("\"shared\":true")),
+        "the plugin was loaded as shared"
+    );
+    // Six concurrent sessions of five messages through one shareable plugin.
+    let busy: Vec<_> = (0..6)
+        .map(|session| {
+            let address = proxy.listener("busy");
+            let subjects: Vec<String> = (0..5).map(|n| format!("busy {session}.{n}")).collect();
+            thread::spawn(move || {
+                let mut client = common::Client::connect(address);
+                client.read_reply();
+                client.expect("EHLO client.test", 250);
+                for subject in subjects {
+                    let wire = format!("Subject: {subject}\r\n\r\nbody\r\n.\r\n");
+                    let reply =
+                        client.send_message("a@example.org", &["b@example.com"], wire.as_bytes());
+                    assert_eq!(reply.code, 250, "{reply:?}");
+                }
+                client.expect("QUIT", 221);
+            })
+        })
+        .collect();
+    for session in busy {
+        session.join().unwrap();
+    }
+    let counts = counts_by_subject(&upstream.wait_messages(7 + 30));
+    assert_eq!(counts.len(), 37, "every accepted message exactly once");
+    let of = |subject: &str| counts[subject];
+    assert_eq!(
+        [of("shared 1"), of("shared 2"), of("shared 4")],
+        [1, 2, 1],
+        "one instance served the first sessions in turn; the failed one was replaced"
+    );
+    for n in 1..=4 {
+        assert_eq!(
+            of(&format!("own {n}")),
+            1,
+            "each session had its own instance"
+        );
+    }
+    // Each busy instance counted the calls it served 1, 2, 3, ...: no call was lost
+    // or counted twice, and no more instances were made than calls ran at once.
+    let mut busy_counts: Vec<u32> = counts
+        .iter()
+        .filter(|(subject, _)| subject.starts_with("busy"))
+        .map(|(_, &count)| count)
+        .collect();
+    busy_counts.sort();
+    let instances = busy_counts.iter().filter(|&&c| c == 1).count();
+    assert!((1..=6).contains(&instances), "{busy_counts:?}");
+    for count in 2..=30 {
+        let at = |c: u32| busy_counts.iter().filter(|&&x| x == c).count();
+        assert!(at(count) <= at(count - 1), "{busy_counts:?}");
+    }
+}
+
 #[test]
 fn plugins_read_the_envelope_as_the_chain_made_it_in_every_transaction() {
     let upstream = RecordingUpstream::start();

@@ -756,7 +756,10 @@ fn check_names_the_key_and_line_of_a_bad_config() {
         "{}",
         String::from_utf8_lossy(&good.stderr)
     );
-    assert!(String::from_utf8_lossy(&good.stdout).contains("plugin recipients: hooks (RCPT)"));
+    assert!(
+        String::from_utf8_lossy(&good.stdout)
+            .contains("plugin recipients: hooks (RCPT), instances shared by sessions")
+    );
     let version = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .arg("--version")
         .output()

@@ -28,7 +28,8 @@
 //! ```
 //!
 //! The proxy makes one instance per plugin per session, so fields of the plugin type
-//! are per-session state. Host calls live in [`kv`], [`dns`], [`log`] and [`clock`];
+//! are per-session state, unless the plugin adds [`Hooks::SHAREABLE`]: then a few
+//! instances serve every session's calls, one call at a time. Host calls live in [`kv`], [`dns`], [`log`] and [`clock`];
 //! [`testing`] runs a plugin natively under `cargo test`.
 #![deny(missing_docs)]
 
@@ -131,8 +132,9 @@ pub trait Plugin: Sized + 'static {
     fn session_end(&mut self, _session: &Session) {}
 
     /// Only for a plugin named as a listener's `auth.verifier` (ask for
-    /// [`Hooks::VERIFY_LOGIN`]): checks a password. Called in an instance of its own,
-    /// and the only call that ever sees a password; never log it.
+    /// [`Hooks::VERIFY_LOGIN`]): checks a password. Called in an instance of its own
+    /// (lent for the call if the plugin is shareable), and the only call that ever
+    /// sees a password; never log or keep it.
     fn verify_login(
         &mut self,
         _session: &Session,
@@ -225,7 +227,8 @@ pub mod __runtime {
     use crate::{Config, Plugin, Session, convert};
 
     thread_local! {
-        /// The instance of this component: one per session, so one per store.
+        /// The plugin in this component instance (one per store: a session's own, or
+        /// one shared by sessions for a shareable plugin).
         static INSTANCE: RefCell<Option<Box<dyn Any>>> = RefCell::new(None);
         /// The session as last fetched from the host, with its version.
         static SESSION: RefCell<Option<(u32, Session)>> = const { RefCell::new(None) };

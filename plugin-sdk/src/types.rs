@@ -75,7 +75,7 @@ impl Verdict {
 
 /// The hooks a plugin wants called; combine with `|`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Hooks(u8);
+pub struct Hooks(u16);
 
 impl Hooks {
     /// No hooks.
@@ -97,6 +97,17 @@ impl Hooks {
     /// [`crate::Plugin::verify_login`]: the plugin checks passwords for listeners
     /// that name it as `auth.verifier`.
     pub const VERIFY_LOGIN: Hooks = Hooks(1 << 7);
+    /// Not a hook: a promise that the plugin keeps nothing between calls that a
+    /// session relies on. The proxy may then serve many sessions' calls, one call at a
+    /// time, from a few shared instances, so the plugin's memory follows the calls in
+    /// progress rather than the sessions open. Without it every session gets an
+    /// instance of its own, created at its first call and dropped when it ends.
+    ///
+    /// Whatever the plugin keeps in `self` or in statics is then seen by later calls
+    /// from other sessions: keep only what `init` built, caches that are valid for
+    /// every session, and state in [`crate::kv`]. Each call still gets its own session
+    /// and envelope. The operator can refuse sharing (`share_instances = false`).
+    pub const SHAREABLE: Hooks = Hooks(1 << 8);
 
     /// True if every hook in `other` is in `self`.
     pub fn contains(self, other: Hooks) -> bool {
@@ -104,7 +115,7 @@ impl Hooks {
     }
 
     /// The raw bits, in the order of the WIT `hooks` flags.
-    pub fn bits(self) -> u8 {
+    pub fn bits(self) -> u16 {
         self.0
     }
 }

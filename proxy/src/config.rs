@@ -389,6 +389,14 @@ pub struct PluginConfig {
     /// The plugin's own configuration, handed to its `init` as TOML text.
     #[serde(default)]
     pub config: toml::Table,
+    /// Whether a plugin that declares itself shareable serves all sessions from a few
+    /// shared instances (true) or gets an instance per session anyway (false).
+    #[serde(default = "default_share_instances")]
+    pub share_instances: bool,
+}
+
+fn default_share_instances() -> bool {
+    true
 }
 
 fn default_plugin_timeout() -> u64 {
@@ -1059,6 +1067,12 @@ mod tests {
                 "listener[0].plugins",
                 Some(3),
                 "no [plugins.nope]",
+            ),
+            (
+                &format!("{MINIMAL}\n[plugins.x]\npath = \"x.wasm\"\nshare_instances = \"yes\"\n"),
+                "plugins.x.share_instances",
+                Some(10),
+                "invalid type",
             ),
             (
                 &format!("{MINIMAL}\n[plugins.x]\npath = \"x.wasm\"\non_error = \"explode\"\n"),

@@ -78,10 +78,14 @@ impl Stage {
     }
 }
 
-/// One session's plugin instances, created at each plugin's first wanted hook.
+/// One session's plugin instances, created at each plugin's first wanted hook; a
+/// shared plugin's instance is only here during a call.
 pub struct SessionHooks {
     chain: Arc<Chain>,
     instances: Vec<Option<PluginInstance>>,
+    /// Which plugins this session has called (a shared plugin gets the session-end
+    /// hook only if so).
+    called: Vec<bool>,
     session_id: String,
     trace: Option<Vec<TraceEntry>>,
 }
@@ -115,6 +119,7 @@ impl SessionHooks {
     pub fn new(chain: Arc<Chain>, session_id: &str) -> Self {
         let instances = chain.plugins.iter().map(|_| None).collect();
         Self {
+            called: vec![false; chain.plugins.len()],
             chain,
             instances,
             session_id: session_id.to_string(),
@@ -157,15 +162,31 @@ impl SessionHooks {
         &self.chain.listener
     }
 
-    /// The instance of plugin `index`, created on first use.
+    /// The instance of plugin `index` for a call: the session's own, created on first
+    /// use, or for a shared plugin one lent until [`Self::release`].
     async fn instance(&mut self, index: usize) -> Result<&mut PluginInstance, PluginError> {
         if self.instances[index].is_none() {
-            let instance = self.chain.plugins[index]
-                .instantiate(&self.session_id)
-                .await?;
+            let plugin = &self.chain.plugins[index];
+            let instance = if plugin.is_shared() {
+                plugin.lend(&self.session_id).await?
+            } else {
+                plugin.instantiate(&self.session_id).await?
+            };
             self.instances[index] = Some(instance);
         }
+        self.called[index] = true;
         Ok(self.instances[index].as_mut().expect("just created"))
+    }
+
+    /// After a call to plugin `index` has been dealt with: a lent instance goes back
+    /// to its plugin for other sessions (one that failed was dropped already).
+    fn release(&mut self, index: usize) {
+        let plugin = &self.chain.plugins[index];
+        if plugin.is_shared()
+            && let Some(instance) = self.instances[index].take()
+        {
+            plugin.give_back(instance);
+        }
     }
 
     /// Logs a failed call, drops that instance, and returns the plugin's policy.
@@ -211,7 +232,9 @@ impl SessionHooks {
                 (Err(error), _) => Err(error),
             };
             let outcome = self.settle(index, stage, outcome.map(|v| (v, ())));
-            if let Some(done) = self.interpret(index, stage, outcome, &mut decision, |_| Ok(())) {
+            let done = self.interpret(index, stage, outcome, &mut decision, |_| Ok(()));
+            self.release(index);
+            if let Some(done) = done {
                 return done;
             }
         }
@@ -251,6 +274,7 @@ impl SessionHooks {
                     Ok(())
                 },
             );
+            self.release(index);
             if let Some(done) = done {
                 return (done, changed(name, current));
             }
@@ -350,6 +374,7 @@ impl SessionHooks {
                     Ok(())
                 },
             );
+            self.release(index);
             if let Some(done) = done {
                 return (done, rewritten);
             }
@@ -402,6 +427,7 @@ impl SessionHooks {
                     Ok(())
                 },
             );
+            self.release(index);
             if let Some(done) = done {
                 return done;
             }
@@ -409,14 +435,27 @@ impl SessionHooks {
         decision
     }
 
-    /// The session-end hook, for plugins that already have an instance.
+    /// The session-end hook, for plugins whose instance this session still has, and
+    /// shared plugins it has called.
     pub async fn session_end(&mut self, session: &abi::Session) {
         for index in self.wanting(Stage::SessionEnd) {
-            if let Some(instance) = self.instances[index].as_mut()
-                && let Err(error) = instance.session_end(session).await
-            {
+            let shared = self.chain.plugins[index].is_shared();
+            let ends = if shared {
+                self.called[index]
+            } else {
+                self.instances[index].is_some()
+            };
+            if !ends {
+                continue;
+            }
+            let result = match self.instance(index).await {
+                Ok(instance) => instance.session_end(session).await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = result {
                 self.failed(index, Stage::SessionEnd, error);
             }
+            self.release(index);
         }
     }
 
@@ -489,24 +528,29 @@ impl SessionHooks {
 }
 
 /// Asks a listener's verifier plugin whether a login and password match, in an
-/// instance of its own that lives for this call only. A failed call (trap, timeout)
-/// means the verifier is unavailable: 454, never a login.
+/// instance that lives for this call only (or, for a shared verifier, one lent for
+/// it). A failed call (trap, timeout) means the verifier is unavailable: 454, never a
+/// login.
 pub async fn verify_login(
     verifier: &LoadedPlugin,
     session_id: &str,
     session: &abi::Session,
     credentials: &Credentials,
 ) -> Check {
-    let result = match verifier.instantiate(session_id).await {
+    let result = match verifier.lend(session_id).await {
         Ok(mut instance) => {
-            instance
+            let result = instance
                 .verify_login(
                     session,
                     credentials.mechanism.name(),
                     &credentials.login,
                     credentials.password.expose(),
                 )
-                .await
+                .await;
+            if result.is_ok() {
+                verifier.give_back(instance);
+            }
+            result
         }
         Err(error) => Err(error),
     };

@@ -281,7 +281,7 @@ pub async fn load_plugins(
             .load(name, plugin)
             .await
             .with_context(|| format!("plugin {name}"))?;
-        info!(plugin = %name, hooks = ?plugin.hooks, "plugin loaded");
+        info!(plugin = %name, hooks = ?plugin.hooks, shared = plugin.is_shared(), "plugin loaded");
         loaded.insert(name.clone(), plugin);
     }
     Ok(loaded)

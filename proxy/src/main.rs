@@ -166,7 +166,15 @@ fn check(config: &Config) -> ExitCode {
     match loaded {
         Ok(plugins) => {
             for (name, plugin) in &plugins {
-                println!("plugin {name}: hooks {:?}", plugin.hooks);
+                let instances = if plugin.is_shared() {
+                    "shared by sessions"
+                } else {
+                    "one per session"
+                };
+                println!(
+                    "plugin {name}: hooks {:?}, instances {instances}",
+                    plugin.hooks
+                );
             }
             println!(
                 "configuration ok: {} listener(s), {} plugin(s)",

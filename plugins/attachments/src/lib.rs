@@ -91,7 +91,10 @@ impl Plugin for Attachments {
                 .filter(|n| *n > 0)
                 .ok_or("max_size must be a positive integer")? as u64,
         };
-        Ok((Attachments { blocked, max_size }, Hooks::DATA))
+        Ok((
+            Attachments { blocked, max_size },
+            Hooks::DATA | Hooks::SHAREABLE,
+        ))
     }
 
     fn data(&mut self, _session: &Session, _envelope: &Envelope, message: &Message) -> DataOutcome {

@@ -133,7 +133,7 @@ impl Plugin for Dnsbl {
             tempfail_on_error,
             skip: names(config, "skip")?,
         };
-        Ok((plugin, Hooks::CONNECT))
+        Ok((plugin, Hooks::CONNECT | Hooks::SHAREABLE))
     }
 
     fn connect(&mut self, session: &Session) -> Verdict {

@@ -126,7 +126,7 @@ impl Plugin for Headers {
                 add,
                 subject_tags,
             },
-            Hooks::DATA,
+            Hooks::DATA | Hooks::SHAREABLE,
         ))
     }
 

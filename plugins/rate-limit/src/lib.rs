@@ -86,7 +86,7 @@ impl Plugin for RateLimit {
                 per_login,
                 skip,
             },
-            Hooks::MAIL,
+            Hooks::MAIL | Hooks::SHAREABLE,
         ))
     }
 

@@ -68,7 +68,7 @@ impl Plugin for Recipients {
             aliases,
             max_recipients,
         };
-        Ok((plugin, Hooks::RCPT))
+        Ok((plugin, Hooks::RCPT | Hooks::SHAREABLE))
     }
 
     fn rcpt(

@@ -106,6 +106,14 @@ impl PluginState {
         }
     }
 
+    /// Tags what the plugin logs from now on with `session` (a shared instance serves
+    /// many sessions).
+    pub fn serve(&mut self, session: &str) {
+        if self.session != session {
+            self.session = session.to_string();
+        }
+    }
+
     /// The version of `session` for the next call: unchanged while the session is,
     /// so the plugin fetches it (through `context.current`) only when it changed.
     pub fn session_version(&mut self, session: &types::Session) -> u32 {

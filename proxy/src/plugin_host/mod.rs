@@ -4,7 +4,9 @@
 //! configuration, its memory is snapshotted into a new component (see [`snapshot`]),
 //! and that is compiled and pre-instantiated ([`LoadedPlugin`]). A session gets one
 //! [`PluginInstance`] per plugin, created at that plugin's first wanted hook from
-//! that snapshot, each in its own `Store` with a memory cap
+//! that snapshot (or, for a plugin that declares itself `shareable`, borrows one of
+//! a few shared instances for each call: [`LoadedPlugin::lend`]), each in its own
+//! `Store` with a memory cap
 //! (`memory_mb`) and a deadline on every call (`timeout_ms`, enforced by epoch
 //! interruption: an endless loop yields to the runtime every tick and traps once its
 //! time is up). A trap, a timeout or a memory bomb ends that one call with a
@@ -356,10 +358,16 @@ impl PluginRuntime {
             on_error: config.on_error,
             hooks: hooks.unwrap_or(abi::Hooks::empty()),
             init_per_instance: hooks.is_none(),
+            shared: None,
         };
         // One instance now: a plugin that cannot start within its limits (or whose
         // `init` refuses its configuration) stops start-up, not a session.
-        loaded.hooks = loaded.instantiate("(start-up)").await?.hooks;
+        let first = loaded.instantiate("(start-up)").await?;
+        loaded.hooks = first.hooks & !abi::Hooks::SHAREABLE;
+        if first.hooks.contains(abi::Hooks::SHAREABLE) && config.share_instances {
+            loaded.shared = Some(std::sync::Mutex::new(Vec::new()));
+            loaded.give_back(first);
+        }
         Ok(Arc::new(loaded))
     }
 
@@ -516,9 +524,52 @@ pub struct LoadedPlugin {
     pub hooks: abi::Hooks,
     /// The component could not be pre-initialised: each instance runs `init` itself.
     init_per_instance: bool,
+    /// The idle instances sessions borrow one call at a time, if the plugin is
+    /// shareable and the operator allows it; `None` means one instance per session.
+    shared: Option<std::sync::Mutex<Vec<PluginInstance>>>,
 }
 
+/// Idle instances a shared plugin keeps for the next calls. More than this are only
+/// alive while calls that wait (on DNS, say) overlap, and dropped after them.
+const SHARED_IDLE_LIMIT: usize = 64;
+
 impl LoadedPlugin {
+    /// True if sessions borrow this plugin's instances for one call at a time instead
+    /// of each keeping its own (the plugin says `shareable`, and the operator did not
+    /// set `share_instances = false`).
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// An instance for one call in session `session_id`: for a shared plugin an idle
+    /// one if there is one, otherwise a new one. Hand it back with
+    /// [`Self::give_back`] once the call went well.
+    pub async fn lend(&self, session_id: &str) -> Result<PluginInstance, PluginError> {
+        let idle = self
+            .shared
+            .as_ref()
+            .and_then(|shared| shared.lock().expect("lock poisoned").pop());
+        match idle {
+            Some(mut instance) => {
+                instance.store.data_mut().serve(session_id);
+                Ok(instance)
+            }
+            None => self.instantiate(session_id).await,
+        }
+    }
+
+    /// Takes back an instance [`Self::lent`](Self::lend) for a call that went well. A
+    /// shared plugin keeps it for the next call (up to a limit of idle ones); any
+    /// other instance is dropped.
+    pub fn give_back(&self, instance: PluginInstance) {
+        if let Some(shared) = &self.shared {
+            let mut idle = shared.lock().expect("lock poisoned");
+            if idle.len() < SHARED_IDLE_LIMIT {
+                idle.push(instance);
+            }
+        }
+    }
+
     /// A fresh instance for one session, in the state `init` left (from the
     /// pre-initialised image, or by running `init` in it): from the pool while it has
     /// room, on demand past it.
@@ -642,7 +693,8 @@ impl Settings {
     }
 }
 
-/// One plugin's instance in one session.
+/// One plugin's instance: a session's own, or lent to it for one call if the plugin
+/// is shared.
 pub struct PluginInstance {
     store: Store<host::PluginState>,
     bindings: Option<Plugin>,

@@ -11,10 +11,13 @@
 //!   `renamed.example`), `refuse-helo` (550 5.7.1 for names without a dot);
 //! - `count` (DATA): adds `X-Message-In-Session: N`, N counting this session's
 //!   messages — per-instance state; its `init` logs `fault plugin init` once per run;
+//!   with `fail_at = N` it panics instead when its count reaches N;
 //! - `envelope` (RCPT and DATA): reads the envelope at each RCPT (except for
 //!   recipients whose address starts with `quiet`) and adds `X-Envelope-At-Rcpt` (what
 //!   those reads saw) and `X-Envelope-At-Data` (the envelope at DATA), each as
 //!   `sender -> [recipient,recipient]`;
+//! - `shareable = true` (any mode) declares the plugin shareable, so `count` then
+//!   counts the messages of every session its shared instance served;
 //! - `ok`, which does nothing; `refuse-connect` refuses every client with 554 5.7.1;
 //! - AUTH: `refuse-login` (the AUTH hook refuses the login `mallory` with 554 5.7.1),
 //!   `verifier` (a password checker: `LOGIN-secret` is valid, the login `backend-down`
@@ -32,6 +35,8 @@ pub struct Fault {
     body: String,
     /// Messages seen by this instance (`count`).
     messages: u32,
+    /// The count at which `count` panics instead (`fail_at`; 0: never).
+    fail_at: u32,
     /// The envelopes the RCPT hook read in this transaction (`envelope`).
     seen_at_rcpt: Vec<String>,
 }
@@ -69,11 +74,20 @@ impl Plugin for Fault {
             (_, "helo") => Hooks::HELO,
             _ => Hooks::MAIL,
         };
+        let hooks = match config.get("shareable").and_then(|v| v.as_bool()) {
+            Some(true) => hooks | Hooks::SHAREABLE,
+            _ => hooks,
+        };
         let fault = Fault {
             mode,
             recipient: text(config, "recipient"),
             body: text(config, "body"),
             messages: 0,
+            fail_at: config
+                .get("fail_at")
+                .and_then(|v| v.as_integer())
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0),
             seen_at_rcpt: Vec::new(),
         };
         if fault.mode == "count" {
@@ -156,6 +170,9 @@ impl Plugin for Fault {
             "replace-body" => MessageEdit::ReplaceBody(self.body.clone().into_bytes()),
             "count" => {
                 self.messages += 1;
+                if self.messages == self.fail_at {
+                    panic!("failing at message {}", self.messages);
+                }
                 header("X-Message-In-Session", &self.messages.to_string())
             }
             "measure-body" => {
