@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the plugin host with criterion: creating a session's instance
 //! of a plugin (Store + instance from the pre-instantiated component, which starts
-//! from the snapshot taken after `init` at load), and one hook call on a warm instance.
+//! from the snapshot taken after `init` at load), one hook call on a warm instance,
+//! and one on an instance lent by a shareable plugin.
 //! Uses the example plugins' release `.wasm` (built by `./scripts/test` or
 //! `bench/plugins.sh`). Instances come from the pool, as the proxy's first do by
 //! default; `ON_DEMAND=1` measures instances mapped on demand (the pool's overflow).
@@ -115,6 +116,40 @@ fn plugin_calls(c: &mut Criterion) {
             })
         })
     });
+    // A shareable plugin's call as a session makes it: borrow an idle instance, call,
+    // give it back. Two sessions alternate, so every call is from a session other
+    // than the last one the instance served (the plugin fetches the session again).
+    let other = abi::Session {
+        id: "bench-2".into(),
+        client_ip: "192.0.2.2".into(),
+        ..session.clone()
+    };
+    assert!(recipients.is_shared());
+    c.bench_function(
+        "rcpt hook call on a lent instance, sessions alternating (recipients)",
+        |b| {
+            b.iter_custom(|iterations| {
+                runtime.block_on(async {
+                    let start = Instant::now();
+                    for n in 0..iterations {
+                        let (id, session) = if n % 2 == 0 {
+                            ("bench", &session)
+                        } else {
+                            ("bench-2", &other)
+                        };
+                        let mut lent = recipients.lend(id).await.unwrap();
+                        black_box(
+                            lent.rcpt(session, &envelope, "bob@example.com", &[])
+                                .await
+                                .unwrap(),
+                        );
+                        recipients.give_back(lent);
+                    }
+                    start.elapsed()
+                })
+            })
+        },
+    );
     let mut limiter = runtime.block_on(rate_limit.instantiate("bench")).unwrap();
     c.bench_function("mail hook call (rate-limit, one kv increment)", |b| {
         b.iter_custom(|iterations| {

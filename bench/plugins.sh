@@ -7,6 +7,7 @@
 #
 #   bench/plugins.sh           # full run
 #   QUICK=1 bench/plugins.sh   # fewer messages and sessions, for a smoke run
+#   RUNS=3 bench/plugins.sh    # alternating runs per row (default 5; the median is shown)
 #   POOL=0 bench/plugins.sh    # server.plugin_pool_size (default 1024; 0 = all on demand)
 #   MEMORY_ONLY=1 SESSIONS=1000 bench/plugins.sh   # only the held sessions' memory
 #   SHARE=false bench/plugins.sh   # share_instances = false: an instance per plugin
@@ -86,30 +87,43 @@ run() {
   end=$(date +%s.%N)
   python3 -c "print(f'{$messages / ($end - $start):.0f}')"
 }
-median() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
+median() { printf '%s\n' "$@" | sort -g | sed -n "$(( ($# + 1) / 2 ))p"; }
+cpu_ticks() { awk '{print $14 + $15}' /proc/$proxy_pid/stat; }
+# proxied PORT SIZE MESSAGES CONCURRENCY PER_SESSION -> "messages/s proxy-CPU-ms/message"
+proxied() {
+  local before rate after
+  before=$(cpu_ticks)
+  rate=$(run "$@")
+  after=$(cpu_ticks)
+  echo "$rate $(python3 -c "print(f'{($after - $before) * 1000 / $(getconf CLK_TCK) / $3:.3f}')")"
+}
 
 quick=${QUICK:-0}
 messages=$(( quick ? 500 : 3000 ))
 echo "## Plugins: recipients + headers + rate-limit"
 echo
 echo "Machine: $(nproc) cores, load average before the run: $(cut -d' ' -f1-3 /proc/loadavg); plugin_pool_size = ${POOL:-1024}; share_instances = ${SHARE:-true}; vm.max_map_count = $(cat /proc/sys/vm/max_map_count)."
-echo "10 KiB messages, $messages per run; each figure is the median of three alternating runs."
+runs=${RUNS:-5}
+echo "10 KiB messages, $messages per run; each figure is the median of $runs alternating runs."
+echo "CPU is the proxy's utime+stime over a run, per message (both listeners are one process)."
 echo
-echo "| concurrency | sessions | direct msg/s | no plugins msg/s | three plugins msg/s | plugins / no plugins |"
-echo "|---|---|---|---|---|---|"
+echo "| concurrency | sessions | direct msg/s | no plugins msg/s | three plugins msg/s | plugins / no plugins | CPU ms/msg no plugins | CPU ms/msg three plugins |"
+echo "|---|---|---|---|---|---|---|---|"
 concurrencies=(1 10)
 [ "${MEMORY_ONLY:-0}" = 1 ] && concurrencies=()
 for concurrency in "${concurrencies[@]}"; do
   for per_session in one many; do
-    direct=(); plain=(); with=()
-    for _ in 1 2 3; do
+    direct=(); plain=(); with=(); plain_cpu=(); with_cpu=()
+    for _ in $(seq "$runs"); do
       direct+=("$(run $sink_port 10240 $messages $concurrency $per_session)")
-      plain+=("$(run $plain_port 10240 $messages $concurrency $per_session)")
-      with+=("$(run $plugin_port 10240 $messages $concurrency $per_session)")
+      read -r rate cpu < <(proxied $plain_port 10240 $messages $concurrency $per_session)
+      plain+=("$rate"); plain_cpu+=("$cpu")
+      read -r rate cpu < <(proxied $plugin_port 10240 $messages $concurrency $per_session)
+      with+=("$rate"); with_cpu+=("$cpu")
     done
     d=$(median "${direct[@]}"); p=$(median "${plain[@]}"); w=$(median "${with[@]}")
     label=$([ "$per_session" = one ] && echo "one per message" || echo "many per session")
-    echo "| $concurrency | $label | $d | $p | $w | $(python3 -c "print(f'{$w / $p:.2f}')") |"
+    echo "| $concurrency | $label | $d | $p | $w | $(python3 -c "print(f'{$w / $p:.2f}')") | $(median "${plain_cpu[@]}") | $(median "${with_cpu[@]}") |"
   done
 done
 echo
