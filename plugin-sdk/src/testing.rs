@@ -175,6 +175,22 @@ impl<P: Plugin> Harness<P> {
             self.plugin.session_end(&self.session);
         }
     }
+
+    /// Ends this session (its session-end hook, if wanted) and starts the next one on
+    /// the same plugin instance, as the proxy does with a shareable plugin: session id
+    /// `id`, a client at `client_ip`, no HELO, login or envelope yet. A shareable
+    /// plugin must then behave as a fresh instance would.
+    pub fn next_session(&mut self, id: &str, client_ip: &str) {
+        self.end();
+        self.session = Session {
+            id: id.into(),
+            listener: self.session.listener.clone(),
+            client_ip: client_ip.into(),
+            client_port: 40000,
+            ..Session::default()
+        };
+        self.envelope = Envelope::default();
+    }
 }
 
 /// Scripts the answer to a DNS query of `kind` ("a", "aaaa", "txt", "mx", "ptr") for
@@ -348,6 +364,43 @@ mod tests {
         assert_eq!(crate::kv::incr("k", 1, None), 1);
         assert!(crate::kv::delete("k"));
         assert!(!crate::kv::delete("k"));
+    }
+
+    /// Counts the recipients it saw in `self`: per-session state, so not shareable.
+    struct Counting(usize);
+
+    impl Plugin for Counting {
+        fn init(_: &Config) -> Result<(Self, Hooks), String> {
+            Ok((Counting(0), Hooks::RCPT | Hooks::SESSION_END))
+        }
+
+        fn rcpt(&mut self, session: &Session, _: &Envelope, _: &str, _: &[Param]) -> PathOutcome {
+            self.0 += 1;
+            crate::log::info(&format!("{} {}", session.id, self.0));
+            PathOutcome::default()
+        }
+
+        fn session_end(&mut self, session: &Session) {
+            crate::log::info(&format!("end {}", session.id));
+        }
+    }
+
+    #[test]
+    fn next_session_keeps_the_instance_and_starts_a_clean_session() {
+        reset();
+        let mut harness = Harness::<Counting>::new("").unwrap();
+        harness.helo("first.test");
+        harness.mail("a@example.org");
+        harness.rcpt("b@example.com");
+        harness.next_session("second", "192.0.2.9");
+        assert_eq!(harness.envelope().recipient_count(), 0);
+        assert_eq!(harness.session_mut().helo, None);
+        assert_eq!(harness.session_mut().client_ip, "192.0.2.9");
+        harness.mail("a@example.org");
+        harness.rcpt("b@example.com");
+        let said: Vec<String> = logs().into_iter().map(|(_, text)| text).collect();
+        // The count carried over: exactly what a shareable plugin must not rely on.
+        assert_eq!(said, ["test-session 1", "end test-session", "second 2"]);
     }
 
     #[test]

@@ -102,7 +102,7 @@ portcullis_sdk::export!(Recipients);
 
 #[cfg(test)]
 mod tests {
-    use portcullis_sdk::{Verdict, testing::Harness};
+    use portcullis_sdk::{Hooks, Verdict, testing::Harness};
 
     use super::Recipients;
 
@@ -182,6 +182,24 @@ mod tests {
             250,
             "a new transaction starts from zero"
         );
+    }
+
+    #[test]
+    fn one_shared_instance_serves_sessions_alike() {
+        let mut harness = Harness::<Recipients>::new(CONFIG).unwrap();
+        assert!(harness.hooks().contains(Hooks::SHAREABLE));
+        harness.mail("sender@origin.test");
+        for n in 0..3 {
+            harness.rcpt(&format!("r{n}@example.com"));
+        }
+        harness.next_session("second", "192.0.2.7");
+        harness.mail("sender@origin.test");
+        assert_eq!(
+            code(&harness.rcpt("r0@example.com").verdict),
+            250,
+            "the cap counts this session's message, not the last session's"
+        );
+        assert_eq!(code(&harness.rcpt("x@elsewhere.test").verdict), 550);
     }
 
     #[test]
