@@ -179,7 +179,8 @@ impl SessionHooks {
     }
 
     /// After a call to plugin `index` has been dealt with: a lent instance goes back
-    /// to its plugin for other sessions (one that failed was dropped already).
+    /// to its plugin for other sessions (one that failed was dropped already). If the
+    /// session ends during a call, its lent instance is dropped with it instead.
     fn release(&mut self, index: usize) {
         let plugin = &self.chain.plugins[index];
         if plugin.is_shared()

@@ -558,9 +558,10 @@ impl LoadedPlugin {
         }
     }
 
-    /// Takes back an instance [`Self::lent`](Self::lend) for a call that went well. A
+    /// Takes back an instance from [`Self::lend`] after a call that went well. A
     /// shared plugin keeps it for the next call (up to a limit of idle ones); any
-    /// other instance is dropped.
+    /// other instance is dropped. An instance whose call failed, or was cancelled with
+    /// its session half-way, must be dropped instead, never given back.
     pub fn give_back(&self, instance: PluginInstance) {
         if let Some(shared) = &self.shared {
             let mut idle = shared.lock().expect("lock poisoned");
