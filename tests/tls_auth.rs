@@ -821,12 +821,26 @@ fn no_password_reaches_the_logs_at_trace_level() {
 
 #[test]
 fn a_verifier_plugin_checks_passwords_and_the_auth_hook_has_the_last_word() {
+    // Once with an instance per call (verifier) and per session (AUTH hook), once with
+    // both plugins shareable, so every call borrows the one idle instance.
+    for shareable in [false, true] {
+        verifier_and_auth_hook(shareable);
+    }
+}
+
+fn verifier_and_auth_hook(shareable: bool) {
     let upstream = RecordingUpstream::scripted(XCLIENT_EHLO, Arc::new(|_| Action::Default));
     let fault = component("fault-plugin");
     let proxy = Proxy::start_with(&format!(
-        "plugins = [\"guard\"]\n[listener.auth]\nmode = \"edge\"\nverifier = \"checker\"\nallow_plaintext = true\n\n[plugins.checker]\npath = {fault:?}\nconfig = {{ mode = \"verifier\" }}\n[plugins.guard]\npath = {fault:?}\nconfig = {{ mode = \"refuse-login\" }}\n[upstream]\naddress = \"{}\"\nclient_address = \"xclient\"\n",
+        "plugins = [\"guard\"]\n[listener.auth]\nmode = \"edge\"\nverifier = \"checker\"\nallow_plaintext = true\n\n[plugins.checker]\npath = {fault:?}\nconfig = {{ mode = \"verifier\", shareable = {shareable} }}\n[plugins.guard]\npath = {fault:?}\nconfig = {{ mode = \"refuse-login\", shareable = {shareable} }}\n[upstream]\naddress = \"{}\"\nclient_address = \"xclient\"\n",
         upstream.address()
     ));
+    let loaded_as_shared = proxy
+        .logs()
+        .iter()
+        .filter(|line| line.contains("plugin loaded") && line.contains("\"shared\":true"))
+        .count();
+    assert_eq!(loaded_as_shared, if shareable { 2 } else { 0 });
     let mut client = proxy.client();
     client.expect("EHLO client.example", 250);
     client.expect(&format!("AUTH PLAIN {}", plain("carol", "nope")), 535);
