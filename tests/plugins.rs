@@ -405,6 +405,65 @@ fn shareable_plugins_lend_instances_per_call_and_drop_one_that_failed() {
 }
 
 #[test]
+fn a_shared_instance_sees_each_session_as_it_is() {
+    // `headers` is shareable: one instance serves these sessions in turn, and each
+    // message must carry its own session's client and HELO name, never the last
+    // session's (the plugin caches the session it last read).
+    let upstream = RecordingUpstream::start();
+    let proxy = Proxy::start_with(&format!(
+        r#"plugins = ["headers"]
+
+[upstream]
+address = "{}"
+
+[plugins.headers]
+path = "{}"
+config = {{ add = [{{ name = "X-Seen", value = "{{client_ip}} {{helo}}" }}] }}
+"#,
+        upstream.address(),
+        component("headers").display()
+    ));
+    let clients = [
+        "127.0.0.2",
+        "127.0.0.3",
+        "127.0.0.3",
+        "127.0.0.2",
+        "127.0.0.4",
+    ];
+    for (n, local) in clients.iter().enumerate() {
+        let mut client = common::Client::connect_from(local, proxy.address);
+        client.expect(&format!("EHLO host{n}.test"), 250);
+        for message in 0..2 {
+            let wire = format!("Subject: {n}.{message}\r\n\r\nbody\r\n.\r\n");
+            let reply = client.send_message("a@example.org", &["b@example.com"], wire.as_bytes());
+            assert_eq!(reply.code, 250, "{reply:?}");
+        }
+        client.expect("QUIT", 221);
+    }
+    let messages = upstream.wait_messages(clients.len() * 2);
+    for (n, local) in clients.iter().enumerate() {
+        for message in 0..2 {
+            let subject = format!("Subject: {n}.{message}");
+            let text = messages
+                .iter()
+                .map(|m| String::from_utf8_lossy(m).into_owned())
+                .find(|text| text.contains(&subject))
+                .unwrap_or_else(|| panic!("{subject} missing"));
+            assert!(
+                text.contains(&format!("X-Seen: {local} host{n}.test")),
+                "{subject}: {text}"
+            );
+        }
+    }
+    assert!(
+        proxy
+            .logs()
+            .iter()
+            .any(|line| line.contains("plugin loaded") && line.contains("\"shared\":true"))
+    );
+}
+
+#[test]
 fn plugins_read_the_envelope_as_the_chain_made_it_in_every_transaction() {
     let upstream = RecordingUpstream::start();
     let proxy = Proxy::start_with(&format!(

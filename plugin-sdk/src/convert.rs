@@ -2,12 +2,14 @@
 
 use crate::{
     __runtime::wit,
-    types::{DataOutcome, HeloOutcome, MessageEdit, Param, PathOutcome, Reply, Session, Verdict},
+    types::{
+        DataOutcome, HeloOutcome, MessageEdit, Param, PathOutcome, Reply, SessionInfo, Verdict,
+    },
 };
 
-impl From<wit::Session> for Session {
+impl From<wit::Session> for SessionInfo {
     fn from(s: wit::Session) -> Self {
-        Session {
+        SessionInfo {
             id: s.id,
             listener: s.listener,
             client_ip: s.client_ip,

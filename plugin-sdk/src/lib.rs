@@ -49,7 +49,7 @@ pub use envelope::Envelope;
 pub use message::Message;
 pub use types::{
     DataOutcome, Header, HeloOutcome, Hooks, LoginCheck, MessageEdit, Param, PathOutcome, Reply,
-    Session, Verdict,
+    Session, SessionInfo, Verdict,
 };
 
 /// The plugin's own configuration: its `config` table from the proxy's TOML file.
@@ -221,29 +221,39 @@ macro_rules! export {
 /// The glue between the generated bindings and a [`Plugin`]. Not for plugin authors.
 #[doc(hidden)]
 pub mod __runtime {
-    use std::{any::Any, cell::RefCell};
+    use std::{any::Any, cell::RefCell, sync::Arc};
 
     pub use crate::bindings::portcullis::plugin::types as wit;
-    use crate::{Config, Plugin, Session, convert};
+    use crate::{Config, Plugin, Session, SessionInfo, convert};
 
     thread_local! {
         /// The plugin in this component instance (one per store: a session's own, or
         /// one shared by sessions for a shareable plugin).
         static INSTANCE: RefCell<Option<Box<dyn Any>>> = RefCell::new(None);
         /// The session as last fetched from the host, with its version.
-        static SESSION: RefCell<Option<(u32, Session)>> = const { RefCell::new(None) };
+        static SESSION: RefCell<Option<(u32, Arc<SessionInfo>)>> = const { RefCell::new(None) };
     }
 
-    /// Runs `f` with the session of `version`, asking the host only if it changed.
-    fn with_session<R>(version: u32, f: impl FnOnce(&Session) -> R) -> R {
+    /// The session of `version`, asking the host only if it changed since the last
+    /// fetch (read through [`Session`], so only by hooks that look at it).
+    pub(crate) fn session_info(version: u32) -> Arc<SessionInfo> {
         SESSION.with(|cell| {
             let mut cached = cell.borrow_mut();
-            if cached.as_ref().map(|(v, _)| *v) != Some(version) {
-                let session = crate::bindings::portcullis::plugin::context::current();
-                *cached = Some((version, session.into()));
+            match cached.as_ref() {
+                Some((known, info)) if *known == version => info.clone(),
+                _ => {
+                    let current = crate::bindings::portcullis::plugin::context::current();
+                    let info = Arc::new(SessionInfo::from(current));
+                    *cached = Some((version, info.clone()));
+                    info
+                }
             }
-            f(&cached.as_ref().expect("just fetched").1)
         })
+    }
+
+    /// Runs `f` with the session of `version`, fetched only if `f` reads it.
+    fn with_session<R>(version: u32, f: impl FnOnce(&Session) -> R) -> R {
+        f(&Session::from_host(version))
     }
 
     fn with<P: Plugin, R: Default>(f: impl FnOnce(&mut P) -> R) -> R {

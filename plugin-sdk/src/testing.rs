@@ -29,7 +29,7 @@
 
 use crate::{
     Config, DataOutcome, Envelope, HeloOutcome, Hooks, LoginCheck, Message, Param, PathOutcome,
-    Plugin, Session, Verdict, dns::DnsError, log::Level,
+    Plugin, Session, SessionInfo, Verdict, dns::DnsError, log::Level,
 };
 
 /// One plugin instance driven like the proxy drives it: hooks the plugin did not ask
@@ -37,7 +37,7 @@ use crate::{
 pub struct Harness<P: Plugin> {
     plugin: P,
     hooks: Hooks,
-    session: Session,
+    session: SessionInfo,
     envelope: Envelope,
 }
 
@@ -49,12 +49,12 @@ impl<P: Plugin> Harness<P> {
         Ok(Harness {
             plugin,
             hooks,
-            session: Session {
+            session: SessionInfo {
                 id: "test-session".into(),
                 listener: "test".into(),
                 client_ip: "192.0.2.1".into(),
                 client_port: 40000,
-                ..Session::default()
+                ..SessionInfo::default()
             },
             envelope: Envelope::default(),
         })
@@ -66,8 +66,13 @@ impl<P: Plugin> Harness<P> {
     }
 
     /// The session the hooks see; change it to test other clients.
-    pub fn session_mut(&mut self) -> &mut Session {
+    pub fn session_mut(&mut self) -> &mut SessionInfo {
         &mut self.session
+    }
+
+    /// The session as a hook gets it.
+    fn hook_session(&self) -> Session {
+        Session::new(self.session.clone())
     }
 
     /// The envelope so far.
@@ -85,7 +90,7 @@ impl<P: Plugin> Harness<P> {
         if !self.hooks.contains(Hooks::CONNECT) {
             return Verdict::Continue;
         }
-        self.plugin.connect(&self.session)
+        self.plugin.connect(&self.hook_session())
     }
 
     /// Runs the HELO hook and records the name.
@@ -94,7 +99,7 @@ impl<P: Plugin> Harness<P> {
         if !self.hooks.contains(Hooks::HELO) {
             return HeloOutcome::default();
         }
-        self.plugin.helo(&self.session, name)
+        self.plugin.helo(&self.hook_session(), name)
     }
 
     /// Records a login and runs the AUTH hook.
@@ -103,7 +108,7 @@ impl<P: Plugin> Harness<P> {
         if !self.hooks.contains(Hooks::AUTH) {
             return Verdict::Continue;
         }
-        self.plugin.auth(&self.session, mechanism, login)
+        self.plugin.auth(&self.hook_session(), mechanism, login)
     }
 
     /// Runs the verifier's password check, as the proxy does for a listener whose
@@ -113,7 +118,7 @@ impl<P: Plugin> Harness<P> {
             return LoginCheck::Unavailable;
         }
         self.plugin
-            .verify_login(&self.session, mechanism, login, password)
+            .verify_login(&self.hook_session(), mechanism, login, password)
     }
 
     /// Runs the MAIL hook for `sender` (no brackets) and starts a new envelope.
@@ -124,7 +129,7 @@ impl<P: Plugin> Harness<P> {
     /// Runs the MAIL hook with parameters.
     pub fn mail_with(&mut self, sender: &str, params: &[Param]) -> PathOutcome {
         let outcome = if self.hooks.contains(Hooks::MAIL) {
-            self.plugin.mail(&self.session, sender, params)
+            self.plugin.mail(&self.hook_session(), sender, params)
         } else {
             PathOutcome::default()
         };
@@ -146,7 +151,7 @@ impl<P: Plugin> Harness<P> {
     pub fn rcpt(&mut self, recipient: &str) -> PathOutcome {
         let outcome = if self.hooks.contains(Hooks::RCPT) {
             self.plugin
-                .rcpt(&self.session, &self.envelope, recipient, &[])
+                .rcpt(&self.hook_session(), &self.envelope, recipient, &[])
         } else {
             PathOutcome::default()
         };
@@ -166,13 +171,14 @@ impl<P: Plugin> Harness<P> {
             return DataOutcome::default();
         }
         let message = Message::from_bytes(message);
-        self.plugin.data(&self.session, &self.envelope, &message)
+        self.plugin
+            .data(&self.hook_session(), &self.envelope, &message)
     }
 
     /// Runs the session-end hook.
     pub fn end(&mut self) {
         if self.hooks.contains(Hooks::SESSION_END) {
-            self.plugin.session_end(&self.session);
+            self.plugin.session_end(&self.hook_session());
         }
     }
 
@@ -182,12 +188,12 @@ impl<P: Plugin> Harness<P> {
     /// plugin must then behave as a fresh instance would.
     pub fn next_session(&mut self, id: &str, client_ip: &str) {
         self.end();
-        self.session = Session {
+        self.session = SessionInfo {
             id: id.into(),
             listener: self.session.listener.clone(),
             client_ip: client_ip.into(),
             client_port: 40000,
-            ..Session::default()
+            ..SessionInfo::default()
         };
         self.envelope = Envelope::default();
     }

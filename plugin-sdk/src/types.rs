@@ -1,6 +1,10 @@
 //! The values hooks receive and return.
 
-use std::ops::BitOr;
+use std::{
+    fmt,
+    ops::{BitOr, Deref},
+    sync::{Arc, OnceLock},
+};
 
 /// A reply for the client. The proxy checks it: 5xx for [`Verdict::Reject`], 4xx for
 /// [`Verdict::Tempfail`], an enhanced code of the same class, no CR or LF in the text.
@@ -128,9 +132,9 @@ impl BitOr for Hooks {
     }
 }
 
-/// What a plugin knows about the session.
+/// What a plugin knows about the session: the fields a [`Session`] shows.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Session {
+pub struct SessionInfo {
     /// The session id in the proxy's logs.
     pub id: String,
     /// The listener's name.
@@ -145,6 +149,71 @@ pub struct Session {
     pub tls: bool,
     /// The authenticated login, if any.
     pub login: Option<String>,
+}
+
+/// What a plugin knows about the session. Read it like a [`SessionInfo`]
+/// (`session.client_ip`): a hook gets it from the proxy the first time it reads a
+/// field, and until the session changes later hooks reuse that copy, so a hook that
+/// does not look at the session pays nothing for it.
+pub struct Session {
+    info: OnceLock<Arc<SessionInfo>>,
+    /// The proxy's version of the session, to fetch it by; `None` once it is known.
+    version: Option<u32>,
+}
+
+impl Session {
+    /// A session with these details (for tests and tools; hooks get theirs from the
+    /// proxy).
+    pub fn new(info: SessionInfo) -> Self {
+        Session {
+            info: OnceLock::from(Arc::new(info)),
+            version: None,
+        }
+    }
+
+    /// The session the proxy calls `version`, fetched when first read.
+    pub(crate) fn from_host(version: u32) -> Self {
+        Session {
+            info: OnceLock::new(),
+            version: Some(version),
+        }
+    }
+}
+
+impl Deref for Session {
+    type Target = SessionInfo;
+
+    fn deref(&self) -> &SessionInfo {
+        self.info.get_or_init(|| {
+            crate::__runtime::session_info(self.version.expect("a session without details"))
+        })
+    }
+}
+
+impl Clone for Session {
+    fn clone(&self) -> Self {
+        Session::new(SessionInfo::clone(self))
+    }
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session::new(SessionInfo::default())
+    }
+}
+
+impl PartialEq for Session {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Session {}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        SessionInfo::fmt(self, f)
+    }
 }
 
 /// An ESMTP parameter of MAIL or RCPT.
