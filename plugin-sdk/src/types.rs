@@ -157,7 +157,8 @@ pub struct SessionInfo {
 /// does not look at the session pays nothing for it.
 pub struct Session {
     info: OnceLock<Arc<SessionInfo>>,
-    /// The proxy's version of the session, to fetch it by; `None` once it is known.
+    /// The proxy's version of the session, to fetch it by; `None` for one made with
+    /// `Session::new`, whose details are known from the start.
     version: Option<u32>,
 }
 
