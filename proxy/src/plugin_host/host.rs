@@ -110,7 +110,9 @@ impl PluginState {
     /// many sessions).
     pub fn serve(&mut self, session: &str) {
         if self.session != session {
-            self.session = session.to_string();
+            // Reuses the buffer: session ids are all about 14 characters.
+            self.session.clear();
+            self.session.push_str(session);
         }
     }
 
