@@ -40,6 +40,8 @@ pub struct PluginState {
     known_session: Option<types::Session>,
     session_version: u32,
     envelope: KnownEnvelope,
+    /// The last key-value key as stored (see `store_and_key`).
+    store_key: String,
 }
 
 /// The envelope as the plugin may have fetched it, and its version.
@@ -103,6 +105,7 @@ impl PluginState {
             known_session: None,
             session_version: 0,
             envelope: KnownEnvelope::new(),
+            store_key: String::new(),
         }
     }
 
@@ -143,9 +146,15 @@ impl PluginState {
         &mut self.table
     }
 
-    /// Keys are per plugin: two plugins never see each other's values.
-    fn key(&self, key: &str) -> String {
-        format!("{}\u{0}{key}", self.plugin)
+    /// The store and `key` as stored: keys are per plugin, so two plugins never see
+    /// each other's values. The stored key is built in a buffer the instance keeps.
+    fn store_and_key(&mut self, key: &str) -> (&KvStore, &str) {
+        let stored = &mut self.store_key;
+        stored.clear();
+        stored.push_str(&self.plugin);
+        stored.push('\0');
+        stored.push_str(key);
+        (&self.services.kv, stored)
     }
 }
 
@@ -164,7 +173,7 @@ const MAX_BODY_READ: u32 = 1024 * 1024;
 type Result<T> = wasmtime::Result<T>;
 
 impl log::Host for PluginState {
-    async fn write(&mut self, level: log::Level, message: String) -> Result<()> {
+    fn write(&mut self, level: log::Level, message: String) -> Result<()> {
         let (plugin, session) = (&*self.plugin, &self.session);
         match level {
             log::Level::Trace => tracing::trace!(plugin, session, "{message}"),
@@ -178,21 +187,25 @@ impl log::Host for PluginState {
 }
 
 impl kv::Host for PluginState {
-    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>> {
-        Ok(self.services.kv.get(&self.key(&key)))
+    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>> {
+        let (kv, key) = self.store_and_key(&key);
+        Ok(kv.get(key))
     }
 
-    async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<()> {
-        self.services.kv.set(&self.key(&key), value, ttl_ms);
+    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<()> {
+        let (kv, key) = self.store_and_key(&key);
+        kv.set(key, value, ttl_ms);
         Ok(())
     }
 
-    async fn incr(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> Result<i64> {
-        Ok(self.services.kv.incr(&self.key(&key), delta, ttl_ms))
+    fn incr(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> Result<i64> {
+        let (kv, key) = self.store_and_key(&key);
+        Ok(kv.incr(key, delta, ttl_ms))
     }
 
-    async fn delete(&mut self, key: String) -> Result<bool> {
-        Ok(self.services.kv.delete(&self.key(&key)))
+    fn delete(&mut self, key: String) -> Result<bool> {
+        let (kv, key) = self.store_and_key(&key);
+        Ok(kv.delete(key))
     }
 }
 
@@ -266,23 +279,23 @@ impl dns::Host for PluginState {
 }
 
 impl context::Host for PluginState {
-    async fn current(&mut self) -> Result<types::Session> {
+    fn current(&mut self) -> Result<types::Session> {
         self.known_session
             .clone()
             .ok_or_else(|| wasmtime::Error::msg("no session yet"))
     }
 
-    async fn current_envelope(&mut self) -> Result<types::Envelope> {
+    fn current_envelope(&mut self) -> Result<types::Envelope> {
         Ok(self.envelope.envelope.clone())
     }
 
-    async fn recipients_from(&mut self, index: u32) -> Result<Vec<String>> {
+    fn recipients_from(&mut self, index: u32) -> Result<Vec<String>> {
         Ok(self.envelope.recipients_from(index))
     }
 }
 
 impl clock::Host for PluginState {
-    async fn now_ms(&mut self) -> Result<u64> {
+    fn now_ms(&mut self) -> Result<u64> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
         Ok(now.as_millis() as u64)
     }
@@ -291,11 +304,11 @@ impl clock::Host for PluginState {
 impl types::Host for PluginState {}
 
 impl types::HostMessage for PluginState {
-    async fn headers(&mut self, message: Resource<MessageResource>) -> Result<Vec<types::Header>> {
+    fn headers(&mut self, message: Resource<MessageResource>) -> Result<Vec<types::Header>> {
         Ok(self.table.get(&message)?.headers.clone())
     }
 
-    async fn body_size(&mut self, message: Resource<MessageResource>) -> Result<u64> {
+    fn body_size(&mut self, message: Resource<MessageResource>) -> Result<u64> {
         Ok(self.table.get(&message)?.body.len())
     }
 
@@ -310,7 +323,7 @@ impl types::HostMessage for PluginState {
         Ok(body.read_at(offset, length).await?)
     }
 
-    async fn drop(&mut self, message: Resource<MessageResource>) -> Result<()> {
+    fn drop(&mut self, message: Resource<MessageResource>) -> Result<()> {
         self.table.delete(message)?;
         Ok(())
     }
