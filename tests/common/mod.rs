@@ -10,7 +10,7 @@ pub mod tls;
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex, mpsc},
     thread,
@@ -25,6 +25,7 @@ pub struct Proxy {
     child: Child,
     pub address: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
+    folder: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -48,10 +49,23 @@ impl Proxy {
             format!("[[listener]]\nname = \"test\"\naddress = \"127.0.0.1:0\"\n\n{rest}"),
         )
         .unwrap();
+        let folder = dir.path().to_path_buf();
+        Proxy::run(dir, &folder, &config, "test", filter)
+    }
+
+    /// Runs the proxy in `folder` with the config file `config` (which must listen on
+    /// port 0 as `listener`); `dir` is kept until the proxy is dropped.
+    pub fn run(
+        dir: tempfile::TempDir,
+        folder: &Path,
+        config: &Path,
+        listener: &str,
+        filter: &str,
+    ) -> Proxy {
         let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["--log-format", "json", "run", "--config"])
-            .arg(&config)
-            .current_dir(dir.path())
+            .arg(config)
+            .current_dir(folder)
             .env("RUST_LOG", filter)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -61,10 +75,11 @@ impl Proxy {
         let (ready, listening) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         let sink = logs.clone();
+        let listener = listener.to_string();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("\"message\":\"listening\"")
-                    && json_field(&line, "listener").as_deref() == Some("test")
+                    && json_field(&line, "listener").as_deref() == Some(listener.as_str())
                     && let Some(address) = json_field(&line, "address")
                 {
                     let _ = ready.send(address);
@@ -83,6 +98,7 @@ impl Proxy {
             child,
             address: address.parse().unwrap(),
             logs,
+            folder: folder.to_path_buf(),
             _dir: dir,
         }
     }
@@ -95,7 +111,7 @@ impl Proxy {
 
     /// The folder the proxy runs in (where a development upstream writes).
     pub fn dir(&self) -> PathBuf {
-        self._dir.path().to_path_buf()
+        self.folder.clone()
     }
 
     /// Every log line so far (JSON).
