@@ -1054,10 +1054,6 @@ fn helo_hooks_refuse_and_rename_and_the_upstream_learns_the_new_name() {
         250
     );
     let session = &upstream.sessions()[0];
-    let xclient = session
-        .commands
-        .iter()
-        .find(|c| c.starts_with("XCLIENT"))
-        .expect("XCLIENT sent");
+    let xclient = session.command_starting("XCLIENT");
     assert!(xclient.ends_with("HELO=renamed.example"), "{xclient}");
 }

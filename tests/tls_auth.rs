@@ -198,11 +198,7 @@ print("ok")
     assert_eq!(messages.len(), 1);
     assert!(String::from_utf8_lossy(&messages[0]).contains("Subject: submitted"));
     let session = &upstream.sessions()[0];
-    let xclient = session
-        .commands
-        .iter()
-        .find(|c| c.starts_with("XCLIENT"))
-        .expect("XCLIENT sent");
+    let xclient = session.command_starting("XCLIENT");
     assert!(xclient.ends_with(" LOGIN=alice"), "{xclient}");
     let summary = proxy.wait_for_log("\"message\":\"message\"");
     assert!(

@@ -337,6 +337,16 @@ pub struct Recorded {
     pub arrived_before_mail_reply: Vec<Vec<String>>,
 }
 
+impl Recorded {
+    /// The first command line that starts with `prefix`; fails the test without one.
+    pub fn command_starting(&self, prefix: &str) -> &str {
+        self.commands
+            .iter()
+            .find(|c| c.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} command in {:?}", self.commands))
+    }
+}
+
 /// A scripted upstream SMTP server recording the exact bytes it receives.
 pub struct RecordingUpstream {
     pub address: SocketAddr,
