@@ -629,13 +629,20 @@ impl Config {
     }
 }
 
+/// Maps a byte offset of the config text to its line number.
+type LineOf<'a> = &'a dyn Fn(usize) -> usize;
+
+/// An error at `key`, on the line of byte `offset`.
+fn error_at(line_of: LineOf, key: &str, offset: usize, message: &str) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        line: Some(line_of(offset)),
+        message: message.into(),
+    }
+}
+
 impl RawConfig {
-    fn validate(self, line_of: &dyn Fn(usize) -> usize) -> Result<Config, ConfigError> {
-        let error = |key: &str, offset: usize, message: &str| ConfigError {
-            key: key.into(),
-            line: Some(line_of(offset)),
-            message: message.into(),
-        };
+    fn validate(self, line_of: LineOf) -> Result<Config, ConfigError> {
         if self.listener.is_empty() {
             return Err(ConfigError {
                 key: "listener".into(),
@@ -645,159 +652,19 @@ impl RawConfig {
         }
         let mut listeners: Vec<ListenerConfig> = Vec::new();
         for (index, raw) in self.listener.into_iter().enumerate() {
-            let key = format!("listener[{index}].name");
-            if raw.name.get_ref().is_empty() {
-                return Err(error(&key, raw.name.span().start, "must not be empty"));
-            }
-            if listeners.iter().any(|l| &l.name == raw.name.get_ref()) {
-                return Err(error(
-                    &key,
-                    raw.name.span().start,
+            let listener = validate_listener(index, raw, &self.plugins, &self.tls, line_of)?;
+            if listeners.iter().any(|l| l.name == listener.config.name) {
+                return Err(error_at(
+                    line_of,
+                    &format!("listener[{index}].name"),
+                    listener.name_offset,
                     "another listener has this name",
                 ));
             }
-            let plugins = raw
-                .plugins
-                .map(|p| (p.span().start, p.into_inner()))
-                .unwrap_or_default();
-            if let Some(missing) = plugins
-                .1
-                .iter()
-                .find(|name| !self.plugins.contains_key(*name))
-            {
-                return Err(error(
-                    &format!("listener[{index}].plugins"),
-                    plugins.0,
-                    &format!("no [plugins.{missing}] is configured"),
-                ));
-            }
-            let (tls_span, tls) = raw
-                .tls
-                .map(|t| (t.span().start, t.into_inner()))
-                .unwrap_or_default();
-            if tls != TlsMode::None && self.tls.certificate.is_empty() {
-                return Err(error(
-                    &format!("listener[{index}].tls"),
-                    tls_span,
-                    "TLS needs a certificate: add a [[tls.certificate]] with cert and key",
-                ));
-            }
-            let auth_span = raw.auth.as_ref().map(|a| a.span().start);
-            let auth_requires_tls = raw.auth.as_ref().is_some_and(|a| a.get_ref().require_tls);
-            let (require_tls_key, require_tls) = match raw.require_tls {
-                Some(r) => (
-                    "require_tls",
-                    Some((r.span().start, *r.get_ref() || auth_requires_tls)),
-                ),
-                None => (
-                    "auth.require_tls",
-                    auth_span.map(|span| (span, auth_requires_tls)),
-                ),
-            };
-            if let Some((span, true)) = require_tls
-                && tls == TlsMode::None
-            {
-                return Err(error(
-                    &format!("listener[{index}].{require_tls_key}"),
-                    span,
-                    "TLS cannot be required on a listener with tls = \"none\"",
-                ));
-            }
-            let auth = match raw.auth {
-                Some(auth) => validate_auth(index, auth, &self.plugins, line_of)?,
-                None => AuthConfig::default(),
-            };
-            if let Some(span) = auth_span
-                && auth.mode != AuthMode::Off
-                && tls == TlsMode::None
-                && !auth.allow_plaintext
-            {
-                return Err(error(
-                    &format!("listener[{index}].auth.mode"),
-                    span,
-                    "AUTH is only offered over TLS and this listener has none: set tls, or allow_plaintext = true",
-                ));
-            }
-            listeners.push(ListenerConfig {
-                name: raw.name.into_inner(),
-                address: raw.address,
-                plugins: plugins.1,
-                tls,
-                require_tls: require_tls.is_some_and(|(_, r)| r),
-                auth,
-            });
+            listeners.push(listener.config);
         }
-        let upstream_span = self.upstream.span();
-        let upstream = self.upstream.into_inner();
-        let target = match (
-            upstream.address.clone(),
-            upstream.development_folder.clone(),
-        ) {
-            (Some(address), None) => {
-                let (host, port) = address.get_ref().rsplit_once(':').unwrap_or(("", ""));
-                if host.is_empty() || port.parse::<u16>().is_err() {
-                    return Err(error(
-                        "upstream.address",
-                        address.span().start,
-                        "expected host:port",
-                    ));
-                }
-                UpstreamTarget::Address(address.into_inner())
-            }
-            (None, Some(folder)) => UpstreamTarget::Development(folder.into_inner()),
-            (Some(address), Some(_)) => {
-                return Err(error(
-                    "upstream.address",
-                    address.span().start,
-                    "set either address or development_folder, not both",
-                ));
-            }
-            (None, None) => {
-                return Err(error(
-                    "upstream",
-                    upstream_span.start,
-                    "set address (a real MTA) or development_folder (the built-in development upstream)",
-                ));
-            }
-        };
-        let proxy_header = matches!(
-            upstream.client_address,
-            ClientAddressMode::ProxyV1 | ClientAddressMode::ProxyV2
-        );
-        if let Some(reuse) = &upstream.reuse
-            && proxy_header
-            && reuse.get_ref().enabled()
-        {
-            return Err(error(
-                "upstream.reuse.idle_timeout",
-                reuse.span().start,
-                "upstream sessions cannot be reused with the PROXY protocol (its header describes one client)",
-            ));
-        }
-        let tls = validate_upstream_tls(&upstream, &target, line_of)?;
-        let (quarantine_span, quarantine) = self
-            .quarantine
-            .map(|q| (q.span(), q.into_inner()))
-            .unwrap_or_default();
-        if crate::message::HeaderField::new(&quarantine.header, "").is_err() {
-            return Err(error(
-                "quarantine.header",
-                quarantine_span.start,
-                "not a valid header field name",
-            ));
-        }
-        if let Some(redirect) = &quarantine.redirect
-            && !matches!(
-                crate::smtp::command::parse(format!("RCPT TO:<{redirect}>").as_bytes()),
-                Ok(crate::smtp::Command::Rcpt(_))
-            )
-        {
-            return Err(error(
-                "quarantine.redirect",
-                quarantine_span.start,
-                "not a valid mailbox",
-            ));
-        }
+        let upstream = validate_upstream(self.upstream, line_of)?;
+        let quarantine = validate_quarantine(self.quarantine, line_of)?;
         Ok(Config {
             server: self.server,
             smtp: self.smtp,
@@ -806,14 +673,7 @@ impl RawConfig {
             quarantine,
             dns: self.dns,
             listeners,
-            upstream: UpstreamConfig {
-                target,
-                client_address: upstream.client_address,
-                timeouts: upstream.timeouts,
-                capabilities_refresh: upstream.capabilities_refresh,
-                reuse: upstream.reuse.map(Spanned::into_inner).unwrap_or_default(),
-                tls,
-            },
+            upstream,
             tls: self.tls,
             auth_throttle: self.auth_throttle,
             kv: self.kv,
@@ -821,11 +681,209 @@ impl RawConfig {
     }
 }
 
+/// A listener's validated config, and where its name is (for the duplicate check).
+struct ValidListener {
+    config: ListenerConfig,
+    name_offset: usize,
+}
+
+/// Checks `[[listener]]` number `index`: its name, that its plugins are configured,
+/// that TLS has a certificate, and that TLS and AUTH requirements fit together.
+fn validate_listener(
+    index: usize,
+    raw: RawListener,
+    plugin_configs: &std::collections::BTreeMap<String, PluginConfig>,
+    tls_config: &TlsConfig,
+    line_of: LineOf,
+) -> Result<ValidListener, ConfigError> {
+    let error = |key: &str, offset: usize, message: &str| {
+        error_at(
+            line_of,
+            &format!("listener[{index}].{key}"),
+            offset,
+            message,
+        )
+    };
+    let name_offset = raw.name.span().start;
+    if raw.name.get_ref().is_empty() {
+        return Err(error("name", name_offset, "must not be empty"));
+    }
+    let (plugins_offset, plugins) = raw
+        .plugins
+        .map(|p| (p.span().start, p.into_inner()))
+        .unwrap_or_default();
+    if let Some(missing) = plugins
+        .iter()
+        .find(|name| !plugin_configs.contains_key(*name))
+    {
+        return Err(error(
+            "plugins",
+            plugins_offset,
+            &format!("no [plugins.{missing}] is configured"),
+        ));
+    }
+    let (tls_offset, tls) = raw
+        .tls
+        .map(|t| (t.span().start, t.into_inner()))
+        .unwrap_or_default();
+    if tls != TlsMode::None && tls_config.certificate.is_empty() {
+        return Err(error(
+            "tls",
+            tls_offset,
+            "TLS needs a certificate: add a [[tls.certificate]] with cert and key",
+        ));
+    }
+    let auth_offset = raw.auth.as_ref().map(|a| a.span().start);
+    let auth_requires_tls = raw.auth.as_ref().is_some_and(|a| a.get_ref().require_tls);
+    let (require_tls_key, require_tls) = match raw.require_tls {
+        Some(r) => (
+            "require_tls",
+            Some((r.span().start, *r.get_ref() || auth_requires_tls)),
+        ),
+        None => (
+            "auth.require_tls",
+            auth_offset.map(|offset| (offset, auth_requires_tls)),
+        ),
+    };
+    if let Some((offset, true)) = require_tls
+        && tls == TlsMode::None
+    {
+        return Err(error(
+            require_tls_key,
+            offset,
+            "TLS cannot be required on a listener with tls = \"none\"",
+        ));
+    }
+    let auth = match raw.auth {
+        Some(auth) => validate_auth(index, auth, plugin_configs, line_of)?,
+        None => AuthConfig::default(),
+    };
+    if let Some(offset) = auth_offset
+        && auth.mode != AuthMode::Off
+        && tls == TlsMode::None
+        && !auth.allow_plaintext
+    {
+        return Err(error(
+            "auth.mode",
+            offset,
+            "AUTH is only offered over TLS and this listener has none: set tls, or allow_plaintext = true",
+        ));
+    }
+    Ok(ValidListener {
+        config: ListenerConfig {
+            name: raw.name.into_inner(),
+            address: raw.address,
+            plugins,
+            tls,
+            require_tls: require_tls.is_some_and(|(_, r)| r),
+            auth,
+        },
+        name_offset,
+    })
+}
+
+/// Checks `[upstream]`: exactly one of address and development_folder, no reuse
+/// with a PROXY header, and its TLS settings.
+fn validate_upstream(
+    raw: Spanned<RawUpstream>,
+    line_of: LineOf,
+) -> Result<UpstreamConfig, ConfigError> {
+    let error = |key: &str, offset: usize, message: &str| error_at(line_of, key, offset, message);
+    let upstream_offset = raw.span().start;
+    let upstream = raw.into_inner();
+    let target = match (
+        upstream.address.clone(),
+        upstream.development_folder.clone(),
+    ) {
+        (Some(address), None) => {
+            let (host, port) = address.get_ref().rsplit_once(':').unwrap_or(("", ""));
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return Err(error(
+                    "upstream.address",
+                    address.span().start,
+                    "expected host:port",
+                ));
+            }
+            UpstreamTarget::Address(address.into_inner())
+        }
+        (None, Some(folder)) => UpstreamTarget::Development(folder.into_inner()),
+        (Some(address), Some(_)) => {
+            return Err(error(
+                "upstream.address",
+                address.span().start,
+                "set either address or development_folder, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(error(
+                "upstream",
+                upstream_offset,
+                "set address (a real MTA) or development_folder (the built-in development upstream)",
+            ));
+        }
+    };
+    let proxy_header = matches!(
+        upstream.client_address,
+        ClientAddressMode::ProxyV1 | ClientAddressMode::ProxyV2
+    );
+    if let Some(reuse) = &upstream.reuse
+        && proxy_header
+        && reuse.get_ref().enabled()
+    {
+        return Err(error(
+            "upstream.reuse.idle_timeout",
+            reuse.span().start,
+            "upstream sessions cannot be reused with the PROXY protocol (its header describes one client)",
+        ));
+    }
+    let tls = validate_upstream_tls(&upstream, &target, line_of)?;
+    Ok(UpstreamConfig {
+        target,
+        client_address: upstream.client_address,
+        timeouts: upstream.timeouts,
+        capabilities_refresh: upstream.capabilities_refresh,
+        reuse: upstream.reuse.map(Spanned::into_inner).unwrap_or_default(),
+        tls,
+    })
+}
+
+/// Checks `[quarantine]`: a valid header field name and redirect mailbox.
+fn validate_quarantine(
+    raw: Option<Spanned<QuarantineConfig>>,
+    line_of: LineOf,
+) -> Result<QuarantineConfig, ConfigError> {
+    let (offset, quarantine) = raw
+        .map(|q| (q.span().start, q.into_inner()))
+        .unwrap_or_default();
+    if crate::message::HeaderField::new(&quarantine.header, "").is_err() {
+        return Err(error_at(
+            line_of,
+            "quarantine.header",
+            offset,
+            "not a valid header field name",
+        ));
+    }
+    if let Some(redirect) = &quarantine.redirect
+        && !matches!(
+            crate::smtp::command::parse(format!("RCPT TO:<{redirect}>").as_bytes()),
+            Ok(crate::smtp::Command::Rcpt(_))
+        )
+    {
+        return Err(error_at(
+            line_of,
+            "quarantine.redirect",
+            offset,
+            "not a valid mailbox",
+        ));
+    }
+    Ok(quarantine)
+}
+
 fn validate_auth(
     index: usize,
     raw: Spanned<RawAuth>,
     plugins: &std::collections::BTreeMap<String, PluginConfig>,
-    line_of: &dyn Fn(usize) -> usize,
+    line_of: LineOf,
 ) -> Result<AuthConfig, ConfigError> {
     let span = raw.span().start;
     let raw = raw.into_inner();
@@ -888,7 +946,7 @@ fn validate_auth(
 fn validate_upstream_tls(
     upstream: &RawUpstream,
     target: &UpstreamTarget,
-    line_of: &dyn Fn(usize) -> usize,
+    line_of: LineOf,
 ) -> Result<UpstreamTlsConfig, ConfigError> {
     let Some(mode) = &upstream.tls else {
         return Ok(UpstreamTlsConfig::default());
