@@ -38,107 +38,161 @@ pub struct ReplayInput {
 /// Runs the chain and returns the report. `Err` only for bad input or a plugin that
 /// cannot load; refusals are part of the report.
 pub async fn replay(config: &Config, input: ReplayInput) -> anyhow::Result<String> {
-    let listener = config
-        .listeners
-        .iter()
-        .find(|l| l.name == input.listener)
-        .with_context(|| format!("no listener named {:?}", input.listener))?;
-    // One session: a pool would only cost a second compile of every plugin.
-    let mut config = config.clone();
-    config.server.plugin_pool_size = 0;
-    let plugins = load_plugins(&config, false, Default::default()).await?;
-    let chain = Chain {
-        listener: listener.name.clone(),
-        plugins: listener
-            .plugins
+    let mut run = Replay::start(config, &input).await?;
+    run.stages(config, &input).await?;
+    Ok(run.report.finish())
+}
+
+/// One offline session through a listener's chain, and the report on it.
+struct Replay {
+    hooks: SessionHooks,
+    session: abi::Session,
+    report: Report,
+}
+
+/// The accepted envelope after the MAIL and RCPT stages.
+struct Envelope {
+    mail: crate::smtp::MailCommand,
+    abi: abi::Envelope,
+}
+
+impl Replay {
+    /// Loads the listener's plugins (no pool: one session only needs one instance).
+    async fn start(config: &Config, input: &ReplayInput) -> anyhow::Result<Replay> {
+        let listener = config
+            .listeners
             .iter()
-            .map(|n| plugins[n].clone())
-            .collect(),
-    };
-    let mut hooks = SessionHooks::new(Arc::new(chain), "replay");
-    hooks.record_trace();
-    let mut report = Report::default();
-    let mut session = abi::Session {
-        id: "replay".into(),
-        listener: listener.name.clone(),
-        client_ip: input.client_ip.to_string(),
-        client_port: 0,
-        helo: None,
-        tls: false,
-        login: None,
-    };
-    let decision = hooks.connect(&session).await;
-    if report.stage(&mut hooks, "connect", &decision) {
-        return Ok(report.finish());
-    }
-    let (decision, helo_rewrite) = hooks.helo(&session, &input.helo).await;
-    session.helo = Some(input.helo.clone());
-    if report.stage(&mut hooks, "helo", &decision) {
-        return Ok(report.finish());
-    }
-    if let Some(login) = &input.login {
-        let decision = hooks.auth(&session, "PLAIN", login).await;
-        if report.stage(&mut hooks, "auth", &decision) {
-            return Ok(report.finish());
-        }
-        session.login = Some(login.clone());
-    }
-    let Ok(Command::Mail(mail)) = command::parse(format!("MAIL FROM:<{}>", input.from).as_bytes())
-    else {
-        bail!("--from {:?} is not a valid reverse-path", input.from);
-    };
-    let (decision, mail) = hooks.mail(&session, mail).await;
-    if mail.reverse_path.mailbox() != input.from {
-        report.line(&format!(
-            "{:<24} rewritten to {}",
-            "mail", mail.reverse_path
-        ));
-    }
-    if report.stage(&mut hooks, "mail", &decision) {
-        return Ok(report.finish());
-    }
-    let mut envelope = abi::Envelope {
-        sender: mail.reverse_path.mailbox().to_string(),
-        mail_params: Vec::new(),
-        recipients: Vec::new(),
-    };
-    let mut accepted = Vec::new();
-    for to in &input.to {
-        let Ok(Command::Rcpt(rcpt)) = command::parse(format!("RCPT TO:<{to}>").as_bytes()) else {
-            bail!("--to {to:?} is not a valid forward-path");
+            .find(|l| l.name == input.listener)
+            .with_context(|| format!("no listener named {:?}", input.listener))?;
+        let mut config = config.clone();
+        config.server.plugin_pool_size = 0;
+        let plugins = load_plugins(&config, false, Default::default()).await?;
+        let chain = Chain {
+            listener: listener.name.clone(),
+            plugins: listener
+                .plugins
+                .iter()
+                .map(|n| plugins[n].clone())
+                .collect(),
         };
-        let (decision, rcpt) = hooks.rcpt(&session, &envelope, rcpt).await;
-        let stage = format!("rcpt <{to}>");
-        if rcpt.forward_path.mailbox() != to {
-            report.line(&format!("{stage:<24} rewritten to {}", rcpt.forward_path));
+        let mut hooks = SessionHooks::new(Arc::new(chain), "replay");
+        hooks.record_trace();
+        let session = abi::Session {
+            id: "replay".into(),
+            listener: listener.name.clone(),
+            client_ip: input.client_ip.to_string(),
+            client_port: 0,
+            helo: None,
+            tls: false,
+            login: None,
+        };
+        Ok(Replay {
+            hooks,
+            session,
+            report: Report::default(),
+        })
+    }
+
+    /// Runs every stage until the chain refuses one, writing the report.
+    async fn stages(&mut self, config: &Config, input: &ReplayInput) -> anyhow::Result<()> {
+        let Some(helo_rewrite) = self.greet(input).await else {
+            return Ok(());
+        };
+        let Some(envelope) = self.envelope(input).await? else {
+            return Ok(());
+        };
+        let mut message = spool(&input.message).await?;
+        message.recipients = envelope.abi.recipients.clone();
+        if self.hooks.wants_data() {
+            let decision = self
+                .hooks
+                .data(&self.session, &envelope.abi, &mut message)
+                .await;
+            if self.report.stage(&mut self.hooks, "data", &decision) {
+                return Ok(());
+            }
+            message.apply_quarantine(&config.quarantine)?;
         }
-        if !report.stage(&mut hooks, &stage, &decision) {
-            envelope
-                .recipients
-                .push(rcpt.forward_path.mailbox().to_string());
-            accepted.push(rcpt);
+        if let Some(name) = helo_rewrite {
+            self.report
+                .line(&format!("HELO name for the upstream: {name}"));
         }
+        let mail = &envelope.mail;
+        self.report
+            .result(&mail.reverse_path.to_string(), &mail.params, &message)
+            .await
     }
-    if accepted.is_empty() {
-        report.line("no recipient accepted; the message would not be sent");
-        return Ok(report.finish());
-    }
-    let mut message = spool(&input.message).await?;
-    message.recipients = envelope.recipients.clone();
-    if hooks.wants_data() {
-        let decision = hooks.data(&session, &envelope, &mut message).await;
-        if report.stage(&mut hooks, "data", &decision) {
-            return Ok(report.finish());
+
+    /// Connect, HELO and (with a login) AUTH; `None` if the chain ended the session,
+    /// else the HELO name a plugin gave the upstream, if one did.
+    async fn greet(&mut self, input: &ReplayInput) -> Option<Option<String>> {
+        let decision = self.hooks.connect(&self.session).await;
+        if self.report.stage(&mut self.hooks, "connect", &decision) {
+            return None;
         }
-        message.apply_quarantine(&config.quarantine)?;
+        let (decision, helo_rewrite) = self.hooks.helo(&self.session, &input.helo).await;
+        self.session.helo = Some(input.helo.clone());
+        if self.report.stage(&mut self.hooks, "helo", &decision) {
+            return None;
+        }
+        if let Some(login) = &input.login {
+            let decision = self.hooks.auth(&self.session, "PLAIN", login).await;
+            if self.report.stage(&mut self.hooks, "auth", &decision) {
+                return None;
+            }
+            self.session.login = Some(login.clone());
+        }
+        Some(helo_rewrite)
     }
-    if let Some(name) = helo_rewrite {
-        report.line(&format!("HELO name for the upstream: {name}"));
+
+    /// MAIL and each RCPT; `None` if MAIL was refused or no recipient was accepted.
+    async fn envelope(&mut self, input: &ReplayInput) -> anyhow::Result<Option<Envelope>> {
+        let parsed = command::parse(format!("MAIL FROM:<{}>", input.from).as_bytes());
+        let Ok(Command::Mail(mail)) = parsed else {
+            bail!("--from {:?} is not a valid reverse-path", input.from);
+        };
+        let (decision, mail) = self.hooks.mail(&self.session, mail).await;
+        if mail.reverse_path.mailbox() != input.from {
+            self.report.line(&format!(
+                "{:<24} rewritten to {}",
+                "mail", mail.reverse_path
+            ));
+        }
+        if self.report.stage(&mut self.hooks, "mail", &decision) {
+            return Ok(None);
+        }
+        let mut envelope = abi::Envelope {
+            sender: mail.reverse_path.mailbox().to_string(),
+            mail_params: Vec::new(),
+            recipients: Vec::new(),
+        };
+        for to in &input.to {
+            let Ok(Command::Rcpt(rcpt)) = command::parse(format!("RCPT TO:<{to}>").as_bytes())
+            else {
+                bail!("--to {to:?} is not a valid forward-path");
+            };
+            let (decision, rcpt) = self.hooks.rcpt(&self.session, &envelope, rcpt).await;
+            let stage = format!("rcpt <{to}>");
+            if rcpt.forward_path.mailbox() != to {
+                self.report
+                    .line(&format!("{stage:<24} rewritten to {}", rcpt.forward_path));
+            }
+            if !self.report.stage(&mut self.hooks, &stage, &decision) {
+                envelope
+                    .recipients
+                    .push(rcpt.forward_path.mailbox().to_string());
+            }
+        }
+        if envelope.recipients.is_empty() {
+            self.report
+                .line("no recipient accepted; the message would not be sent");
+            return Ok(None);
+        }
+        Ok(Some(Envelope {
+            mail,
+            abi: envelope,
+        }))
     }
-    report
-        .result(&mail.reverse_path.to_string(), &mail.params, &message)
-        .await?;
-    Ok(report.finish())
 }
 
 /// The message as the proxy would spool it: line ends made CRLF first, as files on
