@@ -294,9 +294,27 @@ const SHORT_TIMEOUTS: &str = "[upstream.timeouts]\nconnect = \"1s\"\ngreeting = 
 /// Longer than every timeout in SHORT_TIMEOUTS, with a wide margin.
 const TOO_SLOW: Duration = Duration::from_secs(3);
 
-#[test]
-fn every_upstream_failure_gives_the_client_a_4xx() {
-    let cases: Vec<(&str, &'static str, Action, Vec<u16>)> = vec![
+/// Which DATA path a failure case runs on.
+#[derive(Clone, Copy, PartialEq)]
+enum DataPath {
+    /// No plugin wants DATA: the message streams through after the upstream's 354.
+    Streamed,
+    /// A DATA plugin is on the chain: the proxy answers 354 itself, spools the
+    /// message, runs the hook, and only then sends DATA upstream.
+    Spooled,
+}
+
+/// Every way the upstream can fail, and the codes the client must get on `path` for
+/// MAIL, RCPT, DATA and the final dot: never a 2xx for the message.
+fn failure_cases(path: DataPath) -> Vec<(&'static str, &'static str, Action, Vec<u16>)> {
+    // Upstream failures at or after its DATA: on the streamed path the client's DATA
+    // gets the 451; on the spooled path the client already has the proxy's 354, and
+    // the reply to its final dot is the 451.
+    let at_data = match path {
+        DataPath::Streamed => vec![250, 250, 451],
+        DataPath::Spooled => vec![250, 250, 354, 451],
+    };
+    vec![
         (
             "greeting refused",
             "<connect>",
@@ -314,13 +332,8 @@ fn every_upstream_failure_gives_the_client_a_4xx() {
         ("MAIL dropped", "MAIL", Action::Drop, vec![451]),
         ("MAIL too slow", "MAIL", Action::Delay(TOO_SLOW), vec![451]),
         ("RCPT dropped", "RCPT", Action::Drop, vec![250, 451]),
-        ("DATA dropped", "DATA", Action::Drop, vec![250, 250, 451]),
-        (
-            "DATA too slow",
-            "DATA",
-            Action::Delay(TOO_SLOW),
-            vec![250, 250, 451],
-        ),
+        ("DATA dropped", "DATA", Action::Drop, at_data.clone()),
+        ("DATA too slow", "DATA", Action::Delay(TOO_SLOW), at_data),
         (
             "dropped mid-DATA",
             "<data>",
@@ -345,14 +358,29 @@ fn every_upstream_failure_gives_the_client_a_4xx() {
             Action::Reply("451 4.3.0 try later".into()),
             vec![250, 250, 354, 451],
         ),
-    ];
-    // Each case in its own thread: they are independent and mostly wait.
-    let runs: Vec<_> = cases
+    ]
+}
+
+/// The proxy's config for `path`, in front of `upstream`, with short timeouts.
+fn failing_proxy(upstream: &str, path: DataPath) -> Proxy {
+    match path {
+        DataPath::Streamed => Proxy::start(upstream, SHORT_TIMEOUTS),
+        DataPath::Spooled => Proxy::start_with(&format!(
+            "plugins = [\"headers\"]\n\n[upstream]\naddress = \"{upstream}\"\n{SHORT_TIMEOUTS}\n\
+             [plugins.headers]\npath = \"{}\"\nconfig = {{ add = [{{ name = \"X-Test\", value = \"1\" }}] }}\n",
+            common::component("headers").display()
+        )),
+    }
+}
+
+/// Runs every failure case on `path`, each in its own thread (they mostly wait).
+fn every_failure_gives_a_4xx(path: DataPath) {
+    let runs: Vec<_> = failure_cases(path)
         .into_iter()
         .map(|(name, trigger, action, expected)| {
             thread::spawn(move || {
                 let upstream = upstream_failing(trigger, action);
-                let proxy = Proxy::start(&upstream.address(), SHORT_TIMEOUTS);
+                let proxy = failing_proxy(&upstream.address(), path);
                 assert_eq!(transaction_codes(&proxy), expected, "{name}");
                 if trigger != "." {
                     assert!(
@@ -366,10 +394,19 @@ fn every_upstream_failure_gives_the_client_a_4xx() {
     for run in runs {
         run.join().unwrap();
     }
-    let proxy = Proxy::start(&closed_port(), SHORT_TIMEOUTS);
+    let proxy = failing_proxy(&closed_port(), path);
     assert_eq!(transaction_codes(&proxy), [451], "upstream unreachable");
 }
 
+#[test]
+fn every_upstream_failure_gives_the_client_a_4xx() {
+    every_failure_gives_a_4xx(DataPath::Streamed);
+}
+
+#[test]
+fn every_upstream_failure_gives_the_client_a_4xx_when_a_plugin_spools_the_message() {
+    every_failure_gives_a_4xx(DataPath::Spooled);
+}
 #[test]
 fn after_a_failure_the_next_transaction_opens_a_new_upstream_session() {
     let upstream = upstream_failing(".", Action::Drop);
