@@ -333,7 +333,18 @@ fn failure_cases(path: DataPath) -> Vec<(&'static str, &'static str, Action, Vec
         ("MAIL too slow", "MAIL", Action::Delay(TOO_SLOW), vec![451]),
         ("RCPT dropped", "RCPT", Action::Drop, vec![250, 451]),
         ("DATA dropped", "DATA", Action::Drop, at_data.clone()),
-        ("DATA too slow", "DATA", Action::Delay(TOO_SLOW), at_data),
+        (
+            "DATA too slow",
+            "DATA",
+            Action::Delay(TOO_SLOW),
+            at_data.clone(),
+        ),
+        (
+            "DATA answered with 250, as if the message were taken",
+            "DATA",
+            Action::Reply("250 2.0.0 fine".into()),
+            at_data,
+        ),
         (
             "dropped mid-DATA",
             "<data>",

@@ -19,7 +19,7 @@ use crate::{
         Reply,
         data::{DataReader, DataViolation, DotStuffer},
     },
-    upstream::{Stage, UpstreamError},
+    upstream::UpstreamError,
 };
 
 /// Data is written upstream once this much is buffered (and at the end).
@@ -51,7 +51,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let Some(upstream) = self.upstream.as_mut() else {
             return self.reply(replies::upstream_lost());
         };
-        let reply = match upstream.command(Stage::Command, "DATA", timeout).await {
+        let reply = match upstream.start_data(timeout).await {
             Ok(reply) => reply,
             Err(error) => {
                 let reply = self.upstream_failed(error);

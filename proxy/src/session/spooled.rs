@@ -136,7 +136,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let Some(upstream) = self.upstream.as_mut() else {
             return replies::upstream_lost();
         };
-        match upstream.command(Stage::Command, "DATA", timeout).await {
+        match upstream.start_data(timeout).await {
             Ok(reply) if reply.code() == 354 => {}
             Ok(reply) => return reply,
             Err(error) => return self.upstream_failed(error),

@@ -83,6 +83,10 @@ pub enum UpstreamError {
     /// The upstream sent more after its 220 to STARTTLS: a plaintext injection.
     #[error("upstream sent data after its STARTTLS reply; refusing to go on")]
     TlsInjection,
+    /// The upstream answered with a code that command cannot have (a 2xx to DATA,
+    /// which would read as the message's acceptance before it was sent).
+    #[error("upstream sent an impossible reply at {0:?}: {1}")]
+    Unexpected(Stage, Reply),
     /// XCLIENT is configured but the upstream does not offer it to us.
     #[error("upstream does not offer XCLIENT to this proxy (check smtpd_authorized_xclient_hosts)")]
     XclientNotOffered,
@@ -322,6 +326,16 @@ impl UpstreamSession {
     ) -> Result<Reply, UpstreamError> {
         let mut replies = self.pipeline(stage, &[line.to_string()], timeout).await?;
         Ok(replies.remove(0))
+    }
+
+    /// Sends DATA. The reply is 354 (send the message) or a refusal (4xx, 5xx); any
+    /// other is an error, so no caller can mistake it for the message's fate.
+    pub async fn start_data(&mut self, timeout: Duration) -> Result<Reply, UpstreamError> {
+        let reply = self.command(Stage::Command, "DATA", timeout).await?;
+        match reply.code() {
+            354 | 400..=599 => Ok(reply),
+            _ => Err(UpstreamError::Unexpected(Stage::Command, reply)),
+        }
     }
 
     /// Sends several command lines in one write and reads one reply for each, in order
