@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::thread;
+use std::{sync::Arc, thread};
 
 use common::{Proxy, RecordingUpstream, component};
 
@@ -609,8 +609,21 @@ config = {{ mode = "measure-body", stage = "data" }}
 
 #[test]
 fn data_verdicts_and_envelope_edits_reach_the_upstream() {
+    // The recipients a plugin changed go upstream in one write where the upstream
+    // offers PIPELINING, and one command at a time where it does not.
+    for pipelining in [true, false] {
+        data_edits_reach_the_upstream(pipelining);
+    }
+}
+
+fn data_edits_reach_the_upstream(pipelining: bool) {
     let fault = component("fault-plugin");
-    let upstream = RecordingUpstream::start();
+    let extensions: Vec<&str> = common::FULL_EHLO
+        .iter()
+        .copied()
+        .filter(|e| pipelining || *e != "PIPELINING")
+        .collect();
+    let upstream = RecordingUpstream::scripted(&extensions, Arc::new(|_| common::Action::Default));
     let mut config = format!(
         "[upstream]\naddress = \"{}\"\n\n[quarantine]\nredirect = \"quarantine@example.com\"\n",
         upstream.address()
@@ -685,6 +698,11 @@ fn data_verdicts_and_envelope_edits_reach_the_upstream() {
         };
         assert_eq!(commands, expected_commands, "{mode}");
         assert_eq!(message, expected_message, "{mode}");
+        if let Some(restart) = session.arrived_before_mail_reply.get(1) {
+            // RSET, MAIL and the kept recipients start the transaction over.
+            let grouped = !restart.is_empty();
+            assert_eq!(grouped, pipelining, "{mode}: {restart:?}");
+        }
     }
     proxy.wait_for_log("message discarded by a plugin");
     proxy.wait_for_log("message quarantined");

@@ -20,7 +20,7 @@ use crate::{
     connection::{Connection, ReadError},
     smtp::{
         EnhancedCode, Reply,
-        capabilities::Capabilities,
+        capabilities::{Capabilities, Extension},
         command,
         line::NextLine,
         reply::{ReplyError, ReplyParser},
@@ -338,14 +338,35 @@ impl UpstreamSession {
         }
     }
 
-    /// Sends several command lines in one write and reads one reply for each, in order
-    /// (RFC 2920; the caller only does this when the upstream offers PIPELINING).
+    /// Sends command lines and reads one reply for each, in order: all in one write
+    /// when the upstream offers PIPELINING (RFC 2920), else one command at a time,
+    /// each after the reply to the one before. Each command gets `timeout`.
     pub async fn pipeline(
         &mut self,
         stage: Stage,
         lines: &[String],
         timeout: Duration,
     ) -> Result<Vec<Reply>, UpstreamError> {
+        let mut replies = Vec::with_capacity(lines.len());
+        if self.capabilities.has(Extension::Pipelining) {
+            self.send_group(stage, lines, &mut replies, timeout).await?;
+        } else {
+            for line in lines {
+                self.send_group(stage, std::slice::from_ref(line), &mut replies, timeout)
+                    .await?;
+            }
+        }
+        Ok(replies)
+    }
+
+    /// Writes `lines` at once, then reads one reply for each into `replies`.
+    async fn send_group(
+        &mut self,
+        stage: Stage,
+        lines: &[String],
+        replies: &mut Vec<Reply>,
+        timeout: Duration,
+    ) -> Result<(), UpstreamError> {
         for line in lines {
             debug_assert!(!line.contains('\r') && !line.contains('\n'));
             self.connection.queue(line.as_bytes());
@@ -356,11 +377,10 @@ impl UpstreamSession {
             .flush(deadline)
             .await
             .map_err(|error| write_error(stage, error))?;
-        let mut replies = Vec::with_capacity(lines.len());
         for _ in lines {
             replies.push(self.read_reply_until(stage, deadline).await?);
         }
-        Ok(replies)
+        Ok(())
     }
 
     /// Writes already dot-stuffed message data.
