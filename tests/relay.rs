@@ -364,6 +364,12 @@ fn failure_cases(path: DataPath) -> Vec<(&'static str, &'static str, Action, Vec
             vec![250, 250, 354, 451],
         ),
         (
+            "final reply a 354",
+            ".",
+            Action::Reply("354 more, please".into()),
+            vec![250, 250, 354, 451],
+        ),
+        (
             "final reply tempfail",
             ".",
             Action::Reply("451 4.3.0 try later".into()),

@@ -83,8 +83,9 @@ pub enum UpstreamError {
     /// The upstream sent more after its 220 to STARTTLS: a plaintext injection.
     #[error("upstream sent data after its STARTTLS reply; refusing to go on")]
     TlsInjection,
-    /// The upstream answered with a code that command cannot have (a 2xx to DATA,
-    /// which would read as the message's acceptance before it was sent).
+    /// The upstream answered with a code its command cannot have: a 2xx to DATA (it
+    /// would read as the message's acceptance before it was sent), a 3xx to the final
+    /// dot.
     #[error("upstream sent an impossible reply at {0:?}: {1}")]
     Unexpected(Stage, Reply),
     /// XCLIENT is configured but the upstream does not offer it to us.
@@ -392,10 +393,16 @@ impl UpstreamSession {
             .map_err(|error| write_error(Stage::Data, error))
     }
 
-    /// Reads the reply to the final dot.
+    /// Reads the reply to the final dot: 2xx, 4xx or 5xx. Any other is an error (the
+    /// upstream's state is unknown, so its session must not carry another message).
     pub async fn read_data_reply(&mut self) -> Result<Reply, UpstreamError> {
-        self.read_reply(Stage::DataEnd, self.config.timeouts.data_termination)
-            .await
+        let reply = self
+            .read_reply(Stage::DataEnd, self.config.timeouts.data_termination)
+            .await?;
+        match reply.code() {
+            200..=299 | 400..=599 => Ok(reply),
+            _ => Err(UpstreamError::Unexpected(Stage::DataEnd, reply)),
+        }
     }
 
     async fn read_reply(
