@@ -477,3 +477,70 @@ fn passthrough_auth_is_checked_by_postfix_sasl() {
         postfix.log().contains("sasl_username=dave@postfix.test")
     });
 }
+
+#[test]
+fn plugins_rewrite_and_edit_what_postfix_delivers() {
+    // recipients (RCPT: alias rewrite) and headers (DATA: the spooled path) on the
+    // chain, XCLIENT to Postfix: Postfix gets the rewritten recipient and the edited
+    // message, still judges the real client, and its own refusals still reach the
+    // client unchanged.
+    let Some(postfix) = Postfix::start() else {
+        return;
+    };
+    let proxy = Proxy::start_with(&format!(
+        r#"plugins = ["recipients", "headers"]
+
+[server]
+hostname = "portcullis.test"
+
+[upstream]
+address = "{}"
+client_address = "xclient"
+
+[plugins.recipients]
+path = "{}"
+config = {{ domains = ["example.test"], aliases = {{ "sales@example.test" = "user@example.test" }} }}
+
+[plugins.headers]
+path = "{}"
+config = {{ remove = ["Authentication-Results"], add = [{{ name = "X-Checked-By", value = "portcullis {{client_ip}}" }}] }}
+"#,
+        postfix.address(&postfix.xclient_port),
+        common::component("recipients").display(),
+        common::component("headers").display(),
+    ));
+    let mut client = Client::connect_from("127.0.0.2", proxy.address);
+    client.expect("EHLO client.test", 250);
+    client.expect("MAIL FROM:<sender@origin.test>", 250);
+    let reply = client.expect("RCPT TO:<elsewhere@other.test>", 550);
+    assert!(reply.lines[0].contains("not accepted here"), "{reply:?}");
+    let reply = client.expect("RCPT TO:<nobody@example.test>", 550);
+    assert!(
+        reply.lines[0].contains("User unknown in virtual mailbox table"),
+        "Postfix's own refusal: {reply:?}"
+    );
+    client.expect("RCPT TO:<sales@example.test>", 250);
+    client.expect("DATA", 354);
+    client.send(
+        b"Authentication-Results: forged.example; spf=pass\r\nSubject: edited\r\n\r\nHello.\r\n.\r\n",
+    );
+    let reply = client.read_reply();
+    assert!(
+        reply.lines[0].starts_with("250 2.0.0 Ok: queued as "),
+        "Postfix's own reply: {reply:?}\n{}",
+        postfix.log()
+    );
+    client.expect("QUIT", 221);
+    let message = &postfix.wait_delivered(1)[0];
+    assert!(
+        message.contains("Received: from client.test (unknown [127.0.0.2])"),
+        "{message}"
+    );
+    assert!(message.contains("for <user@example.test>"), "{message}");
+    assert!(
+        message.contains("X-Checked-By: portcullis 127.0.0.2"),
+        "{message}"
+    );
+    assert!(!message.contains("forged.example"), "{message}");
+    assert!(message.contains("Subject: edited"), "{message}");
+}
