@@ -1,0 +1,253 @@
+//! The configuration's tests: defaults, and an error table in which each bad
+//! config names its key and line.
+
+use super::*;
+
+const MINIMAL: &str = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:2525\"\n\n[upstream]\naddress = \"127.0.0.1:10025\"\n";
+
+#[test]
+fn minimal_config_gets_rfc_defaults() {
+    let config = Config::parse(MINIMAL).unwrap();
+    assert_eq!(config.smtp.command_line_limit, 512);
+    assert_eq!(config.smtp.text_line_limit, 1000);
+    assert_eq!(config.smtp.max_recipients, 100);
+    assert_eq!(config.smtp.command_timeout, Duration::from_secs(300));
+    assert_eq!(
+        config.upstream.timeouts.data_termination,
+        Duration::from_secs(600)
+    );
+    assert_eq!(
+        config.upstream.target,
+        UpstreamTarget::Address("127.0.0.1:10025".into())
+    );
+    assert_eq!(
+        config.listeners[0].address,
+        "127.0.0.1:2525".parse().unwrap()
+    );
+}
+
+#[test]
+fn errors_name_the_key_and_the_line() {
+    let cases: &[(&str, &str, Option<usize>, &str)] = &[
+        (
+            &MINIMAL.replace("127.0.0.1:2525", "nowhere"),
+            "listener[0].address",
+            Some(3),
+            "invalid socket address",
+        ),
+        (
+            &format!("{MINIMAL}\n[smtp]\ncommand_line_limit = 100\n"),
+            "smtp.command_line_limit",
+            Some(9),
+            "at least 512",
+        ),
+        (
+            &format!("{MINIMAL}\n[smtp]\ncommand_timeout = \"soon\"\n"),
+            "smtp.command_timeout",
+            Some(9),
+            "",
+        ),
+        (
+            &format!("{MINIMAL}\n[smtp]\nbare_line_endings = \"fix\"\n"),
+            "smtp.bare_line_endings",
+            Some(9),
+            "unknown variant",
+        ),
+        (
+            &format!("{MINIMAL}\n[smtp]\ncolour = 1\n"),
+            "smtp.colour",
+            Some(9),
+            "unknown field",
+        ),
+        (
+            &MINIMAL.replace("127.0.0.1:10025", "no-port"),
+            "upstream.address",
+            Some(6),
+            "host:port",
+        ),
+        (
+            &format!("{MINIMAL}development_folder = \"x\"\n"),
+            "upstream.address",
+            Some(6),
+            "not both",
+        ),
+        (
+            &format!("{MINIMAL}[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:1\"\n"),
+            "listener[1].name",
+            Some(8),
+            "another listener",
+        ),
+        (
+            "[upstream]\naddress = \"a:1\"\n",
+            "listener",
+            None,
+            "at least one",
+        ),
+        ("[[listener]\n", "(syntax)", Some(1), ""),
+        (
+            &format!("{MINIMAL}\n[kv]\nmax_entries = 0\n"),
+            "kv.max_entries",
+            Some(9),
+            "nonzero",
+        ),
+        (
+            &MINIMAL.replace("name = \"mx\"", "name = \"mx\"\nplugins = [\"nope\"]"),
+            "listener[0].plugins",
+            Some(3),
+            "no [plugins.nope]",
+        ),
+        (
+            &format!("{MINIMAL}\n[plugins.x]\npath = \"x.wasm\"\nshare_instances = \"yes\"\n"),
+            "plugins.x.share_instances",
+            Some(10),
+            "invalid type",
+        ),
+        (
+            &format!("{MINIMAL}\n[plugins.x]\npath = \"x.wasm\"\non_error = \"explode\"\n"),
+            "plugins.x.on_error",
+            Some(10),
+            "unknown variant",
+        ),
+        (
+            &MINIMAL.replace("name = \"mx\"", "name = \"mx\"\ntls = \"starttls\""),
+            "listener[0].tls",
+            Some(3),
+            "[[tls.certificate]]",
+        ),
+        (
+            &MINIMAL.replace("name = \"mx\"", "name = \"mx\"\nrequire_tls = true"),
+            "listener[0].require_tls",
+            Some(3),
+            "tls = \"none\"",
+        ),
+        (
+            &MINIMAL.replace(
+                "address = \"127.0.0.1:2525\"",
+                "address = \"127.0.0.1:2525\"\nauth = { require_tls = true }",
+            ),
+            "listener[0].auth.require_tls",
+            Some(4),
+            "tls = \"none\"",
+        ),
+        (
+            &MINIMAL.replace("name = \"mx\"", "name = \"mx\"\ntls = \"sometimes\""),
+            "listener[0].tls",
+            Some(3),
+            "unknown variant",
+        ),
+        (
+            &MINIMAL.replace(
+                "address = \"127.0.0.1:2525\"",
+                "address = \"127.0.0.1:2525\"\n[listener.auth]\nmode = \"edge\"",
+            ),
+            "listener[0].auth.credentials",
+            Some(4),
+            "credentials file or a verifier",
+        ),
+        (
+            &MINIMAL.replace(
+                "address = \"127.0.0.1:2525\"",
+                "address = \"127.0.0.1:2525\"\n[listener.auth]\nmode = \"edge\"\nverifier = \"ghost\"",
+            ),
+            "listener[0].auth.verifier",
+            Some(4),
+            "no [plugins.ghost]",
+        ),
+        (
+            &MINIMAL.replace(
+                "address = \"127.0.0.1:2525\"",
+                "address = \"127.0.0.1:2525\"\n[listener.auth]\nrequired = true",
+            ),
+            "listener[0].auth.required",
+            Some(4),
+            "mode = \"off\"",
+        ),
+        (
+            &MINIMAL.replace(
+                "address = \"127.0.0.1:2525\"",
+                "address = \"127.0.0.1:2525\"\n[listener.auth]\nmode = \"edge\"\ncredentials = \"u\"\nmechanisms = [\"CRAM-MD5\"]",
+            ),
+            "listener[0].auth.mechanisms[0]",
+            Some(7),
+            "unknown variant",
+        ),
+        (
+            &MINIMAL.replace(
+                "address = \"127.0.0.1:2525\"",
+                "address = \"127.0.0.1:2525\"\n[listener.auth]\nmode = \"passthrough\"",
+            ),
+            "listener[0].auth.mode",
+            Some(4),
+            "only offered over TLS",
+        ),
+        (
+            &format!("{MINIMAL}tls = \"starttls\"\ntls_ca = \"/nonexistent/ca.pem\"\n"),
+            "upstream.tls_ca",
+            Some(8),
+            "/nonexistent/ca.pem",
+        ),
+        (
+            &format!("{MINIMAL}tls = \"implicit\"\ntls_insecure = true\ntls_ca = \"ca.pem\"\n"),
+            "upstream.tls_ca",
+            Some(9),
+            "not both",
+        ),
+    ];
+    for (text, key, line, message) in cases {
+        let error = Config::parse(text).unwrap_err();
+        assert_eq!(
+            (error.key.as_str(), error.line),
+            (*key, *line),
+            "{text}\n{error}"
+        );
+        assert!(error.message.contains(message), "{error}");
+    }
+}
+
+#[test]
+fn require_tls_may_also_sit_in_the_auth_table() {
+    // The form of DESIGN.md's config sketch.
+    let text = MINIMAL.replace(
+        "address = \"127.0.0.1:2525\"",
+        "address = \"127.0.0.1:2525\"\ntls = \"starttls\"\nauth = { mode = \"edge\", required = true, require_tls = true, credentials = \"users\" }\n[[tls.certificate]]\ncert = \"c.pem\"\nkey = \"k.pem\"",
+    );
+    let config = Config::parse(&text).unwrap();
+    assert!(config.listeners[0].require_tls);
+    assert!(config.listeners[0].auth.required);
+    let implicit = text.replace("\"starttls\"", "\"implicit\"");
+    assert!(Config::parse(&implicit).unwrap().listeners[0].require_tls);
+}
+
+#[test]
+fn submission_and_mx_examples_are_valid() {
+    let submission = Config::parse(include_str!("../../../config/submission.toml")).unwrap();
+    let ports: Vec<_> = submission
+        .listeners
+        .iter()
+        .map(|l| (l.address.port(), l.tls))
+        .collect();
+    assert_eq!(ports, [(587, TlsMode::Starttls), (465, TlsMode::Implicit)]);
+    assert!(
+        submission
+            .listeners
+            .iter()
+            .all(|l| l.auth.mode == AuthMode::Edge
+                && l.auth.required
+                && l.auth.sender_logins.is_some())
+    );
+    assert!(submission.listeners[0].require_tls);
+    let mx = Config::parse(include_str!("../../../config/mx.toml")).unwrap();
+    assert_eq!(mx.listeners[0].address.port(), 25);
+    assert_eq!(mx.listeners[0].auth.mode, AuthMode::Off);
+}
+
+#[test]
+fn example_config_is_valid() {
+    let text = include_str!("../../../config/portcullis.toml");
+    let config = Config::parse(text).unwrap();
+    assert_eq!(config.listeners[0].address.port(), 2525);
+    assert!(matches!(
+        config.upstream.target,
+        UpstreamTarget::Development(_)
+    ));
+}

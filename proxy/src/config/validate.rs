@@ -1,0 +1,371 @@
+//! Validation: turns the file as written ([`RawConfig`]) into a [`Config`] that
+//! cannot hold an invalid combination, one section at a time; every error names the
+//! key and its line.
+
+use super::*;
+
+/// Maps a byte offset of the config text to its line number.
+pub(super) type LineOf<'a> = &'a dyn Fn(usize) -> usize;
+
+/// An error at `key`, on the line of byte `offset`.
+fn error_at(line_of: LineOf, key: &str, offset: usize, message: &str) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        line: Some(line_of(offset)),
+        message: message.into(),
+    }
+}
+
+impl RawConfig {
+    pub(super) fn validate(self, line_of: LineOf) -> Result<Config, ConfigError> {
+        if self.listener.is_empty() {
+            return Err(ConfigError {
+                key: "listener".into(),
+                line: None,
+                message: "at least one [[listener]] is required".into(),
+            });
+        }
+        let mut listeners: Vec<ListenerConfig> = Vec::new();
+        for (index, raw) in self.listener.into_iter().enumerate() {
+            let listener = validate_listener(index, raw, &self.plugins, &self.tls, line_of)?;
+            if listeners.iter().any(|l| l.name == listener.config.name) {
+                return Err(error_at(
+                    line_of,
+                    &format!("listener[{index}].name"),
+                    listener.name_offset,
+                    "another listener has this name",
+                ));
+            }
+            listeners.push(listener.config);
+        }
+        let upstream = validate_upstream(self.upstream, line_of)?;
+        let quarantine = validate_quarantine(self.quarantine, line_of)?;
+        Ok(Config {
+            server: self.server,
+            smtp: self.smtp,
+            plugins: self.plugins,
+            spool: self.spool,
+            quarantine,
+            dns: self.dns,
+            listeners,
+            upstream,
+            tls: self.tls,
+            auth_throttle: self.auth_throttle,
+            kv: self.kv,
+        })
+    }
+}
+
+/// A listener's validated config, and where its name is (for the duplicate check).
+struct ValidListener {
+    config: ListenerConfig,
+    name_offset: usize,
+}
+
+/// Checks `[[listener]]` number `index`: its name, that its plugins are configured,
+/// that TLS has a certificate, and that TLS and AUTH requirements fit together.
+fn validate_listener(
+    index: usize,
+    raw: RawListener,
+    plugin_configs: &std::collections::BTreeMap<String, PluginConfig>,
+    tls_config: &TlsConfig,
+    line_of: LineOf,
+) -> Result<ValidListener, ConfigError> {
+    let error = |key: &str, offset: usize, message: &str| {
+        error_at(
+            line_of,
+            &format!("listener[{index}].{key}"),
+            offset,
+            message,
+        )
+    };
+    let name_offset = raw.name.span().start;
+    if raw.name.get_ref().is_empty() {
+        return Err(error("name", name_offset, "must not be empty"));
+    }
+    let (plugins_offset, plugins) = raw
+        .plugins
+        .map(|p| (p.span().start, p.into_inner()))
+        .unwrap_or_default();
+    if let Some(missing) = plugins
+        .iter()
+        .find(|name| !plugin_configs.contains_key(*name))
+    {
+        return Err(error(
+            "plugins",
+            plugins_offset,
+            &format!("no [plugins.{missing}] is configured"),
+        ));
+    }
+    let (tls_offset, tls) = raw
+        .tls
+        .map(|t| (t.span().start, t.into_inner()))
+        .unwrap_or_default();
+    if tls != TlsMode::None && tls_config.certificate.is_empty() {
+        return Err(error(
+            "tls",
+            tls_offset,
+            "TLS needs a certificate: add a [[tls.certificate]] with cert and key",
+        ));
+    }
+    let auth_offset = raw.auth.as_ref().map(|a| a.span().start);
+    let auth_requires_tls = raw.auth.as_ref().is_some_and(|a| a.get_ref().require_tls);
+    let (require_tls_key, require_tls) = match raw.require_tls {
+        Some(r) => (
+            "require_tls",
+            Some((r.span().start, *r.get_ref() || auth_requires_tls)),
+        ),
+        None => (
+            "auth.require_tls",
+            auth_offset.map(|offset| (offset, auth_requires_tls)),
+        ),
+    };
+    if let Some((offset, true)) = require_tls
+        && tls == TlsMode::None
+    {
+        return Err(error(
+            require_tls_key,
+            offset,
+            "TLS cannot be required on a listener with tls = \"none\"",
+        ));
+    }
+    let auth = match raw.auth {
+        Some(auth) => validate_auth(index, auth, plugin_configs, line_of)?,
+        None => AuthConfig::default(),
+    };
+    if let Some(offset) = auth_offset
+        && auth.mode != AuthMode::Off
+        && tls == TlsMode::None
+        && !auth.allow_plaintext
+    {
+        return Err(error(
+            "auth.mode",
+            offset,
+            "AUTH is only offered over TLS and this listener has none: set tls, or allow_plaintext = true",
+        ));
+    }
+    Ok(ValidListener {
+        config: ListenerConfig {
+            name: raw.name.into_inner(),
+            address: raw.address,
+            plugins,
+            tls,
+            require_tls: require_tls.is_some_and(|(_, r)| r),
+            auth,
+        },
+        name_offset,
+    })
+}
+
+/// Checks `[upstream]`: exactly one of address and development_folder, no reuse
+/// with a PROXY header, and its TLS settings.
+fn validate_upstream(
+    raw: Spanned<RawUpstream>,
+    line_of: LineOf,
+) -> Result<UpstreamConfig, ConfigError> {
+    let error = |key: &str, offset: usize, message: &str| error_at(line_of, key, offset, message);
+    let upstream_offset = raw.span().start;
+    let upstream = raw.into_inner();
+    let target = match (
+        upstream.address.clone(),
+        upstream.development_folder.clone(),
+    ) {
+        (Some(address), None) => {
+            let (host, port) = address.get_ref().rsplit_once(':').unwrap_or(("", ""));
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return Err(error(
+                    "upstream.address",
+                    address.span().start,
+                    "expected host:port",
+                ));
+            }
+            UpstreamTarget::Address(address.into_inner())
+        }
+        (None, Some(folder)) => UpstreamTarget::Development(folder.into_inner()),
+        (Some(address), Some(_)) => {
+            return Err(error(
+                "upstream.address",
+                address.span().start,
+                "set either address or development_folder, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(error(
+                "upstream",
+                upstream_offset,
+                "set address (a real MTA) or development_folder (the built-in development upstream)",
+            ));
+        }
+    };
+    let proxy_header = matches!(
+        upstream.client_address,
+        ClientAddressMode::ProxyV1 | ClientAddressMode::ProxyV2
+    );
+    if let Some(reuse) = &upstream.reuse
+        && proxy_header
+        && reuse.get_ref().enabled()
+    {
+        return Err(error(
+            "upstream.reuse.idle_timeout",
+            reuse.span().start,
+            "upstream sessions cannot be reused with the PROXY protocol (its header describes one client)",
+        ));
+    }
+    let tls = validate_upstream_tls(&upstream, &target, line_of)?;
+    Ok(UpstreamConfig {
+        target,
+        client_address: upstream.client_address,
+        timeouts: upstream.timeouts,
+        capabilities_refresh: upstream.capabilities_refresh,
+        reuse: upstream.reuse.map(Spanned::into_inner).unwrap_or_default(),
+        tls,
+    })
+}
+
+/// Checks `[quarantine]`: a valid header field name and redirect mailbox.
+fn validate_quarantine(
+    raw: Option<Spanned<QuarantineConfig>>,
+    line_of: LineOf,
+) -> Result<QuarantineConfig, ConfigError> {
+    let (offset, quarantine) = raw
+        .map(|q| (q.span().start, q.into_inner()))
+        .unwrap_or_default();
+    if crate::message::HeaderField::new(&quarantine.header, "").is_err() {
+        return Err(error_at(
+            line_of,
+            "quarantine.header",
+            offset,
+            "not a valid header field name",
+        ));
+    }
+    if let Some(redirect) = &quarantine.redirect
+        && !matches!(
+            crate::smtp::command::parse(format!("RCPT TO:<{redirect}>").as_bytes()),
+            Ok(crate::smtp::Command::Rcpt(_))
+        )
+    {
+        return Err(error_at(
+            line_of,
+            "quarantine.redirect",
+            offset,
+            "not a valid mailbox",
+        ));
+    }
+    Ok(quarantine)
+}
+
+fn validate_auth(
+    index: usize,
+    raw: Spanned<RawAuth>,
+    plugins: &std::collections::BTreeMap<String, PluginConfig>,
+    line_of: LineOf,
+) -> Result<AuthConfig, ConfigError> {
+    let span = raw.span().start;
+    let raw = raw.into_inner();
+    let error = |key: &str, message: &str| ConfigError {
+        key: format!("listener[{index}].auth.{key}"),
+        line: Some(line_of(span)),
+        message: message.into(),
+    };
+    match raw.mode {
+        AuthMode::Edge => match (&raw.credentials, &raw.verifier) {
+            (None, None) => {
+                return Err(error(
+                    "credentials",
+                    "edge mode needs a credentials file or a verifier plugin",
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(error("verifier", "set credentials or verifier, not both"));
+            }
+            (None, Some(verifier)) if !plugins.contains_key(verifier) => {
+                return Err(error(
+                    "verifier",
+                    &format!("no [plugins.{verifier}] is configured"),
+                ));
+            }
+            _ => {}
+        },
+        AuthMode::Passthrough | AuthMode::Off => {
+            if raw.credentials.is_some() || raw.verifier.is_some() {
+                return Err(error(
+                    "credentials",
+                    "credentials and verifier are for mode = \"edge\" only",
+                ));
+            }
+            if raw.required && raw.mode == AuthMode::Off {
+                return Err(error(
+                    "required",
+                    "AUTH cannot be required when mode = \"off\"",
+                ));
+            }
+        }
+    }
+    let mechanisms = raw
+        .mechanisms
+        .unwrap_or_else(|| vec![Mechanism::Plain, Mechanism::Login]);
+    if raw.mode != AuthMode::Off && mechanisms.is_empty() {
+        return Err(error("mechanisms", "at least one mechanism is needed"));
+    }
+    Ok(AuthConfig {
+        mode: raw.mode,
+        mechanisms,
+        allow_plaintext: raw.allow_plaintext,
+        required: raw.required,
+        credentials: raw.credentials,
+        verifier: raw.verifier,
+        sender_logins: raw.sender_logins,
+    })
+}
+
+fn validate_upstream_tls(
+    upstream: &RawUpstream,
+    target: &UpstreamTarget,
+    line_of: LineOf,
+) -> Result<UpstreamTlsConfig, ConfigError> {
+    let Some(mode) = &upstream.tls else {
+        return Ok(UpstreamTlsConfig::default());
+    };
+    let error = |key: &str, span: usize, message: &str| ConfigError {
+        key: format!("upstream.{key}"),
+        line: Some(line_of(span)),
+        message: message.into(),
+    };
+    let trust = match (&upstream.tls_ca, upstream.tls_insecure) {
+        (Some(ca), true) => {
+            return Err(error(
+                "tls_ca",
+                ca.span().start,
+                "set tls_ca or tls_insecure, not both",
+            ));
+        }
+        (Some(ca), false) => Trust::CaFile(ca.get_ref().clone()),
+        (None, true) => Trust::Insecure,
+        (None, false) => Trust::SystemRoots,
+    };
+    let server_name = match (&upstream.tls_server_name, target) {
+        (Some(name), _) => name.clone(),
+        (None, UpstreamTarget::Address(address)) => address
+            .rsplit_once(':')
+            .map(|(host, _)| host.trim_matches(['[', ']']).to_string())
+            .unwrap_or_default(),
+        (None, UpstreamTarget::Development(_)) => "localhost".into(),
+    };
+    if *mode.get_ref() == TlsMode::None {
+        return Ok(UpstreamTlsConfig::default());
+    }
+    let key = match trust {
+        Trust::CaFile(_) => "tls_ca",
+        _ => "tls",
+    };
+    let span = upstream
+        .tls_ca
+        .as_ref()
+        .map_or(mode.span().start, |ca| ca.span().start);
+    let connector =
+        UpstreamTls::new(&trust, &server_name).map_err(|e| error(key, span, &e.to_string()))?;
+    Ok(UpstreamTlsConfig {
+        mode: *mode.get_ref(),
+        connector: Some(connector),
+    })
+}
