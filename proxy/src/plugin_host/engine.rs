@@ -109,6 +109,11 @@ impl Backend {
         &self,
         component: &Component,
     ) -> Result<PluginPre<host::PluginState>, String> {
+        let component_type = component.component_type();
+        let imports = component_type.imports(&self.engine).map(|(name, _)| name);
+        if let Some(mismatch) = abi_mismatch(imports, abi_package()) {
+            return Err(mismatch);
+        }
         let mut linker = self.linker.clone();
         provide_hash_seeds(&mut linker, component, &self.engine)
             .and_then(|()| linker.define_unknown_imports_as_traps(component))
@@ -215,4 +220,84 @@ fn provide_hash_seeds(
             })?;
     }
     Ok(())
+}
+
+/// The WIT file both the host and the SDK are generated from.
+const ABI_WIT: &str = include_str!("../../../plugin-sdk/wit/portcullis.wit");
+
+/// The ABI package this proxy speaks, as the WIT file names it
+/// (`portcullis:plugin@VERSION`).
+pub(super) fn abi_package() -> &'static str {
+    ABI_WIT
+        .lines()
+        .find_map(|line| line.strip_prefix("package "))
+        .map(|package| package.trim_end_matches(';').trim())
+        .expect("the WIT file names its package")
+}
+
+/// Why a component cannot be linked if it was built for another version of the ABI
+/// `ours` than this proxy's: a plain message instead of wasmtime's type mismatch.
+fn abi_mismatch<'a>(imports: impl Iterator<Item = &'a str>, ours: &str) -> Option<String> {
+    let (package, _) = ours.split_once('@')?;
+    imports
+        .filter(|import| import.starts_with(&format!("{package}/")))
+        .filter_map(|import| import.rsplit_once('@'))
+        .find(|(_, version)| ours.rsplit_once('@').is_none_or(|(_, v)| v != *version))
+        .map(|(_, version)| {
+            format!(
+                "the plugin was built for the ABI {package}@{version}, this proxy speaks {ours}: \
+                 rebuild it with the portcullis-sdk of this version"
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_abi_package_comes_from_the_wit_file() {
+        let package = abi_package();
+        assert!(package.starts_with("portcullis:plugin@"), "{package}");
+        assert!(ABI_WIT.contains(&format!("package {package};")));
+    }
+
+    #[test]
+    fn a_component_of_another_abi_version_is_named_as_such() {
+        let ours = "portcullis:plugin@0.5.0";
+        let cases: &[(&[&str], bool)] = &[
+            (
+                &[
+                    "portcullis:plugin/types@0.5.0",
+                    "portcullis:plugin/kv@0.5.0",
+                ],
+                false,
+            ),
+            (
+                &[
+                    "wasi:random/insecure-seed@0.2.4",
+                    "portcullis:plugin/types@0.5.0",
+                ],
+                false,
+            ),
+            (&["portcullis:plugin/types@0.4.0"], true),
+            (
+                &[
+                    "portcullis:plugin/types@0.5.0",
+                    "portcullis:plugin/kv@0.6.0",
+                ],
+                true,
+            ),
+            (&[], false),
+        ];
+        for (imports, mismatch) in cases {
+            let found = abi_mismatch(imports.iter().copied(), ours);
+            assert_eq!(found.is_some(), *mismatch, "{imports:?}: {found:?}");
+        }
+        let text = abi_mismatch(["portcullis:plugin/types@0.4.0"].into_iter(), ours).unwrap();
+        assert!(
+            text.contains("portcullis:plugin@0.4.0") && text.contains(ours),
+            "{text}"
+        );
+    }
 }
