@@ -1075,3 +1075,56 @@ fn helo_hooks_refuse_and_rename_and_the_upstream_learns_the_new_name() {
     let xclient = session.command_starting("XCLIENT");
     assert!(xclient.ends_with("HELO=renamed.example"), "{xclient}");
 }
+
+#[test]
+fn a_plugin_built_for_another_abi_version_is_refused_by_name() {
+    // The fault plugin with its ABI version changed everywhere it is written (import
+    // names and embedded types; same length, so the component stays valid): what a
+    // plugin built with an older SDK looks like to the proxy.
+    let wit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../plugin-sdk/wit/portcullis.wit"
+    ))
+    .unwrap();
+    let ours = wit
+        .lines()
+        .find_map(|l| l.strip_prefix("package portcullis:plugin@"))
+        .unwrap()
+        .trim_end_matches(';');
+    let other = if ours == "9.9.9" { "9.9.8" } else { "9.9.9" };
+    assert_eq!(ours.len(), other.len(), "the test patches in place");
+    let bytes = std::fs::read(component("fault-plugin")).unwrap();
+    let (from, to) = (format!("@{ours}"), format!("@{other}"));
+    let mut patched = Vec::with_capacity(bytes.len());
+    let mut rest = &bytes[..];
+    while let Some(at) = rest.windows(from.len()).position(|w| w == from.as_bytes()) {
+        patched.extend_from_slice(&rest[..at]);
+        patched.extend_from_slice(to.as_bytes());
+        rest = &rest[at + from.len()..];
+    }
+    patched.extend_from_slice(rest);
+    assert_ne!(patched, bytes);
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("old.wasm"), &patched).unwrap();
+    std::fs::write(
+        dir.path().join("portcullis.toml"),
+        "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:0\"\nplugins = [\"old\"]\n\n\
+         [upstream]\naddress = \"127.0.0.1:25\"\n\n\
+         [plugins.old]\npath = \"old.wasm\"\nconfig = { mode = \"count\" }\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", "--config", "portcullis.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "built for the ABI portcullis:plugin@{other}, this proxy speaks portcullis:plugin@{ours}"
+        )),
+        "{stderr}"
+    );
+}
