@@ -340,8 +340,9 @@ impl UpstreamSession {
     }
 
     /// Sends command lines and reads one reply for each, in order: all in one write
-    /// when the upstream offers PIPELINING (RFC 2920), else one command at a time,
-    /// each after the reply to the one before. Each command gets `timeout`.
+    /// when the upstream offers PIPELINING (RFC 2920), the group within `timeout`;
+    /// else one command at a time, each after the reply to the one before and each
+    /// within `timeout`.
     pub async fn pipeline(
         &mut self,
         stage: Stage,
