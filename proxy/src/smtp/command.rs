@@ -409,6 +409,8 @@ fn parse_param(word: &str) -> Result<Param, CommandError> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn path(raw: &str) -> Path {
@@ -553,5 +555,50 @@ mod tests {
         assert!(!mail.reverse_path.is_null());
         assert!(path("<>").is_null());
         assert!(path("<ü@example.com>").is_utf8());
+    }
+
+    /// MAIL and RCPT lines shaped like the grammar, with the characters that matter
+    /// to it (quotes, backslashes, brackets, spaces, controls, non-ASCII) in every
+    /// part, or plain arbitrary bytes.
+    fn command_line() -> impl Strategy<Value = Vec<u8>> {
+        let verb = prop::sample::select(vec!["MAIL FROM:", "RCPT TO:", "mail from: ", "Rcpt To:"]);
+        let local = "[a-z.+\"\\\\ \t\r\n\u{0}ü@<>]{0,8}";
+        let domain = "([a-z0-9.-]{0,12}|\\[(127.0.0.1|IPv6:::1|[0-9a-z:.]{0,8})\\])";
+        let param = "( [A-Za-z]{1,6}(=[!-~ü\r\n\t ]{0,6})?)";
+        let structured = (verb, local, domain, prop::collection::vec(param, 0..3)).prop_map(
+            |(verb, local, domain, params)| {
+                format!("{verb}<{local}@{domain}>{}", params.concat()).into_bytes()
+            },
+        );
+        prop_oneof![
+            4 => structured,
+            1 => prop::collection::vec(any::<u8>(), 0..80),
+        ]
+    }
+
+    fn render(params: &[Param]) -> String {
+        params.iter().map(|param| format!(" {param}")).collect()
+    }
+
+    proptest! {
+        /// Whatever a client sends (or a plugin's rewrite becomes), parsing does not
+        /// panic; a MAIL or RCPT it accepts renders — as the proxy writes it upstream —
+        /// to a line without control characters that parses back to the same command.
+        #[test]
+        fn accepted_paths_render_to_the_line_that_was_checked(line in command_line()) {
+            let (rendered, command) = match parse(&line) {
+                Ok(Command::Mail(mail)) => (
+                    format!("MAIL FROM:{}{}", mail.reverse_path, render(&mail.params)),
+                    Command::Mail(mail),
+                ),
+                Ok(Command::Rcpt(rcpt)) => (
+                    format!("RCPT TO:{}{}", rcpt.forward_path, render(&rcpt.params)),
+                    Command::Rcpt(rcpt),
+                ),
+                _ => return Ok(()),
+            };
+            prop_assert!(!rendered.chars().any(char::is_control), "{:?}", rendered);
+            prop_assert_eq!(parse(rendered.as_bytes()), Ok(command));
+        }
     }
 }

@@ -208,6 +208,8 @@ fn split_reply_line(line: &[u8]) -> Result<(u16, bool, String), ReplyError> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -274,5 +276,39 @@ mod tests {
         let mut parser = ReplyParser::default();
         parser.push_line(b"250-a").unwrap();
         assert_eq!(parser.push_line(b"251 b"), Err(ReplyError::CodeMismatch));
+    }
+
+    proptest! {
+        /// Whatever lines an upstream sends, parsing does not panic, and a reply it
+        /// accepts reaches the client as whole lines: CRLF only at their ends, each
+        /// starting with the code.
+        #[test]
+        fn upstream_replies_relay_as_whole_lines(
+            lines in prop::collection::vec(
+                prop_oneof![
+                    "[2-5][0-9][0-9][ -][ -~\\r\\n\\t\\u{0}ü]{0,12}",
+                    prop::collection::vec(any::<u8>(), 0..16)
+                        .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+                ],
+                1..6,
+            )
+        ) {
+            let mut parser = ReplyParser::default();
+            for line in &lines {
+                let Ok(Some(reply)) = parser.push_line(line.as_bytes()) else {
+                    continue;
+                };
+                let wire = reply.to_bytes();
+                let code = format!("{:03}", reply.code());
+                let text = String::from_utf8_lossy(&wire);
+                let mut wire_lines: Vec<&str> = text.split("\r\n").collect();
+                prop_assert_eq!(wire_lines.pop(), Some(""));
+                prop_assert_eq!(wire_lines.len(), reply.lines().len());
+                for line in wire_lines {
+                    prop_assert!(line.starts_with(&code), "{:?}", line);
+                    prop_assert!(!line.contains(['\r', '\n']), "{:?}", line);
+                }
+            }
+        }
     }
 }
