@@ -238,17 +238,15 @@ pub(super) fn abi_package() -> &'static str {
 /// Why a component cannot be linked if it was built for another version of the ABI
 /// `ours` than this proxy's: a plain message instead of wasmtime's type mismatch.
 fn abi_mismatch<'a>(imports: impl Iterator<Item = &'a str>, ours: &str) -> Option<String> {
-    let (package, _) = ours.split_once('@')?;
-    imports
-        .filter(|import| import.starts_with(&format!("{package}/")))
-        .filter_map(|import| import.rsplit_once('@'))
-        .find(|(_, version)| ours.rsplit_once('@').is_none_or(|(_, v)| v != *version))
-        .map(|(_, version)| {
-            format!(
-                "the plugin was built for the ABI {package}@{version}, this proxy speaks {ours}: \
-                 rebuild it with the portcullis-sdk of this version"
-            )
-        })
+    let (package, version) = ours.split_once('@')?;
+    let theirs = imports
+        .filter_map(|import| import.strip_prefix(package)?.strip_prefix('/'))
+        .filter_map(|interface| interface.rsplit_once('@').map(|(_, version)| version))
+        .find(|theirs| *theirs != version)?;
+    Some(format!(
+        "the plugin was built for the ABI {package}@{theirs}, this proxy speaks {ours}: \
+         rebuild it with the portcullis-sdk of this version"
+    ))
 }
 
 #[cfg(test)]
