@@ -50,8 +50,9 @@ struct Replay {
     report: Report,
 }
 
-/// The accepted envelope after the MAIL and RCPT stages.
-struct Envelope {
+/// The envelope the MAIL and RCPT stages accepted: as sent upstream, and as plugins
+/// see it.
+struct AcceptedEnvelope {
     mail: crate::smtp::MailCommand,
     abi: abi::Envelope,
 }
@@ -146,7 +147,7 @@ impl Replay {
     }
 
     /// MAIL and each RCPT; `None` if MAIL was refused or no recipient was accepted.
-    async fn envelope(&mut self, input: &ReplayInput) -> anyhow::Result<Option<Envelope>> {
+    async fn envelope(&mut self, input: &ReplayInput) -> anyhow::Result<Option<AcceptedEnvelope>> {
         let parsed = command::parse(format!("MAIL FROM:<{}>", input.from).as_bytes());
         let Ok(Command::Mail(mail)) = parsed else {
             bail!("--from {:?} is not a valid reverse-path", input.from);
@@ -188,7 +189,7 @@ impl Replay {
                 .line("no recipient accepted; the message would not be sent");
             return Ok(None);
         }
-        Ok(Some(Envelope {
+        Ok(Some(AcceptedEnvelope {
             mail,
             abi: envelope,
         }))
