@@ -108,12 +108,13 @@ impl LineBuffer {
             }
             match newline {
                 Some(at) if at < limit => {
-                    let line = pending[..at].to_vec();
-                    self.start += at + 1;
-                    return Some(match line.strip_suffix(b"\r") {
+                    let line = &pending[..at];
+                    let next = match line.strip_suffix(b"\r") {
                         Some(content) => NextLine::Line(content.to_vec()),
-                        None => NextLine::BareLf(line),
-                    });
+                        None => NextLine::BareLf(line.to_vec()),
+                    };
+                    self.start += at + 1;
+                    return Some(next);
                 }
                 Some(_) => self.discarding = true,
                 None if pending.len() >= limit => self.discarding = true,
