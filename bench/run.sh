@@ -45,20 +45,23 @@ RUST_LOG=warn "$binary" run --config "$work/bench.toml" 2>"$work/proxy.log" &
 proxy_pid=$!
 sleep 1
 
-cpu_ticks() { awk '{print $14 + $15}' /proc/$proxy_pid/stat; }
+# utime + stime of a process, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 ticks_per_second=$(getconf CLK_TCK)
 
-# run TARGET_PORT SIZE MESSAGES CONCURRENCY PER_SESSION -> "messages/s cpu_ms_per_message"
+# run TARGET_PORT SIZE MESSAGES CONCURRENCY PER_SESSION PID -> "messages/s cpu_ms_per_message"
+# where the CPU is that of PID over the run: the sink's on the direct runs (the
+# reference: one side of each session, in C), the proxy's on the proxied runs.
 run() {
-  local port=$1 size=$2 messages=$3 concurrency=$4 per_session=$5
+  local port=$1 size=$2 messages=$3 concurrency=$4 per_session=$5 pid=$6
   local flags=()
   [ "$per_session" = many ] && flags+=(-d)
   local before after start end
-  before=$(cpu_ticks)
+  before=$(cpu_ticks "$pid")
   start=$(date +%s.%N)
   smtp-source "${flags[@]}" -s "$concurrency" -l "$size" -m "$messages" -f from@bench.test -t to@bench.test 127.0.0.1:$port
   end=$(date +%s.%N)
-  after=$(cpu_ticks)
+  after=$(cpu_ticks "$pid")
   python3 -c "
 import sys
 elapsed = $end - $start
@@ -69,13 +72,13 @@ print(f'{$messages / elapsed:.0f} {($after - $before) * 1000 / $ticks_per_second
 median() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
 measure() {
   local size=$1 messages=$2 concurrency=$3 per_session=$4
-  local direct=() proxied=() cpu=() d p c
+  local direct=() proxied=() cpu=() sink_cpu=() d p c s
   for _ in 1 2 3; do
-    read -r d _ < <(run $sink_port "$size" "$messages" "$concurrency" "$per_session")
-    read -r p c < <(run $proxy_port "$size" "$messages" "$concurrency" "$per_session")
-    direct+=("$d"); proxied+=("$p"); cpu+=("$c")
+    read -r d s < <(run $sink_port "$size" "$messages" "$concurrency" "$per_session" $sink_pid)
+    read -r p c < <(run $proxy_port "$size" "$messages" "$concurrency" "$per_session" $proxy_pid)
+    direct+=("$d"); proxied+=("$p"); cpu+=("$c"); sink_cpu+=("$s")
   done
-  echo "$(median "${direct[@]}") $(median "${proxied[@]}") $(median "${cpu[@]}")"
+  echo "$(median "${direct[@]}") $(median "${proxied[@]}") $(median "${cpu[@]}") $(median "${sink_cpu[@]}")"
 }
 
 quick=${QUICK:-0}
@@ -83,18 +86,20 @@ echo "## Throughput (messages per second) and proxy CPU"
 echo
 echo "Machine: $(nproc) cores, load average before the run: $(cut -d' ' -f1-3 /proc/loadavg); proxy worker_threads = ${WORKERS:-0}, upstream reuse idle_timeout = ${REUSE:-0s}"
 echo
-echo "Each figure is the median of three runs; direct and proxied runs alternate."
+echo "Each figure is the median of three runs; direct and proxied runs alternate. \"sink CPU\""
+echo "is smtp-sink's own CPU per message on the direct runs: Postfix's C code serving one side"
+echo "of each session, where the proxy serves two."
 echo
-echo "| size | concurrency | sessions | direct msg/s | proxy msg/s | ratio | proxy CPU ms/msg |"
-echo "|---|---|---|---|---|---|---|"
+echo "| size | concurrency | sessions | direct msg/s | proxy msg/s | ratio | proxy CPU ms/msg | sink CPU ms/msg (direct) |"
+echo "|---|---|---|---|---|---|---|---|"
 for size in 10240 1048576; do
   if [ "$size" = 10240 ]; then messages=$(( quick ? 1000 : 5000 )); else messages=$(( quick ? 50 : 200 )); fi
   for concurrency in 1 10 100; do
     for per_session in one many; do
-      read -r direct proxied cpu < <(measure $size $messages $concurrency $per_session)
+      read -r direct proxied cpu sink_cpu < <(measure $size $messages $concurrency $per_session)
       ratio=$(python3 -c "print(f'{$proxied / $direct:.2f}')")
       label=$([ "$per_session" = one ] && echo "one per message" || echo "many per session")
-      echo "| $((size / 1024)) KiB | $concurrency | $label | $direct | $proxied | $ratio | $cpu |"
+      echo "| $((size / 1024)) KiB | $concurrency | $label | $direct | $proxied | $ratio | $cpu | $sink_cpu |"
     done
   done
 done
