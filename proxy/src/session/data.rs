@@ -39,7 +39,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return self.reply(replies::upstream_lost());
         }
         if self.envelope.mail.is_none() {
-            return self.error(replies::bad_sequence("need MAIL and RCPT before DATA"));
+            return self.out_of_sequence("need MAIL and RCPT before DATA");
         }
         if self.envelope.recipients.is_empty() {
             return self.reply(replies::no_valid_recipients());

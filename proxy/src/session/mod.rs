@@ -566,6 +566,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Flow::Continue
     }
 
+    /// 503 for a RCPT or DATA without an accepted MAIL: a client error, unless it came
+    /// behind a MAIL that was refused (pipelined, or sent before the refusal arrived).
+    fn out_of_sequence(&mut self, detail: &str) -> Flow {
+        let reply = replies::bad_sequence(detail);
+        if self.envelope.mail_refused {
+            self.reply(reply)
+        } else {
+            self.error(reply)
+        }
+    }
+
     async fn flush(&mut self) -> std::io::Result<()> {
         let deadline = Instant::now() + self.context.config.smtp.command_timeout;
         self.downstream.flush(deadline).await

@@ -81,6 +81,10 @@ pub struct Envelope {
     pub recipients: Vec<RcptCommand>,
     /// The upstream was lost after MAIL: further RCPT and DATA get 451 until RSET.
     pub upstream_lost: bool,
+    /// The last MAIL was refused, so the RCPTs and DATA a client pipelined behind it
+    /// get 503 without counting as its errors (RFC 2920 lets it send them unanswered;
+    /// the refusal may be the upstream's doing).
+    pub mail_refused: bool,
     /// When MAIL was accepted.
     pub started: Option<Instant>,
 }

@@ -128,6 +128,27 @@ async fn unreachable_upstream_gives_451_to_mail() {
 }
 
 #[tokio::test]
+async fn commands_pipelined_behind_a_refused_mail_are_not_client_errors() {
+    let mut client = start(context("[smtp]\nmax_errors = 3\n"));
+    converse(&mut client, b"", 1).await;
+    converse(&mut client, b"EHLO c.example\r\n", 1).await;
+    // The upstream is down: each MAIL gets 451, what was pipelined behind it 503.
+    let group = b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nRCPT TO:<g@e.f>\r\nDATA\r\n";
+    for _ in 0..3 {
+        assert_eq!(
+            converse(&mut client, group, 4).await,
+            ["451", "503", "503", "503"]
+        );
+    }
+    // RCPT with no MAIL attempted since RSET is the client's own error.
+    let stray = b"RSET\r\nRCPT TO:<d@e.f>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n";
+    assert_eq!(
+        converse(&mut client, stray, 5).await,
+        ["250", "503", "503", "503", "421"]
+    );
+}
+
+#[tokio::test]
 async fn too_many_errors_disconnects() {
     let mut client = start(context("[smtp]\nmax_errors = 3\n"));
     converse(&mut client, b"", 1).await;

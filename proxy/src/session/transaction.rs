@@ -52,6 +52,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if self.envelope.in_transaction() {
             return self.error(replies::bad_sequence("nested MAIL command"));
         }
+        // Until the upstream accepts it; once it has, the envelope says so instead.
+        self.envelope.mail_refused = true;
         if self.listener.config.require_tls && self.peer.tls.is_none() {
             return self.reply(replies::tls_required());
         }
@@ -110,7 +112,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return self.reply(replies::upstream_lost());
         }
         if self.envelope.mail.is_none() {
-            return self.error(replies::bad_sequence("need MAIL before RCPT"));
+            return self.out_of_sequence("need MAIL before RCPT");
         }
         let pending = self.check_rcpt(Ok(rcpt), 0, self.envelope.smtputf8());
         self.relay_envelope(None, vec![pending]).await
