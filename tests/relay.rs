@@ -331,7 +331,19 @@ fn failure_cases(path: DataPath) -> Vec<(&'static str, &'static str, Action, Vec
         ("EHLO dropped", "EHLO", Action::Drop, vec![451]),
         ("MAIL dropped", "MAIL", Action::Drop, vec![451]),
         ("MAIL too slow", "MAIL", Action::Delay(TOO_SLOW), vec![451]),
+        (
+            "MAIL answered with 354",
+            "MAIL",
+            Action::Reply("354 go on".into()),
+            vec![451],
+        ),
         ("RCPT dropped", "RCPT", Action::Drop, vec![250, 451]),
+        (
+            "RCPT answered with 354",
+            "RCPT",
+            Action::Reply("354 go on".into()),
+            vec![250, 451],
+        ),
         ("DATA dropped", "DATA", Action::Drop, at_data.clone()),
         (
             "DATA too slow",

@@ -23,7 +23,6 @@ use crate::{
     hooks::Decision,
     message::{Message, SpoolWriter, Spooled},
     smtp::{RcptCommand, Reply, data::DataReader, data::DotStuffer},
-    upstream::Stage,
 };
 
 /// Body octets read from the spool per upstream write.
@@ -204,7 +203,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let Some(upstream) = self.upstream.as_mut() else {
             return Err(replies::upstream_lost());
         };
-        let replies = match upstream.pipeline(Stage::Command, &lines, timeout).await {
+        let replies = match upstream.envelope(&lines, timeout).await {
             Ok(replies) => replies,
             Err(error) => return Err(self.upstream_failed(error)),
         };

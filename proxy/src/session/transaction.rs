@@ -15,7 +15,7 @@ use crate::{
         capabilities::{Capabilities, Extension},
         command::{self, CommandError},
     },
-    upstream::Stage,
+    upstream::{Stage, UpstreamError},
 };
 
 /// A RCPT taken from the pipeline: either ready to relay, or already answered locally.
@@ -211,8 +211,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let timeout = self.context.config.upstream.timeouts.command;
         let result = match (lines.is_empty(), self.upstream.as_mut()) {
             (true, _) => Ok(Vec::new()),
-            (false, Some(upstream)) => upstream.pipeline(Stage::Command, &lines, timeout).await,
-            (false, None) => Err(crate::upstream::UpstreamError::Closed(Stage::Command)),
+            (false, Some(upstream)) => upstream.envelope(&lines, timeout).await,
+            (false, None) => Err(UpstreamError::Closed(Stage::Command)),
         };
         let mut upstream_replies = match result {
             Ok(replies) => replies.into_iter(),
@@ -332,7 +332,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// too, until the client resets.
     fn envelope_failed(
         &mut self,
-        error: crate::upstream::UpstreamError,
+        error: UpstreamError,
         had_mail: bool,
         rcpts: Vec<PendingRcpt>,
     ) -> Flow {
@@ -340,6 +340,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let lost_mid_transaction = !had_mail && self.envelope.mail.is_some();
         self.envelope = Envelope::default();
         self.envelope.upstream_lost = lost_mid_transaction;
+        self.envelope.mail_refused = had_mail;
         if had_mail {
             self.reply(reply.clone());
         }

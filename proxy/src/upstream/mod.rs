@@ -84,8 +84,8 @@ pub enum UpstreamError {
     #[error("upstream sent data after its STARTTLS reply; refusing to go on")]
     TlsInjection,
     /// The upstream answered with a code its command cannot have: a 2xx to DATA (it
-    /// would read as the message's acceptance before it was sent), a 3xx to the final
-    /// dot.
+    /// would read as the message's acceptance before it was sent), a 3xx to MAIL, RCPT
+    /// or RSET, or to the final dot.
     #[error("upstream sent an impossible reply at {0:?}: {1}")]
     Unexpected(Stage, Reply),
     /// XCLIENT is configured but the upstream does not offer it to us.
@@ -359,6 +359,26 @@ impl UpstreamSession {
             }
         }
         Ok(replies)
+    }
+
+    /// Sends envelope commands (RSET, MAIL, RCPT) as [`UpstreamSession::pipeline`]
+    /// does. Their replies are 2xx, 4xx or 5xx (RFC 5321 §4.3.2); any other, such as
+    /// a 354, comes from an upstream in a state nobody knows and is an
+    /// [`UpstreamError::Unexpected`], never a reply a client could take for leave to go
+    /// on.
+    pub async fn envelope(
+        &mut self,
+        lines: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<Reply>, UpstreamError> {
+        let replies = self.pipeline(Stage::Command, lines, timeout).await?;
+        match replies
+            .iter()
+            .find(|reply| !matches!(reply.code() / 100, 2 | 4 | 5))
+        {
+            Some(reply) => Err(UpstreamError::Unexpected(Stage::Command, reply.clone())),
+            None => Ok(replies),
+        }
     }
 
     /// Writes `lines` at once, then reads one reply for each into `replies`.
