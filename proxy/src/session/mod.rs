@@ -567,10 +567,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// 503 for a RCPT or DATA without an accepted MAIL: a client error, unless it came
-    /// behind a MAIL that was refused (pipelined, or sent before the refusal arrived).
+    /// behind a MAIL that was refused (pipelined, or sent before the refusal arrived)
+    /// and is within one pipelined group's worth of them.
     fn out_of_sequence(&mut self, detail: &str) -> Flow {
         let reply = replies::bad_sequence(detail);
-        if self.envelope.mail_refused {
+        let group = self.context.config.smtp.max_recipients + 1;
+        if self.envelope.mail_refused && self.envelope.excused < group {
+            self.envelope.excused += 1;
             self.reply(reply)
         } else {
             self.error(reply)

@@ -149,6 +149,19 @@ async fn commands_pipelined_behind_a_refused_mail_are_not_client_errors() {
 }
 
 #[tokio::test]
+async fn only_one_groups_worth_of_commands_behind_a_refused_mail_is_excused() {
+    let mut client = start(context("[smtp]\nmax_errors = 2\nmax_recipients = 2\n"));
+    converse(&mut client, b"", 1).await;
+    converse(&mut client, b"EHLO c.example\r\n", 1).await;
+    // Two RCPTs and a DATA are excused; the commands after them count.
+    let flood = b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nRCPT TO:<d@e.f>\r\nDATA\r\nDATA\r\nRCPT TO:<d@e.f>\r\n";
+    assert_eq!(
+        converse(&mut client, flood, 7).await,
+        ["451", "503", "503", "503", "503", "503", "421"]
+    );
+}
+
+#[tokio::test]
 async fn too_many_errors_disconnects() {
     let mut client = start(context("[smtp]\nmax_errors = 3\n"));
     converse(&mut client, b"", 1).await;
