@@ -326,8 +326,8 @@ fn run_transaction(
 /// One proxy configuration under test.
 struct Variant {
     name: &'static str,
-    /// Whether the upstream offers PIPELINING.
-    pipelining: bool,
+    /// What the upstream offers besides SIZE, 8BITMIME and ENHANCEDSTATUSCODES.
+    extensions: &'static [&'static str],
     /// Keys of the `[[listener]]` table.
     listener: &'static str,
     /// More keys of the `[upstream]` table.
@@ -338,7 +338,7 @@ struct Variant {
 /// of a model upstream, and checks that what the upstream accepted is what the
 /// clients were told.
 fn run_model(seed: u64, variant: &Variant) {
-    let upstream = ModelUpstream::start(seed, variant.pipelining);
+    let upstream = ModelUpstream::start(seed, variant.extensions);
     let t = UPSTREAM_TIMEOUT;
     let spooled = variant.listener.contains("plugins");
     let plugins = if spooled {
@@ -403,7 +403,7 @@ fn seeds() -> Vec<u64> {
 fn streamed_data_through_a_pipelining_upstream() {
     let variant = Variant {
         name: "streamed, pipelining upstream",
-        pipelining: true,
+        extensions: &["PIPELINING"],
         listener: "",
         upstream: "",
     };
@@ -416,7 +416,7 @@ fn streamed_data_through_a_pipelining_upstream() {
 fn streamed_data_through_a_lock_step_upstream_kept_for_reuse() {
     let variant = Variant {
         name: "streamed, lock-step upstream, reuse",
-        pipelining: false,
+        extensions: &[],
         listener: "",
         upstream: "reuse = { idle_timeout = \"5s\" }",
     };
@@ -429,9 +429,22 @@ fn streamed_data_through_a_lock_step_upstream_kept_for_reuse() {
 fn spooled_data_for_a_plugin() {
     let variant = Variant {
         name: "spooled",
-        pipelining: true,
+        extensions: &["PIPELINING"],
         listener: "plugins = [\"watch\"]",
         upstream: "",
+    };
+    for seed in seeds() {
+        run_model(seed, &variant);
+    }
+}
+
+#[test]
+fn streamed_data_with_xclient() {
+    let variant = Variant {
+        name: "streamed, XCLIENT",
+        extensions: &["PIPELINING", "XCLIENT ADDR PORT NAME HELO PROTO LOGIN"],
+        listener: "",
+        upstream: "client_address = \"xclient\"",
     };
     for seed in seeds() {
         run_model(seed, &variant);

@@ -145,7 +145,9 @@ pub struct ModelUpstream {
 }
 
 impl ModelUpstream {
-    pub fn start(seed: u64, pipelining: bool) -> ModelUpstream {
+    /// An upstream that offers `extensions` besides SIZE, 8BITMIME and
+    /// ENHANCEDSTATUSCODES.
+    pub fn start(seed: u64, extensions: &'static [&'static str]) -> ModelUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
         let accepted: Arc<Mutex<BTreeSet<Accepted>>> = Arc::default();
@@ -159,7 +161,8 @@ impl ModelUpstream {
                 let mut connection = UpstreamConnection {
                     seed,
                     number,
-                    pipelining,
+                    extensions,
+                    ehlos: 0,
                     stream,
                     buffer: Vec::new(),
                     sender: String::new(),
@@ -180,7 +183,9 @@ impl ModelUpstream {
 struct UpstreamConnection {
     seed: u64,
     number: u64,
-    pipelining: bool,
+    extensions: &'static [&'static str],
+    /// EHLOs so far (XCLIENT asks for a second one).
+    ehlos: u32,
     stream: TcpStream,
     buffer: Vec<u8>,
     /// The tag of the current transaction's sender.
@@ -209,13 +214,19 @@ impl UpstreamConnection {
         let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
         match verb.as_str() {
             "EHLO" => {
-                let step = format!("ehlo {}", self.number);
-                let mut lines = vec!["250-model.test", "250-SIZE 104857600", "250-8BITMIME"];
-                if self.pipelining {
-                    lines.push("250-PIPELINING");
+                self.ehlos += 1;
+                let step = format!("ehlo {} {}", self.number, self.ehlos);
+                let mut lines = vec!["250-model.test".to_string()];
+                for extension in ["SIZE 104857600", "8BITMIME"].iter().chain(self.extensions) {
+                    lines.push(format!("250-{extension}"));
                 }
-                lines.push("250 ENHANCEDSTATUSCODES");
+                lines.push("250 ENHANCEDSTATUSCODES".into());
                 let reply = step_reply(self.seed, &step, "", &lines.join("\r\n"), "354 what");
+                self.answer(&step, reply)
+            }
+            "XCLIENT" => {
+                let step = format!("xclient {}", self.number);
+                let reply = step_reply(self.seed, &step, "", "220 model.test ESMTP", "250 ok");
                 self.answer(&step, reply)
             }
             "HELO" => {
