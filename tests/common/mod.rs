@@ -625,10 +625,8 @@ impl RecordingReader<'_> {
 
     fn line(&mut self) -> Option<String> {
         loop {
-            if let Some(at) = self.buffer.windows(2).position(|w| w == b"\r\n") {
-                let line = String::from_utf8_lossy(&self.buffer[..at]).into_owned();
-                self.buffer.drain(..at + 2);
-                return Some(line);
+            if let Some(line) = take_line(&mut self.buffer) {
+                return Some(String::from_utf8_lossy(&line[..line.len() - 2]).into_owned());
             }
             if !self.fill() {
                 return None;
@@ -656,6 +654,12 @@ impl RecordingReader<'_> {
             }
         }
     }
+}
+
+/// Takes the first CRLF-terminated line (CRLF included) out of `buffer`, if complete.
+pub fn take_line(buffer: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let at = buffer.windows(2).position(|w| w == b"\r\n")?;
+    Some(buffer.drain(..at + 2).collect())
 }
 
 /// A plugin component built by `./scripts/test`; missing is a failure, not a skip.

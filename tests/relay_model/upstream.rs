@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use crate::common::WAIT;
+use crate::common::{WAIT, take_line};
 
 /// How long a slow upstream step takes: past the proxy's timeout.
 pub const SLOW: Duration = Duration::from_millis(600);
@@ -317,11 +317,10 @@ impl UpstreamConnection {
         }
     }
 
-    fn line(&mut self) -> Option<String> {
+    /// The next line, CRLF included.
+    fn raw_line(&mut self) -> Option<Vec<u8>> {
         loop {
-            if let Some(at) = self.buffer.windows(2).position(|w| w == b"\r\n") {
-                let line = String::from_utf8_lossy(&self.buffer[..at]).into_owned();
-                self.buffer.drain(..at + 2);
+            if let Some(line) = take_line(&mut self.buffer) {
                 return Some(line);
             }
             if !self.fill() {
@@ -330,18 +329,16 @@ impl UpstreamConnection {
         }
     }
 
+    fn line(&mut self) -> Option<String> {
+        let line = self.raw_line()?;
+        Some(String::from_utf8_lossy(&line[..line.len() - 2]).into_owned())
+    }
+
     /// The message up to its final dot, un-stuffed: the content as the client meant it.
     fn message(&mut self) -> Option<Vec<u8>> {
         let mut content = Vec::new();
         loop {
-            let line = loop {
-                if let Some(at) = self.buffer.windows(2).position(|w| w == b"\r\n") {
-                    break self.buffer.drain(..at + 2).collect::<Vec<u8>>();
-                }
-                if !self.fill() {
-                    return None;
-                }
-            };
+            let line = self.raw_line()?;
             if line == b".\r\n" {
                 return Some(content);
             }
