@@ -85,8 +85,9 @@ pub struct Envelope {
     /// get 503 without counting as its errors (RFC 2920 lets it send them unanswered;
     /// the refusal may be the upstream's doing).
     pub mail_refused: bool,
-    /// How many such 503s were excused; at most one pipelined group's worth
-    /// (`max_recipients` RCPTs and a DATA), so a client cannot loop on them forever.
+    /// How many such 503s were excused since that MAIL; at most one pipelined group's
+    /// worth (`max_recipients` RCPTs and a DATA), so a client cannot loop on them
+    /// forever.
     pub excused: usize,
     /// When MAIL was accepted.
     pub started: Option<Instant>,

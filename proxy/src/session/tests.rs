@@ -9,11 +9,19 @@ use super::*;
 use crate::config::Config;
 
 fn context(extra: &str) -> Arc<SessionContext> {
+    context_from(parse(extra))
+}
+
+fn parse(extra: &str) -> Config {
     let text = format!(
         "[[listener]]\nname = \"t\"\naddress = \"127.0.0.1:0\"\n[upstream]\naddress = \"127.0.0.1:9\"\ntimeouts = {{ connect = \"200ms\" }}\n{extra}"
     );
+    Config::parse(&text).unwrap()
+}
+
+fn context_from(config: Config) -> Arc<SessionContext> {
     Arc::new(SessionContext {
-        config: Arc::new(Config::parse(&text).unwrap()),
+        config: Arc::new(config),
         upstream_address: "127.0.0.1:9".into(),
         capabilities: Arc::new(CapabilityCache::default()),
         pool: Arc::new(SessionPool::new(Default::default())),
@@ -159,6 +167,24 @@ async fn only_one_groups_worth_of_commands_behind_a_refused_mail_is_excused() {
         converse(&mut client, flood, 7).await,
         ["451", "503", "503", "503", "503", "503", "421"]
     );
+}
+
+#[tokio::test]
+async fn each_refused_mail_excuses_its_own_group() {
+    // Refused by the proxy itself (530: no STARTTLS yet), so the envelope stays as it
+    // was: each MAIL still excuses the RCPTs and DATA pipelined behind it.
+    let mut config = parse("[smtp]\nmax_errors = 2\nmax_recipients = 2\n");
+    config.listeners[0].require_tls = true;
+    let mut client = start(context_from(config));
+    converse(&mut client, b"", 1).await;
+    converse(&mut client, b"EHLO c.example\r\n", 1).await;
+    let group = b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nRCPT TO:<g@e.f>\r\nDATA\r\n";
+    for _ in 0..3 {
+        assert_eq!(
+            converse(&mut client, group, 4).await,
+            ["530", "503", "503", "503"]
+        );
+    }
 }
 
 #[tokio::test]

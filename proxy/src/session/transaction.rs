@@ -54,6 +54,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         // Until the upstream accepts it; once it has, the envelope says so instead.
         self.envelope.mail_refused = true;
+        self.envelope.excused = 0;
         if self.listener.config.require_tls && self.peer.tls.is_none() {
             return self.reply(replies::tls_required());
         }
