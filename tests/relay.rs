@@ -794,6 +794,49 @@ fn vrfy_and_expn_can_be_relayed() {
 }
 
 #[test]
+fn text_logs_into_a_pipe_carry_no_colour_codes() {
+    // An operator's log file or journald reads the proxy's stderr through a pipe.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &path,
+        "[[listener]]\nname = \"t\"\naddress = \"127.0.0.1:0\"\n[upstream]\naddress = \"127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["--log-format", "text", "run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines.send(line);
+        }
+    });
+    let listening = loop {
+        let line = received
+            .recv_timeout(common::WAIT)
+            .expect("a 'listening' line");
+        if line.contains("listening") {
+            break line;
+        }
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(listening.contains("INFO"), "{listening}");
+    assert!(!listening.contains('\u{1b}'), "{listening:?}");
+}
+
+#[test]
 fn check_names_the_key_and_line_of_a_bad_config() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");

@@ -1,7 +1,7 @@
 //! The `portcullis` command: parses the command line, sets up logging and runs the
 //! proxy or checks a configuration.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use portcullis::Config;
@@ -75,8 +75,11 @@ enum LogFormat {
 fn init_logging(format: LogFormat) {
     // RUST_LOG overrides the default level, e.g. RUST_LOG=portcullis=debug.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only on a terminal: a log file or journald must not fill with escape codes.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
