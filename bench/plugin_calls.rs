@@ -15,6 +15,7 @@ use std::{hint::black_box, path::PathBuf, sync::Arc, time::Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use portcullis::{
     config::PluginConfig,
+    dns::Resolver,
     plugin_host::{Capacity, LoadedPlugin, PluginRuntime, abi},
 };
 
@@ -34,7 +35,7 @@ fn load(runtime: &tokio::runtime::Runtime, crate_name: &str, config: &str) -> Ar
     .unwrap();
     runtime.block_on(async {
         PluginRuntime::new(
-            None,
+            Arc::new(Resolver::offline()),
             Capacity {
                 pooled: if std::env::var_os("ON_DEMAND").is_some() {
                     0

@@ -7,7 +7,7 @@ mod common;
 
 use std::{path::PathBuf, process::Command, thread, time::Duration};
 
-use common::{Client, Proxy, closed_port, require_program, tls::Pki, wait_until};
+use common::{Client, ClientReply, Proxy, closed_port, require_program, tls::Pki, wait_until};
 
 /// A private Postfix instance; stopped on drop.
 struct Postfix {
@@ -22,6 +22,10 @@ struct Postfix {
     smtps_port: String,
     /// smtpd offering SASL AUTH (Cyrus, sasldb), for passthrough AUTH.
     sasl_port: String,
+    /// XCLIENT smtpd refusing clients without a forward-confirmed host name.
+    known_name_port: String,
+    /// XCLIENT smtpd refusing clients without a PTR record.
+    known_reverse_port: String,
     /// The CA that signed Postfix's certificate.
     ca: PathBuf,
 }
@@ -42,6 +46,7 @@ impl Postfix {
         let port = || closed_port().rsplit_once(':').unwrap().1.to_string();
         let (xclient_port, proxy_protocol_port) = (port(), port());
         let (starttls_port, smtps_port, sasl_port) = (port(), port(), port());
+        let (known_name_port, known_reverse_port) = (port(), port());
         let pki = Pki::new(&root.join("etc"));
         let certificate = pki.server("postfix", &["postfix.test"]);
         let (cert, key) = (certificate.cert.display(), certificate.key.display());
@@ -94,6 +99,8 @@ smtpd_sasl_local_domain = postfix.test
 127.0.0.1:{starttls_port} inet n - n - - smtpd -o smtpd_tls_security_level=may
 127.0.0.1:{smtps_port} inet n - n - - smtpd -o smtpd_tls_wrappermode=yes -o smtpd_tls_security_level=encrypt
 127.0.0.1:{sasl_port} inet n - n - - smtpd -o smtpd_sasl_auth_enable={sasl} -o smtpd_sasl_type=cyrus -o smtpd_sasl_path=smtpd
+127.0.0.1:{known_name_port} inet n - n - - smtpd -o smtpd_client_restrictions=reject_unknown_client_hostname
+127.0.0.1:{known_reverse_port} inet n - n - - smtpd -o smtpd_client_restrictions=reject_unknown_reverse_client_hostname
 tlsmgr unix - - n 1000? 1 tlsmgr
 cleanup unix n - n - 0 cleanup
 qmgr unix n - n 300 1 qmgr
@@ -121,6 +128,8 @@ postlog unix-dgram n - n - 1 postlogd
             starttls_port,
             smtps_port,
             sasl_port,
+            known_name_port,
+            known_reverse_port,
             ca: pki.ca.clone(),
         };
         let status = Command::new("postfix")
@@ -279,6 +288,87 @@ fn postfix_sees_the_real_client_through_xclient() {
         message.contains("Subject: via portcullis") && message.contains("\n.dot\n"),
         "{message}"
     );
+}
+
+/// Sends one message from `from` with the HELO name `helo`; returns the RCPT reply,
+/// and the end-of-data reply if RCPT was accepted.
+fn send_from(proxy: &Proxy, from: &str, helo: &str) -> (ClientReply, Option<ClientReply>) {
+    let mut client = Client::connect_from(from, proxy.address);
+    client.expect(&format!("EHLO {helo}"), 250);
+    client.expect("MAIL FROM:<sender@origin.test>", 250);
+    let rcpt = client.command("RCPT TO:<user@example.test>");
+    if rcpt.code != 250 {
+        return (rcpt, None);
+    }
+    client.expect("DATA", 354);
+    client.send(format!("Subject: from {from}\r\n\r\nHi.\r\n.\r\n").as_bytes());
+    (rcpt, Some(client.read_reply()))
+}
+
+#[test]
+fn postfix_applies_its_host_name_rules_to_the_real_client() {
+    let Some(postfix) = Postfix::start() else {
+        return;
+    };
+    // Loopback addresses have names (RFC 6761's "localhost", or /etc/hosts), and only
+    // 127.0.0.1's resolves back to it: 127.0.0.2 has a reverse name but no
+    // forward-confirmed one, as a client with a mismatched PTR record would.
+    let strict = proxy_in_front(&postfix, &postfix.known_name_port, "xclient");
+    let (rcpt, _) = send_from(&strict, "127.0.0.2", "client.test");
+    assert_eq!(rcpt.code, 450, "{rcpt:?}");
+    assert!(
+        rcpt.lines[0].contains("Client host rejected: cannot find your hostname, [127.0.0.2]"),
+        "Postfix's own words: {rcpt:?}"
+    );
+    let (rcpt, end) = send_from(&strict, "127.0.0.1", "client.test");
+    assert_eq!(rcpt.code, 250, "{rcpt:?}\n{}", postfix.log());
+    assert_eq!(end.unwrap().code, 250);
+    let reverse_only = proxy_in_front(&postfix, &postfix.known_reverse_port, "xclient");
+    let (rcpt, end) = send_from(&reverse_only, "127.0.0.2", "client.test");
+    assert_eq!(rcpt.code, 250, "{rcpt:?}\n{}", postfix.log());
+    assert_eq!(end.unwrap().code, 250);
+    // Without the lookup every client is unknown to Postfix.
+    let blind = proxy_with(
+        &postfix,
+        &postfix.known_reverse_port,
+        "client_address = \"xclient\"\nclient_name_lookup = false\n",
+    );
+    let (rcpt, _) = send_from(&blind, "127.0.0.1", "client.test");
+    assert_eq!(rcpt.code, 450, "{rcpt:?}");
+    assert!(
+        rcpt.lines[0].contains("cannot find your reverse hostname"),
+        "{rcpt:?}"
+    );
+    // Postfix names the verified client in its Received header.
+    let messages = postfix.wait_delivered(2);
+    let from_localhost = messages
+        .iter()
+        .find(|m| m.contains("Subject: from 127.0.0.1"))
+        .expect("the message from 127.0.0.1");
+    let received = from_localhost
+        .lines()
+        .find(|l| l.starts_with("Received: from client.test ("))
+        .expect("Postfix's Received header");
+    assert!(received.ends_with(" [127.0.0.1])"), "{received}");
+    assert!(!received.contains("unknown"), "{received}");
+}
+
+#[test]
+fn a_helo_name_too_long_for_xclient_still_reaches_postfix() {
+    let Some(postfix) = Postfix::start() else {
+        return;
+    };
+    // 299 octets: Postfix refuses an XCLIENT HELO over 255 with 501.
+    let helo = vec!["h".repeat(59); 5].join(".");
+    let proxy = proxy_in_front(&postfix, &postfix.xclient_port, "xclient");
+    let (rcpt, end) = send_from(&proxy, "127.0.0.2", &helo);
+    assert_eq!(rcpt.code, 250, "{rcpt:?}\n{}", postfix.log());
+    let end = end.unwrap();
+    assert!(
+        end.lines[0].starts_with("250 2.0.0 Ok: queued as "),
+        "{end:?}"
+    );
+    assert_eq!(postfix.wait_delivered(1).len(), 1);
 }
 
 #[test]

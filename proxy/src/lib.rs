@@ -6,8 +6,9 @@
 //! side of the relay). The session asks [`hooks`] (plugin chains) at each stage, which
 //! runs [`plugin_host`] (wasmtime, the only module naming it); [`message`] is the
 //! spooled message of the DATA hook and its edits; [`replay`] runs a chain offline.
-//! [`connection`] is the shared bytes ↔ lines plumbing; [`devupstream`] is the
-//! built-in development upstream for trying things out.
+//! [`connection`] is the shared bytes ↔ lines plumbing; [`dns`] the resolver that
+//! plugins and the client-name lookup share; [`devupstream`] is the built-in
+//! development upstream for trying things out.
 
 #![forbid(unsafe_code)]
 
@@ -15,6 +16,7 @@ pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod devupstream;
+pub mod dns;
 pub mod hooks;
 pub mod kv;
 pub mod listener;

@@ -21,6 +21,7 @@ use crate::{
     },
     config::{AuthMode, ClientAddressMode, Config, TlsMode, UpstreamTarget},
     devupstream,
+    dns::Resolver,
     hooks::Chain,
     kv::KvStore,
     plugin_host::{Capacity, LoadedPlugin, PluginRuntime, abi},
@@ -45,7 +46,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .to_string(),
     };
     let kv = Arc::new(KvStore::new(config.kv.max_entries));
-    let plugins = load_plugins(&config, true, kv.clone()).await?;
+    let dns = Arc::new(Resolver::new(&config.dns));
+    let plugins = load_plugins(&config, dns.clone(), kv.clone()).await?;
     let server_tls = server_tls(&config)?;
     let prepared = prepare_listeners(&config, &plugins)?;
     let mut listeners = Vec::new();
@@ -72,6 +74,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         shutdown: signals.clone(),
         server_tls,
         throttle: AuthThrottle::new(kv, config.auth_throttle.clone()),
+        dns,
     });
     tokio::spawn(refresh_capabilities(context.clone()));
     let reaper = tokio::spawn(reap_idle_upstream_sessions(context.clone()));
@@ -251,11 +254,11 @@ async fn reload_on_sighup(tls: Option<ServerTls>, listeners: Vec<Arc<ListenerCon
 }
 
 /// Compiles, pre-instantiates and initialises every configured plugin. Any failure
-/// stops the start-up with the plugin's name and the reason. Without `network`, the
-/// plugins' DNS lookups fail instead of going out.
+/// stops the start-up with the plugin's name and the reason. The plugins look names up
+/// through `dns` ([`Resolver::offline`] to run them without network).
 pub async fn load_plugins(
     config: &Config,
-    network: bool,
+    dns: Arc<Resolver>,
     kv: Arc<KvStore>,
 ) -> anyhow::Result<BTreeMap<String, Arc<LoadedPlugin>>> {
     let mut loaded = BTreeMap::new();
@@ -275,7 +278,7 @@ pub async fn load_plugins(
             .max()
             .unwrap_or(0),
     };
-    let runtime = PluginRuntime::new(network.then_some(&config.dns), capacity, kv)?;
+    let runtime = PluginRuntime::new(dns, capacity, kv)?;
     for (name, plugin) in &config.plugins {
         let plugin = runtime
             .load(name, plugin)

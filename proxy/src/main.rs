@@ -1,7 +1,7 @@
 //! The `portcullis` command: parses the command line, sets up logging and runs the
 //! proxy or checks a configuration.
 
-use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use portcullis::Config;
@@ -157,7 +157,7 @@ fn check(config: &Config) -> ExitCode {
         .and_then(|rt| {
             rt.block_on(portcullis::listener::load_plugins(
                 config,
-                true,
+                Arc::new(portcullis::dns::Resolver::new(&config.dns)),
                 Default::default(),
             ))
         })

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 
 use crate::{
     Config,
+    dns::Resolver,
     hooks::{Chain, Decision, SessionHooks},
     listener::load_plugins,
     message::{Message, SpoolWriter},
@@ -67,7 +68,8 @@ impl Replay {
             .with_context(|| format!("no listener named {:?}", input.listener))?;
         let mut config = config.clone();
         config.server.plugin_pool_size = 0;
-        let plugins = load_plugins(&config, false, Default::default()).await?;
+        let plugins =
+            load_plugins(&config, Arc::new(Resolver::offline()), Default::default()).await?;
         let chain = Chain {
             listener: listener.name.clone(),
             plugins: listener

@@ -3,7 +3,7 @@
 //! "silent" suffix (to provoke timeouts). It records every query it gets.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     str::FromStr,
     sync::{
         Arc, Mutex,
@@ -16,8 +16,8 @@ use std::{
 use hickory_proto::{
     op::{Message, OpCode, ResponseCode},
     rr::{
-        RData, Record, RecordType,
-        rdata::{A, TXT},
+        Name, RData, Record, RecordType,
+        rdata::{A, AAAA, PTR, TXT},
     },
 };
 
@@ -28,7 +28,7 @@ pub struct DnsServer {
     stop: Arc<AtomicBool>,
 }
 
-/// One record: name, type ("A" or "TXT"), value.
+/// One record: name, type ("A", "AAAA", "PTR" or "TXT"), value.
 pub type Zone = Vec<(&'static str, &'static str, &'static str)>;
 
 impl DnsServer {
@@ -73,6 +73,10 @@ impl DnsServer {
                     known = true;
                     let data = match (*kind, query.query_type()) {
                         ("A", RecordType::A) => RData::A(A(Ipv4Addr::from_str(value).unwrap())),
+                        ("AAAA", RecordType::AAAA) => {
+                            RData::AAAA(AAAA(Ipv6Addr::from_str(value).unwrap()))
+                        }
+                        ("PTR", RecordType::PTR) => RData::PTR(PTR(Name::from_str(value).unwrap())),
                         ("TXT", RecordType::TXT) => RData::TXT(TXT::new(vec![value.to_string()])),
                         _ => continue,
                     };

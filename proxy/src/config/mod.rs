@@ -413,7 +413,8 @@ fn default_plugin_memory() -> u64 {
 pub enum ClientAddressMode {
     /// Not at all: the upstream sees the proxy's address.
     None,
-    /// Postfix's XCLIENT command (ADDR, PORT, NAME, HELO, PROTO).
+    /// Postfix's XCLIENT command (ADDR, PORT, NAME, REVERSE_NAME, HELO, PROTO, LOGIN,
+    /// DESTADDR, DESTPORT).
     Xclient,
     /// A PROXY protocol version 1 header (text).
     ProxyV1,
@@ -437,6 +438,9 @@ pub struct UpstreamConfig {
     pub target: UpstreamTarget,
     /// How the real client address reaches the upstream.
     pub client_address: ClientAddressMode,
+    /// Look the client's host name up (PTR, then forward-confirmed) for XCLIENT NAME
+    /// and REVERSE_NAME; true only with XCLIENT.
+    pub client_name_lookup: bool,
     /// Timeouts of the client side of the relay (RFC 5321 §4.5.3.2).
     pub timeouts: UpstreamTimeouts,
     /// How often the upstream's extensions are probed again when no session did it.
@@ -572,6 +576,7 @@ struct RawUpstream {
     development_folder: Option<Spanned<PathBuf>>,
     #[serde(default = "default_client_address")]
     client_address: ClientAddressMode,
+    client_name_lookup: Option<Spanned<bool>>,
     #[serde(default)]
     timeouts: UpstreamTimeouts,
     #[serde(default = "default_capabilities_refresh", with = "humantime_serde")]

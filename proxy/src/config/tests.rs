@@ -6,6 +6,20 @@ use super::*;
 const MINIMAL: &str = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:2525\"\n\n[upstream]\naddress = \"127.0.0.1:10025\"\n";
 
 #[test]
+fn the_client_name_is_looked_up_only_for_xclient_unless_turned_off() {
+    let with = |extra: &str| {
+        let text = MINIMAL.replace("10025\"\n", &format!("10025\"\n{extra}"));
+        Config::parse(&text).unwrap().upstream.client_name_lookup
+    };
+    assert!(!with(""));
+    assert!(!with("client_address = \"proxy-v1\"\n"));
+    assert!(with("client_address = \"xclient\"\n"));
+    assert!(!with(
+        "client_address = \"xclient\"\nclient_name_lookup = false\n"
+    ));
+}
+
+#[test]
 fn minimal_config_gets_rfc_defaults() {
     let config = Config::parse(MINIMAL).unwrap();
     assert_eq!(config.smtp.command_line_limit, 512);
@@ -101,6 +115,15 @@ fn errors_name_the_key_and_the_line() {
             "plugins.x.share_instances",
             Some(10),
             "invalid type",
+        ),
+        (
+            &MINIMAL.replace(
+                "10025\"\n",
+                "10025\"\nclient_address = \"proxy-v2\"\nclient_name_lookup = true\n",
+            ),
+            "upstream.client_name_lookup",
+            Some(8),
+            "only XCLIENT carries the client's name",
         ),
         (
             &format!("{MINIMAL}\n[plugins.x]\npath = \"x.wasm\"\non_error = \"explode\"\n"),

@@ -211,10 +211,23 @@ fn validate_upstream(
             "upstream sessions cannot be reused with the PROXY protocol (its header describes one client)",
         ));
     }
+    let xclient = upstream.client_address == ClientAddressMode::Xclient;
+    let client_name_lookup = match &upstream.client_name_lookup {
+        Some(lookup) if *lookup.get_ref() && !xclient => {
+            return Err(error(
+                "upstream.client_name_lookup",
+                lookup.span().start,
+                "only XCLIENT carries the client's name (client_address = \"xclient\"); with the PROXY protocol the upstream looks it up itself",
+            ));
+        }
+        Some(lookup) => *lookup.get_ref(),
+        None => xclient,
+    };
     let tls = validate_upstream_tls(&upstream, &target, line_of)?;
     Ok(UpstreamConfig {
         target,
         client_address: upstream.client_address,
+        client_name_lookup,
         timeouts: upstream.timeouts,
         capabilities_refresh: upstream.capabilities_refresh,
         reuse: upstream.reuse.map(Spanned::into_inner).unwrap_or_default(),

@@ -12,9 +12,9 @@ use wasmtime::{
 
 use super::{
     KvStore,
-    dns::{LookupError, Resolver, to_text},
     generated::portcullis::plugin::{clock, context, dns, kv, log, types},
 };
+use crate::dns::{LookupError, Resolver, to_text};
 use hickory_resolver::proto::rr::{RData, RecordType};
 
 /// The services every plugin instance calls, shared by all of them.

@@ -16,7 +16,6 @@
 //! ([`Capacity`], `server.plugin_pool_size`). Plugins see no WASI except the hash seed
 //! std's `HashMap` asks for.
 
-pub mod dns;
 mod engine;
 mod host;
 mod snapshot;
@@ -29,8 +28,11 @@ use wasmtime::{
     component::{Component, Instance, Resource},
 };
 
-use crate::config::{DnsConfig, OnError, PluginConfig};
 pub use crate::kv::KvStore;
+use crate::{
+    config::{OnError, PluginConfig},
+    dns::Resolver,
+};
 pub use engine::Capacity;
 use engine::{Backend, CompiledFunctions, Pool, PoolSlot};
 pub use host::MessageResource;
@@ -114,10 +116,10 @@ pub struct PluginRuntime {
 impl PluginRuntime {
     /// The engines (on demand, and pooled as `capacity` says), a thread that
     /// advances their epochs, and the services plugins call (key-value store `kv`, DNS
-    /// through `dns`; with `None` every DNS lookup fails, for running plugins without
+    /// through `dns`, which may be [`Resolver::offline`] for running plugins without
     /// network).
     pub fn new(
-        dns: Option<&DnsConfig>,
+        dns: Arc<Resolver>,
         capacity: Capacity,
         kv: Arc<KvStore>,
     ) -> Result<Arc<Self>, PluginError> {
@@ -126,10 +128,7 @@ impl PluginRuntime {
         let runtime = Arc::new(PluginRuntime {
             on_demand: Backend::new(&compiled, None)?,
             pool,
-            services: host::Services {
-                kv,
-                dns: Arc::new(dns.map_or_else(dns::Resolver::offline, dns::Resolver::new)),
-            },
+            services: host::Services { kv, dns },
             instrumented: Default::default(),
             prepared: Default::default(),
         });

@@ -29,7 +29,7 @@ use tokio::{
     io::{AsyncRead, AsyncWrite},
     time::Instant,
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
@@ -39,6 +39,7 @@ use crate::{
     },
     config::{Config, ListenerConfig, TlsMode, VerifyPolicy},
     connection::{Connection, ReadError},
+    dns::{ClientName, HostName, Resolver},
     hooks::{Chain, Decision, SessionHooks},
     plugin_host::LoadedPlugin,
     plugin_host::abi,
@@ -50,7 +51,8 @@ use crate::{
     },
     tls::{MaybeTls, server::ServerTls},
     upstream::{
-        Stage, UpstreamError, UpstreamSession, capability_cache::CapabilityCache, pool::SessionPool,
+        ClientInfo, Stage, UpstreamError, UpstreamSession, capability_cache::CapabilityCache,
+        pool::SessionPool,
     },
 };
 pub use state::{Envelope, Peer};
@@ -81,6 +83,8 @@ pub struct SessionContext {
     pub server_tls: Option<ServerTls>,
     /// Failed-AUTH counting, shared by all sessions through the key-value store.
     pub throttle: AuthThrottle,
+    /// The resolver for the client's host names (shared with the plugins).
+    pub dns: Arc<Resolver>,
 }
 
 /// What a session knows about the listener it came in on.
@@ -152,6 +156,8 @@ pub struct Session<S> {
     offered: Capabilities,
     /// This session's plugin instances.
     hooks: SessionHooks,
+    /// The lookup of the client's host names, while it runs.
+    name_lookup: Option<AbortOnDropHandle<ClientName>>,
     errors: usize,
     /// Set when the session must end without reading another command.
     closing: bool,
@@ -178,6 +184,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             upstream_in_transaction: false,
             upstream_authenticated: false,
             offered: Capabilities::default(),
+            name_lookup: None,
             errors: 0,
             closing: false,
         }
@@ -196,6 +203,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         let hostname = self.context.config.server.hostname.clone();
         if self.connect_hook().await == Flow::Continue {
+            self.start_name_lookup();
             self.reply(replies::greeting(&hostname));
         }
         while !self.closing {
@@ -386,6 +394,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
+    /// Starts looking up the client's host names in the background, if the upstream is
+    /// to be told them (XCLIENT); [`Session::client_info`] waits for the answer. Done
+    /// once the connect hook let the client in, so a refused connection costs no DNS.
+    fn start_name_lookup(&mut self) {
+        if self.context.config.upstream.client_name_lookup {
+            let (dns, ip) = (self.context.dns.clone(), self.peer.address.ip());
+            let lookup = tokio::spawn(async move { dns.client_name(ip).await });
+            self.name_lookup = Some(AbortOnDropHandle::new(lookup));
+        }
+    }
+
+    /// What the upstream is told about the client, with its host names once their
+    /// lookup is done (bounded by twice `dns.timeout`).
+    async fn client_info(&mut self) -> ClientInfo {
+        if let Some(lookup) = self.name_lookup.take() {
+            let name = lookup
+                .await
+                .unwrap_or_else(|_| ClientName::neither(HostName::TemporarilyUnavailable));
+            debug!(?name, "client host name");
+            self.peer.name = Some(name);
+        }
+        self.peer.client_info()
+    }
+
     /// Opens the upstream session if there is none yet, or if the idle one went away
     /// (an upstream that timed us out has sent 421 and closed).
     async fn upstream_session(&mut self) -> Result<&mut UpstreamSession, UpstreamError> {
@@ -399,8 +431,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.upstream = None;
         }
         if self.upstream.is_none() {
+            let client = self.client_info().await;
             let config = &self.context.config;
-            let client = self.peer.client_info();
             let session = match self.context.pool.take() {
                 Some(mut session) => {
                     session.reuse();

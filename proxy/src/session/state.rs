@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use tokio::time::Instant;
 
 use crate::{
+    dns::ClientName,
     smtp::{MailCommand, RcptCommand},
     tls::TlsInfo,
     upstream::ClientInfo,
@@ -29,6 +30,8 @@ pub struct Peer {
     pub tls: Option<TlsInfo>,
     /// Who authenticated with AUTH, and how.
     pub login: Option<Login>,
+    /// The client's host names, once looked up (for XCLIENT).
+    pub name: Option<ClientName>,
 }
 
 /// A successful AUTH.
@@ -51,6 +54,7 @@ impl Peer {
             helo_rewrite: None,
             tls: None,
             login: None,
+            name: None,
         }
     }
 
@@ -68,6 +72,7 @@ impl Peer {
                 .as_ref()
                 .filter(|login| login.verified_here)
                 .map(|login| login.name.clone()),
+            name: self.name.clone(),
         }
     }
 }

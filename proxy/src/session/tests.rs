@@ -28,6 +28,7 @@ fn context_from(config: Config) -> Arc<SessionContext> {
         shutdown: Shutdown::default(),
         server_tls: None,
         throttle: AuthThrottle::new(Default::default(), Default::default()),
+        dns: Arc::new(crate::dns::Resolver::offline()),
     })
 }
 

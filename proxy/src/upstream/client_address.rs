@@ -3,7 +3,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::smtp::{capabilities::Capabilities, xtext};
+use crate::{
+    dns::{ClientName, HostName},
+    smtp::{capabilities::Capabilities, xtext},
+};
 
 /// What the upstream should know about the downstream client.
 #[derive(Debug, Clone)]
@@ -18,38 +21,115 @@ pub struct ClientInfo {
     pub esmtp: bool,
     /// The login the proxy verified (edge AUTH), sent as XCLIENT LOGIN.
     pub login: Option<String>,
+    /// The client's host names, if they were looked up (XCLIENT NAME and
+    /// REVERSE_NAME); without them both say `[UNAVAILABLE]`.
+    pub name: Option<ClientName>,
 }
 
-/// The XCLIENT command for this client, with only the attributes the upstream
-/// announced. `None` if the upstream announced none of them.
-pub fn xclient_command(client: &ClientInfo, upstream: &Capabilities) -> Option<String> {
-    let ip = canonical_ip(client.address.ip());
-    let address = match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("IPV6:{v6}"),
-    };
-    let mut attributes = vec![
-        ("ADDR", address),
-        ("PORT", client.address.port().to_string()),
-        // The proxy does no reverse lookup; Postfix then shows the client as "unknown".
-        ("NAME", "[UNAVAILABLE]".to_string()),
+/// The longest XCLIENT command line, CRLF excluded (XCLIENT_README: the 512-octet
+/// limit of SMTP command lines, RFC 5321 §4.5.3.1.4).
+const XCLIENT_LINE_LIMIT: usize = 510;
+
+/// The longest attribute value Postfix takes in XCLIENT: a longer one gets "501 5.5.4
+/// Error: attribute value too long", which would fail every session of that client.
+const XCLIENT_VALUE_LIMIT: usize = 255;
+
+/// The XCLIENT commands for this client, with only the attributes the upstream
+/// announced: one command, or more if one would pass the 512-octet line limit, with
+/// NAME, ADDR and PORT in the last (XCLIENT_README, note 1: once those change, the
+/// proxy may no longer be authorised to send another). Empty if the upstream
+/// announced none of them.
+pub fn xclient_commands(client: &ClientInfo, upstream: &Capabilities) -> Vec<String> {
+    let name = client.name.as_ref();
+    let early = [
+        ("HELO", client.helo.clone()),
         (
             "PROTO",
-            if client.esmtp { "ESMTP" } else { "SMTP" }.to_string(),
+            Some(if client.esmtp { "ESMTP" } else { "SMTP" }.to_string()),
+        ),
+        ("LOGIN", client.login.clone()),
+        ("DESTADDR", Some(xclient_address(client.local_address.ip()))),
+        ("DESTPORT", Some(client.local_address.port().to_string())),
+        // Sent even without a lookup: Postfix would otherwise keep the reverse name
+        // of the proxy's own connection.
+        (
+            "REVERSE_NAME",
+            Some(name.map_or(UNAVAILABLE.to_string(), |name| host_name(&name.reverse))),
         ),
     ];
-    if let Some(helo) = &client.helo {
-        attributes.push(("HELO", helo.clone()));
+    let last = [
+        (
+            "NAME",
+            Some(name.map_or(UNAVAILABLE.to_string(), |name| host_name(&name.verified))),
+        ),
+        ("ADDR", Some(xclient_address(client.address.ip()))),
+        ("PORT", Some(client.address.port().to_string())),
+    ];
+    let mut lines = Vec::new();
+    for word in announced(early, upstream) {
+        append_or_start(&mut lines, &word);
     }
-    if let Some(login) = &client.login {
-        attributes.push(("LOGIN", login.clone()));
+    let last = announced(last, upstream).join(" ");
+    if !last.is_empty() {
+        append_or_start(&mut lines, &last);
     }
-    let words: Vec<String> = attributes
+    lines
+}
+
+/// The `NAME=value` words of the attributes the upstream announced.
+fn announced(
+    attributes: impl IntoIterator<Item = (&'static str, Option<String>)>,
+    upstream: &Capabilities,
+) -> Vec<String> {
+    attributes
         .into_iter()
-        .filter(|(name, _)| upstream.xclient_attribute(name))
-        .map(|(name, value)| format!("{name}={}", xtext::encode(&value)))
-        .collect();
-    (!words.is_empty()).then(|| format!("XCLIENT {}", words.join(" ")))
+        .filter(|(attribute, _)| upstream.xclient_attribute(attribute))
+        .filter_map(|(attribute, value)| Some(xclient_word(attribute, &value?)))
+        .collect()
+}
+
+/// What XCLIENT says for an unknown value.
+const UNAVAILABLE: &str = "[UNAVAILABLE]";
+
+/// Adds `words` to the last command if the line stays within the limit, or starts
+/// another command with them.
+fn append_or_start(lines: &mut Vec<String>, words: &str) {
+    match lines.last_mut() {
+        Some(line) if line.len() + 1 + words.len() <= XCLIENT_LINE_LIMIT => {
+            line.push(' ');
+            line.push_str(words);
+        }
+        _ => lines.push(format!("XCLIENT {words}")),
+    }
+}
+
+/// `NAME=value`, xtext-encoded. A value longer than Postfix takes, or too long for a
+/// command line once encoded, is sent as unknown instead (which, for LOGIN, fails
+/// closed: the upstream sees no login).
+fn xclient_word(attribute: &str, value: &str) -> String {
+    let word = format!("{attribute}={}", xtext::encode(value));
+    if value.len() <= XCLIENT_VALUE_LIMIT && "XCLIENT ".len() + word.len() <= XCLIENT_LINE_LIMIT {
+        word
+    } else {
+        format!("{attribute}={UNAVAILABLE}")
+    }
+}
+
+/// An address as XCLIENT writes it: IPv4 as is, IPv6 after `IPV6:`.
+fn xclient_address(ip: IpAddr) -> String {
+    match canonical_ip(ip) {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("IPV6:{v6}"),
+    }
+}
+
+/// A looked-up host name as XCLIENT NAME and REVERSE_NAME take it.
+fn host_name(name: &HostName) -> String {
+    match name {
+        HostName::Known(name) => name.clone(),
+        HostName::Unavailable => UNAVAILABLE.to_string(),
+        HostName::TemporarilyUnavailable => "[TEMPUNAVAIL]".to_string(),
+    }
 }
 
 /// A PROXY protocol v1 header line.
@@ -147,6 +227,7 @@ mod tests {
             helo: Some("client.example".into()),
             esmtp: true,
             login: None,
+            name: None,
         }
     }
 
@@ -154,45 +235,148 @@ mod tests {
         Capabilities::from_ehlo(&Reply::multiline(250, vec!["mx".into(), xclient.into()]))
     }
 
+    /// Postfix 3.7's announcement.
+    const ALL: &str = "XCLIENT NAME ADDR PROTO HELO REVERSE_NAME PORT LOGIN DESTADDR DESTPORT";
+
+    fn named(reverse: HostName, verified: HostName) -> Option<ClientName> {
+        Some(ClientName { reverse, verified })
+    }
+
     #[test]
     fn xclient_sends_announced_attributes_only() {
-        let info = client("192.0.2.7:40000", "127.0.0.1:25");
-        let full = upstream("XCLIENT NAME ADDR PROTO HELO REVERSE_NAME PORT LOGIN");
+        let info = client("192.0.2.7:40000", "198.51.100.1:25");
+        let full = upstream(ALL);
         assert_eq!(
-            xclient_command(&info, &full).unwrap(),
-            "XCLIENT ADDR=192.0.2.7 PORT=40000 NAME=[UNAVAILABLE] PROTO=ESMTP HELO=client.example"
+            xclient_commands(&info, &full),
+            [
+                "XCLIENT HELO=client.example PROTO=ESMTP DESTADDR=198.51.100.1 DESTPORT=25 \
+              REVERSE_NAME=[UNAVAILABLE] NAME=[UNAVAILABLE] ADDR=192.0.2.7 PORT=40000"
+            ]
         );
         assert_eq!(
-            xclient_command(&info, &upstream("XCLIENT ADDR")).unwrap(),
-            "XCLIENT ADDR=192.0.2.7"
+            xclient_commands(&info, &upstream("XCLIENT ADDR")),
+            ["XCLIENT ADDR=192.0.2.7"]
         );
-        assert_eq!(xclient_command(&info, &upstream("XCLIENT")), None);
+        assert!(xclient_commands(&info, &upstream("XCLIENT")).is_empty());
         let logged_in = ClientInfo {
             login: Some("alice+x=y".into()),
             ..info.clone()
         };
-        assert!(
-            xclient_command(&logged_in, &full)
-                .unwrap()
-                .ends_with(" HELO=client.example LOGIN=alice+2Bx+3Dy")
-        );
-        assert!(
-            !xclient_command(&logged_in, &upstream("XCLIENT ADDR"))
-                .unwrap()
-                .contains("LOGIN")
-        );
+        assert!(xclient_commands(&logged_in, &full)[0].contains(" LOGIN=alice+2Bx+3Dy "));
+        assert!(!xclient_commands(&logged_in, &upstream("XCLIENT ADDR"))[0].contains("LOGIN"));
         let v6 = client("[2001:db8::7]:40000", "[::1]:25");
-        assert!(
-            xclient_command(&v6, &full)
-                .unwrap()
-                .starts_with("XCLIENT ADDR=IPV6:2001:db8::7 ")
+        assert!(xclient_commands(&v6, &full)[0].contains(" DESTADDR=IPV6:::1 "));
+        assert!(xclient_commands(&v6, &full)[0].ends_with(" ADDR=IPV6:2001:db8::7 PORT=40000"));
+        let mapped = client("[::ffff:192.0.2.9]:1", "[::ffff:127.0.0.1]:25");
+        let line = &xclient_commands(&mapped, &full)[0];
+        assert!(line.contains(" DESTADDR=127.0.0.1 ") && line.contains(" ADDR=192.0.2.9 "));
+    }
+
+    #[test]
+    fn looked_up_names_go_in_name_and_reverse_name() {
+        let full = upstream(ALL);
+        let known = |name: &str| HostName::Known(name.into());
+        let cases = [
+            (
+                named(known("mx.example.org"), known("mx.example.org")),
+                "REVERSE_NAME=mx.example.org NAME=mx.example.org",
+            ),
+            (
+                named(known("dsl-7.isp.example"), HostName::Unavailable),
+                "REVERSE_NAME=dsl-7.isp.example NAME=[UNAVAILABLE]",
+            ),
+            (
+                named(known("dsl-7.isp.example"), HostName::TemporarilyUnavailable),
+                "REVERSE_NAME=dsl-7.isp.example NAME=[TEMPUNAVAIL]",
+            ),
+            (
+                named(HostName::Unavailable, HostName::Unavailable),
+                "REVERSE_NAME=[UNAVAILABLE] NAME=[UNAVAILABLE]",
+            ),
+            (
+                named(
+                    HostName::TemporarilyUnavailable,
+                    HostName::TemporarilyUnavailable,
+                ),
+                "REVERSE_NAME=[TEMPUNAVAIL] NAME=[TEMPUNAVAIL]",
+            ),
+        ];
+        for (name, expected) in cases {
+            let info = ClientInfo {
+                name,
+                ..client("192.0.2.7:40000", "198.51.100.1:25")
+            };
+            let commands = xclient_commands(&info, &full);
+            assert_eq!(commands.len(), 1);
+            assert!(commands[0].contains(expected), "{commands:?}");
+        }
+        // An upstream that does not know REVERSE_NAME takes NAME for both.
+        let info = ClientInfo {
+            name: named(known("a.example"), HostName::Unavailable),
+            ..client("192.0.2.7:40000", "198.51.100.1:25")
+        };
+        let old = xclient_commands(&info, &upstream("XCLIENT NAME ADDR"));
+        assert_eq!(old, ["XCLIENT NAME=[UNAVAILABLE] ADDR=192.0.2.7"]);
+    }
+
+    #[test]
+    fn long_values_are_split_over_commands_with_name_and_address_last() {
+        let label = "a".repeat(63);
+        let long_name = [label.as_str(); 4].join(".");
+        assert_eq!(long_name.len(), 255);
+        let info = ClientInfo {
+            helo: Some(long_name.clone()),
+            login: Some("l".repeat(200)),
+            name: named(
+                HostName::Known(long_name.clone()),
+                HostName::Known(long_name.clone()),
+            ),
+            ..client("[2001:db8::7]:40000", "[2001:db8::1]:25")
+        };
+        let commands = xclient_commands(&info, &upstream(ALL));
+        assert_eq!(commands.len(), 3, "{commands:?}");
+        for command in &commands {
+            assert!(command.len() <= 510, "{command}");
+            assert!(command.starts_with("XCLIENT "));
+        }
+        let last = commands.last().unwrap();
+        assert_eq!(
+            last,
+            &format!("XCLIENT NAME={long_name} ADDR=IPV6:2001:db8::7 PORT=40000")
         );
-        let mapped = client("[::ffff:192.0.2.9]:1", "[::1]:25");
+        for attribute in [
+            "HELO",
+            "PROTO",
+            "LOGIN",
+            "DESTADDR",
+            "DESTPORT",
+            "REVERSE_NAME",
+        ] {
+            let word = format!("{attribute}=");
+            let count = commands.iter().filter(|c| c.contains(&word)).count();
+            assert_eq!(count, 1, "{attribute}: {commands:?}");
+        }
+    }
+
+    #[test]
+    fn values_postfix_would_refuse_are_sent_as_unavailable() {
+        // Postfix: "501 5.5.4 Error: attribute value too long" past 255 octets.
+        let info = ClientInfo {
+            helo: Some("h".repeat(256)),
+            login: Some("l".repeat(256)),
+            ..client("192.0.2.7:40000", "198.51.100.1:25")
+        };
+        let commands = xclient_commands(&info, &upstream(ALL));
+        assert_eq!(commands.len(), 1, "{commands:?}");
         assert!(
-            xclient_command(&mapped, &full)
-                .unwrap()
-                .starts_with("XCLIENT ADDR=192.0.2.9 ")
+            commands[0].starts_with("XCLIENT HELO=[UNAVAILABLE] PROTO=ESMTP LOGIN=[UNAVAILABLE] ")
         );
+        // Within 255 octets, but three times as long once xtext-encoded.
+        let info = ClientInfo {
+            login: Some("+".repeat(200)),
+            ..info
+        };
+        assert!(xclient_commands(&info, &upstream(ALL))[0].contains(" LOGIN=[UNAVAILABLE] "));
     }
 
     #[test]

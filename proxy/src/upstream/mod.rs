@@ -285,18 +285,23 @@ impl UpstreamSession {
         Ok(())
     }
 
-    /// XCLIENT, then the new greeting and a new EHLO, as XCLIENT_README requires. The
-    /// new EHLO carries the client's own HELO name when it is a valid domain or address
-    /// literal, because Postfix takes the name from it (and shows it in its Received
-    /// header), overriding the XCLIENT HELO attribute.
+    /// XCLIENT (one command, or more for long values), each answered by a new
+    /// greeting, then a new EHLO, as XCLIENT_README requires. The new EHLO carries the
+    /// client's own HELO name when it is a valid domain or address literal, because
+    /// Postfix takes the name from it (and shows it in its Received header), overriding
+    /// the XCLIENT HELO attribute.
     async fn xclient(&mut self, hostname: &str, client: &ClientInfo) -> Result<(), UpstreamError> {
-        let command = client_address::xclient_command(client, &self.capabilities)
-            .ok_or(UpstreamError::XclientNotOffered)?;
-        let reply = self
-            .command(Stage::Xclient, &command, self.config.timeouts.command)
-            .await?;
-        if reply.code() != 220 {
-            return Err(UpstreamError::Refused(Stage::Xclient, reply));
+        let commands = client_address::xclient_commands(client, &self.capabilities);
+        if commands.is_empty() {
+            return Err(UpstreamError::XclientNotOffered);
+        }
+        for command in commands {
+            let reply = self
+                .command(Stage::Xclient, &command, self.config.timeouts.command)
+                .await?;
+            if reply.code() != 220 {
+                return Err(UpstreamError::Refused(Stage::Xclient, reply));
+            }
         }
         let name = client
             .helo

@@ -1,18 +1,21 @@
-//! DNS lookups for plugins through hickory's resolver: the system's nameservers, or
-//! those of `[dns] nameservers` (so tests and operators can point plugins at a local
-//! resolver), each query bounded by `[dns] timeout`. Answers are cached by the
-//! resolver for their TTL.
+//! DNS lookups through hickory's resolver, for plugins and for the client's host name
+//! (`client_name.rs`): the system's nameservers, or those of `[dns] nameservers` (so
+//! tests and operators can point the proxy at a local resolver), each query bounded by
+//! `[dns] timeout`. Answers are cached by the resolver for their TTL.
+
+mod client_name;
 
 use std::{net::IpAddr, time::Duration};
 
 use hickory_resolver::{
     TokioResolver,
-    config::{NameServerConfig, ResolverConfig},
+    config::{NameServerConfig, ResolveHosts, ResolverConfig},
     net::{DnsError, NetError, runtime::TokioRuntimeProvider},
     proto::rr::{Name, RData, RecordType},
 };
 
 use crate::config::DnsConfig;
+pub use client_name::{ClientName, HostName};
 
 /// Why a lookup gave no answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,10 +28,19 @@ pub enum LookupError {
     Failure,
 }
 
-/// The resolver plugins share.
+/// The resolver the whole proxy shares.
 pub struct Resolver {
     inner: Option<TokioResolver>,
     timeout: Duration,
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver")
+            .field("online", &self.inner.is_some())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl Resolver {
@@ -37,7 +49,7 @@ impl Resolver {
     pub fn new(config: &DnsConfig) -> Self {
         let builder = if config.nameservers.is_empty() {
             TokioResolver::builder_tokio()
-                .inspect_err(|error| tracing::warn!(%error, "no system DNS configuration; plugin DNS lookups will fail"))
+                .inspect_err(|error| tracing::warn!(%error, "no system DNS configuration; DNS lookups will fail"))
                 .ok()
         } else {
             let servers = config
@@ -60,6 +72,11 @@ impl Resolver {
             let options = builder.options_mut();
             options.timeout = config.timeout;
             options.attempts = 1;
+            // Configured nameservers are the whole truth; the system's configuration
+            // includes /etc/hosts, as the system's own lookups do.
+            if !config.nameservers.is_empty() {
+                options.use_hosts_file = ResolveHosts::Never;
+            }
             builder
                 .build()
                 .inspect_err(|error| tracing::warn!(%error, "cannot build the DNS resolver"))
