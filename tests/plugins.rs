@@ -608,6 +608,56 @@ config = {{ mode = "measure-body", stage = "data" }}
 }
 
 #[test]
+fn the_received_field_goes_above_what_plugins_edited() {
+    let upstream = RecordingUpstream::start();
+    let proxy = Proxy::start_with(&format!(
+        r#"plugins = ["headers"]
+
+[server]
+hostname = "proxy.test"
+
+[upstream]
+address = "{}"
+received_header = true
+
+[plugins.headers]
+path = "{}"
+config = {{ add = [{{ name = "X-Checked", value = "yes" }}] }}
+"#,
+        upstream.address(),
+        component("headers").display(),
+    ));
+    let mut client = proxy.client();
+    client.expect("EHLO client.test", 250);
+    let reply = client.send_message(
+        "a@example.org",
+        &["b@example.com"],
+        b"Subject: hi\r\n\r\nbody\r\n.\r\n",
+    );
+    assert_eq!(reply.code, 250, "{reply:?}");
+    let message = String::from_utf8(upstream.wait_messages(1).remove(0)).unwrap();
+    // 127.0.0.1 has a verified name on every machine ("localhost", or /etc/hosts).
+    let (from, rest) = message.split_once(" [127.0.0.1])\r\n").unwrap();
+    assert!(
+        from.starts_with("Received: from client.test ("),
+        "{message}"
+    );
+    assert!(!from.contains("unknown"), "{message}");
+    assert!(
+        rest.starts_with("\tby proxy.test (Portcullis) with ESMTP id "),
+        "{message}"
+    );
+    assert!(
+        rest.contains("\r\n\tfor <b@example.com>;\r\n\t"),
+        "{message}"
+    );
+    assert!(
+        rest.ends_with(" +0000\r\nSubject: hi\r\nX-Checked: yes\r\n\r\nbody\r\n.\r\n"),
+        "{message}"
+    );
+}
+
+#[test]
 fn data_verdicts_and_envelope_edits_reach_the_upstream() {
     // The recipients a plugin changed go upstream in one write where the upstream
     // offers PIPELINING, and one command at a time where it does not.

@@ -744,6 +744,44 @@ fn a_helo_name_postfix_would_refuse_in_xclient_is_sent_as_unavailable() {
 }
 
 #[test]
+fn a_received_field_goes_first_when_configured() {
+    let upstream = RecordingUpstream::start();
+    let proxy = Proxy::start(
+        &upstream.address(),
+        "received_header = true\n[server]\nhostname = \"proxy.test\"\n",
+    );
+    let mut client = Client::connect_from("127.0.0.2", proxy.address);
+    ehlo(&mut client);
+    let body = b"Subject: traced\r\n\r\n.dot\r\n";
+    let reply = client.send_message("a@example.org", &["b@example.com"], &stuff(body));
+    assert_eq!(reply.code, 250, "{reply:?}");
+    let reply = client.send_message(
+        "a@example.org",
+        &["b@example.com", "c@example.com"],
+        &stuff(body),
+    );
+    assert_eq!(reply.code, 250, "{reply:?}");
+    let messages = upstream.wait_messages(2);
+    let id = common::json_field(&proxy.wait_for_log("\"message\":\"message\""), "id").unwrap();
+    for (message, recipient) in messages.iter().zip(["\r\n\tfor <b@example.com>", ""]) {
+        let text = String::from_utf8_lossy(message);
+        let (field, rest) = text.split_once(";\r\n\t").expect("a Received field");
+        assert_eq!(
+            field,
+            format!(
+                "Received: from client.test (unknown [127.0.0.2])\r\n\
+                 \tby proxy.test (Portcullis) with ESMTP id {id}{recipient}"
+            )
+        );
+        // The date line, then the client's message byte for byte (as it was on the
+        // wire: dot-stuffed, with its terminator).
+        let (date, content) = rest.split_once("\r\n").unwrap();
+        assert!(date.ends_with(" +0000") && date.len() == 31, "{date:?}");
+        assert_eq!(content.as_bytes(), stuff(body));
+    }
+}
+
+#[test]
 fn xclient_not_offered_fails_closed() {
     let upstream = RecordingUpstream::start();
     let proxy = Proxy::start(&upstream.address(), "client_address = \"xclient\"\n");

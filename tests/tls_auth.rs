@@ -157,7 +157,7 @@ fn smtplib_starttls_then_login_delivers_and_the_upstream_learns_the_login() {
     }
     let files = Files::new();
     let upstream = RecordingUpstream::scripted(XCLIENT_EHLO, Arc::new(|_| Action::Default));
-    let proxy = submission(&files, &upstream, "");
+    let proxy = submission(&files, &upstream, "received_header = true\n");
     let script = r#"
 import smtplib, ssl, sys
 host, port, ca, password = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -196,7 +196,17 @@ print("ok")
     assert!(ok, "{output}\n{:#?}", proxy.logs());
     let messages = upstream.wait_messages(1);
     assert_eq!(messages.len(), 1);
-    assert!(String::from_utf8_lossy(&messages[0]).contains("Subject: submitted"));
+    let message = String::from_utf8_lossy(&messages[0]);
+    assert!(message.contains("Subject: submitted"));
+    // Encrypted and authenticated (RFC 3848).
+    assert!(
+        message.starts_with("Received: from client.example ("),
+        "{message}"
+    );
+    assert!(
+        message.contains(" (Portcullis) with ESMTPSA id "),
+        "{message}"
+    );
     let session = &upstream.sessions()[0];
     let xclient = session.command_starting("XCLIENT");
     assert!(xclient.split(' ').any(|w| w == "LOGIN=alice"), "{xclient}");

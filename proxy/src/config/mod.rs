@@ -439,8 +439,10 @@ pub struct UpstreamConfig {
     /// How the real client address reaches the upstream.
     pub client_address: ClientAddressMode,
     /// Look the client's host name up (PTR, then forward-confirmed) for XCLIENT NAME
-    /// and REVERSE_NAME; true only with XCLIENT.
+    /// and REVERSE_NAME and the Received field.
     pub client_name_lookup: bool,
+    /// Put a Received trace field at the top of each message sent upstream.
+    pub received_header: bool,
     /// Timeouts of the client side of the relay (RFC 5321 §4.5.3.2).
     pub timeouts: UpstreamTimeouts,
     /// How often the upstream's extensions are probed again when no session did it.
@@ -577,6 +579,8 @@ struct RawUpstream {
     #[serde(default = "default_client_address")]
     client_address: ClientAddressMode,
     client_name_lookup: Option<Spanned<bool>>,
+    #[serde(default)]
+    received_header: bool,
     #[serde(default)]
     timeouts: UpstreamTimeouts,
     #[serde(default = "default_capabilities_refresh", with = "humantime_serde")]

@@ -6,7 +6,7 @@ use super::*;
 const MINIMAL: &str = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:2525\"\n\n[upstream]\naddress = \"127.0.0.1:10025\"\n";
 
 #[test]
-fn the_client_name_is_looked_up_only_for_xclient_unless_turned_off() {
+fn the_client_name_is_looked_up_for_xclient_and_the_received_field_unless_turned_off() {
     let with = |extra: &str| {
         let text = MINIMAL.replace("10025\"\n", &format!("10025\"\n{extra}"));
         Config::parse(&text).unwrap().upstream.client_name_lookup
@@ -123,7 +123,7 @@ fn errors_name_the_key_and_the_line() {
             ),
             "upstream.client_name_lookup",
             Some(8),
-            "only XCLIENT carries the client's name",
+            "only sent with client_address = \"xclient\" or received_header = true",
         ),
         (
             &format!("{MINIMAL}\n[plugins.x]\npath = \"x.wasm\"\non_error = \"explode\"\n"),

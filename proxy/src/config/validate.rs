@@ -211,23 +211,26 @@ fn validate_upstream(
             "upstream sessions cannot be reused with the PROXY protocol (its header describes one client)",
         ));
     }
-    let xclient = upstream.client_address == ClientAddressMode::Xclient;
+    // The names go in XCLIENT and in the Received field; nowhere else.
+    let names_used =
+        upstream.client_address == ClientAddressMode::Xclient || upstream.received_header;
     let client_name_lookup = match &upstream.client_name_lookup {
-        Some(lookup) if *lookup.get_ref() && !xclient => {
+        Some(lookup) if *lookup.get_ref() && !names_used => {
             return Err(error(
                 "upstream.client_name_lookup",
                 lookup.span().start,
-                "only XCLIENT carries the client's name (client_address = \"xclient\"); with the PROXY protocol the upstream looks it up itself",
+                "the client's names are only sent with client_address = \"xclient\" or received_header = true (with the PROXY protocol the upstream looks them up itself)",
             ));
         }
         Some(lookup) => *lookup.get_ref(),
-        None => xclient,
+        None => names_used,
     };
     let tls = validate_upstream_tls(&upstream, &target, line_of)?;
     Ok(UpstreamConfig {
         target,
         client_address: upstream.client_address,
         client_name_lookup,
+        received_header: upstream.received_header,
         timeouts: upstream.timeouts,
         capabilities_refresh: upstream.capabilities_refresh,
         reuse: upstream.reuse.map(Spanned::into_inner).unwrap_or_default(),

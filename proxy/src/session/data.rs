@@ -6,6 +6,7 @@
 //! flowing, the upstream connection is dropped without a terminator (so the upstream
 //! discards the partial message) and the client gets a 4xx or 5xx, never 2xx.
 
+use time::OffsetDateTime;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     time::Instant,
@@ -15,9 +16,11 @@ use tracing::{info, warn};
 use super::{Flow, Session, replies};
 use crate::{
     connection::{LARGE_READ, ReadError},
+    dns::HostName,
     smtp::{
         Reply,
         data::{DataReader, DataViolation, DotStuffer},
+        trace::Received,
     },
     upstream::UpstreamError,
 };
@@ -82,6 +85,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Vec::new(),
             Vec::with_capacity(UPSTREAM_WRITE_SIZE + LARGE_READ),
         );
+        let recipient = match self.envelope.recipients.as_slice() {
+            [only] => Some(only.forward_path.mailbox()),
+            _ => None,
+        };
+        if let Some(field) = self.received_field(recipient) {
+            wire.extend_from_slice(field.as_bytes());
+        }
         let mut upstream_error: Option<UpstreamError> = None;
         let phase_deadline = Instant::now() + smtp.data_timeout;
         let end = loop {
@@ -198,6 +208,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Err(error) => Err(error),
         };
         result.unwrap_or_else(|error| self.upstream_failed(error))
+    }
+
+    /// The Received field for the message being relayed, if `upstream.received_header`
+    /// asks for one; `recipient` is its only recipient, if it has exactly one.
+    pub(super) fn received_field(&self, recipient: Option<&str>) -> Option<String> {
+        if !self.context.config.upstream.received_header {
+            return None;
+        }
+        let client_name = self
+            .peer
+            .name
+            .as_ref()
+            .and_then(|name| match &name.verified {
+                HostName::Known(name) => Some(name.as_str()),
+                _ => None,
+            });
+        let field = Received {
+            helo: self.peer.helo.as_deref(),
+            client_name,
+            client_ip: self.peer.address.ip(),
+            by: &self.context.config.server.hostname,
+            esmtp: self.peer.esmtp,
+            tls: self.peer.tls.is_some(),
+            authenticated: self.peer.login.is_some(),
+            smtputf8: self.envelope.smtputf8(),
+            id: &self.id,
+            recipient,
+            date: OffsetDateTime::now_utc(),
+        };
+        Some(field.render())
     }
 
     /// The one summary line per message.

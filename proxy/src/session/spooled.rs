@@ -235,6 +235,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn send_message(&mut self, message: &Message) -> Reply {
         let mut stuffer = DotStuffer::default();
         let mut wire = Vec::with_capacity(UPSTREAM_WRITE_SIZE + SPOOL_READ_SIZE);
+        let recipient = match message.recipients.as_slice() {
+            [only] => Some(only.as_str()),
+            _ => None,
+        };
+        if let Some(field) = self.received_field(recipient) {
+            wire.extend_from_slice(field.as_bytes());
+        }
         stuffer.stuff(&message.header_block(), &mut wire);
         let mut offset = 0;
         let Some(upstream) = self.upstream.as_mut() else {

@@ -7,6 +7,7 @@ pub mod command;
 pub mod data;
 pub mod line;
 pub mod reply;
+pub mod trace;
 pub mod xtext;
 
 pub use command::{Command, CommandError, MailCommand, Param, Path, RcptCommand};
