@@ -394,9 +394,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    /// Starts looking up the client's host names in the background, if the upstream is
-    /// to be told them (XCLIENT); [`Session::client_info`] waits for the answer. Done
-    /// once the connect hook let the client in, so a refused connection costs no DNS.
+    /// Starts looking up the client's host names in the background, if they are to be
+    /// used (XCLIENT, the Received field); [`Session::client_info`] waits for the
+    /// answer. Done once the connect hook let the client in, so a refused connection
+    /// costs no DNS.
     fn start_name_lookup(&mut self) {
         if self.context.config.upstream.client_name_lookup {
             let (dns, ip) = (self.context.dns.clone(), self.peer.address.ip());

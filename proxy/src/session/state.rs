@@ -30,7 +30,7 @@ pub struct Peer {
     pub tls: Option<TlsInfo>,
     /// Who authenticated with AUTH, and how.
     pub login: Option<Login>,
-    /// The client's host names, once looked up (for XCLIENT).
+    /// The client's host names, once looked up (for XCLIENT and the Received field).
     pub name: Option<ClientName>,
 }
 

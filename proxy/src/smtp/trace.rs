@@ -59,7 +59,7 @@ impl Received<'_> {
         let literal = address_literal(self.client_ip);
         let mut field = format!(
             "Received: from {} ({} {literal})\r\n\tby {} (Portcullis) with {} id {}",
-            self.helo.unwrap_or(&literal),
+            self.helo.map_or(literal.clone(), neuter),
             self.client_name.unwrap_or("unknown"),
             self.by,
             self.protocol(),
@@ -75,6 +75,21 @@ impl Received<'_> {
         let _ = write!(field, ";\r\n\t{date}\r\n");
         field
     }
+}
+
+/// A client's HELO name as a header can carry it: anything but printable ASCII, and
+/// the characters that would end the from-clause or open a comment, become `?` (as
+/// Postfix's smtpd does), so the field stays ASCII and parses the same.
+fn neuter(helo: &str) -> String {
+    helo.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && !"()<>;\\\"".contains(c) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
 }
 
 /// An address as RFC 5321 writes it in a domain's place: `[192.0.2.1]`,
@@ -154,6 +169,19 @@ mod tests {
             };
             assert_eq!(field.protocol(), expected);
         }
+    }
+
+    #[test]
+    fn a_helo_name_cannot_break_the_field() {
+        let field = Received {
+            helo: Some("pc(1);<é>\\\"x"),
+            ..received()
+        };
+        assert!(
+            field
+                .render()
+                .starts_with("Received: from pc?1???????x (mx.client.example [192.0.2.7])\r\n")
+        );
     }
 
     #[test]
