@@ -55,7 +55,8 @@ impl Resolver {
     /// [`MAX_NAMES`]) until one includes `ip`. The PTR query has the configured
     /// timeout, the forward queries together as long again.
     pub async fn client_name(&self, ip: IpAddr) -> ClientName {
-        let ip = canonical(ip);
+        // IPv4-mapped IPv6 addresses are looked up as the IPv4 address they carry.
+        let ip = ip.to_canonical();
         let reverse_zone = Name::from(ip).to_string();
         let names: Vec<String> = match self
             .lookup(&reverse_zone, RecordType::PTR, self.timeout)
@@ -92,14 +93,6 @@ impl Resolver {
             }
         }
         ClientName { reverse, verified }
-    }
-}
-
-/// IPv4-mapped IPv6 addresses are looked up as the IPv4 address they carry.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
     }
 }
 
@@ -142,7 +135,7 @@ pub fn is_valid_host_name(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::net::Ipv4Addr;
 
     use hickory_resolver::proto::rr::rdata::{A, PTR};
 
@@ -189,14 +182,6 @@ mod tests {
         assert_eq!(ptr_host_name(&ptr("bad name.example.")), None);
         assert_eq!(ptr_host_name(&ptr("192.0.2.1.")), None);
         assert_eq!(ptr_host_name(&RData::A(A(Ipv4Addr::LOCALHOST))), None);
-    }
-
-    #[test]
-    fn mapped_addresses_are_looked_up_as_ipv4() {
-        let mapped = IpAddr::V6(Ipv4Addr::new(192, 0, 2, 7).to_ipv6_mapped());
-        assert_eq!(canonical(mapped), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)));
-        let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
-        assert_eq!(canonical(v6), v6);
     }
 
     #[tokio::test]

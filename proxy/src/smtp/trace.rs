@@ -95,12 +95,9 @@ fn neuter(helo: &str) -> String {
 /// An address as RFC 5321 writes it in a domain's place: `[192.0.2.1]`,
 /// `[IPv6:2001:db8::1]`.
 fn address_literal(ip: IpAddr) -> String {
-    match ip {
+    match ip.to_canonical() {
         IpAddr::V4(v4) => format!("[{v4}]"),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => format!("[{v4}]"),
-            None => format!("[IPv6:{v6}]"),
-        },
+        IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
     }
 }
 

@@ -117,7 +117,7 @@ fn xclient_word(attribute: &str, value: &str) -> String {
 
 /// An address as XCLIENT writes it: IPv4 as is, IPv6 after `IPV6:`.
 fn xclient_address(ip: IpAddr) -> String {
-    match canonical_ip(ip) {
+    match ip.to_canonical() {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("IPV6:{v6}"),
     }
@@ -182,19 +182,11 @@ pub fn proxy_v2_local() -> Vec<u8> {
     header
 }
 
-/// IPv4-mapped IPv6 addresses (`::ffff:192.0.2.1`) become plain IPv4.
-fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 /// Source and destination in one address family (both IPv6 if they differ).
 fn same_family(client: &ClientInfo) -> (SocketAddr, SocketAddr) {
-    let source = SocketAddr::new(canonical_ip(client.address.ip()), client.address.port());
+    let source = SocketAddr::new(client.address.ip().to_canonical(), client.address.port());
     let destination = SocketAddr::new(
-        canonical_ip(client.local_address.ip()),
+        client.local_address.ip().to_canonical(),
         client.local_address.port(),
     );
     if source.is_ipv4() == destination.is_ipv4() {
