@@ -16,7 +16,10 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use portcullis::{
     config::PluginConfig,
     dns::Resolver,
+    hooks::{Chain, Decision, SessionHooks},
+    message::{Message, SpoolWriter},
     plugin_host::{Capacity, LoadedPlugin, PluginRuntime, abi},
+    smtp::{Command, command, data::DotStuffer},
 };
 
 fn load(runtime: &tokio::runtime::Runtime, crate_name: &str, config: &str) -> Arc<LoadedPlugin> {
@@ -197,5 +200,122 @@ fn plugin_calls(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, plugin_calls);
+/// A 10 KiB message as `smtp-source -l 10240` sends it: a few header fields, then
+/// lines of text.
+fn ten_kib_message() -> Vec<u8> {
+    let mut message = b"From: <from@bench.test>\r\nTo: <to@bench.test>\r\n\
+        Date: Fri, 04 Dec 2026 07:00:00 +0000 (UTC)\r\n\
+        Message-Id: <20261204070000.1234@bench.test>\r\nSubject: bench\r\n\r\n"
+        .to_vec();
+    while message.len() < 10 * 1024 {
+        message.extend_from_slice(b"La de da de da 1.\r\nLa de da de da 2.\r\n");
+    }
+    message
+}
+
+/// What the three plugins of `bench/plugins.sh` add to one message, in-process and
+/// without the network: the MAIL and RCPT hooks (recipients, rate-limit), spooling
+/// the message, the DATA hook (headers) with its edits, and the header block and
+/// dot-stuffed body made ready for the upstream. Ten sessions take turns, as with
+/// `smtp-source -s 10`, so every call borrows an instance another session used last.
+fn message_through_the_chain(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
+    let chain = Arc::new(Chain {
+        listener: "bench".into(),
+        plugins: vec![
+            load(
+                runtime,
+                "recipients",
+                r#"{ domains = ["bench.test"], max_recipients = 100 }"#,
+            ),
+            load(
+                runtime,
+                "headers",
+                r#"{ remove = ["Authentication-Results"], add = [{ name = "X-Checked", value = "{listener} {client_ip}" }], subject_tags = [{ tag = "[EXTERNAL]", sender_domain_not_in = ["example.com"] }] }"#,
+            ),
+            load(
+                runtime,
+                "rate-limit",
+                "{ per_client = { messages = 1000000000, window_seconds = 3600 } }",
+            ),
+        ],
+    });
+    let mut sessions: Vec<(abi::Session, SessionHooks)> = (0..10)
+        .map(|n| {
+            let id = format!("bench-{n}");
+            let session = abi::Session {
+                id: id.clone(),
+                client_ip: format!("192.0.2.{n}"),
+                ..session()
+            };
+            (session, SessionHooks::new(chain.clone(), &id))
+        })
+        .collect();
+    let message = ten_kib_message();
+    c.bench_function(
+        "a 10 KiB message through recipients, headers and rate-limit (MAIL, RCPT, spool, DATA, bytes for upstream)",
+        |b| {
+            b.iter_custom(|iterations| {
+                runtime.block_on(async {
+                    let start = Instant::now();
+                    for n in 0..iterations {
+                        let (session, hooks) = &mut sessions[n as usize % 10];
+                        black_box(one_message(session, hooks, &message).await);
+                    }
+                    start.elapsed()
+                })
+            })
+        },
+    );
+}
+
+/// One message's plugin work; returns the octets that would go upstream.
+async fn one_message(session: &abi::Session, hooks: &mut SessionHooks, content: &[u8]) -> usize {
+    let Ok(Command::Mail(mail)) = command::parse(b"MAIL FROM:<from@bench.test>") else {
+        unreachable!()
+    };
+    let Ok(Command::Rcpt(rcpt)) = command::parse(b"RCPT TO:<to@bench.test>") else {
+        unreachable!()
+    };
+    let (decision, mail) = hooks.mail(session, mail).await;
+    assert_eq!(decision, Decision::Continue);
+    let mut envelope = abi::Envelope {
+        sender: mail.reverse_path.mailbox().to_string(),
+        mail_params: Vec::new(),
+        recipients: Vec::new(),
+    };
+    let (decision, rcpt) = hooks.rcpt(session, &envelope, rcpt).await;
+    assert_eq!(decision, Decision::Continue);
+    envelope
+        .recipients
+        .push(rcpt.forward_path.mailbox().to_string());
+    let mut writer = SpoolWriter::new(1 << 20, None);
+    for chunk in content.chunks(8192) {
+        writer.write(chunk).await.unwrap();
+    }
+    let spooled = writer.finish().await.unwrap();
+    let mut message = Message::new(spooled, envelope.recipients.clone());
+    assert_eq!(
+        hooks.data(session, &envelope, &mut message).await,
+        Decision::Continue
+    );
+    let mut stuffer = DotStuffer::default();
+    let mut wire = Vec::new();
+    stuffer.stuff(&message.header_block(), &mut wire);
+    stuffer.stuff(
+        &message.body.chunk_at(0, usize::MAX).await.unwrap(),
+        &mut wire,
+    );
+    stuffer.finish(&mut wire);
+    wire.len()
+}
+
+fn chain(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    message_through_the_chain(c, &runtime);
+}
+
+criterion_group!(benches, plugin_calls, chain);
 criterion_main!(benches);

@@ -1,6 +1,8 @@
 //! Header fields as they travel: each field keeps its exact bytes (folding included),
 //! so fields no plugin touched reach the upstream unchanged.
 
+use std::borrow::Cow;
+
 /// Longest line a new field may have, CRLF excluded (RFC 5322 §2.1.1).
 const MAX_LINE: usize = 998;
 
@@ -57,11 +59,18 @@ impl HeaderField {
     /// The value, unfolded (line breaks removed), without the space after the colon.
     pub fn value(&self) -> String {
         let value = &self.raw[self.name_len + 1..];
-        let unfolded: Vec<u8> = value
-            .iter()
-            .copied()
-            .filter(|&b| b != b'\r' && b != b'\n')
-            .collect();
+        let value = value.strip_suffix(b"\r\n").unwrap_or(value);
+        let unfolded: Cow<'_, [u8]> = if memchr::memchr2(b'\r', b'\n', value).is_some() {
+            Cow::Owned(
+                value
+                    .iter()
+                    .copied()
+                    .filter(|&b| b != b'\r' && b != b'\n')
+                    .collect(),
+            )
+        } else {
+            Cow::Borrowed(value)
+        };
         let text = String::from_utf8_lossy(&unfolded);
         text.strip_prefix(' ')
             .unwrap_or(&text)

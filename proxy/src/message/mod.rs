@@ -104,7 +104,11 @@ impl Message {
 
     /// The header block as it goes upstream, empty line included.
     pub fn header_block(&self) -> Vec<u8> {
-        let mut block: Vec<u8> = self.headers.iter().flat_map(|f| f.raw()).copied().collect();
+        let size = self.headers.iter().map(|f| f.raw().len()).sum::<usize>() + 2;
+        let mut block = Vec::with_capacity(size);
+        for field in &self.headers {
+            block.extend_from_slice(field.raw());
+        }
         if self.separator || self.body.is_empty() && !self.headers.is_empty() {
             block.extend_from_slice(b"\r\n");
         }

@@ -10,6 +10,8 @@
 //! [`DotStuffer`] does the reverse for the upstream: it doubles a leading dot on every
 //! line and appends the terminator.
 
+use std::sync::LazyLock;
+
 use memchr::memchr2;
 
 /// What to do with a bare CR or bare LF inside a message.
@@ -222,27 +224,28 @@ impl Default for DotStuffer {
 }
 
 impl DotStuffer {
-    /// Appends `content` to `out`, doubling every dot that starts a line.
+    /// Appends `content` to `out`, doubling every dot that starts a line. Lines are
+    /// not visited one by one: only the places where an LF is followed by a dot are
+    /// searched for, so most content is copied in one piece.
     pub fn stuff(&mut self, content: &[u8], out: &mut Vec<u8>) {
-        let mut rest = content;
-        while !rest.is_empty() {
-            self.empty = false;
-            if self.at_line_start && rest[0] == b'.' {
-                out.push(b'.');
-            }
-            match memchr::memchr(b'\n', rest) {
-                Some(at) => {
-                    out.extend_from_slice(&rest[..=at]);
-                    rest = &rest[at + 1..];
-                    self.at_line_start = true;
-                }
-                None => {
-                    out.extend_from_slice(rest);
-                    self.at_line_start = false;
-                    rest = &[];
-                }
-            }
+        static LINE_STARTING_WITH_DOT: LazyLock<memchr::memmem::Finder<'static>> =
+            LazyLock::new(|| memchr::memmem::Finder::new(b"\n."));
+        let Some(&last) = content.last() else {
+            return;
+        };
+        self.empty = false;
+        out.reserve(content.len() + 1);
+        if self.at_line_start && content[0] == b'.' {
+            out.push(b'.');
         }
+        let mut copied = 0;
+        for lf in LINE_STARTING_WITH_DOT.find_iter(content) {
+            out.extend_from_slice(&content[copied..=lf]);
+            out.push(b'.');
+            copied = lf + 1;
+        }
+        out.extend_from_slice(&content[copied..]);
+        self.at_line_start = last == b'\n';
     }
 
     /// Appends the end of data: a CRLF if the content did not end with one, then `.` CRLF.
@@ -450,6 +453,29 @@ mod tests {
             prop_assert_eq!(used, wire.len());
             prop_assert_eq!(violation, None);
             prop_assert_eq!(out, content);
+        }
+
+        #[test]
+        fn stuffing_in_pieces_doubles_exactly_the_dots_that_start_lines(content in prop::collection::vec(prop::sample::select(b"a.\r\n".to_vec()), 0..200), chunk in 1usize..16) {
+            let mut stuffer = DotStuffer::default();
+            let mut wire = Vec::new();
+            for piece in content.chunks(chunk) {
+                stuffer.stuff(piece, &mut wire);
+            }
+            stuffer.finish(&mut wire);
+            // The same, the slow way: line by line.
+            let mut expected = Vec::new();
+            for line in content.split_inclusive(|&b| b == b'\n') {
+                if line[0] == b'.' {
+                    expected.push(b'.');
+                }
+                expected.extend_from_slice(line);
+            }
+            if !content.is_empty() && !content.ends_with(b"\n") {
+                expected.extend_from_slice(b"\r\n");
+            }
+            expected.extend_from_slice(b".\r\n");
+            prop_assert_eq!(wire, expected);
         }
 
         #[test]
