@@ -1,5 +1,7 @@
 //! The message the DATA hook sees: header fields up front, the body read on demand.
 
+use std::cell::OnceCell;
+
 use crate::{__runtime::wit, Header};
 
 /// The spooled message. In the proxy the body stays with the host and is copied in
@@ -9,7 +11,11 @@ pub struct Message<'a> {
 }
 
 enum Source<'a> {
-    Host(&'a wit::Message),
+    /// The host's message; its header fields are fetched once, at the first use.
+    Host {
+        message: &'a wit::Message,
+        headers: OnceCell<Vec<Header>>,
+    },
     Memory {
         headers: Vec<Header>,
         body: &'a [u8],
@@ -19,7 +25,10 @@ enum Source<'a> {
 impl<'a> Message<'a> {
     pub(crate) fn from_host(message: &'a wit::Message) -> Self {
         Message {
-            source: Source::Host(message),
+            source: Source::Host {
+                message,
+                headers: OnceCell::new(),
+            },
         }
     }
 
@@ -32,33 +41,41 @@ impl<'a> Message<'a> {
         }
     }
 
-    /// The header fields in order.
+    /// The header fields in order (a copy; [`Message::header_fields`] lends them).
     pub fn headers(&self) -> Vec<Header> {
-        match &self.source {
-            Source::Host(message) => message
-                .headers()
-                .into_iter()
-                .map(|h| Header {
-                    name: h.name,
-                    value: h.value,
-                })
-                .collect(),
-            Source::Memory { headers, .. } => headers.clone(),
-        }
+        self.header_fields().to_vec()
     }
 
     /// The value of the first field with this name (case-insensitive).
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers()
-            .into_iter()
+        self.header_fields()
+            .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value)
+            .map(|h| h.value.clone())
+    }
+
+    /// The header fields in order, lent. They are fetched from the proxy once, at
+    /// the first call of this or another header method.
+    pub fn header_fields(&self) -> &[Header] {
+        match &self.source {
+            Source::Host { message, headers } => headers.get_or_init(|| {
+                message
+                    .headers()
+                    .into_iter()
+                    .map(|h| Header {
+                        name: h.name,
+                        value: h.value,
+                    })
+                    .collect()
+            }),
+            Source::Memory { headers, .. } => headers,
+        }
     }
 
     /// The body's size in octets.
     pub fn body_size(&self) -> u64 {
         match &self.source {
-            Source::Host(message) => message.body_size(),
+            Source::Host { message, .. } => message.body_size(),
             Source::Memory { body, .. } => body.len() as u64,
         }
     }
@@ -66,7 +83,7 @@ impl<'a> Message<'a> {
     /// Up to `length` body octets from `offset`; empty at the end.
     pub fn read_body(&self, offset: u64, length: u32) -> Vec<u8> {
         match &self.source {
-            Source::Host(message) => message.read_body(offset, length),
+            Source::Host { message, .. } => message.read_body(offset, length),
             Source::Memory { body, .. } => {
                 let start = (offset as usize).min(body.len());
                 let end = start.saturating_add(length as usize).min(body.len());

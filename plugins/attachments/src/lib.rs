@@ -63,7 +63,7 @@ impl Attachments {
 /// The message as it would be on the wire: header fields, empty line, body.
 fn raw_message(message: &Message) -> Vec<u8> {
     let mut raw = Vec::new();
-    for header in message.headers() {
+    for header in message.header_fields() {
         raw.extend_from_slice(header.name.as_bytes());
         raw.extend_from_slice(b": ");
         raw.extend_from_slice(header.value.as_bytes());

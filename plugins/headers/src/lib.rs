@@ -131,7 +131,7 @@ impl Plugin for Headers {
     }
 
     fn data(&mut self, session: &Session, envelope: &Envelope, message: &Message) -> DataOutcome {
-        let headers = message.headers();
+        let headers = message.header_fields();
         let mut edits: Vec<MessageEdit> = self
             .remove
             .iter()
@@ -146,7 +146,7 @@ impl Plugin for Headers {
         let subject = message.header("Subject");
         let mut tagged = subject.clone().unwrap_or_default();
         for rule in &self.subject_tags {
-            if rule.applies(envelope, &headers) && !tagged.starts_with(&rule.tag) {
+            if rule.applies(envelope, headers) && !tagged.starts_with(&rule.tag) {
                 tagged = if tagged.is_empty() {
                     rule.tag.clone()
                 } else {
