@@ -2,7 +2,9 @@
 //! of a plugin (Store + instance from the pre-instantiated component, which starts
 //! from the snapshot taken after `init` at load), one hook call on a warm instance
 //! (with warm CPU caches, and with caches another 32 MiB of memory traffic has
-//! flushed), and one on an instance lent by a shareable plugin.
+//! flushed), one on an instance lent by a shareable plugin, and a whole 10 KiB
+//! message through recipients, headers and rate-limit (hooks, spool, edits, bytes
+//! for the upstream), in sessions that carry many messages or one each.
 //! Uses the example plugins' release `.wasm` (built by `./scripts/test` or
 //! `bench/plugins.sh`). Instances come from the pool, as the proxy's first do by
 //! default; `ON_DEMAND=1` measures instances mapped on demand (the pool's overflow).
@@ -251,6 +253,27 @@ fn message_through_the_chain(c: &mut Criterion, runtime: &tokio::runtime::Runtim
         })
         .collect();
     let message = ten_kib_message();
+    c.bench_function(
+        "the same with a new session for every message (as smtp-source without -d)",
+        |b| {
+            b.iter_custom(|iterations| {
+                runtime.block_on(async {
+                    let start = Instant::now();
+                    for n in 0..iterations {
+                        let id = format!("new-{n}");
+                        let session = abi::Session {
+                            id: id.clone(),
+                            ..sessions[n as usize % 10].0.clone()
+                        };
+                        let mut hooks = SessionHooks::new(chain.clone(), &id);
+                        black_box(one_message(&session, &mut hooks, &message).await);
+                        hooks.session_end(&session).await;
+                    }
+                    start.elapsed()
+                })
+            })
+        },
+    );
     c.bench_function(
         "a 10 KiB message through recipients, headers and rate-limit (MAIL, RCPT, spool, DATA, bytes for upstream)",
         |b| {
