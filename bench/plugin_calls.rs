@@ -202,15 +202,22 @@ fn plugin_calls(c: &mut Criterion) {
     });
 }
 
-/// A 10 KiB message as `smtp-source -l 10240` sends it: a few header fields, then
-/// lines of text.
+/// A 10 KiB message as `smtp-source -l 10240` sends it (seen in an smtp-sink dump):
+/// From, To, Date and Message-Id, no Subject, then 78-character lines, each a digit
+/// (the line number's last) and X's.
 fn ten_kib_message() -> Vec<u8> {
     let mut message = b"From: <from@bench.test>\r\nTo: <to@bench.test>\r\n\
-        Date: Fri, 04 Dec 2026 07:00:00 +0000 (UTC)\r\n\
-        Message-Id: <20261204070000.1234@bench.test>\r\nSubject: bench\r\n\r\n"
+        Date: Fri,  4 Dec 2026 07:00:00 +0000 (UTC)\r\n\
+        Message-Id: <4fde.0003.0000@bench.test>\r\n\r\n"
         .to_vec();
-    while message.len() < 10 * 1024 {
-        message.extend_from_slice(b"La de da de da 1.\r\nLa de da de da 2.\r\n");
+    let body_start = message.len();
+    for line in 1.. {
+        if message.len() - body_start >= 10 * 1024 {
+            break;
+        }
+        message.push(b'0' + (line % 10) as u8);
+        message.extend_from_slice(&[b'X'; 77]);
+        message.extend_from_slice(b"\r\n");
     }
     message
 }
