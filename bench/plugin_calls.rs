@@ -58,6 +58,22 @@ fn load(runtime: &tokio::runtime::Runtime, crate_name: &str, config: &str) -> Ar
     })
 }
 
+/// Runs `call` for iterations 0..`iterations` on `runtime` and returns the time taken
+/// (for criterion's `iter_custom`).
+fn timed(
+    runtime: &tokio::runtime::Runtime,
+    iterations: u64,
+    mut call: impl AsyncFnMut(u64),
+) -> std::time::Duration {
+    runtime.block_on(async {
+        let start = Instant::now();
+        for n in 0..iterations {
+            call(n).await;
+        }
+        start.elapsed()
+    })
+}
+
 fn session() -> abi::Session {
     abi::Session {
         id: "bench".into(),
@@ -98,17 +114,13 @@ fn plugin_calls(c: &mut Criterion) {
     let mut instance = runtime.block_on(recipients.instantiate("bench")).unwrap();
     c.bench_function("rcpt hook call (recipients)", |b| {
         b.iter_custom(|iterations| {
-            runtime.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iterations {
-                    black_box(
-                        instance
-                            .rcpt(&session, &envelope, "bob@example.com", &[])
-                            .await
-                            .unwrap(),
-                    );
-                }
-                start.elapsed()
+            timed(&runtime, iterations, async |_| {
+                black_box(
+                    instance
+                        .rcpt(&session, &envelope, "bob@example.com", &[])
+                        .await
+                        .unwrap(),
+                );
             })
         })
     });
@@ -140,12 +152,8 @@ fn plugin_calls(c: &mut Criterion) {
     });
     c.bench_function("connect hook call (recipients, default continue)", |b| {
         b.iter_custom(|iterations| {
-            runtime.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iterations {
-                    black_box(instance.connect(&session).await.unwrap());
-                }
-                start.elapsed()
+            timed(&runtime, iterations, async |_| {
+                black_box(instance.connect(&session).await.unwrap());
             })
         })
     });
@@ -162,23 +170,19 @@ fn plugin_calls(c: &mut Criterion) {
         "rcpt hook call on a lent instance, sessions alternating (recipients)",
         |b| {
             b.iter_custom(|iterations| {
-                runtime.block_on(async {
-                    let start = Instant::now();
-                    for n in 0..iterations {
-                        let (id, session) = if n % 2 == 0 {
-                            ("bench", &session)
-                        } else {
-                            ("bench-2", &other)
-                        };
-                        let mut lent = recipients.lend(id).await.unwrap();
-                        black_box(
-                            lent.rcpt(session, &envelope, "bob@example.com", &[])
-                                .await
-                                .unwrap(),
-                        );
-                        recipients.give_back(lent);
-                    }
-                    start.elapsed()
+                timed(&runtime, iterations, async |n| {
+                    let (id, session) = if n % 2 == 0 {
+                        ("bench", &session)
+                    } else {
+                        ("bench-2", &other)
+                    };
+                    let mut lent = recipients.lend(id).await.unwrap();
+                    black_box(
+                        lent.rcpt(session, &envelope, "bob@example.com", &[])
+                            .await
+                            .unwrap(),
+                    );
+                    recipients.give_back(lent);
                 })
             })
         },
@@ -186,17 +190,13 @@ fn plugin_calls(c: &mut Criterion) {
     let mut limiter = runtime.block_on(rate_limit.instantiate("bench")).unwrap();
     c.bench_function("mail hook call (rate-limit, one kv increment)", |b| {
         b.iter_custom(|iterations| {
-            runtime.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iterations {
-                    black_box(
-                        limiter
-                            .mail(&session, "alice@example.org", &[])
-                            .await
-                            .unwrap(),
-                    );
-                }
-                start.elapsed()
+            timed(&runtime, iterations, async |_| {
+                black_box(
+                    limiter
+                        .mail(&session, "alice@example.org", &[])
+                        .await
+                        .unwrap(),
+                );
             })
         })
     });
@@ -261,37 +261,29 @@ fn message_through_the_chain(c: &mut Criterion, runtime: &tokio::runtime::Runtim
         .collect();
     let message = ten_kib_message();
     c.bench_function(
-        "the same with a new session for every message (as smtp-source without -d)",
+        "a 10 KiB message through recipients, headers and rate-limit (MAIL, RCPT, spool, DATA, bytes for upstream)",
         |b| {
             b.iter_custom(|iterations| {
-                runtime.block_on(async {
-                    let start = Instant::now();
-                    for n in 0..iterations {
-                        let id = format!("new-{n}");
-                        let session = abi::Session {
-                            id: id.clone(),
-                            ..sessions[n as usize % 10].0.clone()
-                        };
-                        let mut hooks = SessionHooks::new(chain.clone(), &id);
-                        black_box(one_message(&session, &mut hooks, &message).await);
-                        hooks.session_end(&session).await;
-                    }
-                    start.elapsed()
+                timed(runtime, iterations, async |n| {
+                    let (session, hooks) = &mut sessions[n as usize % 10];
+                    black_box(one_message(session, hooks, &message).await);
                 })
             })
         },
     );
     c.bench_function(
-        "a 10 KiB message through recipients, headers and rate-limit (MAIL, RCPT, spool, DATA, bytes for upstream)",
+        "the same with a new session for every message (as smtp-source without -d)",
         |b| {
             b.iter_custom(|iterations| {
-                runtime.block_on(async {
-                    let start = Instant::now();
-                    for n in 0..iterations {
-                        let (session, hooks) = &mut sessions[n as usize % 10];
-                        black_box(one_message(session, hooks, &message).await);
-                    }
-                    start.elapsed()
+                timed(runtime, iterations, async |n| {
+                    let id = format!("new-{n}");
+                    let session = abi::Session {
+                        id: id.clone(),
+                        ..sessions[n as usize % 10].0.clone()
+                    };
+                    let mut hooks = SessionHooks::new(chain.clone(), &id);
+                    black_box(one_message(&session, &mut hooks, &message).await);
+                    hooks.session_end(&session).await;
                 })
             })
         },
