@@ -63,8 +63,52 @@ mod generated {
 pub use generated::portcullis::plugin::types as abi;
 use generated::{Plugin, PluginPre};
 
-/// How often the epoch advances; plugin deadlines are checked at this granularity.
+/// How often the epoch advances while a call runs; plugin deadlines are checked at
+/// this granularity.
 const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// The thread that advances the engines' epochs. It ticks only while a plugin call
+/// (or an instantiation) runs and sleeps otherwise, so an idle proxy costs no
+/// wakeups: deadlines are wall-clock times checked at each tick, so a pause between
+/// calls loses nothing.
+#[derive(Debug, Default)]
+struct Ticker {
+    running: std::sync::atomic::AtomicUsize,
+    thread: std::sync::OnceLock<std::thread::Thread>,
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+impl Ticker {
+    /// Marks a call as running until the guard is dropped (also when the call's
+    /// future is dropped half-way).
+    fn enter(self: &Arc<Self>) -> Running {
+        if self
+            .running
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            == 0
+            && let Some(thread) = self.thread.get()
+        {
+            thread.unpark();
+        }
+        Running(self.clone())
+    }
+
+    fn idle(&self) -> bool {
+        self.running.load(std::sync::atomic::Ordering::SeqCst) == 0
+    }
+}
+
+/// A plugin call in progress, keeping the epoch ticking.
+#[must_use]
+struct Running(Arc<Ticker>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0
+            .running
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
 
 /// Why a plugin call failed; the session applies the plugin's `on_error` policy.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +155,18 @@ pub struct PluginRuntime {
     /// Components made ready so far, by path and configuration: entries that share
     /// both share the pre-initialised component.
     prepared: std::sync::Mutex<std::collections::HashMap<(std::path::PathBuf, String), Prepared>>,
+    ticker: Arc<Ticker>,
+}
+
+impl Drop for PluginRuntime {
+    fn drop(&mut self) {
+        self.ticker
+            .stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.ticker.thread.get() {
+            thread.unpark();
+        }
+    }
 }
 
 impl PluginRuntime {
@@ -131,13 +187,22 @@ impl PluginRuntime {
             services: host::Services { kv, dns },
             instrumented: Default::default(),
             prepared: Default::default(),
+            ticker: Arc::default(),
         });
         let on_demand = runtime.on_demand.engine.weak();
         let pooled = runtime.pool.as_ref().map(|pool| pool.backend.engine.weak());
-        std::thread::Builder::new()
+        let ticker = runtime.ticker.clone();
+        let thread = std::thread::Builder::new()
             .name("plugin-epoch".into())
             .spawn(move || {
-                while let Some(engine) = on_demand.upgrade() {
+                while !ticker.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                    if ticker.idle() {
+                        std::thread::park();
+                        continue;
+                    }
+                    let Some(engine) = on_demand.upgrade() else {
+                        return;
+                    };
                     engine.increment_epoch();
                     if let Some(engine) = pooled.as_ref().and_then(|pooled| pooled.upgrade()) {
                         engine.increment_epoch();
@@ -150,6 +215,7 @@ impl PluginRuntime {
                 path: "(epoch thread)".into(),
                 reason: error.to_string(),
             })?;
+        let _ = runtime.ticker.thread.set(thread.thread().clone());
         Ok(runtime)
     }
 
@@ -250,14 +316,14 @@ impl PluginRuntime {
             .pre_instantiate(&component)
             .map_err(|reason| plugin.error(reason))?;
         let mut instance = plugin.new_instance(&self.on_demand.engine, "(start-up)", None);
-        instance.arm();
+        let _running = instance.arm();
         let raw = pre
             .instance_pre()
             .instantiate_async(&mut instance.store)
             .await
             .map_err(trap)?;
         let hooks = plugin.init(&mut instance, &raw).await?;
-        instance.arm();
+        let _running = instance.arm();
         let initialised = snapshot::take(&context, &mut instance.store, raw)
             .await
             .map_err(|reason| plugin.error(reason))?;
@@ -411,7 +477,7 @@ impl LoadedPlugin {
         mut instance: PluginInstance,
         pre: &PluginPre<host::PluginState>,
     ) -> wasmtime::Result<Result<PluginInstance, PluginError>> {
-        instance.arm();
+        let _running = instance.arm();
         if self.init_per_instance {
             let raw = pre
                 .instance_pre()
@@ -456,7 +522,7 @@ impl Settings {
         raw: &Instance,
     ) -> Result<abi::Hooks, PluginError> {
         let bindings = Plugin::new(&mut instance.store, raw).map_err(trap)?;
-        instance.arm();
+        let _running = instance.arm();
         instance.hooks = bindings
             .call_init(&mut instance.store, &self.config_text)
             .await
@@ -497,6 +563,7 @@ impl Settings {
             store,
             bindings: None,
             timeout: self.timeout,
+            ticker: self.runtime.ticker.clone(),
             hooks: abi::Hooks::empty(),
             _slot: slot,
         }
@@ -509,6 +576,7 @@ pub struct PluginInstance {
     store: Store<host::PluginState>,
     bindings: Option<Plugin>,
     timeout: Duration,
+    ticker: Arc<Ticker>,
     /// The hooks the plugin asked for.
     pub hooks: abi::Hooks,
     /// The pool slot of a pooled instance: given back after the store (declared
@@ -517,26 +585,33 @@ pub struct PluginInstance {
 }
 
 impl PluginInstance {
-    /// Sets the deadline for the next call.
-    fn arm(&mut self) {
+    /// Sets the deadline for the next call, and keeps the epoch ticking while the
+    /// returned guard lives.
+    fn arm(&mut self) -> Running {
         self.store.data_mut().deadline = Instant::now() + self.timeout;
         self.store.set_epoch_deadline(1);
+        self.ticker.enter()
     }
 
-    /// The bindings, the store and the session's version, ready for a call.
-    fn parts(&mut self, session: &abi::Session) -> (&Plugin, &mut Store<host::PluginState>, u32) {
-        self.arm();
+    /// The bindings, the store and the session's version, ready for a call that
+    /// runs while the guard lives.
+    fn parts(
+        &mut self,
+        session: &abi::Session,
+    ) -> (&Plugin, &mut Store<host::PluginState>, u32, Running) {
+        let running = self.arm();
         let version = self.store.data_mut().session_version(session);
         (
             self.bindings.as_ref().expect("instantiated"),
             &mut self.store,
             version,
+            running,
         )
     }
 
     /// The connect hook.
     pub async fn connect(&mut self, session: &abi::Session) -> Result<abi::Verdict, PluginError> {
-        let (bindings, store, version) = self.parts(session);
+        let (bindings, store, version, _running) = self.parts(session);
         bindings.call_on_connect(store, version).await.map_err(trap)
     }
 
@@ -546,7 +621,7 @@ impl PluginInstance {
         session: &abi::Session,
         name: &str,
     ) -> Result<abi::HeloOutcome, PluginError> {
-        let (bindings, store, version) = self.parts(session);
+        let (bindings, store, version, _running) = self.parts(session);
         bindings
             .call_on_helo(store, version, name)
             .await
@@ -560,7 +635,7 @@ impl PluginInstance {
         sender: &str,
         params: &[abi::Param],
     ) -> Result<abi::PathOutcome, PluginError> {
-        let (bindings, store, version) = self.parts(session);
+        let (bindings, store, version, _running) = self.parts(session);
         bindings
             .call_on_mail(store, version, sender, params)
             .await
@@ -576,7 +651,7 @@ impl PluginInstance {
         params: &[abi::Param],
     ) -> Result<abi::PathOutcome, PluginError> {
         let envelope = self.store.data_mut().envelope_ref(envelope);
-        let (bindings, store, version) = self.parts(session);
+        let (bindings, store, version, _running) = self.parts(session);
         bindings
             .call_on_rcpt(store, version, envelope, recipient, params)
             .await
@@ -598,7 +673,7 @@ impl PluginInstance {
             .map_err(|error| PluginError::Trap(error.to_string()))?;
         let borrowed = Resource::new_borrow(owned.rep());
         let envelope = self.store.data_mut().envelope_ref(envelope);
-        let (bindings, store, version) = self.parts(session);
+        let (bindings, store, version, _running) = self.parts(session);
         let result = bindings
             .call_on_data(&mut *store, version, envelope, borrowed)
             .await
@@ -614,7 +689,7 @@ impl PluginInstance {
         mechanism: &str,
         login: &str,
     ) -> Result<abi::Verdict, PluginError> {
-        let (bindings, store, version) = self.parts(session);
+        let (bindings, store, version, _running) = self.parts(session);
         bindings
             .call_on_auth(store, version, mechanism, login)
             .await
@@ -629,7 +704,7 @@ impl PluginInstance {
         login: &str,
         password: &str,
     ) -> Result<abi::LoginCheck, PluginError> {
-        let (bindings, store, version) = self.parts(session);
+        let (bindings, store, version, _running) = self.parts(session);
         bindings
             .call_verify_login(store, version, mechanism, login, password)
             .await
@@ -638,7 +713,7 @@ impl PluginInstance {
 
     /// The session-end hook.
     pub async fn session_end(&mut self, session: &abi::Session) -> Result<(), PluginError> {
-        let (bindings, store, version) = self.parts(session);
+        let (bindings, store, version, _running) = self.parts(session);
         bindings
             .call_on_session_end(store, version)
             .await
