@@ -32,6 +32,8 @@ chains=('[]' '["recipients", "rate-limit"]' '["headers"]' '["recipients", "heade
 ports=()
 {
   printf '[server]\nhostname = "bench.test"\nmax_connections = 20000\n'
+  # The load comes from one address: no per-client session limit.
+  printf '[client_limits]\nmax_sessions = 0\n'
   for i in "${!names[@]}"; do
     ports+=("$(free_port)")
     printf '[[listener]]\nname = "%s"\naddress = "127.0.0.1:%s"\nplugins = %s\n' \
@@ -40,6 +42,8 @@ ports=()
   cat <<TOML
 [upstream]
 address = "127.0.0.1:$sink_port"
+# smtp-sink takes every client; it has no XCLIENT.
+client_address = "none"
 [plugins.recipients]
 path = "$plugins/recipients.wasm"
 config = { domains = ["bench.test"], max_recipients = 100 }

@@ -48,6 +48,9 @@ cat > "$work/bench.toml" <<TOML
 hostname = "bench.test"
 max_connections = 20000
 plugin_pool_size = ${POOL:-1024}
+# The load comes from one address: no per-client session limit.
+[client_limits]
+max_sessions = 0
 [[listener]]
 name = "plain"
 address = "127.0.0.1:$plain_port"
@@ -57,6 +60,8 @@ address = "127.0.0.1:$plugin_port"
 plugins = ["recipients", "headers", "rate-limit"]
 [upstream]
 address = "127.0.0.1:$sink_port"
+# smtp-sink takes every client; it has no XCLIENT.
+client_address = "none"
 [plugins.recipients]
 share_instances = ${SHARE:-true}
 path = "$plugins/recipients.wasm"

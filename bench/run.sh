@@ -32,6 +32,9 @@ cat > "$work/bench.toml" <<TOML
 hostname = "bench.test"
 max_connections = 20000
 worker_threads = ${WORKERS:-0}
+# The load comes from one address: no per-client session limit.
+[client_limits]
+max_sessions = 0
 [smtp]
 max_message_size = 104857600
 [[listener]]
@@ -39,6 +42,8 @@ name = "bench"
 address = "127.0.0.1:$proxy_port"
 [upstream]
 address = "127.0.0.1:$sink_port"
+# smtp-sink takes every client; it has no XCLIENT.
+client_address = "none"
 reuse = { idle_timeout = "${REUSE:-0s}" }
 TOML
 RUST_LOG=warn "$binary" run --config "$work/bench.toml" 2>"$work/proxy.log" &

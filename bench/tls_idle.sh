@@ -16,6 +16,9 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
 cat > "$work/portcullis.toml" <<TOML
 [server]
 max_connections = $((sessions + 100))
+# The load comes from one address: no per-client session limit.
+[client_limits]
+max_sessions = 0
 [[listener]]
 name = "bench"
 address = "127.0.0.1:0"

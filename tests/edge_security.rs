@@ -87,8 +87,12 @@ fn simultaneous_auth(proxy: &Proxy, sources: &[String], line: &str) -> Vec<Clien
     let handles: Vec<_> = sources
         .iter()
         .map(|source| {
-            let (barrier, source, line, address) =
-                (barrier.clone(), source.clone(), line.to_string(), proxy.address);
+            let (barrier, source, line, address) = (
+                barrier.clone(),
+                source.clone(),
+                line.to_string(),
+                proxy.address,
+            );
             thread::spawn(move || {
                 let mut client = Client::connect_from(&source, address);
                 client.expect("EHLO guesser.example", 250);
@@ -118,7 +122,11 @@ fn a_burst_of_guesses_gets_exactly_max_failures_checks() {
     let refused = replies.iter().filter(|r| r.code == 535).count();
     let cut_off = replies.iter().filter(|r| r.code == 421).count();
     assert_eq!((refused, cut_off), (10, 30), "{replies:?}");
-    assert!(replies.iter().all(|r| r.code != 421 || r.text().contains("4.7.0")));
+    assert!(
+        replies
+            .iter()
+            .all(|r| r.code != 421 || r.text().contains("4.7.0"))
+    );
     wait_until("every check is logged", || {
         count_logs(&proxy, "password checked") >= 10
     });

@@ -16,6 +16,7 @@ fn mail_flows_through_the_recipients_plugin() {
 
 [upstream]
 address = "{}"
+client_address = "none"
 
 [plugins.recipients]
 path = "{}"
@@ -73,7 +74,7 @@ fn misbehaving_plugins_are_contained_while_other_sessions_deliver() {
     let upstream = RecordingUpstream::start();
     // One listener per fault and policy, plus a clean one for the bystanders.
     let mut config = format!(
-        "[upstream]\naddress = \"{}\"\n\n[[listener]]\nname = \"clean\"\naddress = \"127.0.0.1:0\"\n",
+        "[upstream]\naddress = \"{}\"\nclient_address = \"none\"\n\n[[listener]]\nname = \"clean\"\naddress = \"127.0.0.1:0\"\n",
         upstream.address()
     );
     for stage in STAGES {
@@ -164,7 +165,10 @@ fn init_runs_once_and_every_session_starts_from_the_state_it_left() {
     let upstream = RecordingUpstream::start();
     // Two entries with the same file and configuration, one with another: the first
     // two share one pre-initialised component.
-    let mut config = format!("[upstream]\naddress = \"{}\"\n", upstream.address());
+    let mut config = format!(
+        "[upstream]\naddress = \"{}\"\nclient_address = \"none\"\n",
+        upstream.address()
+    );
     for (name, stage) in [("counter", "data"), ("same", "data"), ("other", "mail")] {
         config.push_str(&format!(
             "\n[[listener]]\nname = \"{name}\"\naddress = \"127.0.0.1:0\"\nplugins = [\"{name}\"]\n\n\
@@ -218,7 +222,7 @@ fn init_runs_once_and_every_session_starts_from_the_state_it_left() {
 fn instances_past_the_pool_are_made_on_demand_and_reused_slots_start_clean() {
     let upstream = RecordingUpstream::start();
     let proxy = Proxy::start_with(&format!(
-        "[server]\nplugin_pool_size = 2\n\n[upstream]\naddress = \"{}\"\n\n\
+        "[server]\nplugin_pool_size = 2\n\n[upstream]\naddress = \"{}\"\nclient_address = \"none\"\n\n\
          [[listener]]\nname = \"counter\"\naddress = \"127.0.0.1:0\"\nplugins = [\"counter\"]\n\n\
          [plugins.counter]\npath = \"{}\"\nconfig = {{ mode = \"count\", stage = \"data\" }}\n",
         upstream.address(),
@@ -307,7 +311,10 @@ fn shareable_plugins_lend_instances_per_call_and_drop_one_that_failed() {
     // The same shareable plugin three times: shared, refused sharing by the operator,
     // and shared under concurrent sessions. `count` keeps a count in the instance, and
     // the first two panic when theirs reaches 3.
-    let mut config = format!("[upstream]\naddress = \"{}\"\n", upstream.address());
+    let mut config = format!(
+        "[upstream]\naddress = \"{}\"\nclient_address = \"none\"\n",
+        upstream.address()
+    );
     for (name, share, fail_at) in [("shared", true, 3), ("own", false, 3), ("busy", true, 0)] {
         config.push_str(&format!(
             "\n[[listener]]\nname = \"{name}\"\naddress = \"127.0.0.1:0\"\nplugins = [\"{name}\"]\n\n\
@@ -415,6 +422,7 @@ fn a_shared_instance_sees_each_session_as_it_is() {
 
 [upstream]
 address = "{}"
+client_address = "none"
 
 [plugins.headers]
 path = "{}"
@@ -471,6 +479,7 @@ fn plugins_read_the_envelope_as_the_chain_made_it_in_every_transaction() {
 
 [upstream]
 address = "{}"
+client_address = "none"
 
 [plugins.alias]
 path = "{}"
@@ -543,7 +552,7 @@ config = {{ mode = "envelope" }}
 fn a_connect_refusal_replaces_the_greeting() {
     let upstream = RecordingUpstream::start();
     let proxy = Proxy::start_with(&format!(
-        "plugins = [\"gate\"]\n\n[upstream]\naddress = \"{}\"\n\n[plugins.gate]\npath = \"{}\"\nconfig = {{ mode = \"refuse-connect\" }}\n",
+        "plugins = [\"gate\"]\n\n[upstream]\naddress = \"{}\"\nclient_address = \"none\"\n\n[plugins.gate]\npath = \"{}\"\nconfig = {{ mode = \"refuse-connect\" }}\n",
         upstream.address(),
         component("fault-plugin").display()
     ));
@@ -561,6 +570,7 @@ fn data_plugins_edit_the_message_in_chain_order_and_large_bodies_spool_to_disk()
 
 [upstream]
 address = "{}"
+client_address = "none"
 
 [spool]
 memory_limit = 4096
@@ -618,6 +628,7 @@ hostname = "proxy.test"
 
 [upstream]
 address = "{}"
+client_address = "none"
 received_header = true
 
 [plugins.headers]
@@ -675,7 +686,7 @@ fn data_edits_reach_the_upstream(pipelining: bool) {
         .collect();
     let upstream = RecordingUpstream::scripted(&extensions, Arc::new(|_| common::Action::Default));
     let mut config = format!(
-        "[upstream]\naddress = \"{}\"\n\n[quarantine]\nredirect = \"quarantine@example.com\"\n",
+        "[upstream]\naddress = \"{}\"\nclient_address = \"none\"\n\n[quarantine]\nredirect = \"quarantine@example.com\"\n",
         upstream.address()
     );
     let actions = [
@@ -785,6 +796,7 @@ plugins = ["dnsbl-silent-zone"]
 
 [upstream]
 address = "{}"
+client_address = "none"
 
 [dns]
 nameservers = ["{}"]
@@ -847,7 +859,7 @@ config = {{ zones = ["slow.test"], on_dns_error = "tempfail" }}
 fn rate_limit_counts_across_concurrent_sessions() {
     let upstream = RecordingUpstream::start();
     let proxy = Proxy::start_with(&format!(
-        "plugins = [\"rate-limit\"]\n\n[upstream]\naddress = \"{}\"\n\n[plugins.rate-limit]\npath = \"{}\"\n\
+        "plugins = [\"rate-limit\"]\n\n[upstream]\naddress = \"{}\"\nclient_address = \"none\"\n\n[plugins.rate-limit]\npath = \"{}\"\n\
          config = {{ per_client = {{ messages = 5, window_seconds = 600 }} }}\n",
         upstream.address(),
         component("rate-limit").display()
@@ -888,7 +900,7 @@ fn rate_limit_counts_across_concurrent_sessions() {
 fn a_full_key_value_store_keeps_its_counters_and_stores_no_new_ones() {
     let upstream = RecordingUpstream::start();
     let proxy = Proxy::start_with(&format!(
-        "plugins = [\"rate-limit\"]\n\n[upstream]\naddress = \"{}\"\n\n[plugins.rate-limit]\npath = \"{}\"\n\
+        "plugins = [\"rate-limit\"]\n\n[upstream]\naddress = \"{}\"\nclient_address = \"none\"\n\n[plugins.rate-limit]\npath = \"{}\"\n\
          config = {{ per_client = {{ messages = 1, window_seconds = 600 }} }}\n\n[kv]\nmax_entries = 1\n",
         upstream.address(),
         component("rate-limit").display()
@@ -962,7 +974,7 @@ fn attachments_refuses_blocked_types_in_real_multipart_messages() {
     }
     let upstream = RecordingUpstream::start();
     let proxy = Proxy::start_with(&format!(
-        "plugins = [\"attachments\"]\n\n[upstream]\naddress = \"{}\"\n\n[plugins.attachments]\npath = \"{}\"\n",
+        "plugins = [\"attachments\"]\n\n[upstream]\naddress = \"{}\"\nclient_address = \"none\"\n\n[plugins.attachments]\npath = \"{}\"\n",
         upstream.address(),
         component("attachments").display()
     ));
@@ -1005,6 +1017,7 @@ plugins = ["dnsbl", "recipients", "headers", "tag"]
 
 [upstream]
 address = "127.0.0.1:1"
+client_address = "none"
 
 [dns]
 nameservers = ["{}"]
@@ -1167,7 +1180,7 @@ fn a_plugin_built_for_another_abi_version_is_refused_by_name() {
     std::fs::write(
         dir.path().join("portcullis.toml"),
         "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:0\"\nplugins = [\"old\"]\n\n\
-         [upstream]\naddress = \"127.0.0.1:25\"\n\n\
+         [upstream]\naddress = \"127.0.0.1:25\"\nclient_address = \"none\"\n\n\
          [plugins.old]\npath = \"old.wasm\"\nconfig = { mode = \"count\" }\n",
     )
     .unwrap();

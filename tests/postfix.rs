@@ -260,6 +260,57 @@ fn postfix_rejections_reach_the_client_unchanged() {
     assert!(reply.lines[0].contains("Relay access denied"), "{reply:?}");
 }
 
+/// The RCPT replies a client at 127.0.0.2 gets for addresses outside Postfix's
+/// domains, through a session at `address`.
+fn relay_attempts(address: std::net::SocketAddr) -> Vec<ClientReply> {
+    let mut client = Client::connect_from("127.0.0.2", address);
+    client.expect("EHLO client.test", 250);
+    client.expect("MAIL FROM:<sender@origin.test>", 250);
+    let replies = [
+        "someone@elsewhere.test",
+        "@postfix.test:someone@elsewhere.test",
+    ]
+    .map(|rcpt| client.command(&format!("RCPT TO:<{rcpt}>")));
+    client.expect("QUIT", 221);
+    replies.to_vec()
+}
+
+#[test]
+fn the_default_does_not_make_postfix_an_open_relay() {
+    let Some(postfix) = Postfix::start() else {
+        return;
+    };
+    let postfix_address = postfix.address(&postfix.xclient_port);
+    // Postfix trusts the proxy's 127.0.0.1 (mynetworks), not 127.0.0.2.
+    let direct = relay_attempts(postfix_address.parse().unwrap());
+    for reply in &direct {
+        assert!(reply.code >= 400, "{reply:?}");
+        assert!(reply.text().contains("Relay access denied"), "{reply:?}");
+    }
+    // A configuration that does not say how the client reaches Postfix: XCLIENT.
+    let proxy = Proxy::start_with(&format!("[upstream]\naddress = \"{postfix_address}\"\n"));
+    let through = relay_attempts(proxy.address);
+    assert_eq!(
+        through.iter().map(|r| &r.lines).collect::<Vec<_>>(),
+        direct.iter().map(|r| &r.lines).collect::<Vec<_>>(),
+        "the same refusals as directly"
+    );
+    // What the old default did: Postfix sees 127.0.0.1 and lets anyone relay (this
+    // test instance then refuses the address only because it delivers nowhere
+    // outside its domain). The proxy says so when it starts.
+    let open = Proxy::start_with(&format!(
+        "[upstream]\naddress = \"{postfix_address}\"\nclient_address = \"none\"\n"
+    ));
+    open.wait_for_log("relays mail for anyone");
+    for reply in relay_attempts(open.address) {
+        assert!(!reply.text().contains("Relay access denied"), "{reply:?}");
+        assert!(
+            reply.text().contains("no delivery outside the test"),
+            "{reply:?}"
+        );
+    }
+}
+
 #[test]
 fn postfix_sees_the_real_client_through_xclient() {
     let Some(postfix) = Postfix::start() else {
@@ -534,7 +585,7 @@ fn passthrough_auth_is_checked_by_postfix_sasl() {
         return;
     }
     let proxy = Proxy::start_with(&format!(
-        "[listener.auth]\nmode = \"passthrough\"\nallow_plaintext = true\nrequired = true\n[upstream]\naddress = \"{}\"\n",
+        "[listener.auth]\nmode = \"passthrough\"\nallow_plaintext = true\nrequired = true\n[upstream]\naddress = \"{}\"\nclient_address = \"none\"\n",
         postfix.address(&postfix.sasl_port)
     ));
     let encode =

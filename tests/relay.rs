@@ -395,7 +395,7 @@ fn failing_proxy(upstream: &str, path: DataPath) -> Proxy {
     match path {
         DataPath::Streamed => Proxy::start(upstream, SHORT_TIMEOUTS),
         DataPath::Spooled => Proxy::start_with(&format!(
-            "plugins = [\"headers\"]\n\n[upstream]\naddress = \"{upstream}\"\n{SHORT_TIMEOUTS}\n\
+            "plugins = [\"headers\"]\n\n[upstream]\naddress = \"{upstream}\"\nclient_address = \"none\"\n{SHORT_TIMEOUTS}\n\
              [plugins.headers]\npath = \"{}\"\nconfig = {{ add = [{{ name = \"X-Test\", value = \"1\" }}] }}\n",
             common::component("headers").display()
         )),
@@ -896,7 +896,7 @@ fn text_logs_into_a_pipe_carry_no_colour_codes() {
     let path = dir.path().join("portcullis.toml");
     std::fs::write(
         &path,
-        "[[listener]]\nname = \"t\"\naddress = \"127.0.0.1:0\"\n[upstream]\naddress = \"127.0.0.1:9\"\n",
+        "[[listener]]\nname = \"t\"\naddress = \"127.0.0.1:0\"\n[upstream]\naddress = \"127.0.0.1:9\"\nclient_address = \"none\"\n",
     )
     .unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))

@@ -417,7 +417,7 @@ fn failed_logins_are_throttled_across_sessions() {
     let files = Files::new();
     let upstream = RecordingUpstream::start();
     let proxy = Proxy::start_with(&format!(
-        "{}\n[auth_throttle]\nmax_failures = 3\ndelay = \"300ms\"\nmax_delay = \"2s\"\nwindow = \"1m\"\n[upstream]\naddress = \"{}\"\n",
+        "{}\n[auth_throttle]\nmax_failures = 3\ndelay = \"300ms\"\nmax_delay = \"2s\"\nwindow = \"1m\"\n[upstream]\naddress = \"{}\"\nclient_address = \"none\"\n",
         files.edge_auth("allow_plaintext = true\n"),
         upstream.address()
     ));
@@ -487,7 +487,7 @@ fn openssl_implicit_tls_chooses_the_certificate_by_sni() {
     let files = Files::new();
     let upstream = RecordingUpstream::start();
     let proxy = Proxy::start_with(&format!(
-        "tls = \"implicit\"\n{}\n[upstream]\naddress = \"{}\"\n",
+        "tls = \"implicit\"\n{}\n[upstream]\naddress = \"{}\"\nclient_address = \"none\"\n",
         files.certificates(),
         upstream.address()
     ));
@@ -604,7 +604,7 @@ fn plaintext_injected_with_starttls_is_not_executed() {
     let files = Files::new();
     let upstream = RecordingUpstream::start();
     let proxy = Proxy::start_with(&format!(
-        "tls = \"starttls\"\n{}\n[upstream]\naddress = \"{}\"\n",
+        "tls = \"starttls\"\n{}\n[upstream]\naddress = \"{}\"\nclient_address = \"none\"\n",
         files.certificates(),
         upstream.address()
     ));
@@ -656,7 +656,7 @@ fn second_starttls_and_starttls_where_not_offered() {
     let files = Files::new();
     let upstream = RecordingUpstream::start();
     let proxy = Proxy::start_with(&format!(
-        "tls = \"starttls\"\n{}\n[[listener]]\nname = \"plain\"\naddress = \"127.0.0.1:0\"\n[upstream]\naddress = \"{}\"\n",
+        "tls = \"starttls\"\n{}\n[[listener]]\nname = \"plain\"\naddress = \"127.0.0.1:0\"\n[upstream]\naddress = \"{}\"\nclient_address = \"none\"\n",
         files.certificates(),
         upstream.address()
     ));
@@ -700,7 +700,7 @@ fn sighup_rereads_certificates_and_keeps_sessions() {
     let files = Files::new();
     let upstream = RecordingUpstream::start();
     let proxy = Proxy::start_with(&format!(
-        "tls = \"starttls\"\n{}\n[upstream]\naddress = \"{}\"\n",
+        "tls = \"starttls\"\n{}\n[upstream]\naddress = \"{}\"\nclient_address = \"none\"\n",
         files.mail.toml(),
         upstream.address()
     ));
@@ -919,7 +919,7 @@ fn passthrough_relays_the_exchange_to_the_upstream() {
     extensions.push("AUTH PLAIN LOGIN CRAM-MD5");
     let upstream = RecordingUpstream::scripted(&extensions, script);
     let proxy = Proxy::start_with(&format!(
-        "[listener.auth]\nmode = \"passthrough\"\nallow_plaintext = true\n[upstream]\naddress = \"{}\"\n",
+        "[listener.auth]\nmode = \"passthrough\"\nallow_plaintext = true\n[upstream]\naddress = \"{}\"\nclient_address = \"none\"\n",
         upstream.address()
     ));
     let mut client = proxy.client();
@@ -955,7 +955,7 @@ fn passthrough_relays_the_exchange_to_the_upstream() {
 
     // Upstream gone: 454, never a login.
     let down_proxy = Proxy::start_with(&format!(
-        "[listener.auth]\nmode = \"passthrough\"\nallow_plaintext = true\n[upstream]\naddress = \"{}\"\n",
+        "[listener.auth]\nmode = \"passthrough\"\nallow_plaintext = true\n[upstream]\naddress = \"{}\"\nclient_address = \"none\"\n",
         closed_port()
     ));
     let mut client = down_proxy.client();
@@ -1011,7 +1011,7 @@ fn replay_runs_the_auth_hook_for_a_login() {
     std::fs::write(
         &config,
         format!(
-            "[[listener]]\nname = \"sub\"\naddress = \"127.0.0.1:0\"\nplugins = [\"guard\"]\n[upstream]\naddress = \"127.0.0.1:1\"\n[plugins.guard]\npath = {fault:?}\nconfig = {{ mode = \"refuse-login\" }}\n"
+            "[[listener]]\nname = \"sub\"\naddress = \"127.0.0.1:0\"\nplugins = [\"guard\"]\n[upstream]\naddress = \"127.0.0.1:1\"\nclient_address = \"none\"\n[plugins.guard]\npath = {fault:?}\nconfig = {{ mode = \"refuse-login\" }}\n"
         ),
     )
     .unwrap();

@@ -154,7 +154,8 @@ mod tests {
     #[test]
     fn sessions_per_address_are_counted_until_they_end() {
         let limits = limits(2, 0);
-        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap());
+        let (a, b): (IpAddr, IpAddr) =
+            ("192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap());
         let first = limits.admit(a).unwrap();
         let _second = limits.admit(a).unwrap();
         assert_eq!(limits.admit(a).unwrap_err(), Refusal::Sessions);
@@ -181,7 +182,10 @@ mod tests {
         );
         let next = start + Duration::from_secs(60);
         assert!(limits.admit_at(a, next).is_ok(), "a new window");
-        assert!(limits.open.lock().unwrap().is_empty(), "no slot left behind");
+        assert!(
+            limits.open.lock().unwrap().is_empty(),
+            "no slot left behind"
+        );
     }
 
     #[test]

@@ -129,6 +129,12 @@ impl KvStore {
     /// expired key starts at 0 and gets `ttl_ms`; a live one keeps its expiry. While
     /// the store is full, a new key is counted from 0 but not stored.
     pub fn incr(&self, key: &str, delta: i64, ttl_ms: Option<u64>) -> i64 {
+        self.try_incr(key, delta, ttl_ms).unwrap_or(delta)
+    }
+
+    /// [`KvStore::incr`], but `None` when a new key could not be stored because the
+    /// store is full: for counts that must not be lost (the AUTH throttle's).
+    pub fn try_incr(&self, key: &str, delta: i64, ttl_ms: Option<u64>) -> Option<i64> {
         let now = Instant::now();
         let mut entries = self.entries.lock().expect("lock poisoned");
         // A known key is updated in place: no new key, no new value buffer.
@@ -141,10 +147,10 @@ impl KvStore {
             };
             entry.value.clear();
             write_decimal(&mut entry.value, number);
-            return number;
+            return Some(number);
         }
         if !entries.make_room(now) {
-            return delta;
+            return None;
         }
         let mut value = Vec::new();
         write_decimal(&mut value, delta);
@@ -155,7 +161,7 @@ impl KvStore {
                 expires: expiry(now, ttl_ms),
             },
         );
-        delta
+        Some(delta)
     }
 
     /// Removes `key`; true if it existed and had not expired.

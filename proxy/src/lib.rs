@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+mod client_limits;
 pub mod config;
 pub mod connection;
 pub mod devupstream;
@@ -20,6 +21,7 @@ pub mod dns;
 pub mod hooks;
 pub mod kv;
 pub mod listener;
+mod log_limit;
 pub mod message;
 pub mod plugin_host;
 pub mod replay;

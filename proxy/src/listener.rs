@@ -3,27 +3,29 @@
 //! graceful shutdown: stop accepting, let transactions finish within the drain time,
 //! then 421 4.3.2 for whoever is left.
 
-use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::{
     io::AsyncWriteExt,
     net::{TcpListener, TcpStream},
-    sync::Semaphore,
+    sync::{OwnedSemaphorePermit, Semaphore},
 };
-use tokio_util::task::TaskTracker;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 use crate::{
     auth::{
-        Reloadable, credentials::CredentialsFile, sender_logins::SenderLogins,
-        throttle::AuthThrottle,
+        Reloadable, checks::PasswordChecks, credentials::CredentialsFile,
+        sender_logins::SenderLogins, throttle::AuthThrottle,
     },
-    config::{AuthMode, ClientAddressMode, Config, TlsMode, UpstreamTarget},
+    client_limits::{ClientLimits, ClientSlot, Refusal},
+    config::{Config, TlsMode, UpstreamTarget},
     devupstream,
     dns::Resolver,
     hooks::Chain,
     kv::KvStore,
+    log_limit::{self, Event},
     plugin_host::{Capacity, LoadedPlugin, PluginRuntime, abi},
     session::{ListenerContext, Peer, Session, SessionContext, Shutdown, replies},
     tls::server::ServerTls,
@@ -33,6 +35,9 @@ use crate::{
 /// Runs the proxy until `shutdown` resolves, then drains. Returns once every session
 /// has ended.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    for warning in &config.warnings {
+        warn!("configuration: {warning}");
+    }
     let config = Arc::new(config);
     let signals = Shutdown::default();
     let upstream_address = match &config.upstream.target {
@@ -47,7 +52,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
     let kv = Arc::new(KvStore::new(config.kv.max_entries));
     let dns = Arc::new(Resolver::new(&config.dns));
-    let plugins = load_plugins(&config, dns.clone(), kv.clone()).await?;
+    let plugins = load_plugins(&config, dns.clone(), kv).await?;
     let server_tls = server_tls(&config)?;
     let prepared = prepare_listeners(&config, &plugins)?;
     let mut listeners = Vec::new();
@@ -73,10 +78,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         pool: Arc::new(SessionPool::new(config.upstream.reuse.clone())),
         shutdown: signals.clone(),
         server_tls,
-        throttle: AuthThrottle::new(kv, config.auth_throttle.clone()),
+        throttle: AuthThrottle::new(config.auth_throttle.clone()),
+        checks: Arc::new(PasswordChecks::new(
+            config.auth_throttle.concurrent_checks,
+            config.auth_throttle.check_timeout,
+        )),
         dns,
     });
+    let client_limits = ClientLimits::new(config.client_limits.clone());
     tokio::spawn(refresh_capabilities(context.clone()));
+    tokio::spawn(housekeeping(
+        client_limits.clone(),
+        signals.stopping.clone(),
+    ));
     let reaper = tokio::spawn(reap_idle_upstream_sessions(context.clone()));
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.server.max_connections));
@@ -85,7 +99,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             listener,
             socket,
             context.clone(),
-            permits.clone(),
+            Admission {
+                permits: permits.clone(),
+                clients: client_limits.clone(),
+            },
             tracker.clone(),
         ));
     }
@@ -107,11 +124,38 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     Ok(())
 }
 
+/// What a connection needs to be let in: a place under `server.max_connections`,
+/// and its address within `[client_limits]`.
+struct Admission {
+    permits: Arc<Semaphore>,
+    clients: Arc<ClientLimits>,
+}
+
+impl Admission {
+    /// The slots a session holds until it ends, or the warning to give (at most
+    /// once per interval for each kind, see `log_limit`) before refusing it.
+    fn admit(&self, address: SocketAddr) -> Result<(OwnedSemaphorePermit, ClientSlot), Event> {
+        let client = self
+            .clients
+            .admit(address.ip())
+            .map_err(|refusal| match refusal {
+                Refusal::Sessions => Event::ClientSessionLimit,
+                Refusal::Rate => Event::ClientRateLimit,
+            })?;
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Event::ConnectionLimit)?;
+        Ok((permit, client))
+    }
+}
+
 async fn accept_loop(
     listener: Arc<ListenerContext>,
     socket: TcpListener,
     context: Arc<SessionContext>,
-    permits: Arc<Semaphore>,
+    admission: Admission,
     tracker: TaskTracker,
 ) {
     loop {
@@ -128,9 +172,15 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracker.spawn(refuse(stream, context.config.server.hostname.clone()));
-            continue;
+        let (permit, client_slot) = match admission.admit(address) {
+            Ok(slots) => slots,
+            Err(event) => {
+                if let Some(suppressed) = log_limit::admit(event) {
+                    warn!(client = %address, suppressed, limit = ?event, "connection refused");
+                }
+                tracker.spawn(refuse(stream, context.config.server.hostname.clone()));
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let Ok(local_address) = stream.local_addr() else {
@@ -140,7 +190,7 @@ async fn accept_loop(
         let session = Session::new(context.clone(), stream, peer, listener.clone());
         tracker.spawn(async move {
             session.run().await;
-            drop(permit);
+            drop((permit, client_slot));
         });
     }
 }
@@ -191,11 +241,6 @@ pub fn prepare_listeners(
             }
             None => None,
         };
-        if auth.mode == AuthMode::Edge
-            && config.upstream.client_address != ClientAddressMode::Xclient
-        {
-            warn!(listener = %listener.name, "edge AUTH without upstream.client_address = \"xclient\": the upstream will not learn who logged in");
-        }
         prepared.push(Arc::new(ListenerContext {
             config: listener.clone(),
             chain: Arc::new(Chain {
@@ -290,12 +335,25 @@ pub async fn load_plugins(
     Ok(loaded)
 }
 
-/// Over the connection limit: 421 4.7.0 and close, without a session.
+/// Over a connection limit: 421 4.7.0 and close, without a session.
 async fn refuse(mut stream: TcpStream, hostname: String) {
-    warn!(client = ?stream.peer_addr().ok(), "connection limit reached");
     let reply = replies::too_many_connections(&hostname).to_bytes();
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&reply)).await;
     let _ = stream.shutdown().await;
+}
+
+/// Now and then: forgets ended rate windows of client addresses, and reports the
+/// warnings a burst left out.
+async fn housekeeping(clients: Arc<ClientLimits>, stopping: CancellationToken) {
+    let mut sweep = tokio::time::interval(clients.sweep_interval());
+    let mut flush = tokio::time::interval(log_limit::INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stopping.cancelled() => return,
+            _ = sweep.tick() => clients.sweep(),
+            _ = flush.tick() => log_limit::flush(),
+        }
+    }
 }
 
 /// Keeps the capability cache fresh (see `upstream::capability_cache`).

@@ -139,7 +139,11 @@ mod tests {
         assert_eq!(limiter.admit(at(0)), Some(0), "the first is written");
         assert_eq!(limiter.admit(at(1)), None);
         assert_eq!(limiter.admit(at(2)), None);
-        assert_eq!(limiter.overdue(at(3)), None, "not before the interval is over");
+        assert_eq!(
+            limiter.overdue(at(3)),
+            None,
+            "not before the interval is over"
+        );
         let later = INTERVAL.as_millis() as u64;
         assert_eq!(limiter.admit(at(later)), Some(2));
         assert_eq!(limiter.admit(at(later + 1)), None);

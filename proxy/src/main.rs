@@ -150,8 +150,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// Loads and instantiates every plugin and prints each one's hooks.
+/// Loads and instantiates every plugin and prints each one's hooks, and what the
+/// configuration has that is valid but doubtful.
 fn check(config: &Config) -> ExitCode {
+    for warning in &config.warnings {
+        eprintln!("warning: {warning}");
+    }
     let loaded = runtime(1)
         .map_err(anyhow::Error::from)
         .and_then(|rt| {

@@ -32,7 +32,15 @@ pub struct Proxy {
 impl Proxy {
     /// Starts the proxy in front of `upstream` with extra TOML appended to the config.
     pub fn start(upstream: &str, extra: &str) -> Proxy {
-        Proxy::start_with(&format!("[upstream]\naddress = \"{upstream}\"\n{extra}"))
+        // The recording upstream has no XCLIENT: say so, unless the test chooses.
+        let client_address = if extra.contains("client_address") {
+            ""
+        } else {
+            "client_address = \"none\"\n"
+        };
+        Proxy::start_with(&format!(
+            "[upstream]\naddress = \"{upstream}\"\n{client_address}{extra}"
+        ))
     }
 
     /// Starts the proxy with a listener on port 0 and `rest` as the rest of the config.
@@ -137,6 +145,11 @@ impl Proxy {
         let greeting = client.read_reply();
         assert_eq!(greeting.code, 220, "{greeting:?}");
         client
+    }
+
+    /// The proxy's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The proxy's peak resident memory so far (VmHWM), in KiB.

@@ -405,7 +405,7 @@ fn streamed_data_through_a_pipelining_upstream() {
         name: "streamed, pipelining upstream",
         extensions: &["PIPELINING"],
         listener: "",
-        upstream: "",
+        upstream: "client_address = \"none\"",
     };
     for seed in seeds() {
         run_model(seed, &variant);
@@ -418,7 +418,7 @@ fn streamed_data_through_a_lock_step_upstream_kept_for_reuse() {
         name: "streamed, lock-step upstream, reuse",
         extensions: &[],
         listener: "",
-        upstream: "reuse = { idle_timeout = \"5s\" }",
+        upstream: "client_address = \"none\"\nreuse = { idle_timeout = \"5s\" }",
     };
     for seed in seeds() {
         run_model(seed, &variant);
@@ -431,7 +431,7 @@ fn spooled_data_for_a_plugin() {
         name: "spooled",
         extensions: &["PIPELINING"],
         listener: "plugins = [\"watch\"]",
-        upstream: "",
+        upstream: "client_address = \"none\"",
     };
     for seed in seeds() {
         run_model(seed, &variant);

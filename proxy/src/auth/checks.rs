@@ -6,7 +6,8 @@
 //! at a time, so one address cannot take every thread.
 //!
 //! A check that has started runs to its end even if the client leaves, and keeps its
-//! turn until then: leaving cannot be used to start more checks than the limit.
+//! turn until then: leaving cannot be used to start more checks than the limit. A
+//! thread that has had nothing to check for a few seconds drops its working memory.
 
 use std::{
     collections::HashMap,
@@ -20,6 +21,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use super::credentials::Scratch;
 
 type Job = Box<dyn FnOnce(&mut Scratch) + Send>;
+
+/// How long a checking thread keeps its working memory without a check to run.
+const IDLE: Duration = Duration::from_secs(5);
 
 /// No turn came within the wait allowed: 454 4.7.0, try again later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -156,10 +160,14 @@ impl PasswordChecks {
                     .spawn(move || {
                         let mut scratch = Scratch::default();
                         loop {
-                            let job = receiver.lock().expect("lock poisoned").recv();
+                            let job = receiver.lock().expect("lock poisoned").recv_timeout(IDLE);
                             match job {
                                 Ok(job) => job(&mut scratch),
-                                Err(_) => return,
+                                // A burst is over: its memory goes back.
+                                Err(mpsc::RecvTimeoutError::Timeout) => {
+                                    scratch = Scratch::default()
+                                }
+                                Err(mpsc::RecvTimeoutError::Disconnected) => return,
                             }
                         }
                     })
@@ -198,7 +206,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_check_keeps_its_turn_when_the_caller_stops_waiting() {
         let checks = Arc::new(PasswordChecks::new(1, Duration::from_secs(5)));
         let a: IpAddr = "192.0.2.1".parse().unwrap();

@@ -29,6 +29,19 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// Something in a valid configuration that is probably not what the operator wants
+/// (written at start-up and by `portcullis check`); same shape as [`ConfigError`].
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}{key}: {message}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+pub struct ConfigWarning {
+    /// The dotted key path.
+    pub key: String,
+    /// The 1-based line of the value, when known.
+    pub line: Option<usize>,
+    /// What may be wrong, and what to do.
+    pub message: String,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -52,11 +65,41 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Failed-AUTH throttling per client address.
     pub auth_throttle: ThrottleConfig,
-    /// The key-value store shared by plugins and the AUTH throttle.
+    /// The key-value store plugins share.
     pub kv: KvConfig,
+    /// Limits per client address, applied before any plugin runs.
+    pub client_limits: ClientLimitsConfig,
+    /// What validation found doubtful; the proxy runs, and says so.
+    pub warnings: Vec<ConfigWarning>,
 }
 
-/// `[kv]`: the in-memory key-value store that plugins and the AUTH throttle share.
+/// `[client_limits]`: what one client address may hold, checked when a connection is
+/// accepted, before any plugin runs; past a limit: 421 4.7.0 and close.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientLimitsConfig {
+    /// Sessions one address may have open at once (Postfix's
+    /// `smtpd_client_connection_count_limit`, 50); 0: no limit.
+    pub max_sessions: usize,
+    /// New sessions one address may open per `window`, refused attempts included
+    /// (Postfix's `smtpd_client_connection_rate_limit`); 0: no limit, the default.
+    pub max_new_sessions: usize,
+    /// The window `max_new_sessions` counts in.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+}
+
+impl Default for ClientLimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_sessions: 50,
+            max_new_sessions: 0,
+            window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `[kv]`: the in-memory key-value store that plugins share.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KvConfig {
@@ -94,14 +137,29 @@ impl Default for TlsConfig {
     }
 }
 
-/// `[auth_throttle]`: failed AUTH attempts per client address, counted in the shared
-/// key-value store. Each failure waits `delay × failures` (at most `max_delay`) before
-/// its 535; past `max_failures` within `window` the client gets 421 4.7.0.
+/// `[auth_throttle]`: failed AUTH attempts per client address, and how many password
+/// checks run at once. An attempt counts as a failure from the moment it is checked
+/// until it succeeds, so concurrent attempts cannot outrun the count. Each failure
+/// waits `delay × failures` (at most `max_delay`) before its 535; at `max_failures`
+/// within `window` the client gets 421 4.7.0.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ThrottleConfig {
     /// Failures allowed per address within the window.
+    #[serde(deserialize_with = "positive_u32")]
     pub max_failures: u32,
+    /// Client addresses whose failures are remembered at once, in a part of the store
+    /// kept for the throttle alone. When it is full of live counts a new address gets
+    /// 454 4.7.0 at AUTH instead of an uncounted guess.
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_clients: usize,
+    /// Password checks that run at once (each Argon2 check holds its memory cost,
+    /// 19 MiB by default, while it runs); 0: one per CPU core. A client address has
+    /// at most one check running; the others wait their turn.
+    pub concurrent_checks: usize,
+    /// Longest wait for a turn to be checked; past it: 454 4.7.0.
+    #[serde(with = "humantime_serde")]
+    pub check_timeout: Duration,
     /// How long failures are remembered (from the first one).
     #[serde(with = "humantime_serde")]
     pub window: Duration,
@@ -117,6 +175,9 @@ impl Default for ThrottleConfig {
     fn default() -> Self {
         Self {
             max_failures: 10,
+            max_clients: 100_000,
+            concurrent_checks: 0,
+            check_timeout: Duration::from_secs(30),
             window: Duration::from_secs(15 * 60),
             delay: Duration::from_secs(1),
             max_delay: Duration::from_secs(10),
@@ -306,6 +367,11 @@ pub struct SmtpConfig {
     /// Error replies a client may provoke before it is disconnected with 421.
     #[serde(deserialize_with = "positive_usize")]
     pub max_errors: usize,
+    /// Commands that move no mail (NOOP, RSET, HELP, VRFY, EXPN) a session may send
+    /// between messages; one more gets 421 4.7.0 and the session ends (Postfix's
+    /// `smtpd_junk_command_limit`, 100). Each message accepted starts the count again.
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_junk_commands: usize,
     /// Bare CR or LF inside a message: `reject` (5xx after the message) or `normalize`.
     pub bare_line_endings: BareLineEndings,
     /// VRFY: `refuse` (252) or `relay` to the upstream.
@@ -331,6 +397,7 @@ impl Default for SmtpConfig {
             max_recipients: 100,
             max_message_size: 50 * 1024 * 1024,
             max_errors: 10,
+            max_junk_commands: 100,
             bare_line_endings: BareLineEndings::Reject,
             vrfy: VerifyPolicy::Refuse,
             expn: VerifyPolicy::Refuse,
@@ -420,6 +487,18 @@ pub enum ClientAddressMode {
     ProxyV1,
     /// A PROXY protocol version 2 header (binary).
     ProxyV2,
+}
+
+impl ClientAddressMode {
+    /// Its name as written in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientAddressMode::None => "none",
+            ClientAddressMode::Xclient => "xclient",
+            ClientAddressMode::ProxyV1 => "proxy-v1",
+            ClientAddressMode::ProxyV2 => "proxy-v2",
+        }
+    }
 }
 
 /// Where the upstream is.
@@ -558,6 +637,7 @@ pub struct RawConfig {
     auth_throttle: ThrottleConfig,
     #[serde(default)]
     kv: KvConfig,
+    client_limits: Option<Spanned<ClientLimitsConfig>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -576,8 +656,7 @@ struct RawListener {
 struct RawUpstream {
     address: Option<Spanned<String>>,
     development_folder: Option<Spanned<PathBuf>>,
-    #[serde(default = "default_client_address")]
-    client_address: ClientAddressMode,
+    client_address: Option<Spanned<ClientAddressMode>>,
     client_name_lookup: Option<Spanned<bool>>,
     #[serde(default)]
     received_header: bool,
@@ -591,10 +670,6 @@ struct RawUpstream {
     #[serde(default)]
     tls_insecure: bool,
     tls_server_name: Option<String>,
-}
-
-fn default_client_address() -> ClientAddressMode {
-    ClientAddressMode::None
 }
 
 fn default_capabilities_refresh() -> Duration {
@@ -662,6 +737,14 @@ fn at_least_1000<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D:
 
 fn positive_usize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
     at_least(deserializer, 1, "zero would refuse everything")
+}
+
+fn positive_u32<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let value = u32::deserialize(deserializer)?;
+    if value == 0 {
+        return Err(serde::de::Error::custom("must be at least 1"));
+    }
+    Ok(value)
 }
 
 fn positive_u64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {

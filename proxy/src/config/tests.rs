@@ -11,12 +11,44 @@ fn the_client_name_is_looked_up_for_xclient_and_the_received_field_unless_turned
         let text = MINIMAL.replace("10025\"\n", &format!("10025\"\n{extra}"));
         Config::parse(&text).unwrap().upstream.client_name_lookup
     };
-    assert!(!with(""));
+    assert!(with(""), "XCLIENT is the default in front of a real MTA");
+    assert!(!with("client_address = \"none\"\n"));
     assert!(!with("client_address = \"proxy-v1\"\n"));
     assert!(with("client_address = \"xclient\"\n"));
     assert!(!with(
         "client_address = \"xclient\"\nclient_name_lookup = false\n"
     ));
+}
+
+#[test]
+fn the_upstream_judges_the_real_client_unless_told_otherwise() {
+    let config = Config::parse(MINIMAL).unwrap();
+    assert_eq!(config.upstream.client_address, ClientAddressMode::Xclient);
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    let development = Config::parse(&MINIMAL.replace(
+        "address = \"127.0.0.1:10025\"",
+        "development_folder = \"mail-out\"",
+    ))
+    .unwrap();
+    assert_eq!(development.upstream.client_address, ClientAddressMode::None);
+    assert!(development.warnings.is_empty());
+    let none = Config::parse(&MINIMAL.replace("10025\"\n", "10025\"\nclient_address = \"none\"\n"))
+        .unwrap();
+    let warning = none.warnings[0].to_string();
+    assert!(
+        warning.starts_with(
+            "line 7: upstream.client_address: \"none\": the upstream sees this proxy's address"
+        ),
+        "{warning}"
+    );
+    let reuse = MINIMAL.replace("10025\"\n", "10025\"\nreuse = { idle_timeout = \"5s\" }\n");
+    let error = Config::parse(&reuse).unwrap_err();
+    assert_eq!(error.key, "upstream.reuse.idle_timeout");
+    assert!(
+        error
+            .message
+            .contains("only reused with client_address = \"none\"")
+    );
 }
 
 #[test]
@@ -72,6 +104,24 @@ fn errors_name_the_key_and_the_line() {
             "smtp.colour",
             Some(9),
             "unknown field",
+        ),
+        (
+            &format!("{MINIMAL}\n[client_limits]\nmax_new_sessions = 10\nwindow = \"0s\"\n"),
+            "client_limits.window",
+            Some(8),
+            "longer than 0s",
+        ),
+        (
+            &format!("{MINIMAL}\n[auth_throttle]\nmax_failures = 0\n"),
+            "auth_throttle.max_failures",
+            Some(9),
+            "at least 1",
+        ),
+        (
+            &format!("{MINIMAL}\n[smtp]\nmax_junk_commands = 0\n"),
+            "smtp.max_junk_commands",
+            Some(9),
+            "at least 1",
         ),
         (
             &MINIMAL.replace("127.0.0.1:10025", "no-port"),

@@ -38,8 +38,11 @@ impl RawConfig {
             }
             listeners.push(listener.config);
         }
-        let upstream = validate_upstream(self.upstream, line_of)?;
+        let mut warnings = Vec::new();
+        let upstream = validate_upstream(self.upstream, line_of, &mut warnings)?;
         let quarantine = validate_quarantine(self.quarantine, line_of)?;
+        let client_limits = validate_client_limits(self.client_limits, line_of)?;
+        warn_about_edge_auth(&listeners, &upstream, &mut warnings);
         Ok(Config {
             server: self.server,
             smtp: self.smtp,
@@ -52,6 +55,8 @@ impl RawConfig {
             tls: self.tls,
             auth_throttle: self.auth_throttle,
             kv: self.kv,
+            client_limits,
+            warnings,
         })
     }
 }
@@ -157,11 +162,15 @@ fn validate_listener(
     })
 }
 
-/// Checks `[upstream]`: exactly one of address and development_folder, no reuse
-/// with a PROXY header, and its TLS settings.
+/// Checks `[upstream]`: exactly one of address and development_folder, reuse only
+/// when no client is named, and its TLS settings. `client_address` defaults to
+/// `xclient` in front of a real MTA, so the MTA never takes every client for the
+/// proxy (and, trusting the proxy's address, relays for anyone); `none` is warned
+/// about there.
 fn validate_upstream(
     raw: Spanned<RawUpstream>,
     line_of: LineOf,
+    warnings: &mut Vec<ConfigWarning>,
 ) -> Result<UpstreamConfig, ConfigError> {
     let error = |key: &str, offset: usize, message: &str| error_at(line_of, key, offset, message);
     let upstream_offset = raw.span().start;
@@ -197,23 +206,36 @@ fn validate_upstream(
             ));
         }
     };
-    let proxy_header = matches!(
-        upstream.client_address,
-        ClientAddressMode::ProxyV1 | ClientAddressMode::ProxyV2
-    );
+    let client_address = match (&upstream.client_address, &target) {
+        (Some(mode), _) => *mode.get_ref(),
+        (None, UpstreamTarget::Address(_)) => ClientAddressMode::Xclient,
+        // The development upstream accepts everything and delivers nothing.
+        (None, UpstreamTarget::Development(_)) => ClientAddressMode::None,
+    };
+    if let (Some(mode), UpstreamTarget::Address(_)) = (&upstream.client_address, &target)
+        && *mode.get_ref() == ClientAddressMode::None
+    {
+        warnings.push(ConfigWarning {
+            key: "upstream.client_address".into(),
+            line: Some(line_of(mode.span().start)),
+            message: "\"none\": the upstream sees this proxy's address for every client. If it trusts that address (Postfix's default mynetworks includes it), it relays mail for anyone who connects here. Use \"xclient\" or a PROXY header, or make sure the upstream grants this address nothing it would not grant any client".into(),
+        });
+    }
     if let Some(reuse) = &upstream.reuse
-        && proxy_header
+        && client_address != ClientAddressMode::None
         && reuse.get_ref().enabled()
     {
         return Err(error(
             "upstream.reuse.idle_timeout",
             reuse.span().start,
-            "upstream sessions cannot be reused with the PROXY protocol (its header describes one client)",
+            &format!(
+                "upstream sessions are only reused with client_address = \"none\" (with \"{}\" an upstream session names one client)",
+                client_address.name()
+            ),
         ));
     }
     // The names go in XCLIENT and in the Received field; nowhere else.
-    let names_used =
-        upstream.client_address == ClientAddressMode::Xclient || upstream.received_header;
+    let names_used = client_address == ClientAddressMode::Xclient || upstream.received_header;
     let client_name_lookup = match &upstream.client_name_lookup {
         Some(lookup) if *lookup.get_ref() && !names_used => {
             return Err(error(
@@ -228,7 +250,7 @@ fn validate_upstream(
     let tls = validate_upstream_tls(&upstream, &target, line_of)?;
     Ok(UpstreamConfig {
         target,
-        client_address: upstream.client_address,
+        client_address,
         client_name_lookup,
         received_header: upstream.received_header,
         timeouts: upstream.timeouts,
@@ -384,4 +406,48 @@ fn validate_upstream_tls(
         mode: *mode.get_ref(),
         connector: Some(connector),
     })
+}
+
+/// Checks `[client_limits]`: a rate needs a window.
+fn validate_client_limits(
+    raw: Option<Spanned<ClientLimitsConfig>>,
+    line_of: LineOf,
+) -> Result<ClientLimitsConfig, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(ClientLimitsConfig::default());
+    };
+    let offset = raw.span().start;
+    let limits = raw.into_inner();
+    if limits.max_new_sessions > 0 && limits.window.is_zero() {
+        return Err(error_at(
+            line_of,
+            "client_limits.window",
+            offset,
+            "must be longer than 0s when max_new_sessions is set",
+        ));
+    }
+    Ok(limits)
+}
+
+/// Edge AUTH without XCLIENT: the upstream never learns who logged in.
+fn warn_about_edge_auth(
+    listeners: &[ListenerConfig],
+    upstream: &UpstreamConfig,
+    warnings: &mut Vec<ConfigWarning>,
+) {
+    if upstream.client_address == ClientAddressMode::Xclient {
+        return;
+    }
+    for (index, listener) in listeners.iter().enumerate() {
+        if listener.auth.mode == AuthMode::Edge {
+            warnings.push(ConfigWarning {
+                key: format!("listener[{index}].auth.mode"),
+                line: None,
+                message: format!(
+                    "edge AUTH on listener {} without upstream.client_address = \"xclient\": the upstream will not learn who logged in",
+                    listener.name
+                ),
+            });
+        }
+    }
 }

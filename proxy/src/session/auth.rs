@@ -5,17 +5,18 @@
 //! [`crate::auth::Secret`]; no log line here carries a response line.
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Flow, Session, replies, state::Login};
 use crate::{
     auth::{
         Check, Credentials, Mechanism,
         sasl::{self, Exchange, SaslError, Step},
-        throttle::AfterFailure,
+        throttle::{AfterFailure, Refused, Reservation},
     },
     config::AuthMode,
     hooks::Decision,
+    log_limit::{self, Event},
     smtp::{
         Reply,
         capabilities::{Capabilities, Extension},
@@ -90,14 +91,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         } else if self.peer.tls.is_none() && !policy.allow_plaintext {
             return Some(self.reply(replies::encryption_required()));
         } else if self.context.throttle.is_blocked(self.peer.address.ip()) {
-            info!("AUTH refused: too many failures from this address");
-            let hostname = &self.context.config.server.hostname;
-            self.reply(replies::auth_throttled(hostname));
-            return Some(Flow::Close);
+            return Some(self.throttle_refused(Refused::Blocked));
         } else {
             return None;
         };
         Some(self.error(refusal))
+    }
+
+    /// An attempt the throttle will not let be checked: 421 and close when the
+    /// address has used up its failures, 454 when it cannot be counted.
+    fn throttle_refused(&mut self, refused: Refused) -> Flow {
+        match refused {
+            Refused::Blocked => {
+                if let Some(suppressed) = log_limit::admit(Event::AuthThrottled) {
+                    info!(
+                        suppressed,
+                        "AUTH refused: too many failures from this address"
+                    );
+                }
+                let hostname = &self.context.config.server.hostname;
+                self.reply(replies::auth_throttled(hostname));
+                Flow::Close
+            }
+            Refused::CannotCount => {
+                if let Some(suppressed) = log_limit::admit(Event::ThrottleFull) {
+                    warn!(
+                        suppressed,
+                        "AUTH refused for now: the throttle's store is full of live counts (auth_throttle.max_clients)"
+                    );
+                }
+                self.reply(replies::auth_unavailable())
+            }
+        }
     }
 
     /// Edge mode: run the exchange, check the credentials here.
@@ -106,17 +131,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(credentials) => credentials,
             Err(flow) => return flow,
         };
-        match self.check_credentials(&credentials).await {
-            Check::Valid => {
+        let reservation = match self.context.throttle.reserve(self.peer.address.ip()) {
+            Ok(reservation) => reservation,
+            Err(refused) => return self.throttle_refused(refused),
+        };
+        match self.check_credentials(&credentials, reservation).await {
+            Verified::Valid => {
                 let login = credentials.login.clone();
                 self.logged_in(mechanism, login, true, replies::authenticated())
                     .await
             }
-            Check::Invalid => {
+            Verified::Invalid(after) => {
                 info!(login = %credentials.login, %mechanism, "AUTH failed: invalid credentials");
-                self.auth_failed(replies::bad_credentials()).await
+                self.auth_failed(replies::bad_credentials(), after).await
             }
-            Check::Unavailable => {
+            Verified::Unavailable => {
                 warn!(login = %credentials.login, "AUTH: the verifier is unavailable");
                 self.reply(replies::auth_unavailable())
             }
@@ -170,28 +199,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    /// Asks the credentials file (on a blocking thread: hashes are slow on purpose)
-    /// or the verifier plugin.
-    async fn check_credentials(&mut self, credentials: &Credentials) -> Check {
+    /// Asks the credentials file (on a checking thread: hashes are slow on purpose)
+    /// or the verifier plugin, once this client's turn has come, and settles the
+    /// throttle's reservation with the answer. A file check finishes and counts even
+    /// if the client leaves meanwhile.
+    async fn check_credentials(
+        &mut self,
+        credentials: &Credentials,
+        reservation: Reservation,
+    ) -> Verified {
+        let checks = self.context.checks.clone();
+        let turn = match checks.turn(self.peer.address.ip()).await {
+            Ok(turn) => turn,
+            Err(busy) => {
+                warn!(%busy, "AUTH: no turn to check the credentials");
+                return Verified::Unavailable;
+            }
+        };
         if let Some(file) = &self.listener.credentials {
-            let (file, credentials) = (file.get(), credentials.clone());
-            return tokio::task::spawn_blocking(move || {
-                file.check(&credentials.login, credentials.password.expose())
-            })
-            .await
-            .unwrap_or(Check::Unavailable);
+            let (file, credentials, id) = (file.get(), credentials.clone(), self.id.clone());
+            let checked = checks.run(turn, move |scratch| {
+                let check = file.check(&credentials.login, credentials.password.expose(), scratch);
+                debug!(session = %id, ?check, "password checked");
+                Verified::settle(check, reservation)
+            });
+            return checked.await.unwrap_or(Verified::Unavailable);
         }
         if let Some(verifier) = self.listener.verifier.clone() {
             let session = self.plugin_session();
-            return crate::hooks::verify_login(&verifier, &self.id, &session, credentials).await;
+            let check =
+                crate::hooks::verify_login(&verifier, &self.id, &session, credentials).await;
+            drop(turn);
+            return Verified::settle(check, reservation);
         }
-        Check::Unavailable
+        Verified::Unavailable
     }
 
-    /// A failed attempt: counted per client address; a growing delay before `reply`,
-    /// or 421 and close past the limit.
-    async fn auth_failed(&mut self, reply: Reply) -> Flow {
-        match self.context.throttle.record_failure(self.peer.address.ip()) {
+    /// A failed attempt, already counted: a growing delay before `reply`, or 421
+    /// and close past the limit.
+    async fn auth_failed(&mut self, reply: Reply, after: AfterFailure) -> Flow {
+        match after {
             AfterFailure::Delay(delay) => {
                 tokio::select! {
                     _ = self.context.shutdown.abort.cancelled() => {}
@@ -259,6 +306,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             None => format!("AUTH {mechanism}"),
         };
         let timeout = self.context.config.upstream.timeouts.command;
+        // Counted as a failure until the upstream says 235.
+        let mut reservation = match self.context.throttle.reserve(self.peer.address.ip()) {
+            Ok(reservation) => Some(reservation),
+            Err(refused) => return self.throttle_refused(refused),
+        };
         loop {
             let reply = match self.upstream_session().await {
                 Ok(upstream) => upstream.command(Stage::Command, &line, timeout).await,
@@ -274,12 +326,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             match reply.code() {
                 334 => {}
                 235 => {
+                    if let Some(reservation) = reservation.take() {
+                        reservation.succeeded();
+                    }
                     self.upstream_authenticated = true;
                     let login = login.unwrap_or_default();
                     return self.logged_in(mechanism, login, false, reply).await;
                 }
                 421 => return self.relay(reply),
-                535 => return self.auth_failed(reply).await,
+                535 => {
+                    let after = reservation.take().expect("settled once").failed();
+                    return self.auth_failed(reply, after).await;
+                }
                 _ => return self.reply(reply),
             }
             self.reply(reply);
@@ -325,6 +383,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .sender_logins
             .as_ref()
             .is_none_or(|map| map.get().allows(self.login_name(), sender))
+    }
+}
+
+/// What checking credentials came to, with the throttle's answer to a failure.
+#[derive(Debug)]
+enum Verified {
+    Valid,
+    Invalid(AfterFailure),
+    /// No answer (verifier failed, no turn in time): the attempt is not counted.
+    Unavailable,
+}
+
+impl Verified {
+    fn settle(check: Check, reservation: Reservation) -> Self {
+        match check {
+            Check::Valid => {
+                reservation.succeeded();
+                Verified::Valid
+            }
+            Check::Invalid => Verified::Invalid(reservation.failed()),
+            Check::Unavailable => Verified::Unavailable,
+        }
     }
 }
 

@@ -121,7 +121,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     .await
             }
         };
-        self.log_message(reader.size(), &reply);
+        self.message_ended(reader.size(), &reply);
         self.envelope = Default::default();
         self.relay(reply)
     }
@@ -240,8 +240,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Some(field.render())
     }
 
+    /// A message got its final reply: its summary line, and a message accepted
+    /// starts the count of commands that move no mail again.
+    pub(super) fn message_ended(&mut self, size: u64, reply: &Reply) {
+        self.log_message(size, reply);
+        if reply.is_positive() {
+            self.junk_commands = 0;
+        }
+    }
+
     /// The one summary line per message.
-    pub(super) fn log_message(&self, size: u64, reply: &Reply) {
+    fn log_message(&self, size: u64, reply: &Reply) {
         let from = self
             .envelope
             .mail

@@ -34,8 +34,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
     auth::{
-        Reloadable, credentials::CredentialsFile, sender_logins::SenderLogins,
-        throttle::AuthThrottle,
+        Reloadable, checks::PasswordChecks, credentials::CredentialsFile,
+        sender_logins::SenderLogins, throttle::AuthThrottle,
     },
     config::{Config, ListenerConfig, TlsMode, VerifyPolicy},
     connection::{Connection, ReadError},
@@ -81,8 +81,10 @@ pub struct SessionContext {
     pub shutdown: Shutdown,
     /// The certificates for client TLS (`None` when no listener uses TLS).
     pub server_tls: Option<ServerTls>,
-    /// Failed-AUTH counting, shared by all sessions through the key-value store.
+    /// Failed-AUTH counting, shared by all sessions.
     pub throttle: AuthThrottle,
+    /// The threads that check passwords, and the turns to use them.
+    pub checks: Arc<PasswordChecks>,
     /// The resolver for the client's host names (shared with the plugins).
     pub dns: Arc<Resolver>,
 }
@@ -159,6 +161,8 @@ pub struct Session<S> {
     /// The lookup of the client's host names, while it runs.
     name_lookup: Option<AbortOnDropHandle<ClientName>>,
     errors: usize,
+    /// Commands that moved no mail since the last message accepted.
+    junk_commands: usize,
     /// Set when the session must end without reading another command.
     closing: bool,
 }
@@ -186,6 +190,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             offered: Capabilities::default(),
             name_lookup: None,
             errors: 0,
+            junk_commands: 0,
             closing: false,
         }
     }
@@ -288,6 +293,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn handle_command(&mut self, command: Command) -> Flow {
+        if moves_no_mail(&command) {
+            self.junk_commands += 1;
+            if self.junk_commands > self.context.config.smtp.max_junk_commands {
+                info!(
+                    commands = self.junk_commands - 1,
+                    "too many commands that move no mail"
+                );
+                self.reply(replies::too_many_junk_commands(
+                    &self.context.config.server.hostname,
+                ));
+                return Flow::Close;
+            }
+        }
         match command {
             Command::Helo(name) => self.helo(name, false).await,
             Command::Ehlo(name) => self.helo(name, true).await,
@@ -617,6 +635,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let deadline = Instant::now() + self.context.config.smtp.command_timeout;
         self.downstream.flush(deadline).await
     }
+}
+
+/// NOOP, RSET, HELP, VRFY and EXPN: what a client holding a connection open without
+/// sending mail repeats (`smtp.max_junk_commands`).
+fn moves_no_mail(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Noop | Command::Rset | Command::Help | Command::Vrfy(_) | Command::Expn(_)
+    )
 }
 
 /// The client has left: its upstream session goes back to the pool if it is idle and

@@ -161,6 +161,15 @@ pub fn too_many_errors(hostname: &str) -> Reply {
     )
 }
 
+/// 421 when the client sent too many commands that move no mail.
+pub fn too_many_junk_commands(hostname: &str) -> Reply {
+    Reply::new(
+        421,
+        code(4, 7, 0),
+        format!("{hostname} Too many commands without mail, closing connection"),
+    )
+}
+
 /// 421 when the client is idle or slow past the timeout.
 pub fn timeout(hostname: &str) -> Reply {
     Reply::new(

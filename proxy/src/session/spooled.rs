@@ -116,7 +116,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Logs the message, ends the transaction here and upstream, and replies.
     async fn finish_spooled(&mut self, size: u64, reply: Reply) -> Flow {
-        self.log_message(size, &reply);
+        self.message_ended(size, &reply);
         self.reset_transaction().await;
         self.relay(reply)
     }

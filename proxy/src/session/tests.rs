@@ -27,7 +27,11 @@ fn context_from(config: Config) -> Arc<SessionContext> {
         pool: Arc::new(SessionPool::new(Default::default())),
         shutdown: Shutdown::default(),
         server_tls: None,
-        throttle: AuthThrottle::new(Default::default(), Default::default()),
+        throttle: AuthThrottle::new(Default::default()),
+        checks: Arc::new(crate::auth::checks::PasswordChecks::new(
+            1,
+            Duration::from_secs(5),
+        )),
         dns: Arc::new(crate::dns::Resolver::offline()),
     })
 }
@@ -96,6 +100,23 @@ async fn local_verbs_get_their_codes() {
     ];
     expect_codes(&mut client, cases).await;
     assert_eq!(converse(&mut client, b"QUIT\r\n", 1).await, ["221"]);
+}
+
+#[tokio::test]
+async fn commands_that_move_no_mail_are_counted() {
+    let mut client = start(context("[smtp]\nmax_junk_commands = 4\n"));
+    converse(&mut client, b"", 1).await;
+    let cases: &[(&[u8], &str)] = &[
+        (b"EHLO c.example\r\n", "250"),
+        (b"NOOP\r\n", "250"),
+        (b"RSET\r\n", "250"),
+        (b"HELP\r\n", "214"),
+        (b"FROB\r\n", "500"),
+        (b"VRFY someone\r\n", "252"),
+        (b"EXPN staff\r\n", "421"),
+    ];
+    expect_codes(&mut client, cases).await;
+    assert!(converse(&mut client, b"", 1).await.is_empty(), "closed");
 }
 
 #[tokio::test]
