@@ -21,7 +21,7 @@ use portcullis::{
     hooks::{Chain, Decision, SessionHooks},
     message::{Message, SpoolWriter},
     plugin_host::{Capacity, LoadedPlugin, PluginRuntime, abi},
-    smtp::{Command, command, data::DotStuffer},
+    smtp::{Command, capabilities::Capabilities, command, data::DotStuffer},
 };
 
 fn load(runtime: &tokio::runtime::Runtime, crate_name: &str, config: &str) -> Arc<LoadedPlugin> {
@@ -298,14 +298,15 @@ async fn one_message(session: &abi::Session, hooks: &mut SessionHooks, content: 
     let Ok(Command::Rcpt(rcpt)) = command::parse(b"RCPT TO:<to@bench.test>") else {
         unreachable!()
     };
-    let (decision, mail) = hooks.mail(session, mail).await;
+    let offered = Capabilities::relayable();
+    let (decision, mail) = hooks.mail(session, mail, &offered).await;
     assert_eq!(decision, Decision::Continue);
     let mut envelope = abi::Envelope {
         sender: mail.reverse_path.mailbox().to_string(),
         mail_params: Vec::new(),
         recipients: Vec::new(),
     };
-    let (decision, rcpt) = hooks.rcpt(session, &envelope, rcpt).await;
+    let (decision, rcpt) = hooks.rcpt(session, &envelope, rcpt, &offered).await;
     assert_eq!(decision, Decision::Continue);
     envelope
         .recipients

@@ -1037,6 +1037,15 @@ config = {{ remove = ["Authentication-Results"], subject_tags = [{{ tag = "[EXTE
 [plugins.tag]
 path = "{}"
 config = {{ mode = "quarantine", stage = "data" }}
+
+# Another listener's chain is not compiled by a replay of "mx".
+[[listener]]
+name = "other"
+address = "127.0.0.1:0"
+plugins = ["missing"]
+
+[plugins.missing]
+path = "no/such/plugin.wasm"
 "#,
             dns.address,
             component("dnsbl").display(),
@@ -1076,10 +1085,11 @@ config = {{ mode = "quarantine", stage = "data" }}
     );
     let expected_lines = [
         "connect                  dnsbl            continue",
+        "rcpt <info@example.com>  recipients       continue; rewrote it to RCPT TO:<bob@example.com>",
         "rcpt <info@example.com>  rewritten to <bob@example.com>",
         "rcpt <x@elsewhere.test>  recipients       reject 550 5.1.1 <x@elsewhere.test>: Recipient address rejected: not accepted here",
-        "data                     headers          continue",
-        "data                     tag              continue",
+        "data                     headers          continue; edits: remove every Authentication-Results header; change header Subject #0 to [EXTERNAL] hello",
+        "data                     tag              continue; edits: quarantine (looks suspicious)",
         "  MAIL FROM:<eve@outside.test>",
         "  RCPT TO:<bob@example.com>",
     ];

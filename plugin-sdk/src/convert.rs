@@ -81,34 +81,31 @@ pub fn path_outcome(outcome: PathOutcome) -> wit::PathOutcome {
     }
 }
 
-fn header(h: crate::Header) -> wit::Header {
-    wit::Header {
-        name: h.name,
-        value: h.value,
-    }
-}
-
 pub fn data_outcome(outcome: DataOutcome) -> wit::DataOutcome {
-    let edits = outcome
-        .edits
-        .into_iter()
-        .map(|edit| match edit {
-            MessageEdit::AddHeader(h) => wit::MessageEdit::AddHeader(header(h)),
-            MessageEdit::InsertHeader(index, h) => {
-                wit::MessageEdit::InsertHeader((index, header(h)))
-            }
-            MessageEdit::ChangeHeader(name, index, value) => {
-                wit::MessageEdit::ChangeHeader((name, index, value))
-            }
-            MessageEdit::RemoveHeader(name) => wit::MessageEdit::RemoveHeader(name),
-            MessageEdit::ReplaceBody(body) => wit::MessageEdit::ReplaceBody(body),
-            MessageEdit::AddRecipient(r) => wit::MessageEdit::AddRecipient(r),
-            MessageEdit::RemoveRecipient(r) => wit::MessageEdit::RemoveRecipient(r),
-            MessageEdit::Quarantine(reason) => wit::MessageEdit::Quarantine(reason),
-        })
-        .collect();
+    let edits = outcome.edits.into_iter().map(edit).collect();
     wit::DataOutcome {
         verdict: verdict(outcome.verdict),
         edits,
+    }
+}
+
+fn edit(edit: MessageEdit) -> wit::MessageEdit {
+    match edit {
+        MessageEdit::AddHeader { name, value } => {
+            wit::MessageEdit::AddHeader(wit::Header { name, value })
+        }
+        MessageEdit::InsertHeader { index, name, value } => {
+            wit::MessageEdit::InsertHeader(wit::HeaderAt { index, name, value })
+        }
+        MessageEdit::ChangeHeader { name, index, value } => {
+            wit::MessageEdit::ChangeHeader(wit::HeaderChange { name, index, value })
+        }
+        MessageEdit::RemoveHeader { name } => wit::MessageEdit::RemoveHeader(name),
+        MessageEdit::ReplaceBody { body } => wit::MessageEdit::ReplaceBody(body),
+        MessageEdit::AppendBody { text } => wit::MessageEdit::AppendBody(text),
+        MessageEdit::PrependBody { text } => wit::MessageEdit::PrependBody(text),
+        MessageEdit::AddRecipient { address } => wit::MessageEdit::AddRecipient(address),
+        MessageEdit::RemoveRecipient { address } => wit::MessageEdit::RemoveRecipient(address),
+        MessageEdit::Quarantine { reason } => wit::MessageEdit::Quarantine(reason),
     }
 }

@@ -33,6 +33,7 @@
 //! [`testing`] runs a plugin natively under `cargo test`.
 #![deny(missing_docs)]
 
+mod config;
 mod convert;
 mod envelope;
 mod message;
@@ -43,6 +44,8 @@ pub mod dns;
 pub mod kv;
 pub mod log;
 #[cfg(not(target_arch = "wasm32"))]
+mod rules;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
 pub use envelope::Envelope;
@@ -52,15 +55,20 @@ pub use types::{
     Session, SessionInfo, Verdict,
 };
 
-/// The plugin's own configuration: its `config` table from the proxy's TOML file.
-pub type Config = toml::Table;
+pub use config::Config;
 
 /// The TOML crate the configuration comes in, for reading its values.
 pub use toml;
 
+/// serde, for `#[derive(Deserialize)]` on a configuration type read with
+/// [`Config::parse`] (add `serde = { version = "1", features = ["derive"] }` to the
+/// plugin's Cargo.toml, or use this one with `#[serde(crate = "portcullis_sdk::serde")]`).
+pub use serde;
+
 /// The list of strings at `key` of a configuration table; empty if the key is absent,
-/// an error naming the key if it is not a list of strings.
-pub fn config_strings(config: &Config, key: &str) -> Result<Vec<String>, String> {
+/// an error naming the key if it is not a list of strings. [`Config::parse`] into a
+/// type of your own does this for every key at once.
+pub fn config_strings(config: &toml::Table, key: &str) -> Result<Vec<String>, String> {
     let Some(value) = config.get(key) else {
         return Ok(Vec::new());
     };
@@ -270,6 +278,12 @@ pub mod __runtime {
     }
 
     pub fn init<P: Plugin>(config: String) -> Result<wit::Hooks, String> {
+        // Runs once at start-up and is part of the snapshot every instance starts
+        // from: from here on a panic reaches the proxy's log with its message and
+        // place, before the abort ends the call.
+        std::panic::set_hook(Box::new(|info| {
+            crate::log::panic(&info.to_string());
+        }));
         let table: Config = config
             .parse()
             .map_err(|error| format!("invalid plugin config: {error}"))?;

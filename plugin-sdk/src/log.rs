@@ -47,3 +47,12 @@ pub fn warn(message: &str) {
 pub fn debug(message: &str) {
     write(Level::Debug, message);
 }
+
+/// Reports a panic (the message and its place) just before the call aborts; the proxy
+/// logs it as the reason the call failed.
+pub(crate) fn panic(message: &str) {
+    #[cfg(target_arch = "wasm32")]
+    crate::bindings::portcullis::plugin::log::panic(message);
+    #[cfg(not(target_arch = "wasm32"))]
+    crate::testing::host::log(Level::Error, message);
+}

@@ -27,13 +27,18 @@
 //! assert_eq!(harness.envelope().recipients(), ["b@example.com"]);
 //! ```
 
+use portcullis_syntax::param::Verb;
+
 use crate::{
     Config, DataOutcome, Envelope, HeloOutcome, Hooks, LoginCheck, Message, Param, PathOutcome,
-    Plugin, Session, SessionInfo, Verdict, dns::DnsError, log::Level,
+    Plugin, Session, SessionInfo, Verdict, dns::DnsError, log::Level, rules,
 };
 
 /// One plugin instance driven like the proxy drives it: hooks the plugin did not ask
-/// for are not called, and the envelope grows as the verdicts allow.
+/// for are not called, and the envelope grows as the verdicts allow. Every result is
+/// checked by the rules the proxy applies (the crate README lists them), taking every
+/// extension the proxy relays as offered: a result the proxy would refuse panics with
+/// the rule it breaks, so the test fails the way the plugin would fail in the proxy.
 pub struct Harness<P: Plugin> {
     plugin: P,
     hooks: Hooks,
@@ -90,7 +95,11 @@ impl<P: Plugin> Harness<P> {
         if !self.hooks.contains(Hooks::CONNECT) {
             return Verdict::Continue;
         }
-        self.plugin.connect(&self.hook_session())
+        checked(
+            "connect",
+            self.plugin.connect(&self.hook_session()),
+            rules::verdict,
+        )
     }
 
     /// Runs the HELO hook and records the name.
@@ -99,7 +108,8 @@ impl<P: Plugin> Harness<P> {
         if !self.hooks.contains(Hooks::HELO) {
             return HeloOutcome::default();
         }
-        self.plugin.helo(&self.hook_session(), name)
+        let outcome = self.plugin.helo(&self.hook_session(), name);
+        checked("helo", outcome, rules::helo)
     }
 
     /// Records a login and runs the AUTH hook.
@@ -108,7 +118,8 @@ impl<P: Plugin> Harness<P> {
         if !self.hooks.contains(Hooks::AUTH) {
             return Verdict::Continue;
         }
-        self.plugin.auth(&self.hook_session(), mechanism, login)
+        let verdict = self.plugin.auth(&self.hook_session(), mechanism, login);
+        checked("auth", verdict, rules::verdict)
     }
 
     /// Runs the verifier's password check, as the proxy does for a listener whose
@@ -129,7 +140,8 @@ impl<P: Plugin> Harness<P> {
     /// Runs the MAIL hook with parameters.
     pub fn mail_with(&mut self, sender: &str, params: &[Param]) -> PathOutcome {
         let outcome = if self.hooks.contains(Hooks::MAIL) {
-            self.plugin.mail(&self.hook_session(), sender, params)
+            let outcome = self.plugin.mail(&self.hook_session(), sender, params);
+            checked("mail", outcome, |o| rules::path(Verb::Mail, o, params))
         } else {
             PathOutcome::default()
         };
@@ -150,8 +162,10 @@ impl<P: Plugin> Harness<P> {
     /// Runs the RCPT hook; an allowed recipient (possibly rewritten) joins the envelope.
     pub fn rcpt(&mut self, recipient: &str) -> PathOutcome {
         let outcome = if self.hooks.contains(Hooks::RCPT) {
-            self.plugin
-                .rcpt(&self.hook_session(), &self.envelope, recipient, &[])
+            let outcome = self
+                .plugin
+                .rcpt(&self.hook_session(), &self.envelope, recipient, &[]);
+            checked("rcpt", outcome, |o| rules::path(Verb::Rcpt, o, &[]))
         } else {
             PathOutcome::default()
         };
@@ -171,8 +185,10 @@ impl<P: Plugin> Harness<P> {
             return DataOutcome::default();
         }
         let message = Message::from_bytes(message);
-        self.plugin
-            .data(&self.hook_session(), &self.envelope, &message)
+        let outcome = self
+            .plugin
+            .data(&self.hook_session(), &self.envelope, &message);
+        checked("data", outcome, rules::data)
     }
 
     /// Runs the session-end hook.
@@ -197,6 +213,21 @@ impl<P: Plugin> Harness<P> {
         };
         self.envelope = Envelope::default();
     }
+}
+
+/// `result` if it follows the proxy's rules; a panic naming the hook and the rule if
+/// not.
+fn checked<T: std::fmt::Debug>(
+    hook: &str,
+    result: T,
+    rule: impl FnOnce(&T) -> Result<(), portcullis_syntax::Violation>,
+) -> T {
+    if let Err(violation) = rule(&result) {
+        panic!(
+            "the {hook} hook returned a result the proxy would refuse (the plugin's on_error would apply): {violation}\nthe result: {result:?}"
+        );
+    }
+    result
 }
 
 /// Scripts the answer to a DNS query of `kind` ("a", "aaaa", "txt", "mx", "ptr") for
@@ -407,6 +438,88 @@ mod tests {
         let said: Vec<String> = logs().into_iter().map(|(_, text)| text).collect();
         // The count carried over: exactly what a shareable plugin must not rely on.
         assert_eq!(said, ["test-session 1", "end test-session", "second 2"]);
+    }
+
+    /// Returns whatever its config names: results the proxy would refuse.
+    struct Careless(String);
+
+    impl Plugin for Careless {
+        fn init(config: &Config) -> Result<(Self, Hooks), String> {
+            let mode = config.get("mode").and_then(|m| m.as_str()).unwrap_or("");
+            Ok((Careless(mode.into()), Hooks::RCPT | Hooks::DATA))
+        }
+
+        fn rcpt(&mut self, _: &Session, _: &Envelope, _: &str, _: &[Param]) -> PathOutcome {
+            match self.0.as_str() {
+                "address" => PathOutcome::rewrite("evil@x.example> NOTIFY=NEVER"),
+                "param" => PathOutcome {
+                    rewrite_params: Some(vec![Param {
+                        keyword: "NOTIFY".into(),
+                        value: Some("NEVER ORCPT=rfc822;evil@x.example".into()),
+                    }]),
+                    ..PathOutcome::default()
+                },
+                "reply" => Verdict::reject(550, "5.7.1", "x".repeat(5000)).into(),
+                "code" => Verdict::reject(250, "2.0.0", "fine").into(),
+                _ => PathOutcome::rewrite("archive@example.com"),
+            }
+        }
+
+        fn data(&mut self, _: &Session, _: &Envelope, _: &Message) -> DataOutcome {
+            let edit = match self.0.as_str() {
+                "header" => crate::MessageEdit::add_header("X-Evil", "x\r\n.\r\nMAIL FROM:<e@x>"),
+                "body" => crate::MessageEdit::append_body(vec![b'x'; 1200]),
+                _ => crate::MessageEdit::add_header("X-Fine", "folded\r\n value"),
+            };
+            DataOutcome {
+                verdict: Verdict::Continue,
+                edits: vec![edit],
+            }
+        }
+    }
+
+    /// The panic message of running `f`, if it panicked.
+    fn panic_of(f: impl FnOnce() + std::panic::UnwindSafe) -> Option<String> {
+        let error = std::panic::catch_unwind(f).err()?;
+        error
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| error.downcast_ref::<&str>().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn results_the_proxy_would_refuse_fail_the_test_with_the_rule() {
+        let cases = [
+            ("address", true, "invalid domain"),
+            ("param", true, "not an esmtp-value"),
+            ("reply", true, "longer than 4000 octets"),
+            ("code", true, "a reject needs a 5xx code"),
+            ("header", false, "header field \"X-Evil\""),
+            ("body", false, "longer than 998 octets"),
+        ];
+        for (mode, at_rcpt, rule) in cases {
+            let message = panic_of(move || {
+                let mut harness = Harness::<Careless>::new(&format!("mode = \"{mode}\"")).unwrap();
+                harness.mail("a@example.org");
+                if at_rcpt {
+                    harness.rcpt("b@example.com");
+                } else {
+                    harness.data(b"Subject: x\r\n\r\nbody\r\n");
+                }
+            })
+            .unwrap_or_else(|| panic!("{mode}: accepted"));
+            assert!(
+                message.contains("a result the proxy would refuse") && message.contains(rule),
+                "{mode}: {message}"
+            );
+        }
+        let mut fine = Harness::<Careless>::new("mode = \"fine\"").unwrap();
+        fine.mail("a@example.org");
+        assert_eq!(
+            fine.rcpt("b@example.com").rewrite_address.as_deref(),
+            Some("archive@example.com")
+        );
+        assert_eq!(fine.data(b"Subject: x\r\n\r\nbody\r\n").edits.len(), 1);
     }
 
     #[test]

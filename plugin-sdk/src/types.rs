@@ -283,26 +283,155 @@ pub struct Header {
     pub value: String,
 }
 
-/// A change to the message or its envelope at the DATA stage.
+/// A change to the message or its envelope at the DATA stage; build one with the
+/// constructors (`MessageEdit::add_header("X-Checked", "yes")`). Header positions
+/// count from 0. The proxy checks every edit by the rules in the crate's README (the
+/// `testing` harness applies the same ones); one that breaks a rule fails the call.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MessageEdit {
     /// Append a header field at the end of the header block.
-    AddHeader(Header),
-    /// Insert a header field before the field at this 0-based index.
-    InsertHeader(u32, Header),
-    /// Change the n-th (1-based) field of this name; `None` removes that field. With a
-    /// value and no such field, the field is added at the end.
-    ChangeHeader(String, u32, Option<String>),
+    AddHeader {
+        /// The field name.
+        name: String,
+        /// The value; fold a long one with CRLF and a space.
+        value: String,
+    },
+    /// Insert a header field before the field now at `index` (at the end past it).
+    InsertHeader {
+        /// 0-based among all the header fields.
+        index: u32,
+        /// The field name.
+        name: String,
+        /// The value.
+        value: String,
+    },
+    /// Change the `index`-th field called `name`; `None` removes it. With a value and
+    /// no such field, the field is added at the end.
+    ChangeHeader {
+        /// The field name.
+        name: String,
+        /// 0-based among the fields of this name.
+        index: u32,
+        /// The new value, or `None` to remove the field.
+        value: Option<String>,
+    },
     /// Remove every field of this name.
-    RemoveHeader(String),
+    RemoveHeader {
+        /// The field name.
+        name: String,
+    },
     /// Replace the body.
-    ReplaceBody(Vec<u8>),
-    /// Add a recipient.
-    AddRecipient(String),
+    ReplaceBody {
+        /// The new body (line ends become CRLF).
+        body: Vec<u8>,
+    },
+    /// Add text after the body, without reading it (a footer).
+    AppendBody {
+        /// The text (line ends become CRLF).
+        text: Vec<u8>,
+    },
+    /// Add text before the body, without reading it.
+    PrependBody {
+        /// The text (line ends become CRLF).
+        text: Vec<u8>,
+    },
+    /// Add a recipient. If the upstream refuses it, the plugin's `on_error` applies
+    /// to the whole message (451 by default: nothing is delivered, the client
+    /// retries), so an added copy is never lost silently.
+    AddRecipient {
+        /// The mailbox, without angle brackets.
+        address: String,
+    },
     /// Remove a recipient.
-    RemoveRecipient(String),
+    RemoveRecipient {
+        /// The mailbox, without angle brackets.
+        address: String,
+    },
     /// Quarantine the message, with a reason.
-    Quarantine(String),
+    Quarantine {
+        /// Why; goes into the quarantine header field.
+        reason: String,
+    },
+}
+
+impl MessageEdit {
+    /// [`MessageEdit::AddHeader`].
+    pub fn add_header(name: impl Into<String>, value: impl Into<String>) -> Self {
+        MessageEdit::AddHeader {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+
+    /// [`MessageEdit::InsertHeader`]: `index` 0 puts the field first.
+    pub fn insert_header(index: u32, name: impl Into<String>, value: impl Into<String>) -> Self {
+        MessageEdit::InsertHeader {
+            index,
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+
+    /// [`MessageEdit::ChangeHeader`] to a new value: `index` 0 is the first field of
+    /// that name.
+    pub fn change_header(name: impl Into<String>, index: u32, value: impl Into<String>) -> Self {
+        MessageEdit::ChangeHeader {
+            name: name.into(),
+            index,
+            value: Some(value.into()),
+        }
+    }
+
+    /// [`MessageEdit::ChangeHeader`] removing the `index`-th field of that name.
+    pub fn delete_header(name: impl Into<String>, index: u32) -> Self {
+        MessageEdit::ChangeHeader {
+            name: name.into(),
+            index,
+            value: None,
+        }
+    }
+
+    /// [`MessageEdit::RemoveHeader`]: every field of this name.
+    pub fn remove_header(name: impl Into<String>) -> Self {
+        MessageEdit::RemoveHeader { name: name.into() }
+    }
+
+    /// [`MessageEdit::ReplaceBody`].
+    pub fn replace_body(body: impl Into<Vec<u8>>) -> Self {
+        MessageEdit::ReplaceBody { body: body.into() }
+    }
+
+    /// [`MessageEdit::AppendBody`].
+    pub fn append_body(text: impl Into<Vec<u8>>) -> Self {
+        MessageEdit::AppendBody { text: text.into() }
+    }
+
+    /// [`MessageEdit::PrependBody`].
+    pub fn prepend_body(text: impl Into<Vec<u8>>) -> Self {
+        MessageEdit::PrependBody { text: text.into() }
+    }
+
+    /// [`MessageEdit::AddRecipient`].
+    pub fn add_recipient(address: impl Into<String>) -> Self {
+        MessageEdit::AddRecipient {
+            address: address.into(),
+        }
+    }
+
+    /// [`MessageEdit::RemoveRecipient`].
+    pub fn remove_recipient(address: impl Into<String>) -> Self {
+        MessageEdit::RemoveRecipient {
+            address: address.into(),
+        }
+    }
+
+    /// [`MessageEdit::Quarantine`].
+    pub fn quarantine(reason: impl Into<String>) -> Self {
+        MessageEdit::Quarantine {
+            reason: reason.into(),
+        }
+    }
 }
 
 /// The result of the DATA hook.

@@ -26,7 +26,7 @@ use crate::{
     hooks::Chain,
     kv::KvStore,
     log_limit::{self, Event},
-    plugin_host::{Capacity, LoadedPlugin, PluginRuntime, abi},
+    plugin_host::{Capacity, LoadedPlugin, PluginError, PluginRuntime, abi},
     session::{ListenerContext, Peer, Session, SessionContext, Shutdown, replies},
     tls::server::ServerTls,
     upstream::{capability_cache::CapabilityCache, pool::SessionPool},
@@ -325,10 +325,17 @@ pub async fn load_plugins(
     };
     let runtime = PluginRuntime::new(dns, capacity, kv)?;
     for (name, plugin) in &config.plugins {
-        let plugin = runtime
-            .load(name, plugin)
-            .await
-            .with_context(|| format!("plugin {name}"))?;
+        let line = plugin
+            .line
+            .map(|line| format!("line {line}: "))
+            .unwrap_or_default();
+        let plugin = match runtime.load(name, plugin).await {
+            Ok(plugin) => plugin,
+            Err(error @ PluginError::MemoryLimit(_)) => anyhow::bail!(
+                "{line}plugins.{name}.memory_mb: too little for this plugin to start ({error})"
+            ),
+            Err(error) => return Err(error).with_context(|| format!("{line}plugins.{name}")),
+        };
         info!(plugin = %name, hooks = ?plugin.hooks, shared = plugin.is_shared(), "plugin loaded");
         loaded.insert(name.clone(), plugin);
     }

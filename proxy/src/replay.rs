@@ -14,7 +14,7 @@ use crate::{
     listener::load_plugins,
     message::{Message, SpoolWriter},
     plugin_host::abi,
-    smtp::{Command, command},
+    smtp::{Command, MailCommand, capabilities::Capabilities, command},
 };
 
 /// What to replay.
@@ -48,18 +48,21 @@ pub async fn replay(config: &Config, input: ReplayInput) -> anyhow::Result<Strin
 struct Replay {
     hooks: SessionHooks,
     session: abi::Session,
+    /// What the client is taken to have been offered: everything the proxy relays.
+    offered: Capabilities,
     report: Report,
 }
 
 /// The envelope the MAIL and RCPT stages accepted: as sent upstream, and as plugins
 /// see it.
 struct AcceptedEnvelope {
-    mail: crate::smtp::MailCommand,
+    mail: MailCommand,
     abi: abi::Envelope,
 }
 
 impl Replay {
-    /// Loads the listener's plugins (no pool: one session only needs one instance).
+    /// Loads the listener's plugins and no others (no pool: one session only needs
+    /// one instance).
     async fn start(config: &Config, input: &ReplayInput) -> anyhow::Result<Replay> {
         let listener = config
             .listeners
@@ -68,6 +71,9 @@ impl Replay {
             .with_context(|| format!("no listener named {:?}", input.listener))?;
         let mut config = config.clone();
         config.server.plugin_pool_size = 0;
+        config
+            .plugins
+            .retain(|name, _| listener.plugins.contains(name));
         let plugins =
             load_plugins(&config, Arc::new(Resolver::offline()), Default::default()).await?;
         let chain = Chain {
@@ -92,6 +98,7 @@ impl Replay {
         Ok(Replay {
             hooks,
             session,
+            offered: Capabilities::relayable(),
             report: Report::default(),
         })
     }
@@ -120,10 +127,7 @@ impl Replay {
             self.report
                 .line(&format!("HELO name for the upstream: {name}"));
         }
-        let mail = &envelope.mail;
-        self.report
-            .result(&mail.reverse_path.to_string(), &mail.params, &message)
-            .await
+        self.report.result(&envelope.mail, &message).await
     }
 
     /// Connect, HELO and (with a login) AUTH; `None` if the chain ended the session,
@@ -154,7 +158,7 @@ impl Replay {
         let Ok(Command::Mail(mail)) = parsed else {
             bail!("--from {:?} is not a valid reverse-path", input.from);
         };
-        let (decision, mail) = self.hooks.mail(&self.session, mail).await;
+        let (decision, mail) = self.hooks.mail(&self.session, mail, &self.offered).await;
         if mail.reverse_path.mailbox() != input.from {
             self.report.line(&format!(
                 "{:<24} rewritten to {}",
@@ -174,7 +178,10 @@ impl Replay {
             else {
                 bail!("--to {to:?} is not a valid forward-path");
             };
-            let (decision, rcpt) = self.hooks.rcpt(&self.session, &envelope, rcpt).await;
+            let (decision, rcpt) = self
+                .hooks
+                .rcpt(&self.session, &envelope, rcpt, &self.offered)
+                .await;
             let stage = format!("rcpt <{to}>");
             if rcpt.forward_path.mailbox() != to {
                 self.report
@@ -250,15 +257,9 @@ impl Report {
     }
 
     /// Writes the envelope and message as they would go upstream.
-    async fn result(
-        &mut self,
-        reverse_path: &str,
-        params: &[crate::smtp::Param],
-        message: &Message,
-    ) -> anyhow::Result<()> {
+    async fn result(&mut self, mail: &MailCommand, message: &Message) -> anyhow::Result<()> {
         self.line("\nenvelope:");
-        let params: String = params.iter().map(|p| format!(" {p}")).collect();
-        self.line(&format!("  MAIL FROM:{reverse_path}{params}"));
+        self.line(&format!("  {mail}"));
         for recipient in &message.recipients {
             self.line(&format!("  RCPT TO:<{recipient}>"));
         }

@@ -11,10 +11,13 @@
 //! Names are judged as Windows would open them: trailing dots and spaces are ignored,
 //! and only the last extension counts (`invoice.pdf.exe` is an `exe`).
 
+use std::num::NonZeroU64;
+
 use mail_parser::{MessageParser, MimeHeaders, PartType};
 use portcullis_sdk::{
     Config, DataOutcome, Envelope, Hooks, Message, Plugin, Session, Verdict, log,
 };
+use serde::Deserialize;
 
 /// Blocked when `blocked_extensions` is not configured.
 pub const DEFAULT_BLOCKED: &[&str] = &[
@@ -22,6 +25,14 @@ pub const DEFAULT_BLOCKED: &[&str] = &[
     "js", "jse", "lib", "lnk", "mde", "msc", "msi", "msp", "mst", "pif", "ps1", "scr", "sct",
     "shb", "sys", "vb", "vbe", "vbs", "vxd", "wsc", "wsf", "wsh",
 ];
+
+/// The `config` table, as the operator writes it (an unknown key is an error).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    blocked_extensions: Option<Vec<String>>,
+    max_size: Option<NonZeroU64>,
+}
 
 /// How deep attached messages are followed.
 const MAX_DEPTH: usize = 10;
@@ -76,21 +87,15 @@ fn raw_message(message: &Message) -> Vec<u8> {
 
 impl Plugin for Attachments {
     fn init(config: &Config) -> Result<(Self, Hooks), String> {
-        let blocked = if config.contains_key("blocked_extensions") {
-            portcullis_sdk::config_strings(config, "blocked_extensions")?
+        let settings: Settings = config.parse()?;
+        let blocked = match settings.blocked_extensions {
+            Some(list) => list
                 .iter()
                 .map(|e| e.trim_start_matches('.').to_ascii_lowercase())
-                .collect()
-        } else {
-            DEFAULT_BLOCKED.iter().map(|e| e.to_string()).collect()
+                .collect(),
+            None => DEFAULT_BLOCKED.iter().map(|e| e.to_string()).collect(),
         };
-        let max_size = match config.get("max_size") {
-            None => 10 * 1024 * 1024,
-            Some(value) => value
-                .as_integer()
-                .filter(|n| *n > 0)
-                .ok_or("max_size must be a positive integer")? as u64,
-        };
+        let max_size = settings.max_size.map_or(10 * 1024 * 1024, NonZeroU64::get);
         Ok((
             Attachments { blocked, max_size },
             Hooks::DATA | Hooks::SHAREABLE,

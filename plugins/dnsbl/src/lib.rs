@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 use portcullis_sdk::{Config, Hooks, Plugin, Session, Verdict, dns, kv, log};
+use serde::Deserialize;
 
 /// The plugin's configuration.
 pub struct Dnsbl {
@@ -31,13 +32,37 @@ enum Listing {
     Unknown,
 }
 
-/// A list of names or addresses from the config, lower-cased, without a final dot.
-fn names(config: &Config, key: &str) -> Result<Vec<String>, String> {
-    let list = portcullis_sdk::config_strings(config, key)?;
-    Ok(list
-        .iter()
+/// The `config` table, as the operator writes it (an unknown key is an error).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    zones: Vec<String>,
+    #[serde(default = "default_cache_seconds")]
+    cache_seconds: u64,
+    #[serde(default)]
+    on_dns_error: OnDnsError,
+    #[serde(default)]
+    skip: Vec<String>,
+}
+
+fn default_cache_seconds() -> u64 {
+    300
+}
+
+/// What a zone that does not answer means.
+#[derive(Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum OnDnsError {
+    #[default]
+    Continue,
+    Tempfail,
+}
+
+/// Names or addresses lower-cased, without a final dot.
+fn names(list: Vec<String>) -> Vec<String> {
+    list.iter()
         .map(|s| s.trim_end_matches('.').to_ascii_lowercase())
-        .collect())
+        .collect()
 }
 
 /// The name to look up for `ip` in `zone`: reversed octets, or reversed nibbles for
@@ -110,28 +135,16 @@ fn sanitize(reason: &str) -> String {
 
 impl Plugin for Dnsbl {
     fn init(config: &Config) -> Result<(Self, Hooks), String> {
-        let zones = names(config, "zones")?;
+        let settings: Settings = config.parse()?;
+        let zones = names(settings.zones);
         if zones.is_empty() {
             return Err("zones must list at least one blocklist zone".into());
         }
-        let cache = match config.get("cache_seconds") {
-            None => 300,
-            Some(value) => value
-                .as_integer()
-                .filter(|n| *n >= 0)
-                .ok_or("cache_seconds must be a non-negative integer")?
-                as u64,
-        };
-        let tempfail_on_error = match config.get("on_dns_error").map(|v| v.as_str()) {
-            None | Some(Some("continue")) => false,
-            Some(Some("tempfail")) => true,
-            _ => return Err("on_dns_error must be \"continue\" or \"tempfail\"".into()),
-        };
         let plugin = Dnsbl {
             zones,
-            cache: Duration::from_secs(cache),
-            tempfail_on_error,
-            skip: names(config, "skip")?,
+            cache: Duration::from_secs(settings.cache_seconds),
+            tempfail_on_error: settings.on_dns_error == OnDnsError::Tempfail,
+            skip: names(settings.skip),
         };
         Ok((plugin, Hooks::CONNECT | Hooks::SHAREABLE))
     }

@@ -15,8 +15,38 @@
 
 use portcullis_sdk::{
     Config, DataOutcome, Envelope, Header, Hooks, Message, MessageEdit, Plugin, Session,
-    config_strings, toml,
 };
+use serde::Deserialize;
+
+/// The `config` table, as the operator writes it (an unknown key is an error).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    #[serde(default)]
+    remove: Vec<String>,
+    #[serde(default)]
+    add: Vec<AddField>,
+    #[serde(default)]
+    subject_tags: Vec<TagRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddField {
+    name: String,
+    value: String,
+}
+
+/// One `subject_tags` entry: a tag and either `sender_domain_not_in` or `header` with
+/// `contains`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TagRule {
+    tag: String,
+    sender_domain_not_in: Option<Vec<String>>,
+    header: Option<String>,
+    contains: Option<String>,
+}
 
 /// When a subject tag applies.
 #[derive(Debug)]
@@ -38,45 +68,32 @@ pub struct Headers {
     subject_tags: Vec<SubjectTag>,
 }
 
-fn string(table: &toml::Table, key: &str, context: &str) -> Result<String, String> {
-    table
-        .get(key)
-        .and_then(|v| v.as_str())
-        .map(str::to_string)
-        .ok_or(format!("{context} needs a string {key}"))
-}
+impl TryFrom<TagRule> for SubjectTag {
+    type Error = String;
 
-fn tables<'a>(config: &'a Config, key: &str) -> Result<Vec<&'a toml::Table>, String> {
-    match config.get(key) {
-        None => Ok(Vec::new()),
-        Some(value) => value
-            .as_array()
-            .ok_or(format!("{key} must be a list of tables"))?
-            .iter()
-            .map(|item| {
-                item.as_table()
-                    .ok_or(format!("{key} must be a list of tables"))
-            })
-            .collect(),
+    fn try_from(rule: TagRule) -> Result<Self, String> {
+        let TagRule {
+            tag,
+            sender_domain_not_in,
+            header,
+            contains,
+        } = rule;
+        let condition = match (sender_domain_not_in, header, contains) {
+            (Some(domains), None, None) => Condition::SenderDomainNotIn(
+                domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            ),
+            (None, Some(name), Some(text)) => Condition::HeaderContains {
+                name,
+                text: text.to_lowercase(),
+            },
+            _ => {
+                return Err(format!(
+                    "subject tag {tag:?} needs either sender_domain_not_in, or header and contains"
+                ));
+            }
+        };
+        Ok(SubjectTag { tag, condition })
     }
-}
-
-fn subject_tag(table: &toml::Table) -> Result<SubjectTag, String> {
-    let tag = string(table, "tag", "each subject_tags entry")?;
-    let condition = if table.contains_key("sender_domain_not_in") {
-        let domains = config_strings(table, "sender_domain_not_in")?;
-        Condition::SenderDomainNotIn(domains.iter().map(|d| d.to_ascii_lowercase()).collect())
-    } else if table.contains_key("header") {
-        Condition::HeaderContains {
-            name: string(table, "header", "a header rule")?,
-            text: string(table, "contains", "a header rule")?.to_lowercase(),
-        }
-    } else {
-        return Err(format!(
-            "subject tag {tag:?} needs sender_domain_not_in or header + contains"
-        ));
-    };
-    Ok(SubjectTag { tag, condition })
 }
 
 impl SubjectTag {
@@ -106,43 +123,33 @@ fn expand(template: &str, session: &Session) -> String {
 
 impl Plugin for Headers {
     fn init(config: &Config) -> Result<(Self, Hooks), String> {
-        let remove = config_strings(config, "remove")?;
-        let add = tables(config, "add")?
+        let settings: Settings = config.parse()?;
+        let subject_tags = settings
+            .subject_tags
             .into_iter()
-            .map(|t| {
-                Ok((
-                    string(t, "name", "each add entry")?,
-                    string(t, "value", "each add entry")?,
-                ))
-            })
+            .map(SubjectTag::try_from)
             .collect::<Result<_, String>>()?;
-        let subject_tags = tables(config, "subject_tags")?
-            .into_iter()
-            .map(subject_tag)
-            .collect::<Result<_, String>>()?;
-        Ok((
-            Headers {
-                remove,
-                add,
-                subject_tags,
-            },
-            Hooks::DATA | Hooks::SHAREABLE,
-        ))
+        let plugin = Headers {
+            remove: settings.remove,
+            add: settings
+                .add
+                .into_iter()
+                .map(|f| (f.name, f.value))
+                .collect(),
+            subject_tags,
+        };
+        Ok((plugin, Hooks::DATA | Hooks::SHAREABLE))
     }
 
     fn data(&mut self, session: &Session, envelope: &Envelope, message: &Message) -> DataOutcome {
         let headers = message.header_fields();
-        let mut edits: Vec<MessageEdit> = self
-            .remove
-            .iter()
-            .map(|name| MessageEdit::RemoveHeader(name.clone()))
-            .collect();
-        edits.extend(self.add.iter().map(|(name, value)| {
-            MessageEdit::AddHeader(Header {
-                name: name.clone(),
-                value: expand(value, session),
-            })
-        }));
+        let mut edits: Vec<MessageEdit> =
+            self.remove.iter().map(MessageEdit::remove_header).collect();
+        edits.extend(
+            self.add
+                .iter()
+                .map(|(name, value)| MessageEdit::add_header(name, expand(value, session))),
+        );
         let subject = message.header("Subject");
         let mut tagged = subject.clone().unwrap_or_default();
         for rule in &self.subject_tags {
@@ -155,7 +162,7 @@ impl Plugin for Headers {
             }
         }
         if subject.as_deref() != Some(tagged.as_str()) && !tagged.is_empty() {
-            edits.push(MessageEdit::ChangeHeader("Subject".into(), 1, Some(tagged)));
+            edits.push(MessageEdit::change_header("Subject", 0, tagged));
         }
         DataOutcome {
             edits,
@@ -168,7 +175,7 @@ portcullis_sdk::export!(Headers);
 
 #[cfg(test)]
 mod tests {
-    use portcullis_sdk::{Header, MessageEdit, testing::Harness};
+    use portcullis_sdk::{MessageEdit, testing::Harness};
 
     use super::Headers;
 
@@ -196,12 +203,9 @@ mod tests {
         assert_eq!(
             edits,
             [
-                MessageEdit::RemoveHeader("Authentication-Results".into()),
-                MessageEdit::AddHeader(Header {
-                    name: "X-Received-Via".into(),
-                    value: "test from 192.0.2.1".into()
-                }),
-                MessageEdit::ChangeHeader("Subject".into(), 1, Some("[EXTERNAL] hello".into())),
+                MessageEdit::remove_header("Authentication-Results"),
+                MessageEdit::add_header("X-Received-Via", "test from 192.0.2.1"),
+                MessageEdit::change_header("Subject", 0, "[EXTERNAL] hello"),
             ]
         );
     }
@@ -214,16 +218,12 @@ mod tests {
         assert!(
             !edits
                 .iter()
-                .any(|e| matches!(e, MessageEdit::ChangeHeader(..)))
+                .any(|e| matches!(e, MessageEdit::ChangeHeader { .. }))
         );
         let edits = harness("alice@example.com")
             .data(b"Subject: hello\r\nX-Spam-Flag: YES\r\n\r\nbody\r\n")
             .edits;
-        assert!(edits.contains(&MessageEdit::ChangeHeader(
-            "Subject".into(),
-            1,
-            Some("[SPAM] hello".into())
-        )));
+        assert!(edits.contains(&MessageEdit::change_header("Subject", 0, "[SPAM] hello")));
     }
 
     #[test]
@@ -234,16 +234,12 @@ mod tests {
         assert!(
             !edits
                 .iter()
-                .any(|e| matches!(e, MessageEdit::ChangeHeader(..)))
+                .any(|e| matches!(e, MessageEdit::ChangeHeader { .. }))
         );
         let edits = harness("eve@outside.test")
             .data(b"From: eve@outside.test\r\n\r\nbody\r\n")
             .edits;
-        assert!(edits.contains(&MessageEdit::ChangeHeader(
-            "Subject".into(),
-            1,
-            Some("[EXTERNAL]".into())
-        )));
+        assert!(edits.contains(&MessageEdit::change_header("Subject", 0, "[EXTERNAL]")));
     }
 
     #[test]
@@ -253,6 +249,7 @@ mod tests {
             "add = [{ name = \"X\" }]",
             "subject_tags = [{ tag = \"[T]\" }]",
             "subject_tags = [{ tag = \"[T]\", header = \"X\" }]",
+            "remoev = [\"X\"]",
         ] {
             assert!(Harness::<Headers>::new(config).is_err(), "{config}");
         }

@@ -11,9 +11,30 @@
 //! A window starts with the first message counted in it and lasts `window_seconds`
 //! (fixed windows: a counter in the store that expires).
 
-use std::time::Duration;
+use std::{
+    num::{NonZeroU32, NonZeroU64},
+    time::Duration,
+};
 
 use portcullis_sdk::{Config, Hooks, Param, PathOutcome, Plugin, Session, Verdict, kv, log};
+use serde::Deserialize;
+
+/// The `config` table, as the operator writes it (an unknown key is an error).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    per_client: Option<LimitSetting>,
+    per_login: Option<LimitSetting>,
+    #[serde(default)]
+    skip: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitSetting {
+    messages: NonZeroU32,
+    window_seconds: NonZeroU64,
+}
 
 /// One limit: so many messages per window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,31 +43,20 @@ struct Limit {
     window: Duration,
 }
 
+impl From<LimitSetting> for Limit {
+    fn from(setting: LimitSetting) -> Self {
+        Limit {
+            messages: i64::from(setting.messages.get()),
+            window: Duration::from_secs(setting.window_seconds.get()),
+        }
+    }
+}
+
 /// The plugin's configuration.
 pub struct RateLimit {
     per_client: Option<Limit>,
     per_login: Option<Limit>,
     skip: Vec<String>,
-}
-
-fn limit(config: &Config, key: &str) -> Result<Option<Limit>, String> {
-    let Some(value) = config.get(key) else {
-        return Ok(None);
-    };
-    let table = value.as_table().ok_or(format!(
-        "{key} must be a table {{ messages, window_seconds }}"
-    ))?;
-    let positive = |field: &str| {
-        table
-            .get(field)
-            .and_then(|v| v.as_integer())
-            .filter(|n| *n > 0)
-            .ok_or(format!("{key}.{field} must be a positive integer"))
-    };
-    Ok(Some(Limit {
-        messages: positive("messages")?,
-        window: Duration::from_secs(positive("window_seconds")? as u64),
-    }))
 }
 
 impl RateLimit {
@@ -74,20 +84,16 @@ impl RateLimit {
 
 impl Plugin for RateLimit {
     fn init(config: &Config) -> Result<(Self, Hooks), String> {
-        let per_client = limit(config, "per_client")?;
-        let per_login = limit(config, "per_login")?;
-        if per_client.is_none() && per_login.is_none() {
+        let settings: Settings = config.parse()?;
+        if settings.per_client.is_none() && settings.per_login.is_none() {
             return Err("set per_client, per_login or both".into());
         }
-        let skip = portcullis_sdk::config_strings(config, "skip")?;
-        Ok((
-            RateLimit {
-                per_client,
-                per_login,
-                skip,
-            },
-            Hooks::MAIL | Hooks::SHAREABLE,
-        ))
+        let plugin = RateLimit {
+            per_client: settings.per_client.map(Limit::from),
+            per_login: settings.per_login.map(Limit::from),
+            skip: settings.skip,
+        };
+        Ok((plugin, Hooks::MAIL | Hooks::SHAREABLE))
     }
 
     fn mail(&mut self, session: &Session, _sender: &str, _params: &[Param]) -> PathOutcome {

@@ -10,9 +10,26 @@
 //! Everything else gets `550 5.1.1`. `<Postmaster>` is always accepted (RFC 5321
 //! §4.5.1). Comparisons ignore case.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    num::NonZeroUsize,
+};
 
 use portcullis_sdk::{Config, Envelope, Hooks, Param, PathOutcome, Plugin, Session, Verdict};
+use serde::Deserialize;
+
+/// The `config` table, as the operator writes it (an unknown key is an error).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    #[serde(default)]
+    domains: Vec<String>,
+    #[serde(default)]
+    addresses: Vec<String>,
+    #[serde(default)]
+    aliases: BTreeMap<String, String>,
+    max_recipients: Option<NonZeroUsize>,
+}
 
 /// The plugin's configuration, read once at start-up. Sets, so a long list of
 /// domains or addresses costs a lookup, not a scan, per recipient.
@@ -23,10 +40,9 @@ pub struct Recipients {
     max_recipients: usize,
 }
 
-/// A list of strings from the config, lower-cased (comparisons ignore case).
-fn lowercase_strings(config: &Config, key: &str) -> Result<BTreeSet<String>, String> {
-    let list = portcullis_sdk::config_strings(config, key)?;
-    Ok(list.iter().map(|s| s.to_ascii_lowercase()).collect())
+/// Lower-cased (comparisons ignore case).
+fn lowercase(list: Vec<String>) -> BTreeSet<String> {
+    list.iter().map(|s| s.to_ascii_lowercase()).collect()
 }
 
 impl Recipients {
@@ -40,33 +56,18 @@ impl Recipients {
 
 impl Plugin for Recipients {
     fn init(config: &Config) -> Result<(Self, Hooks), String> {
-        let aliases = match config.get("aliases") {
-            None => BTreeMap::new(),
-            Some(value) => value
-                .as_table()
-                .ok_or("aliases must be a table of address = \"target\"")?
-                .iter()
-                .map(|(from, to)| {
-                    let to = to
-                        .as_str()
-                        .ok_or(format!("alias {from} must map to a string"))?;
-                    Ok((from.to_ascii_lowercase(), to.to_ascii_lowercase()))
-                })
-                .collect::<Result<_, String>>()?,
-        };
-        let max_recipients = match config.get("max_recipients") {
-            None => usize::MAX,
-            Some(value) => value
-                .as_integer()
-                .filter(|n| *n > 0)
-                .ok_or("max_recipients must be a positive integer")?
-                as usize,
-        };
+        let settings: Settings = config.parse()?;
         let plugin = Recipients {
-            domains: lowercase_strings(config, "domains")?,
-            addresses: lowercase_strings(config, "addresses")?,
-            aliases,
-            max_recipients,
+            domains: lowercase(settings.domains),
+            addresses: lowercase(settings.addresses),
+            aliases: settings
+                .aliases
+                .into_iter()
+                .map(|(from, to)| (from.to_ascii_lowercase(), to.to_ascii_lowercase()))
+                .collect(),
+            max_recipients: settings
+                .max_recipients
+                .map_or(usize::MAX, NonZeroUsize::get),
         };
         Ok((plugin, Hooks::RCPT | Hooks::SHAREABLE))
     }
@@ -203,9 +204,16 @@ mod tests {
     }
 
     #[test]
-    fn bad_configuration_is_refused() {
-        for config in ["domains = 3", "max_recipients = 0", "[aliases]\na = 1"] {
-            assert!(Harness::<Recipients>::new(config).is_err(), "{config}");
+    fn bad_configuration_is_refused_naming_the_key() {
+        let cases = [
+            ("domains = 3", "domains"),
+            ("max_recipients = 0", "max_recipients"),
+            ("[aliases]\na = 1", "a = 1"),
+            ("domainz = [\"example.com\"]", "unknown field `domainz`"),
+        ];
+        for (config, named) in cases {
+            let error = Harness::<Recipients>::new(config).err().unwrap();
+            assert!(error.contains(named), "{config}: {error}");
         }
     }
 }

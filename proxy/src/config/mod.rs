@@ -444,11 +444,15 @@ pub enum OnError {
 pub struct PluginConfig {
     /// The component (`.wasm`, built for wasm32-wasip2), relative to the working directory.
     pub path: PathBuf,
-    /// Longest time one hook call may run.
-    #[serde(default = "default_plugin_timeout")]
+    /// Longest time one hook call may run: 1 ms to 10 minutes.
+    #[serde(
+        default = "default_plugin_timeout",
+        deserialize_with = "plugin_timeout"
+    )]
     pub timeout_ms: u64,
-    /// Most linear memory one instance may grow to.
-    #[serde(default = "default_plugin_memory")]
+    /// Most linear memory one instance may grow to: 1 MiB to 4 GiB (wasm32's whole
+    /// address space). Too little for the plugin to start is a start-up error.
+    #[serde(default = "default_plugin_memory", deserialize_with = "plugin_memory")]
     pub memory_mb: u64,
     /// What the session gets when the plugin fails.
     #[serde(default)]
@@ -460,6 +464,37 @@ pub struct PluginConfig {
     /// shared instances (true) or gets an instance per session anyway (false).
     #[serde(default = "default_share_instances")]
     pub share_instances: bool,
+    /// The line of its `[plugins.NAME]` table, for start-up errors about it.
+    #[serde(skip)]
+    pub line: Option<usize>,
+}
+
+fn plugin_timeout<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    in_range(
+        deserializer,
+        1..=600_000,
+        "1 ms to 10 minutes: 0 would fail every call",
+    )
+}
+
+fn plugin_memory<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    in_range(
+        deserializer,
+        1..=4096,
+        "1 to 4096 MiB (a WebAssembly memory's whole range)",
+    )
+}
+
+fn in_range<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    range: std::ops::RangeInclusive<u64>,
+    why: &str,
+) -> Result<u64, D::Error> {
+    let value = u64::deserialize(deserializer)?;
+    if !range.contains(&value) {
+        return Err(serde::de::Error::custom(format!("must be {why}")));
+    }
+    Ok(value)
 }
 
 fn default_share_instances() -> bool {
@@ -625,7 +660,7 @@ pub struct RawConfig {
     listener: Vec<RawListener>,
     upstream: Spanned<RawUpstream>,
     #[serde(default)]
-    plugins: std::collections::BTreeMap<String, PluginConfig>,
+    plugins: std::collections::BTreeMap<String, Spanned<PluginConfig>>,
     #[serde(default)]
     spool: SpoolConfig,
     quarantine: Option<Spanned<QuarantineConfig>>,

@@ -18,6 +18,16 @@ fn error_at(line_of: LineOf, key: &str, offset: usize, message: &str) -> ConfigE
 
 impl RawConfig {
     pub(super) fn validate(self, line_of: LineOf) -> Result<Config, ConfigError> {
+        let plugins: std::collections::BTreeMap<String, PluginConfig> = self
+            .plugins
+            .into_iter()
+            .map(|(name, plugin)| {
+                let line = line_of(plugin.span().start);
+                let mut plugin = plugin.into_inner();
+                plugin.line = Some(line);
+                (name, plugin)
+            })
+            .collect();
         if self.listener.is_empty() {
             return Err(ConfigError {
                 key: "listener".into(),
@@ -27,7 +37,7 @@ impl RawConfig {
         }
         let mut listeners: Vec<ListenerConfig> = Vec::new();
         for (index, raw) in self.listener.into_iter().enumerate() {
-            let listener = validate_listener(index, raw, &self.plugins, &self.tls, line_of)?;
+            let listener = validate_listener(index, raw, &plugins, &self.tls, line_of)?;
             if listeners.iter().any(|l| l.name == listener.config.name) {
                 return Err(error_at(
                     line_of,
@@ -46,7 +56,7 @@ impl RawConfig {
         Ok(Config {
             server: self.server,
             smtp: self.smtp,
-            plugins: self.plugins,
+            plugins,
             spool: self.spool,
             quarantine,
             dns: self.dns,

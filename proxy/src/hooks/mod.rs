@@ -15,9 +15,13 @@ use crate::{
     message::Message,
     plugin_host::{LoadedPlugin, MessageResource, PluginError, PluginInstance, abi},
     session::replies,
-    smtp::{Command, MailCommand, RcptCommand, Reply, command},
+    smtp::{Command, MailCommand, RcptCommand, Reply, capabilities::Capabilities},
 };
-use verdict::{abi_params, describe, rewritten_line, to_edit, to_reply, validate};
+use portcullis_syntax::param::Verb;
+use verdict::{
+    PathRules, abi_params, checked_helo, checked_rewrite, describe, describe_command,
+    describe_edit, to_edit, to_reply, validate,
+};
 
 /// The plugins of one listener, in order.
 #[derive(Default)]
@@ -91,6 +95,9 @@ pub struct SessionHooks {
     called: Vec<bool>,
     session_id: String,
     trace: Option<Vec<TraceEntry>>,
+    /// The recipients plugins added at the current DATA stage, with the plugin that
+    /// added each: if the upstream refuses one, that plugin's `on_error` applies.
+    added: Vec<(String, usize)>,
 }
 
 /// What one plugin said at one stage (recorded for `portcullis replay`).
@@ -127,6 +134,7 @@ impl SessionHooks {
             instances,
             session_id: session_id.to_string(),
             trace: None,
+            added: Vec::new(),
         }
     }
 
@@ -197,6 +205,9 @@ impl SessionHooks {
     fn failed(&mut self, index: usize, stage: Stage, error: PluginError) -> OnError {
         let plugin = &self.chain.plugins[index];
         warn!(plugin = %plugin.name, hook = stage.name(), session = %self.session_id, %error, on_error = ?plugin.on_error, "plugin failed");
+        if let Some(backtrace) = error.backtrace() {
+            debug!(plugin = %plugin.name, hook = stage.name(), session = %self.session_id, "wasm backtrace:\n{backtrace}");
+        }
         let policy = plugin.on_error;
         self.instances[index] = None;
         self.note(
@@ -236,7 +247,7 @@ impl SessionHooks {
                 (Err(error), _) => Err(error),
             };
             let outcome = self.settle(index, stage, outcome.map(|v| (v, ())));
-            let done = self.interpret(index, stage, outcome, &mut decision, |_| Ok(()));
+            let done = self.interpret(index, stage, outcome, &mut decision, |_, _| Ok(None));
             self.release(index);
             if let Some(done) = done {
                 return done;
@@ -263,19 +274,12 @@ impl SessionHooks {
                 Stage::Helo,
                 outcome,
                 &mut decision,
-                |rewrite: Option<String>| {
-                    if let Some(new) = rewrite {
-                        match command::parse(format!("EHLO {new}").as_bytes()) {
-                            Ok(Command::Ehlo(valid))
-                                if command::is_domain(&valid)
-                                    || command::is_address_literal(&valid) =>
-                            {
-                                current = valid
-                            }
-                            _ => return Err(format!("invalid HELO name {new:?}")),
-                        }
-                    }
-                    Ok(())
+                |rewrite: Option<String>, tracing| {
+                    let Some(new) = rewrite else {
+                        return Ok(None);
+                    };
+                    current = checked_helo(&new)?;
+                    Ok(tracing.then(|| format!("HELO name for the upstream: {current}")))
                 },
             );
             self.release(index);
@@ -286,18 +290,24 @@ impl SessionHooks {
         (decision, changed(name, current))
     }
 
-    /// The MAIL hook; returns the decision and the (possibly rewritten) command.
+    /// The MAIL hook; returns the decision and the (possibly rewritten) command. A
+    /// rewrite may only use the extensions in `offered` (what the client was offered).
     pub async fn mail(
         &mut self,
         session: &abi::Session,
         mail: MailCommand,
+        offered: &Capabilities,
     ) -> (Decision, MailCommand) {
         let (address, params) = (
             mail.reverse_path.mailbox().to_string(),
             abi_params(&mail.params),
         );
+        let rules = PathRules {
+            offered,
+            smtputf8: false,
+        };
         match self
-            .path_stage(session, PathHook::Mail, address, params)
+            .path_stage(session, PathHook::Mail, address, params, &rules)
             .await
         {
             (decision, Some(Command::Mail(rewritten))) => (decision, rewritten),
@@ -312,13 +322,21 @@ impl SessionHooks {
         session: &abi::Session,
         envelope: &abi::Envelope,
         rcpt: RcptCommand,
+        offered: &Capabilities,
     ) -> (Decision, RcptCommand) {
         let (address, params) = (
             rcpt.forward_path.mailbox().to_string(),
             abi_params(&rcpt.params),
         );
+        let rules = PathRules {
+            offered,
+            smtputf8: envelope
+                .mail_params
+                .iter()
+                .any(|p| p.keyword.eq_ignore_ascii_case("SMTPUTF8")),
+        };
         match self
-            .path_stage(session, PathHook::Rcpt(envelope), address, params)
+            .path_stage(session, PathHook::Rcpt(envelope), address, params, &rules)
             .await
         {
             (decision, Some(Command::Rcpt(rewritten))) => (decision, rewritten),
@@ -326,21 +344,22 @@ impl SessionHooks {
         }
     }
 
-    /// MAIL or RCPT over the chain. Each rewrite is turned into the command line it
-    /// stands for and parsed like a client's, so a plugin can never inject anything
-    /// the parser would refuse; the last valid rewrite is returned as a command.
+    /// MAIL or RCPT over the chain. Each rewrite must follow the rules a client's
+    /// command follows and survive rendering and parsing back (`checked_rewrite`), so
+    /// a plugin can never put on the wire what a client could not; the last valid
+    /// rewrite is returned as a command.
     async fn path_stage(
         &mut self,
         session: &abi::Session,
         hook: PathHook<'_>,
         mut address: String,
         mut params: Vec<abi::Param>,
+        rules: &PathRules<'_>,
     ) -> (Decision, Option<Command>) {
         let (stage, verb) = match hook {
-            PathHook::Mail => (Stage::Mail, "MAIL FROM:"),
-            PathHook::Rcpt(_) => (Stage::Rcpt, "RCPT TO:"),
+            PathHook::Mail => (Stage::Mail, Verb::Mail),
+            PathHook::Rcpt(_) => (Stage::Rcpt, Verb::Rcpt),
         };
-        let is_mail = matches!(hook, PathHook::Mail);
         let mut rewritten = None;
         let mut decision = Decision::Continue;
         for index in self.wanting(stage) {
@@ -360,22 +379,18 @@ impl SessionHooks {
                 stage,
                 outcome,
                 &mut decision,
-                |rewrite: Option<abi::PathRewrite>| {
+                |rewrite: Option<abi::PathRewrite>, tracing| {
                     let Some(rewrite) = rewrite else {
-                        return Ok(());
+                        return Ok(None);
                     };
-                    let line = rewritten_line(verb, &address, &params, rewrite);
-                    let invalid = || format!("invalid rewrite {line:?}");
-                    let parsed = command::parse(line.as_bytes()).map_err(|_| invalid())?;
-                    let (path, new_params) = match &parsed {
-                        Command::Mail(mail) if is_mail => (&mail.reverse_path, &mail.params),
-                        Command::Rcpt(rcpt) if !is_mail => (&rcpt.forward_path, &rcpt.params),
-                        _ => return Err(invalid()),
-                    };
-                    address = path.mailbox().to_string();
-                    params = abi_params(new_params);
-                    rewritten = Some(parsed);
-                    Ok(())
+                    let new_address = rewrite.address.unwrap_or_else(|| address.clone());
+                    let new_params = rewrite.params.unwrap_or_else(|| params.clone());
+                    let command = checked_rewrite(verb, &new_address, &new_params, rules)?;
+                    let described =
+                        tracing.then(|| format!("rewrote it to {}", describe_command(&command)));
+                    (address, params) = (new_address, new_params);
+                    rewritten = Some(command);
+                    Ok(described)
                 },
             );
             self.release(index);
@@ -396,6 +411,7 @@ impl SessionHooks {
         message: &mut Message,
     ) -> Decision {
         let mut decision = Decision::Continue;
+        let mut added = Vec::new();
         for index in self.wanting(Stage::Data) {
             let envelope = abi::Envelope {
                 recipients: message.recipients.clone(),
@@ -422,21 +438,46 @@ impl SessionHooks {
                 Stage::Data,
                 outcome,
                 &mut decision,
-                |edits: Vec<abi::MessageEdit>| {
+                |edits: Vec<abi::MessageEdit>, tracing| {
+                    let described = (tracing && !edits.is_empty()).then(|| {
+                        let list: Vec<String> = edits.iter().map(describe_edit).collect();
+                        format!("edits: {}", list.join("; "))
+                    });
                     let mut edited = message.clone();
                     for edit in edits {
                         edited.apply(to_edit(edit)).map_err(|e| e.to_string())?;
                     }
+                    for recipient in &edited.recipients {
+                        let known = |r: &String| r.eq_ignore_ascii_case(recipient);
+                        if !message.recipients.iter().any(known) {
+                            added.push((recipient.clone(), index));
+                        }
+                    }
                     *message = edited;
-                    Ok(())
+                    Ok(described)
                 },
             );
             self.release(index);
             if let Some(done) = done {
+                self.added = added;
                 return done;
             }
         }
+        self.added = added;
         decision
+    }
+
+    /// The plugin that added `recipient` at this message's DATA stage, and what its
+    /// `on_error` makes of the message now that the upstream refused that recipient:
+    /// `None` for a recipient no plugin added, or a plugin whose policy is `continue`.
+    pub fn refused_addition(&self, recipient: &str) -> Option<(Arc<str>, Decision)> {
+        let (_, index) = self
+            .added
+            .iter()
+            .find(|(added, _)| added.eq_ignore_ascii_case(recipient))?;
+        let plugin = &self.chain.plugins[*index];
+        let decision = policy_decision(plugin.on_error)?;
+        Some((plugin.name.clone(), decision))
     }
 
     /// The session-end hook, for plugins whose instance this session still has, and
@@ -472,18 +513,26 @@ impl SessionHooks {
         stage: Stage,
         outcome: Outcome<T>,
         decision: &mut Decision,
-        rewrite: impl FnOnce(T) -> Result<(), String>,
+        rewrite: impl FnOnce(T, bool) -> Result<Option<String>, String>,
     ) -> Option<Decision> {
         let (verdict, extra) = match outcome {
             Outcome::Failed(policy) => return policy_decision(policy),
             Outcome::Verdict(verdict, extra) => (verdict, extra),
         };
-        self.note(index, stage, describe(&verdict));
-        if let abi::Verdict::Continue | abi::Verdict::Accept = verdict
-            && let Err(reason) = rewrite(extra)
-        {
-            let policy = self.failed(index, stage, PluginError::Invalid(reason));
-            return policy_decision(policy);
+        let changes = match verdict {
+            abi::Verdict::Continue | abi::Verdict::Accept => rewrite(extra, self.trace.is_some()),
+            _ => Ok(None),
+        };
+        match changes {
+            Ok(Some(changes)) => {
+                self.note(index, stage, format!("{}; {changes}", describe(&verdict)))
+            }
+            Ok(None) => self.note(index, stage, describe(&verdict)),
+            Err(reason) => {
+                self.note(index, stage, describe(&verdict));
+                let policy = self.failed(index, stage, PluginError::Invalid(reason));
+                return policy_decision(policy);
+            }
         }
         let plugin = &self.chain.plugins[index].name;
         let decided = match verdict {

@@ -1,11 +1,22 @@
 //! What plugins return, checked and converted before the session uses it: a verdict's
-//! reply must fit its kind and carry no control characters, and a rewritten path
-//! becomes a command line the SMTP parser checks like a client's.
+//! reply must fit its kind and the wire, and a rewrite must follow the rules a client's
+//! command follows (`portcullis_syntax`), then survive rendering and parsing back
+//! unchanged.
+
+use portcullis_syntax::{
+    address,
+    param::{self, Verb},
+    reply as syntax_reply,
+};
 
 use crate::{
     message::Edit,
     plugin_host::{PluginError, abi},
-    smtp::{EnhancedCode, Reply},
+    smtp::{
+        Command, EnhancedCode, MailCommand, Param, Path, RcptCommand, Reply,
+        capabilities::{Capabilities, Extension},
+        command,
+    },
 };
 
 /// The SMTP parameters as plugins see them.
@@ -19,26 +30,98 @@ pub(super) fn abi_params(params: &[crate::smtp::Param]) -> Vec<abi::Param> {
         .collect()
 }
 
-/// The command line a rewrite stands for; parsing it validates the rewrite, so a
-/// plugin can never inject anything the parser would not accept from a client.
-pub(super) fn rewritten_line(
-    verb: &str,
+/// The rules a MAIL or RCPT rewrite must follow besides the syntax: the parameters
+/// of extensions the client was offered (what the proxy relays and the upstream
+/// offers), and whether the transaction may carry UTF-8 addresses.
+pub(super) struct PathRules<'a> {
+    /// What the last EHLO offered the client.
+    pub(super) offered: &'a Capabilities,
+    /// RCPT only: the transaction's MAIL carries SMTPUTF8.
+    pub(super) smtputf8: bool,
+}
+
+/// Checks a MAIL or RCPT rewrite by the rules every client command follows, then
+/// renders it with the one renderer, parses that back and compares, so nothing can
+/// reach the upstream that differs from what the plugin asked for. Returns the command.
+pub(super) fn checked_rewrite(
+    verb: Verb,
     address: &str,
     params: &[abi::Param],
-    rewrite: abi::PathRewrite,
-) -> String {
-    let address = rewrite.address.unwrap_or_else(|| address.to_string());
-    let params = rewrite.params.unwrap_or_else(|| params.to_vec());
-    let mut line = format!("{verb}<{address}>");
-    for param in params {
-        line.push(' ');
-        line.push_str(&param.keyword);
-        if let Some(value) = param.value {
-            line.push('=');
-            line.push_str(&value);
+    rules: &PathRules<'_>,
+) -> Result<Command, String> {
+    match verb {
+        Verb::Mail => address::check_reverse_path(address),
+        Verb::Rcpt => address::check_forward_path(address),
+    }
+    .map_err(|v| v.to_string())?;
+    param::check_params(
+        verb,
+        params
+            .iter()
+            .map(|p| (p.keyword.as_str(), p.value.as_deref())),
+    )
+    .map_err(|v| v.to_string())?;
+    for keyword in params.iter().map(|p| &p.keyword) {
+        let extension = match verb {
+            Verb::Mail => Extension::for_mail_param(keyword),
+            Verb::Rcpt => Extension::for_rcpt_param(keyword),
+        };
+        if !extension.is_some_and(|e| rules.offered.has(e)) {
+            return Err(format!(
+                "parameter {keyword:?}: its extension was not offered to this client (the proxy relays it only when the upstream offers it)"
+            ));
         }
     }
-    line
+    let smtputf8 = match verb {
+        Verb::Mail => params
+            .iter()
+            .any(|p| p.keyword.eq_ignore_ascii_case("SMTPUTF8")),
+        Verb::Rcpt => rules.smtputf8,
+    };
+    if !address.is_ascii() && !smtputf8 {
+        return Err(format!(
+            "address {address:?}: a UTF-8 address needs SMTPUTF8 on MAIL (RFC 6531)"
+        ));
+    }
+    let params: Vec<Param> = params
+        .iter()
+        .map(|p| Param {
+            keyword: p.keyword.clone(),
+            value: p.value.clone(),
+        })
+        .collect();
+    let path = Path::bracketed(address);
+    let built = match verb {
+        Verb::Mail => Command::Mail(MailCommand {
+            reverse_path: path,
+            params,
+        }),
+        Verb::Rcpt => Command::Rcpt(RcptCommand {
+            forward_path: path,
+            params,
+        }),
+    };
+    let line = match &built {
+        Command::Mail(mail) => mail.to_string(),
+        Command::Rcpt(rcpt) => rcpt.to_string(),
+        _ => unreachable!("built above"),
+    };
+    match command::parse(line.as_bytes()) {
+        Ok(parsed) if parsed == built => Ok(built),
+        _ => Err(format!(
+            "the rewrite renders as {line:?}, which does not parse back to itself"
+        )),
+    }
+}
+
+/// Checks a HELO name a plugin gives the upstream: a domain or address literal that
+/// parses back, as the argument of EHLO, to itself.
+pub(super) fn checked_helo(name: &str) -> Result<String, String> {
+    address::check_helo_name(name).map_err(|v| v.to_string())?;
+    match command::parse(format!("EHLO {name}").as_bytes()) {
+        Ok(Command::Ehlo(parsed)) if parsed == name => Ok(parsed),
+        _ => Err(format!("HELO name {name:?} does not parse back to itself")),
+    }
 }
 
 /// A verdict in a few words, for the replay trace.
@@ -55,18 +138,59 @@ pub(super) fn describe(verdict: &abi::Verdict) -> String {
     }
 }
 
+/// A rewritten command as it would go upstream, for the replay trace.
+pub(super) fn describe_command(command: &Command) -> String {
+    match command {
+        Command::Mail(mail) => mail.to_string(),
+        Command::Rcpt(rcpt) => rcpt.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// An edit in a few words, for the replay trace.
+pub(super) fn describe_edit(edit: &abi::MessageEdit) -> String {
+    match edit {
+        abi::MessageEdit::AddHeader(h) => format!("add header {}: {}", h.name, h.value),
+        abi::MessageEdit::InsertHeader(h) => {
+            format!("insert header at {}: {}: {}", h.index, h.name, h.value)
+        }
+        abi::MessageEdit::ChangeHeader(h) => match &h.value {
+            Some(value) => format!("change header {} #{} to {value}", h.name, h.index),
+            None => format!("delete header {} #{}", h.name, h.index),
+        },
+        abi::MessageEdit::RemoveHeader(name) => format!("remove every {name} header"),
+        abi::MessageEdit::ReplaceBody(body) => format!("replace the body ({} octets)", body.len()),
+        abi::MessageEdit::AppendBody(text) => format!("append to the body ({} octets)", text.len()),
+        abi::MessageEdit::PrependBody(text) => {
+            format!("prepend to the body ({} octets)", text.len())
+        }
+        abi::MessageEdit::AddRecipient(address) => format!("add recipient <{address}>"),
+        abi::MessageEdit::RemoveRecipient(address) => format!("remove recipient <{address}>"),
+        abi::MessageEdit::Quarantine(reason) => format!("quarantine ({reason})"),
+    }
+}
+
 /// A plugin's message edit as the message layer applies it.
 pub(super) fn to_edit(edit: abi::MessageEdit) -> Edit {
     match edit {
-        abi::MessageEdit::AddHeader(h) => Edit::AddHeader(h.name, h.value),
-        abi::MessageEdit::InsertHeader((index, h)) => {
-            Edit::InsertHeader(index as usize, h.name, h.value)
-        }
-        abi::MessageEdit::ChangeHeader((name, nth, value)) => {
-            Edit::ChangeHeader(name, nth as usize, value)
-        }
+        abi::MessageEdit::AddHeader(h) => Edit::AddHeader {
+            name: h.name,
+            value: h.value,
+        },
+        abi::MessageEdit::InsertHeader(h) => Edit::InsertHeader {
+            index: h.index as usize,
+            name: h.name,
+            value: h.value,
+        },
+        abi::MessageEdit::ChangeHeader(h) => Edit::ChangeHeader {
+            name: h.name,
+            index: h.index as usize,
+            value: h.value,
+        },
         abi::MessageEdit::RemoveHeader(name) => Edit::RemoveHeader(name),
         abi::MessageEdit::ReplaceBody(body) => Edit::ReplaceBody(body),
+        abi::MessageEdit::AppendBody(text) => Edit::AppendBody(text),
+        abi::MessageEdit::PrependBody(text) => Edit::PrependBody(text),
         abi::MessageEdit::AddRecipient(address) => Edit::AddRecipient(address),
         abi::MessageEdit::RemoveRecipient(address) => Edit::RemoveRecipient(address),
         abi::MessageEdit::Quarantine(reason) => Edit::Quarantine(reason),
@@ -85,49 +209,25 @@ pub(super) fn to_reply(reply: abi::Reply) -> Reply {
     }
 }
 
-/// Checks a verdict before the proxy uses it.
+/// Checks a verdict before the proxy uses it: its reply must fit its kind and the
+/// wire (see `portcullis_syntax::reply`).
 pub(super) fn validate(verdict: &abi::Verdict) -> Result<(), PluginError> {
-    let (reply, class) = match verdict {
-        abi::Verdict::Reject(reply) => (reply, 5),
-        abi::Verdict::Tempfail(reply) => (reply, 4),
-        abi::Verdict::Disconnect(Some(text)) => return check_text(text),
-        _ => return Ok(()),
-    };
-    if reply.code / 100 != class || reply.code > 599 {
-        return Err(PluginError::Invalid(format!(
-            "reply code {} in a {} verdict",
-            reply.code,
-            if class == 5 { "reject" } else { "tempfail" }
-        )));
-    }
-    if let Some(enhanced) = &reply.enhanced {
-        match EnhancedCode::parse_prefix(enhanced) {
-            Some((code, "")) if u16::from(code.class) == class => {}
-            _ => {
-                return Err(PluginError::Invalid(format!(
-                    "enhanced code {enhanced:?} does not fit reply code {}",
-                    reply.code
-                )));
-            }
+    let result = match verdict {
+        abi::Verdict::Reject(reply) => {
+            syntax_reply::check_reply(5, reply.code, reply.enhanced.as_deref(), &reply.text)
         }
-    }
-    check_text(&reply.text)
-}
-
-/// Reply text goes on one SMTP line: no CR, LF or other control characters.
-fn check_text(text: &str) -> Result<(), PluginError> {
-    if text.chars().any(char::is_control) {
-        return Err(PluginError::Invalid(
-            "control characters (CR, LF, ...) in reply text".into(),
-        ));
-    }
-    Ok(())
+        abi::Verdict::Tempfail(reply) => {
+            syntax_reply::check_reply(4, reply.code, reply.enhanced.as_deref(), &reply.text)
+        }
+        abi::Verdict::Disconnect(Some(text)) => syntax_reply::check_text(text),
+        _ => Ok(()),
+    };
+    result.map_err(|violation| PluginError::Invalid(violation.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::smtp::command;
 
     fn reply(code: u16, enhanced: Option<&str>, text: &str) -> abi::Reply {
         abi::Reply {
@@ -167,27 +267,73 @@ mod tests {
         }
     }
 
+    fn param(keyword: &str, value: Option<&str>) -> abi::Param {
+        abi::Param {
+            keyword: keyword.into(),
+            value: value.map(Into::into),
+        }
+    }
+
     #[test]
-    fn rewrites_become_command_lines_the_parser_checks() {
-        let rewrite = abi::PathRewrite {
-            address: Some("new@example.com".into()),
-            params: None,
+    fn rewrites_follow_the_rules_clients_follow() {
+        let mut offered = Capabilities::default();
+        offered.insert(Extension::Dsn);
+        offered.insert(Extension::Size);
+        let rules = PathRules {
+            offered: &offered,
+            smtputf8: false,
         };
-        let line = rewritten_line(
-            "RCPT TO:",
-            "old@example.com",
-            &[abi::Param {
-                keyword: "NOTIFY".into(),
-                value: Some("NEVER".into()),
-            }],
-            rewrite,
-        );
-        assert_eq!(line, "RCPT TO:<new@example.com> NOTIFY=NEVER");
-        let evil = abi::PathRewrite {
-            address: Some("x@y.z>\r\nRCPT TO:<victim@example.com".into()),
-            params: None,
+        let notify = [param("NOTIFY", Some("NEVER"))];
+        let built = checked_rewrite(Verb::Rcpt, "new@example.com", &notify, &rules).unwrap();
+        let Command::Rcpt(rcpt) = built else {
+            panic!("a RCPT")
         };
-        let line = rewritten_line("RCPT TO:", "a@b.c", &[], evil);
-        assert!(command::parse(line.as_bytes()).is_err());
+        assert_eq!(rcpt.to_string(), "RCPT TO:<new@example.com> NOTIFY=NEVER");
+        let refused: &[(Verb, &str, Vec<abi::Param>, &str)] = &[
+            (
+                Verb::Rcpt,
+                "evil@x.example> NOTIFY=NEVER",
+                vec![],
+                "invalid domain",
+            ),
+            (
+                Verb::Rcpt,
+                "x@y.z>\r\nRCPT TO:<victim@example.com",
+                vec![],
+                "invalid local part",
+            ),
+            (Verb::Rcpt, "", vec![], "needs a domain"),
+            (
+                Verb::Rcpt,
+                "a@example.com",
+                vec![param("NOTIFY", Some("NEVER ORCPT=rfc822;evil@x.example"))],
+                "not an esmtp-value",
+            ),
+            (
+                Verb::Rcpt,
+                "a@example.com",
+                vec![param("X EVIL", None)],
+                "not an esmtp-keyword",
+            ),
+            (
+                Verb::Mail,
+                "a@example.com",
+                vec![param("XEVIL", Some("1"))],
+                "not a MAIL parameter",
+            ),
+            (
+                Verb::Mail,
+                "a@example.com",
+                vec![param("BODY", Some("8BITMIME"))],
+                "not offered",
+            ),
+            (Verb::Mail, "ü@example.com", vec![], "needs SMTPUTF8"),
+        ];
+        for (verb, address, params, reason) in refused {
+            let error = checked_rewrite(*verb, address, params, &rules).unwrap_err();
+            assert!(error.contains(reason), "{address} {params:?}: {error}");
+        }
+        assert_eq!(checked_helo("renamed.example").unwrap(), "renamed.example");
+        assert!(checked_helo("bad name").is_err());
     }
 }

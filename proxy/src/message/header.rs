@@ -3,8 +3,7 @@
 
 use std::borrow::Cow;
 
-/// Longest line a new field may have, CRLF excluded (RFC 5322 §2.1.1).
-const MAX_LINE: usize = 998;
+use portcullis_syntax::{Violation, header};
 
 /// One header field: its raw bytes from the name to the CRLF that ends its last line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,35 +12,19 @@ pub struct HeaderField {
     name_len: usize,
 }
 
-/// Why a field given by a plugin cannot be used.
+/// A header field a plugin gave that would break the header block: which rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FieldError {
-    /// The name is empty or has characters outside printable ASCII, or a colon.
-    #[error("invalid header field name {0:?}")]
-    Name(String),
-    /// The value contains CR, LF or another control character except tab.
-    #[error("control characters in the value of {0:?}")]
-    Value(String),
-    /// The field would not fit on one line of 998 octets.
-    #[error("header field {0:?} is longer than 998 octets")]
-    TooLong(String),
-}
+#[error(transparent)]
+pub struct FieldError(#[from] Violation);
 
 impl HeaderField {
-    /// A new field `Name: value` CRLF, checked so it cannot break the header block.
+    /// A new field `Name: value` CRLF, checked by RFC 5322's rules
+    /// (`portcullis_syntax::header`) so it cannot break the header block. The value
+    /// may be folded (CRLF, then a space or tab).
     pub fn new(name: &str, value: &str) -> Result<Self, FieldError> {
-        if name.is_empty() || !name.bytes().all(|b| (33..=126).contains(&b) && b != b':') {
-            return Err(FieldError::Name(name.into()));
-        }
-        if value.chars().any(|c| c.is_control() && c != '\t') {
-            return Err(FieldError::Value(name.into()));
-        }
-        let raw = format!("{name}: {value}\r\n").into_bytes();
-        if raw.len() - 2 > MAX_LINE {
-            return Err(FieldError::TooLong(name.into()));
-        }
+        header::check_field(name, value)?;
         Ok(Self {
-            raw,
+            raw: format!("{name}: {value}\r\n").into_bytes(),
             name_len: name.len(),
         })
     }
@@ -167,21 +150,17 @@ mod tests {
             HeaderField::new("X-Tag", "ok").unwrap().raw(),
             b"X-Tag: ok\r\n"
         );
-        assert!(matches!(
-            HeaderField::new("X-Tag", "a\r\nRCPT TO:<x@y>"),
-            Err(FieldError::Value(_))
-        ));
-        assert!(matches!(
-            HeaderField::new("Bad Name", "v"),
-            Err(FieldError::Name(_))
-        ));
-        assert!(matches!(
-            HeaderField::new("", "v"),
-            Err(FieldError::Name(_))
-        ));
-        assert!(matches!(
-            HeaderField::new("X", &"v".repeat(998)),
-            Err(FieldError::TooLong(_))
-        ));
+        let folded = HeaderField::new("X-Tag", "one\r\n two").unwrap();
+        assert_eq!(folded.raw(), b"X-Tag: one\r\n two\r\n");
+        assert_eq!(folded.value(), "one two");
+        for (name, value) in [
+            ("X-Tag", "a\r\nRCPT TO:<x@y>".to_string()),
+            ("Bad Name", "v".into()),
+            ("", "v".into()),
+            ("X", "v".repeat(998)),
+        ] {
+            let error = HeaderField::new(name, &value).unwrap_err();
+            assert!(error.to_string().contains("RFC 5322"), "{error}");
+        }
     }
 }

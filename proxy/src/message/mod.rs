@@ -11,28 +11,50 @@ pub use spool::{Body, SpoolWriter, Spooled};
 
 use std::sync::Arc;
 
+use portcullis_syntax::{Violation, body};
+
 use crate::{
     config::QuarantineConfig,
-    smtp::{Command, command},
+    smtp::{Command, Path, RcptCommand, command},
 };
 
-/// Longest line of a replaced body, CRLF excluded (RFC 5321 §4.5.3.1.6).
-const MAX_BODY_LINE: usize = 998;
-
-/// A change a plugin asked for at the DATA stage.
+/// A change a plugin asked for at the DATA stage. Header positions count from 0.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Edit {
     /// Append a field at the end of the header block.
-    AddHeader(String, String),
-    /// Insert a field before the field at this 0-based index (at the end past it).
-    InsertHeader(usize, String, String),
-    /// Change the n-th (1-based) field of this name, or remove it with `None`. With a
-    /// value and no such field, the field is added at the end.
-    ChangeHeader(String, usize, Option<String>),
+    AddHeader {
+        /// The field name.
+        name: String,
+        /// The value (may be folded).
+        value: String,
+    },
+    /// Insert a field before the field now at `index` (at the end past the last).
+    InsertHeader {
+        /// 0-based among all fields.
+        index: usize,
+        /// The field name.
+        name: String,
+        /// The value (may be folded).
+        value: String,
+    },
+    /// Change the `index`-th field of `name`, or remove it with `None`. With a value
+    /// and no such field, the field is added at the end.
+    ChangeHeader {
+        /// The field name.
+        name: String,
+        /// 0-based among the fields of this name.
+        index: usize,
+        /// The new value, or `None` to remove.
+        value: Option<String>,
+    },
     /// Remove every field of this name.
     RemoveHeader(String),
     /// Replace the body.
     ReplaceBody(Vec<u8>),
+    /// Add text after the body.
+    AppendBody(Vec<u8>),
+    /// Add text before the body.
+    PrependBody(Vec<u8>),
     /// Add a recipient (a mailbox without angle brackets).
     AddRecipient(String),
     /// Remove a recipient.
@@ -41,21 +63,19 @@ pub enum Edit {
     Quarantine(String),
 }
 
-/// Why an edit was refused; the plugin that asked for it has failed.
+/// Why an edit was refused (which rule it breaks); the plugin that asked for it has
+/// failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EditError {
     /// A header field that would break the header block.
     #[error(transparent)]
     Field(#[from] FieldError),
-    /// An address that is not a valid forward-path.
-    #[error("invalid recipient {0:?}")]
+    /// A recipient, body text or reason that breaks its rule.
+    #[error(transparent)]
+    Rule(#[from] Violation),
+    /// A recipient that does not render and parse back to itself.
+    #[error("recipient {0:?} does not parse back to itself")]
     Recipient(String),
-    /// A replacement body with a line longer than 998 octets.
-    #[error("replacement body has a line longer than 998 octets")]
-    BodyLine,
-    /// Control characters in a quarantine reason.
-    #[error("control characters in the quarantine reason")]
-    Reason,
 }
 
 /// The message and its recipients as the chain has made them so far.
@@ -94,7 +114,10 @@ impl Message {
         if let Some(mailbox) = &config.redirect {
             self.recipients = vec![mailbox.clone()];
         }
-        self.apply(Edit::AddHeader(config.header.clone(), reason))
+        self.apply(Edit::AddHeader {
+            name: config.header.clone(),
+            value: reason,
+        })
     }
 
     /// Header fields as plugins see them: name and unfolded value.
@@ -129,15 +152,25 @@ impl Message {
 
     fn apply_edit(&mut self, edit: Edit) -> Result<(), EditError> {
         match edit {
-            Edit::AddHeader(name, value) => self.headers.push(HeaderField::new(&name, &value)?),
-            Edit::InsertHeader(index, name, value) => {
+            Edit::AddHeader { name, value } => self.headers.push(HeaderField::new(&name, &value)?),
+            Edit::InsertHeader { index, name, value } => {
                 let field = HeaderField::new(&name, &value)?;
                 self.headers.insert(index.min(self.headers.len()), field);
             }
-            Edit::ChangeHeader(name, nth, value) => self.change_header(&name, nth, value)?,
+            Edit::ChangeHeader { name, index, value } => self.change_header(&name, index, value)?,
             Edit::RemoveHeader(name) => self.headers.retain(|f| !f.is(&name)),
             Edit::ReplaceBody(body) => {
-                self.body = Body::Memory(Arc::new(normalize_body(&body)?));
+                self.body = Body::Memory(Arc::new(body::normalize(&body)?));
+                self.separator = true;
+            }
+            Edit::AppendBody(text) => {
+                let text = Body::Memory(Arc::new(body::normalize(&text)?));
+                self.body = Body::joined([self.body.clone(), text]);
+                self.separator = true;
+            }
+            Edit::PrependBody(text) => {
+                let text = Body::Memory(Arc::new(body::normalize(&text)?));
+                self.body = Body::joined([text, self.body.clone()]);
                 self.separator = true;
             }
             Edit::AddRecipient(address) => {
@@ -154,9 +187,7 @@ impl Message {
                 .recipients
                 .retain(|r| !r.eq_ignore_ascii_case(&address)),
             Edit::Quarantine(reason) => {
-                if reason.chars().any(char::is_control) {
-                    return Err(EditError::Reason);
-                }
+                body::check_text("quarantine reason", &reason)?;
                 self.quarantine = Some(reason);
             }
         }
@@ -166,7 +197,7 @@ impl Message {
     fn change_header(
         &mut self,
         name: &str,
-        nth: usize,
+        index: usize,
         value: Option<String>,
     ) -> Result<(), EditError> {
         let position = self
@@ -174,7 +205,7 @@ impl Message {
             .iter()
             .enumerate()
             .filter(|(_, f)| f.is(name))
-            .nth(nth.saturating_sub(1))
+            .nth(index)
             .map(|(i, _)| i);
         match (position, value) {
             (Some(i), Some(value)) => self.headers[i] = HeaderField::new(name, &value)?,
@@ -188,44 +219,18 @@ impl Message {
     }
 }
 
-/// The mailbox of a recipient a plugin added, checked like a client's RCPT TO.
+/// The mailbox of a recipient a plugin added, checked by the rules of a client's RCPT
+/// TO and by rendering and parsing back.
 fn valid_recipient(address: &str) -> Result<String, EditError> {
-    match command::parse(format!("RCPT TO:<{address}>").as_bytes()) {
-        Ok(Command::Rcpt(rcpt)) if rcpt.params.is_empty() && !rcpt.forward_path.is_null() => {
-            Ok(rcpt.forward_path.mailbox().to_string())
-        }
+    portcullis_syntax::address::check_forward_path(address)?;
+    let rcpt = RcptCommand {
+        forward_path: Path::bracketed(address),
+        params: Vec::new(),
+    };
+    match command::parse(rcpt.to_string().as_bytes()) {
+        Ok(Command::Rcpt(parsed)) if parsed == rcpt => Ok(address.to_string()),
         _ => Err(EditError::Recipient(address.into())),
     }
-}
-
-/// A replacement body with every line ending made CRLF (a plugin's bare CR or LF is
-/// never passed on) and every line checked against the RFC's length limit.
-fn normalize_body(body: &[u8]) -> Result<Vec<u8>, EditError> {
-    let mut out = Vec::with_capacity(body.len() + body.len() / 32);
-    let mut line_len = 0;
-    let mut bytes = body.iter().copied().peekable();
-    while let Some(byte) = bytes.next() {
-        match byte {
-            b'\r' | b'\n' => {
-                if byte == b'\r' && bytes.peek() == Some(&b'\n') {
-                    bytes.next();
-                }
-                out.extend_from_slice(b"\r\n");
-                line_len = 0;
-            }
-            _ => {
-                out.push(byte);
-                line_len += 1;
-                if line_len > MAX_BODY_LINE {
-                    return Err(EditError::BodyLine);
-                }
-            }
-        }
-    }
-    if line_len > 0 {
-        out.extend_from_slice(b"\r\n");
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -243,6 +248,29 @@ mod tests {
         }
     }
 
+    fn add(name: &str, value: &str) -> Edit {
+        Edit::AddHeader {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+
+    fn insert(index: usize, name: &str, value: &str) -> Edit {
+        Edit::InsertHeader {
+            index,
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+
+    fn change(name: &str, index: usize, value: Option<&str>) -> Edit {
+        Edit::ChangeHeader {
+            name: name.into(),
+            index,
+            value: value.map(Into::into),
+        }
+    }
+
     fn block(message: &Message) -> String {
         String::from_utf8(message.header_block()).unwrap()
     }
@@ -251,30 +279,28 @@ mod tests {
     fn header_edits_apply_in_order() {
         let mut m = message(b"A: 1\r\nB: 2\r\nA: 3\r\n\r\n");
         let edits = [
+            (add("C", "4"), "A: 1\r\nB: 2\r\nA: 3\r\nC: 4\r\n\r\n"),
             (
-                Edit::AddHeader("C".into(), "4".into()),
-                "A: 1\r\nB: 2\r\nA: 3\r\nC: 4\r\n\r\n",
-            ),
-            (
-                Edit::InsertHeader(0, "Z".into(), "0".into()),
+                insert(0, "Z", "0"),
                 "Z: 0\r\nA: 1\r\nB: 2\r\nA: 3\r\nC: 4\r\n\r\n",
             ),
             (
-                Edit::ChangeHeader("a".into(), 2, Some("x".into())),
+                change("a", 1, Some("x")),
                 "Z: 0\r\nA: 1\r\nB: 2\r\na: x\r\nC: 4\r\n\r\n",
             ),
-            (
-                Edit::ChangeHeader("B".into(), 1, None),
-                "Z: 0\r\nA: 1\r\na: x\r\nC: 4\r\n\r\n",
-            ),
+            (change("B", 0, None), "Z: 0\r\nA: 1\r\na: x\r\nC: 4\r\n\r\n"),
             (Edit::RemoveHeader("A".into()), "Z: 0\r\nC: 4\r\n\r\n"),
             (
-                Edit::ChangeHeader("New".into(), 1, Some("v".into())),
+                change("New", 0, Some("v")),
                 "Z: 0\r\nC: 4\r\nNew: v\r\n\r\n",
             ),
             (
-                Edit::InsertHeader(99, "End".into(), "e".into()),
+                insert(99, "End", "e"),
                 "Z: 0\r\nC: 4\r\nNew: v\r\nEnd: e\r\n\r\n",
+            ),
+            (
+                add("Folded", "one\r\n two"),
+                "Z: 0\r\nC: 4\r\nNew: v\r\nEnd: e\r\nFolded: one\r\n two\r\n\r\n",
             ),
         ];
         for (edit, expected) in edits {
@@ -287,12 +313,14 @@ mod tests {
     fn invalid_edits_are_refused_and_change_nothing() {
         let mut m = message(b"A: 1\r\n\r\n");
         let bad = [
-            Edit::AddHeader("A".into(), "x\r\n.\r\nMAIL FROM:<evil@example.com>".into()),
-            Edit::AddHeader("Bad:Name".into(), "x".into()),
+            add("A", "x\r\n.\r\nMAIL FROM:<evil@example.com>"),
+            add("Bad:Name", "x"),
+            add("A", "nul\0"),
             Edit::AddRecipient("evil@example.com>\r\nDATA".into()),
             Edit::AddRecipient("".into()),
             Edit::AddRecipient("x@y.z> NOTIFY=NEVER".into()),
             Edit::ReplaceBody(vec![b'x'; 1200]),
+            Edit::AppendBody(vec![b'x'; 1200]),
             Edit::Quarantine("reason\r\n".into()),
         ];
         for edit in bad {
@@ -306,8 +334,7 @@ mod tests {
     #[test]
     fn a_field_added_to_a_message_without_header_gets_an_empty_line_after_it() {
         let mut m = message(b"");
-        m.apply(Edit::AddHeader("X-Tag".into(), "v".into()))
-            .unwrap();
+        m.apply(add("X-Tag", "v")).unwrap();
         assert_eq!(block(&m), "X-Tag: v\r\n\r\n");
     }
 
@@ -325,5 +352,22 @@ mod tests {
             panic!("replaced bodies are in memory")
         };
         assert_eq!(&body[..], b"one\r\ntwo\r\nthree\r\n.\r\nfour\r\n");
+    }
+
+    #[tokio::test]
+    async fn text_goes_before_and_after_the_body_without_reading_it() {
+        let mut m = message(b"A: 1\r\n\r\n");
+        m.apply(Edit::AppendBody(b"-- \nfooter".to_vec())).unwrap();
+        m.apply(Edit::PrependBody(b"notice\n".to_vec())).unwrap();
+        m.apply(Edit::AppendBody(b"second footer\r\n".to_vec()))
+            .unwrap();
+        assert_eq!(m.body.len(), 42);
+        let whole = m.body.read_at(0, usize::MAX).await.unwrap();
+        assert_eq!(
+            whole,
+            b"notice\r\nbody\r\n-- \r\nfooter\r\nsecond footer\r\n"
+        );
+        let middle = m.body.read_at(10, 12).await.unwrap();
+        assert_eq!(middle, b"dy\r\n-- \r\nfoo");
     }
 }

@@ -28,14 +28,31 @@ pub enum Body {
         /// Its length.
         len: u64,
     },
+    /// Parts one after the other: a spooled body with text a plugin put before or
+    /// after it, so a footer on a large message copies nothing.
+    Joined(Arc<Vec<Body>>),
 }
 
 impl Body {
+    /// `parts` one after the other (joined bodies are flattened).
+    pub fn joined(parts: impl IntoIterator<Item = Body>) -> Self {
+        let mut flat = Vec::new();
+        for part in parts {
+            match part {
+                Body::Joined(inner) => flat.extend(inner.iter().cloned()),
+                part if part.is_empty() => {}
+                part => flat.push(part),
+            }
+        }
+        Body::Joined(Arc::new(flat))
+    }
+
     /// The body's size in octets.
     pub fn len(&self) -> u64 {
         match self {
             Body::Memory(bytes) => bytes.len() as u64,
             Body::File { len, .. } => *len,
+            Body::Joined(parts) => parts.iter().map(Body::len).sum(),
         }
     }
 
@@ -44,13 +61,35 @@ impl Body {
         self.len() == 0
     }
 
-    /// Up to `length` octets from `offset` (fewer at the end, none past it).
+    /// Up to `length` octets from `offset` (fewer only at the end, none past it).
     pub async fn read_at(&self, offset: u64, length: usize) -> std::io::Result<Vec<u8>> {
-        Ok(self.chunk_at(offset, length).await?.into_owned())
+        let mut out = Vec::new();
+        while out.len() < length {
+            let chunk = self
+                .chunk_at(offset + out.len() as u64, length - out.len())
+                .await?;
+            if chunk.is_empty() {
+                break;
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
     }
 
-    /// Like [`Body::read_at`], but a body in memory is lent, not copied.
+    /// Up to `length` octets from `offset`, lent rather than copied where the body is
+    /// in memory; a joined body gives at most the rest of one part. Empty only at the
+    /// end.
     pub async fn chunk_at(&self, offset: u64, length: usize) -> std::io::Result<Cow<'_, [u8]>> {
+        if let Body::Joined(parts) = self {
+            let mut start = offset;
+            for part in parts.iter() {
+                if start < part.len() {
+                    return Box::pin(part.chunk_at(start, length)).await;
+                }
+                start -= part.len();
+            }
+            return Ok(Cow::Borrowed(&[]));
+        }
         let length = usize::try_from(self.len().saturating_sub(offset))
             .unwrap_or(usize::MAX)
             .min(length);
@@ -70,6 +109,7 @@ impl Body {
                 });
                 Ok(Cow::Owned(read.await.map_err(std::io::Error::other)??))
             }
+            Body::Joined(_) => unreachable!("handled above"),
         }
     }
 }

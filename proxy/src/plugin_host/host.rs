@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 use wasmtime::{
-    StoreLimits,
+    ResourceLimiter, StoreLimits,
     component::{Resource, ResourceTable},
 };
 
@@ -26,12 +26,66 @@ pub struct Services {
     pub dns: Arc<Resolver>,
 }
 
+/// An instance's memory cap (`memory_mb`), which remembers having refused to grow the
+/// memory, so the trap that follows is reported as the memory limit it is.
+pub struct Limits {
+    inner: StoreLimits,
+    /// A growth was refused since the last call started.
+    pub memory_refused: bool,
+}
+
+impl Limits {
+    /// Caps from wasmtime's builder.
+    pub fn new(inner: StoreLimits) -> Self {
+        Self {
+            inner,
+            memory_refused: false,
+        }
+    }
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> Result<bool> {
+        let allowed = self.inner.memory_growing(current, desired, maximum)?;
+        self.memory_refused |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
 /// What one plugin instance's store holds.
 pub struct PluginState {
     plugin: Arc<str>,
     session: String,
     /// The memory cap.
-    pub limits: StoreLimits,
+    pub limits: Limits,
+    /// What the plugin reported as it panicked, during the current call.
+    pub panic: Option<String>,
     table: ResourceTable,
     services: Services,
     /// When the current call must end.
@@ -98,7 +152,8 @@ impl PluginState {
         Self {
             plugin,
             session: session.to_string(),
-            limits,
+            limits: Limits::new(limits),
+            panic: None,
             table: ResourceTable::new(),
             services,
             deadline: Instant::now(),
@@ -184,7 +239,25 @@ impl log::Host for PluginState {
         }
         Ok(())
     }
+
+    fn panic(&mut self, message: String) -> Result<()> {
+        // std writes "panicked at PLACE:\nMESSAGE"; one line reads better in a log.
+        let mut message = message.replace('\n', " ");
+        if message.len() > MAX_PANIC_MESSAGE {
+            let mut end = MAX_PANIC_MESSAGE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push('…');
+        }
+        self.panic = Some(message);
+        Ok(())
+    }
 }
+
+/// The longest panic message kept for the failure's log line.
+const MAX_PANIC_MESSAGE: usize = 2000;
 
 impl kv::Host for PluginState {
     fn get(&mut self, key: String) -> Result<Option<Vec<u8>>> {

@@ -125,20 +125,50 @@ pub enum PluginError {
     #[error("init refused the configuration: {0}")]
     Init(String),
     /// The call ran past `timeout_ms`.
-    #[error("timed out")]
-    Timeout,
-    /// The plugin trapped (panic, out of bounds, memory cap, ...).
-    #[error("trapped: {0}")]
-    Trap(String),
+    #[error("timed out after {0} ms (timeout_ms)")]
+    Timeout(u128),
+    /// The instance needed more memory than `memory_mb` allows.
+    #[error("memory limit of {0} MiB reached (memory_mb)")]
+    MemoryLimit(usize),
+    /// The plugin panicked: "panicked at PLACE: MESSAGE", as the SDK reported it.
+    #[error("{0}")]
+    Panic(String),
+    /// The plugin trapped (out of bounds, unreachable, ...).
+    #[error("trapped: {message}")]
+    Trap {
+        /// What wasmtime says.
+        message: String,
+        /// The wasm backtrace, with function names where the component kept them.
+        backtrace: Option<String>,
+    },
     /// The plugin returned something the proxy must not use.
     #[error("invalid result: {0}")]
     Invalid(String),
 }
 
+impl PluginError {
+    /// The wasm backtrace of a trap, if there is one (logged at debug level).
+    pub fn backtrace(&self) -> Option<&str> {
+        match self {
+            PluginError::Trap { backtrace, .. } => backtrace.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// A failure outside a hook call (instantiation, `init`): a timeout or a trap.
 fn trap(error: wasmtime::Error) -> PluginError {
     match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => PluginError::Timeout,
-        _ => PluginError::Trap(format!("{error:#}")),
+        Some(Trap::Interrupt) => PluginError::Trap {
+            message: "interrupted: it ran past timeout_ms".into(),
+            backtrace: None,
+        },
+        _ => PluginError::Trap {
+            message: error.root_cause().to_string(),
+            backtrace: error
+                .downcast_ref::<wasmtime::WasmBacktrace>()
+                .map(|backtrace| backtrace.to_string()),
+        },
     }
 }
 
@@ -320,8 +350,8 @@ impl PluginRuntime {
         let raw = pre
             .instance_pre()
             .instantiate_async(&mut instance.store)
-            .await
-            .map_err(trap)?;
+            .await;
+        let raw = raw.map_err(|error| instance.failure(error))?;
         let hooks = plugin.init(&mut instance, &raw).await?;
         let _running = instance.arm();
         let initialised = snapshot::take(&context, &mut instance.store, raw)
@@ -458,40 +488,66 @@ impl LoadedPlugin {
                 .settings
                 .new_instance(&pool.backend.engine, session_id, Some(slot));
             match self.start(instance, pre).await {
+                Ok(instance) => return Ok(instance),
+                Err(NotStarted::Failed(error)) => return Err(error),
                 // The pool's slot count is an estimate of what components need; a
                 // component that needs more than its share is made on demand.
-                Err(error) if error.is::<wasmtime::PoolConcurrencyLimitError>() => {}
-                started => return started.map_err(trap)?,
+                Err(NotStarted::PoolFull) => {}
             }
         }
         let instance = self
             .settings
             .new_instance(&runtime.on_demand.engine, session_id, None);
-        self.start(instance, &self.pre).await.map_err(trap)?
+        self.start(instance, &self.pre)
+            .await
+            .map_err(|error| match error {
+                NotStarted::Failed(error) => error,
+                NotStarted::PoolFull => unreachable!("an on-demand instance takes no pool slot"),
+            })
     }
 
     /// Instantiates `pre` in `instance`'s store and brings it to the state `init` left.
-    /// The outer error is wasmtime's failure to instantiate.
     async fn start(
         &self,
         mut instance: PluginInstance,
         pre: &PluginPre<host::PluginState>,
-    ) -> wasmtime::Result<Result<PluginInstance, PluginError>> {
+    ) -> Result<PluginInstance, NotStarted> {
         let _running = instance.arm();
-        if self.init_per_instance {
-            let raw = pre
+        let instantiated = if self.init_per_instance {
+            match pre
                 .instance_pre()
                 .instantiate_async(&mut instance.store)
-                .await?;
-            if let Err(error) = self.settings.init(&mut instance, &raw).await {
-                return Ok(Err(error));
+                .await
+            {
+                Ok(raw) => {
+                    let hooks = self.settings.init(&mut instance, &raw).await;
+                    return hooks.map(|_| instance).map_err(NotStarted::Failed);
+                }
+                Err(error) => error,
             }
         } else {
-            instance.bindings = Some(pre.instantiate_async(&mut instance.store).await?);
-            instance.hooks = self.hooks;
+            match pre.instantiate_async(&mut instance.store).await {
+                Ok(bindings) => {
+                    instance.bindings = Some(bindings);
+                    instance.hooks = self.hooks;
+                    return Ok(instance);
+                }
+                Err(error) => error,
+            }
+        };
+        if instantiated.is::<wasmtime::PoolConcurrencyLimitError>() {
+            return Err(NotStarted::PoolFull);
         }
-        Ok(Ok(instance))
+        Err(NotStarted::Failed(instance.failure(instantiated)))
     }
+}
+
+/// Why [`LoadedPlugin::start`] made no instance.
+enum NotStarted {
+    /// The pool has no room for this component; make it on demand.
+    PoolFull,
+    /// It failed (its memory limit, a trap in `init`, ...).
+    Failed(PluginError),
 }
 
 /// What a plugin's instances need besides the component.
@@ -523,10 +579,11 @@ impl Settings {
     ) -> Result<abi::Hooks, PluginError> {
         let bindings = Plugin::new(&mut instance.store, raw).map_err(trap)?;
         let _running = instance.arm();
-        instance.hooks = bindings
+        let result = bindings
             .call_init(&mut instance.store, &self.config_text)
-            .await
-            .map_err(trap)?
+            .await;
+        instance.hooks = result
+            .map_err(|error| instance.failure(error))?
             .map_err(PluginError::Init)?;
         instance.bindings = Some(bindings);
         Ok(instance.hooks)
@@ -563,6 +620,7 @@ impl Settings {
             store,
             bindings: None,
             timeout: self.timeout,
+            memory: self.memory,
             ticker: self.runtime.ticker.clone(),
             hooks: abi::Hooks::empty(),
             _slot: slot,
@@ -576,6 +634,8 @@ pub struct PluginInstance {
     store: Store<host::PluginState>,
     bindings: Option<Plugin>,
     timeout: Duration,
+    /// The memory cap in bytes.
+    memory: usize,
     ticker: Arc<Ticker>,
     /// The hooks the plugin asked for.
     pub hooks: abi::Hooks,
@@ -588,9 +648,28 @@ impl PluginInstance {
     /// Sets the deadline for the next call, and keeps the epoch ticking while the
     /// returned guard lives.
     fn arm(&mut self) -> Running {
-        self.store.data_mut().deadline = Instant::now() + self.timeout;
+        let state = self.store.data_mut();
+        state.deadline = Instant::now() + self.timeout;
+        state.panic = None;
+        state.limits.memory_refused = false;
         self.store.set_epoch_deadline(1);
         self.ticker.enter()
+    }
+
+    /// Why the call that just returned `error` failed, in the plugin author's terms:
+    /// its own panic message, its memory or time limit, or wasmtime's trap.
+    fn failure(&mut self, error: wasmtime::Error) -> PluginError {
+        let state = self.store.data_mut();
+        if let Some(message) = state.panic.take() {
+            return PluginError::Panic(message);
+        }
+        if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
+            return PluginError::Timeout(self.timeout.as_millis());
+        }
+        if state.limits.memory_refused {
+            return PluginError::MemoryLimit(self.memory >> 20);
+        }
+        trap(error)
     }
 
     /// The bindings, the store and the session's version, ready for a call that
@@ -612,7 +691,8 @@ impl PluginInstance {
     /// The connect hook.
     pub async fn connect(&mut self, session: &abi::Session) -> Result<abi::Verdict, PluginError> {
         let (bindings, store, version, _running) = self.parts(session);
-        bindings.call_on_connect(store, version).await.map_err(trap)
+        let result = bindings.call_on_connect(store, version).await;
+        result.map_err(|error| self.failure(error))
     }
 
     /// The HELO hook.
@@ -622,10 +702,8 @@ impl PluginInstance {
         name: &str,
     ) -> Result<abi::HeloOutcome, PluginError> {
         let (bindings, store, version, _running) = self.parts(session);
-        bindings
-            .call_on_helo(store, version, name)
-            .await
-            .map_err(trap)
+        let result = bindings.call_on_helo(store, version, name).await;
+        result.map_err(|error| self.failure(error))
     }
 
     /// The MAIL hook.
@@ -636,10 +714,8 @@ impl PluginInstance {
         params: &[abi::Param],
     ) -> Result<abi::PathOutcome, PluginError> {
         let (bindings, store, version, _running) = self.parts(session);
-        bindings
-            .call_on_mail(store, version, sender, params)
-            .await
-            .map_err(trap)
+        let result = bindings.call_on_mail(store, version, sender, params).await;
+        result.map_err(|error| self.failure(error))
     }
 
     /// The RCPT hook.
@@ -652,10 +728,10 @@ impl PluginInstance {
     ) -> Result<abi::PathOutcome, PluginError> {
         let envelope = self.store.data_mut().envelope_ref(envelope);
         let (bindings, store, version, _running) = self.parts(session);
-        bindings
+        let result = bindings
             .call_on_rcpt(store, version, envelope, recipient, params)
-            .await
-            .map_err(trap)
+            .await;
+        result.map_err(|error| self.failure(error))
     }
 
     /// The DATA hook. The message is lent to the plugin for this call only.
@@ -670,16 +746,18 @@ impl PluginInstance {
             .data_mut()
             .table()
             .push(message)
-            .map_err(|error| PluginError::Trap(error.to_string()))?;
+            .map_err(|error| PluginError::Trap {
+                message: error.to_string(),
+                backtrace: None,
+            })?;
         let borrowed = Resource::new_borrow(owned.rep());
         let envelope = self.store.data_mut().envelope_ref(envelope);
         let (bindings, store, version, _running) = self.parts(session);
         let result = bindings
             .call_on_data(&mut *store, version, envelope, borrowed)
-            .await
-            .map_err(trap);
+            .await;
         let _ = store.data_mut().table().delete(owned);
-        result
+        result.map_err(|error| self.failure(error))
     }
 
     /// The AUTH hook.
@@ -690,10 +768,10 @@ impl PluginInstance {
         login: &str,
     ) -> Result<abi::Verdict, PluginError> {
         let (bindings, store, version, _running) = self.parts(session);
-        bindings
+        let result = bindings
             .call_on_auth(store, version, mechanism, login)
-            .await
-            .map_err(trap)
+            .await;
+        result.map_err(|error| self.failure(error))
     }
 
     /// A verifier's password check. The password goes to this plugin only.
@@ -705,18 +783,16 @@ impl PluginInstance {
         password: &str,
     ) -> Result<abi::LoginCheck, PluginError> {
         let (bindings, store, version, _running) = self.parts(session);
-        bindings
+        let result = bindings
             .call_verify_login(store, version, mechanism, login, password)
-            .await
-            .map_err(trap)
+            .await;
+        result.map_err(|error| self.failure(error))
     }
 
     /// The session-end hook.
     pub async fn session_end(&mut self, session: &abi::Session) -> Result<(), PluginError> {
         let (bindings, store, version, _running) = self.parts(session);
-        bindings
-            .call_on_session_end(store, version)
-            .await
-            .map_err(trap)
+        let result = bindings.call_on_session_end(store, version).await;
+        result.map_err(|error| self.failure(error))
     }
 }

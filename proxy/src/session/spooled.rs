@@ -17,12 +17,11 @@ use super::{
     Flow, Session,
     data::{UPSTREAM_WRITE_SIZE, violation_reply},
     replies,
-    transaction::render_params,
 };
 use crate::{
     hooks::Decision,
     message::{Message, SpoolWriter, Spooled},
-    smtp::{RcptCommand, Reply, data::DataReader, data::DotStuffer},
+    smtp::{Path, RcptCommand, Reply, data::DataReader, data::DotStuffer},
 };
 
 /// Body octets read from the spool per upstream write.
@@ -178,24 +177,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 .as_ref()
                 .ok_or_else(replies::upstream_lost)?;
             lines.push("RSET".to_string());
-            lines.push(format!(
-                "MAIL FROM:{}{}",
-                mail.reverse_path,
-                render_params(&mail.params)
-            ));
-            lines.extend(
-                kept.iter()
-                    .map(|r| format!("RCPT TO:{}{}", r.forward_path, render_params(&r.params))),
-            );
+            lines.push(mail.to_string());
+            lines.extend(kept.iter().map(|r| r.to_string()));
         }
         let first_added = lines.len();
-        lines.extend(
-            message
-                .recipients
-                .iter()
-                .filter(|m| !listed(m, &original_mailboxes))
-                .map(|m| format!("RCPT TO:<{m}>")),
-        );
+        let added: Vec<&String> = message
+            .recipients
+            .iter()
+            .filter(|m| !listed(m, &original_mailboxes))
+            .collect();
+        lines.extend(added.iter().map(|m| {
+            RcptCommand {
+                forward_path: Path::bracketed(m),
+                params: Vec::new(),
+            }
+            .to_string()
+        }));
         if lines.is_empty() {
             return Ok(());
         }
@@ -217,11 +214,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         for (index, reply) in replies.iter().enumerate().skip(prefix) {
             if reply.is_positive() {
                 accepted += 1;
-            } else {
-                let (command, added) = (&lines[index], index >= first_added);
-                warn!(%command, reply = %reply, added, "upstream refused a recipient");
-                last_refusal = Some(reply.clone());
+                continue;
             }
+            let added_recipient = index.checked_sub(first_added).map(|i| added[i].as_str());
+            warn!(command = %lines[index], reply = %reply, added = added_recipient.is_some(), "upstream refused a recipient");
+            // A recipient a plugin added (an archive copy, say) is not dropped
+            // silently: that plugin's on_error decides for the whole message.
+            if let Some(recipient) = added_recipient
+                && let Some((plugin, decision)) = self.hooks.refused_addition(recipient)
+            {
+                warn!(%plugin, %recipient, upstream_reply = %reply, "the upstream refused a recipient the plugin added; its on_error applies to the message");
+                if let Decision::Refuse(reply) | Decision::Disconnect(reply) = decision {
+                    return Err(reply);
+                }
+            }
+            last_refusal = Some(reply.clone());
         }
         if accepted == 0 {
             return Err(last_refusal.unwrap_or_else(replies::no_valid_recipients));

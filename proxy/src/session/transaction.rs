@@ -7,6 +7,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
+use portcullis_syntax::param::{self, Verb};
+
 use super::{Envelope, Flow, Session, replies};
 use crate::{config::AuthMode, hooks::Decision};
 use crate::{
@@ -169,6 +171,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         {
             return PendingRcpt::client_error(replies::unsupported_parameter(&keyword));
         }
+        if let Err(violation) = param::check_params(Verb::Rcpt, rcpt.params.iter().map(Param::pair))
+        {
+            return PendingRcpt::client_error(replies::syntax(violation));
+        }
         if let Some(upstream) = &self.upstream
             && let Some(keyword) = missing_extension(
                 &rcpt.params,
@@ -191,22 +197,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// answers every command in the order the client sent them.
     async fn relay_envelope(&mut self, mail: Option<MailCommand>, rcpts: Vec<PendingRcpt>) -> Flow {
         let rcpts = self.rcpt_hooks(mail.as_ref(), rcpts).await;
-        let mut lines: Vec<String> = mail
-            .iter()
-            .map(|mail| {
-                format!(
-                    "MAIL FROM:{}{}",
-                    mail.reverse_path,
-                    render_params(&mail.params)
-                )
-            })
-            .collect();
+        let mut lines: Vec<String> = mail.iter().map(MailCommand::to_string).collect();
         lines.extend(rcpts.iter().filter_map(|pending| match pending {
-            PendingRcpt::Relay(rcpt) => Some(format!(
-                "RCPT TO:{}{}",
-                rcpt.forward_path,
-                render_params(&rcpt.params)
-            )),
+            PendingRcpt::Relay(rcpt) => Some(rcpt.to_string()),
             PendingRcpt::Local { .. } => None,
         }));
         let timeout = self.context.config.upstream.timeouts.command;
@@ -268,21 +261,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    /// The plugins' MAIL stage: `Err` with the flow when they refused; a rewritten
-    /// command is checked against the offered extensions like the client's own.
+    /// The plugins' MAIL stage: `Err` with the flow when they refused. A rewrite is
+    /// checked by the rules the client's own command followed (in `hooks`).
     async fn mail_hook(&mut self, mail: MailCommand) -> Result<MailCommand, Flow> {
         if self.hooks.is_empty() {
             return Ok(mail);
         }
         let info = self.plugin_session();
-        let original = mail.clone();
-        let (decision, mail) = self.hooks.mail(&info, mail).await;
+        let (decision, mail) = self.hooks.mail(&info, mail, &self.offered).await;
         if let Some(flow) = self.refused(decision) {
             return Err(flow);
-        }
-        if mail != original && check_mail(&mail, &self.offered).is_err() {
-            tracing::warn!(rewritten = %mail.reverse_path, "a plugin rewrote MAIL into something that cannot be relayed");
-            return Err(self.reply(replies::plugin_tempfail()));
         }
         Ok(mail)
     }
@@ -310,7 +298,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 checked.push(PendingRcpt::refused(replies::plugin_disconnect(None)));
                 continue;
             }
-            let (decision, rcpt) = self.hooks.rcpt(&info, &envelope, rcpt).await;
+            let (decision, rcpt) = self.hooks.rcpt(&info, &envelope, rcpt, &self.offered).await;
             checked.push(match decision {
                 Decision::Continue | Decision::Accept | Decision::Discard => {
                     envelope
@@ -370,84 +358,29 @@ fn edge_auth_param(params: &mut Vec<Param>, authenticated: bool, upstream_offers
     }
 }
 
-/// Checks MAIL against what was offered. `Err((reply, counts_as_error))`.
+/// Checks MAIL against what was offered and what its parameters' extensions define.
+/// `Err((reply, counts_as_error))`.
 fn check_mail(mail: &MailCommand, offered: &Capabilities) -> Result<(), (Reply, bool)> {
     if let Some(keyword) = missing_extension(&mail.params, offered, Extension::for_mail_param) {
         return Err((replies::unsupported_parameter(&keyword), true));
     }
-    for (index, param) in mail.params.iter().enumerate() {
-        if mail.params[..index]
-            .iter()
-            .any(|earlier| earlier.keyword.eq_ignore_ascii_case(&param.keyword))
-        {
-            return Err((replies::syntax("duplicate parameter"), true));
-        }
-    }
-    for param in &mail.params {
-        let value = param.value.as_deref();
-        match param.keyword.to_ascii_uppercase().as_str() {
-            "SIZE" => {
-                let size: u64 = value
-                    .and_then(|v| v.parse().ok())
-                    .ok_or((replies::syntax("invalid SIZE value"), true))?;
-                if offered.size_limit.is_some_and(|limit| size > limit) {
-                    return Err((replies::message_too_big(), false));
-                }
-            }
-            "BODY"
-                if !value.is_some_and(|v| {
-                    v.eq_ignore_ascii_case("7BIT") || v.eq_ignore_ascii_case("8BITMIME")
-                }) =>
-            {
-                return Err((replies::syntax("BODY must be 7BIT or 8BITMIME"), true));
-            }
-            "SMTPUTF8" if value.is_some() => {
-                return Err((replies::syntax("SMTPUTF8 takes no value"), true));
-            }
-            "RET"
-                if !value.is_some_and(|v| {
-                    v.eq_ignore_ascii_case("FULL") || v.eq_ignore_ascii_case("HDRS")
-                }) =>
-            {
-                return Err((replies::syntax("RET must be FULL or HDRS"), true));
-            }
-            "ENVID" if value.is_none() => {
-                return Err((replies::syntax("ENVID needs a value"), true));
-            }
-            // RFC 4954 §5: AUTH=<> or an xtext-encoded mailbox.
-            "AUTH" if !value.is_some_and(|v| v == "<>" || is_xtext(v)) => {
-                return Err((replies::syntax("AUTH must be <> or an xtext mailbox"), true));
-            }
-            _ => {}
-        }
+    param::check_params(Verb::Mail, mail.params.iter().map(Param::pair))
+        .map_err(|violation| (replies::syntax(violation), true))?;
+    if let Some(size) = mail.params.iter().find(|p| p.is("SIZE"))
+        && let Some(limit) = offered.size_limit
+        && size
+            .value
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_none_or(|size| size > limit)
+    {
+        return Err((replies::message_too_big(), false));
     }
     let smtputf8 = mail.params.iter().any(|p| p.is("SMTPUTF8"));
     if mail.reverse_path.is_utf8() && !smtputf8 {
         return Err((replies::utf8_needs_smtputf8(), false));
     }
     Ok(())
-}
-
-/// True for a non-empty xtext (RFC 3461 §4): printable ASCII but `=`, and `+` only
-/// as `+HH`.
-fn is_xtext(value: &str) -> bool {
-    let bytes = value.as_bytes();
-    let mut index = 0;
-    while index < bytes.len() {
-        match bytes[index] {
-            b'+' => {
-                let hex = bytes.get(index + 1..index + 3);
-                if !hex.is_some_and(|h| h.iter().all(|b| b.is_ascii_hexdigit())) {
-                    return false;
-                }
-                index += 3;
-            }
-            b'=' => return false,
-            b'!'..=b'~' => index += 1,
-            _ => return false,
-        }
-    }
-    !bytes.is_empty()
 }
 
 /// The first parameter whose extension is not in `capabilities`.
@@ -462,8 +395,4 @@ fn missing_extension(
             !extension_of(&param.keyword).is_some_and(|extension| capabilities.has(extension))
         })
         .map(|param| param.keyword.clone())
-}
-
-pub(super) fn render_params(params: &[Param]) -> String {
-    params.iter().map(|param| format!(" {param}")).collect()
 }

@@ -2,6 +2,8 @@
 //! upstream offers with what the proxy can relay, and mapping MAIL/RCPT parameters to
 //! the extension that defines them.
 
+use portcullis_syntax::param::{self, Verb};
+
 use super::reply::Reply;
 
 /// The service extensions the relay can carry end to end.
@@ -54,22 +56,17 @@ impl Extension {
 
     /// The extension that defines a MAIL FROM parameter, if we relay it.
     pub fn for_mail_param(keyword: &str) -> Option<Extension> {
-        match keyword.to_ascii_uppercase().as_str() {
-            "SIZE" => Some(Extension::Size),
-            "BODY" => Some(Extension::EightBitMime),
-            "SMTPUTF8" => Some(Extension::SmtpUtf8),
-            "RET" | "ENVID" => Some(Extension::Dsn),
-            "AUTH" => Some(Extension::Auth),
-            _ => None,
-        }
+        Self::defining(Verb::Mail, keyword)
     }
 
     /// The extension that defines a RCPT TO parameter, if we relay it.
     pub fn for_rcpt_param(keyword: &str) -> Option<Extension> {
-        match keyword.to_ascii_uppercase().as_str() {
-            "NOTIFY" | "ORCPT" => Some(Extension::Dsn),
-            _ => None,
-        }
+        Self::defining(Verb::Rcpt, keyword)
+    }
+
+    fn defining(verb: Verb, keyword: &str) -> Option<Extension> {
+        let name = param::extension_of(verb, keyword)?;
+        Extension::ALL.into_iter().find(|e| e.keyword() == name)
     }
 }
 
@@ -89,6 +86,16 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
+    /// Every extension the proxy relays, as if an upstream offered them all (what
+    /// `portcullis replay` assumes).
+    pub fn relayable() -> Self {
+        let mut capabilities = Capabilities::default();
+        for extension in Extension::ALL {
+            capabilities.insert(extension);
+        }
+        capabilities
+    }
+
     /// Reads the extension lines of an EHLO reply (the first line is the greeting).
     pub fn from_ehlo(reply: &Reply) -> Self {
         let mut capabilities = Capabilities::default();

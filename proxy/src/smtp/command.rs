@@ -8,6 +8,8 @@
 
 use std::fmt;
 
+use portcullis_syntax::{address, param};
+
 /// A parsed SMTP command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -67,6 +69,15 @@ pub struct Path {
 }
 
 impl Path {
+    /// The path for a mailbox given without brackets (empty: the null path). Not
+    /// checked: a path from anywhere but the parser is checked by rendering the
+    /// command it belongs to and parsing that back.
+    pub fn bracketed(mailbox: &str) -> Self {
+        Self {
+            raw: format!("<{mailbox}>"),
+        }
+    }
+
     /// The path exactly as sent, e.g. `<a@example.com>` or `<>`.
     pub fn raw(&self) -> &str {
         &self.raw
@@ -98,6 +109,26 @@ impl fmt::Display for Path {
     }
 }
 
+/// The one rendering of MAIL as it goes upstream: `MAIL FROM:<path> params`.
+impl fmt::Display for MailCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MAIL FROM:{}", self.reverse_path)?;
+        self.params
+            .iter()
+            .try_for_each(|param| write!(f, " {param}"))
+    }
+}
+
+/// The one rendering of RCPT as it goes upstream: `RCPT TO:<path> params`.
+impl fmt::Display for RcptCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RCPT TO:{}", self.forward_path)?;
+        self.params
+            .iter()
+            .try_for_each(|param| write!(f, " {param}"))
+    }
+}
+
 /// One ESMTP parameter, `KEYWORD[=value]`, spelled as the client spelled it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Param {
@@ -111,6 +142,11 @@ impl Param {
     /// Case-insensitive keyword comparison.
     pub fn is(&self, keyword: &str) -> bool {
         self.keyword.eq_ignore_ascii_case(keyword)
+    }
+
+    /// Keyword and value, as the syntax rules take them.
+    pub fn pair(&self) -> (&str, Option<&str>) {
+        (&self.keyword, self.value.as_deref())
     }
 }
 
@@ -136,10 +172,6 @@ pub enum CommandError {
     #[error("command line is not valid UTF-8")]
     NotUtf8,
 }
-
-/// The longest local part and domain RFC 5321 §4.5.3.1 allows.
-const MAX_LOCAL_PART: usize = 64;
-const MAX_DOMAIN: usize = 255;
 
 /// Parses one command line (without CRLF).
 pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
@@ -268,7 +300,7 @@ fn check_path(path: &str, allow_postmaster: bool) -> Result<(), CommandError> {
     let inner = &path[1..path.len() - 1];
     let mailbox = match inner.split_once(':') {
         Some((route, mailbox)) if route.starts_with('@') => {
-            check_source_route(route)?;
+            address::check_source_route(route).map_err(CommandError::Syntax)?;
             mailbox
         }
         _ => inner,
@@ -276,98 +308,7 @@ fn check_path(path: &str, allow_postmaster: bool) -> Result<(), CommandError> {
     if allow_postmaster && mailbox.eq_ignore_ascii_case("postmaster") {
         return Ok(());
     }
-    let at = mailbox
-        .rfind('@')
-        .ok_or(CommandError::Syntax("the address needs a domain"))?;
-    let (local, domain) = (&mailbox[..at], &mailbox[at + 1..]);
-    if !is_local_part(local) {
-        return Err(CommandError::Syntax("invalid local part"));
-    }
-    if !(is_domain(domain) || is_address_literal(domain)) {
-        return Err(CommandError::Syntax("invalid domain"));
-    }
-    Ok(())
-}
-
-fn check_source_route(route: &str) -> Result<(), CommandError> {
-    for hop in route.split(',') {
-        let domain = hop
-            .strip_prefix('@')
-            .ok_or(CommandError::Syntax("invalid source route"))?;
-        if !is_domain(domain) {
-            return Err(CommandError::Syntax("invalid source route"));
-        }
-    }
-    Ok(())
-}
-
-fn is_local_part(local: &str) -> bool {
-    if local.is_empty() || local.len() > MAX_LOCAL_PART {
-        return false;
-    }
-    if let Some(quoted) = local.strip_prefix('"') {
-        return is_quoted_string_body(quoted);
-    }
-    local
-        .split('.')
-        .all(|atom| !atom.is_empty() && atom.chars().all(is_atext))
-}
-
-fn is_quoted_string_body(text: &str) -> bool {
-    let Some(body) = text.strip_suffix('"') else {
-        return false;
-    };
-    let mut chars = body.chars();
-    while let Some(ch) = chars.next() {
-        match ch {
-            '\\' => match chars.next() {
-                Some(escaped) if (' '..='~').contains(&escaped) => {}
-                _ => return false,
-            },
-            '"' => return false,
-            ch if (' '..='~').contains(&ch) || !ch.is_ascii() => {}
-            _ => return false,
-        }
-    }
-    true
-}
-
-fn is_atext(ch: char) -> bool {
-    ch.is_ascii_alphanumeric()
-        || "!#$%&'*+-/=?^_`{|}~".contains(ch)
-        || !ch.is_ascii() && !ch.is_control()
-}
-
-/// A domain name: dot-separated labels of letters, digits and hyphens (UTF-8 letters
-/// allowed for SMTPUTF8), no label starting or ending with a hyphen.
-pub fn is_domain(domain: &str) -> bool {
-    let domain = domain.strip_suffix('.').unwrap_or(domain);
-    !domain.is_empty()
-        && domain.len() <= MAX_DOMAIN
-        && domain.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.chars().all(|ch| {
-                    ch.is_ascii_alphanumeric()
-                        || ch == '-'
-                        || (!ch.is_ascii() && ch.is_alphanumeric())
-                })
-        })
-}
-
-/// An address literal: `[192.0.2.1]` or `[IPv6:2001:db8::1]`.
-pub fn is_address_literal(text: &str) -> bool {
-    let Some(inner) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) else {
-        return false;
-    };
-    match inner.get(..5) {
-        Some(tag) if tag.eq_ignore_ascii_case("IPv6:") => {
-            inner[5..].parse::<std::net::Ipv6Addr>().is_ok()
-        }
-        _ => inner.parse::<std::net::Ipv4Addr>().is_ok(),
-    }
+    address::check_mailbox(mailbox).map_err(CommandError::Syntax)
 }
 
 fn parse_params(text: &str) -> Result<Vec<Param>, CommandError> {
@@ -382,24 +323,11 @@ fn parse_param(word: &str) -> Result<Param, CommandError> {
         Some((keyword, value)) => (keyword, Some(value)),
         None => (word, None),
     };
-    let keyword_ok = keyword
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_alphanumeric())
-        && keyword
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    if !keyword_ok {
+    if !param::is_keyword(keyword) {
         return Err(CommandError::Syntax("invalid parameter keyword"));
     }
-    if let Some(value) = value {
-        let value_ok = !value.is_empty()
-            && value
-                .chars()
-                .all(|ch| ch != '=' && !ch.is_control() && ch != ' ');
-        if !value_ok {
-            return Err(CommandError::Syntax("invalid parameter value"));
-        }
+    if value.is_some_and(|value| !param::is_value(value)) {
+        return Err(CommandError::Syntax("invalid parameter value"));
     }
     Ok(Param {
         keyword: keyword.to_string(),
@@ -576,10 +504,6 @@ mod tests {
         ]
     }
 
-    fn render(params: &[Param]) -> String {
-        params.iter().map(|param| format!(" {param}")).collect()
-    }
-
     proptest! {
         /// Whatever a client sends (or a plugin's rewrite becomes), parsing does not
         /// panic; a MAIL or RCPT it accepts renders — as the proxy writes it upstream —
@@ -587,14 +511,8 @@ mod tests {
         #[test]
         fn accepted_paths_render_to_the_line_that_was_checked(line in command_line()) {
             let (rendered, command) = match parse(&line) {
-                Ok(Command::Mail(mail)) => (
-                    format!("MAIL FROM:{}{}", mail.reverse_path, render(&mail.params)),
-                    Command::Mail(mail),
-                ),
-                Ok(Command::Rcpt(rcpt)) => (
-                    format!("RCPT TO:{}{}", rcpt.forward_path, render(&rcpt.params)),
-                    Command::Rcpt(rcpt),
-                ),
+                Ok(Command::Mail(mail)) => (mail.to_string(), Command::Mail(mail)),
+                Ok(Command::Rcpt(rcpt)) => (rcpt.to_string(), Command::Rcpt(rcpt)),
                 _ => return Ok(()),
             };
             prop_assert!(!rendered.chars().any(char::is_control), "{:?}", rendered);

@@ -8,7 +8,6 @@ pub mod data;
 pub mod line;
 pub mod reply;
 pub mod trace;
-pub mod xtext;
 
 pub use command::{Command, CommandError, MailCommand, Param, Path, RcptCommand};
 pub use reply::{EnhancedCode, Reply};

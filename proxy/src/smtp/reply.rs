@@ -33,22 +33,9 @@ impl EnhancedCode {
     /// rest of the text after the separating space.
     pub fn parse_prefix(text: &str) -> Option<(Self, &str)> {
         let (token, rest) = text.split_once(' ').unwrap_or((text, ""));
-        let mut parts = token.split('.');
-        let class = parse_part(parts.next()?, 1)?;
-        let subject = parse_part(parts.next()?, 3)?;
-        let detail = parse_part(parts.next()?, 3)?;
-        if parts.next().is_some() || !matches!(class, 2 | 4 | 5) {
-            return None;
-        }
-        Some((Self::new(class as u8, subject, detail), rest))
+        let (class, subject, detail) = portcullis_syntax::reply::parse_enhanced(token)?;
+        Some((Self::new(class, subject, detail), rest))
     }
-}
-
-fn parse_part(part: &str, max_digits: usize) -> Option<u16> {
-    if part.is_empty() || part.len() > max_digits || !part.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    part.parse().ok()
 }
 
 impl fmt::Display for EnhancedCode {
@@ -67,20 +54,48 @@ pub struct Reply {
     lines: Vec<String>,
 }
 
+/// Room for text on one reply line: 512 octets (RFC 5321 §4.5.3.1.5) less the code,
+/// its separator and CRLF.
+const LINE_ROOM: usize = portcullis_syntax::reply::MAX_LINE - 6;
+
+/// `text` in lines that each fit a reply line after `prefix` (the enhanced code, which
+/// RFC 2034 repeats on every line): broken at the last space that fits, or inside a
+/// word too long for a line.
+fn wrap(prefix: &str, text: &str) -> Vec<String> {
+    let room = LINE_ROOM - prefix.len();
+    let mut lines = Vec::new();
+    let mut rest = text;
+    while rest.len() > room {
+        let mut cut = room;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        if let Some(space) = rest[..cut].rfind(' ').filter(|&space| space > 0) {
+            cut = space;
+        }
+        lines.push(format!("{prefix}{}", &rest[..cut]));
+        rest = rest[cut..].trim_start_matches(' ');
+    }
+    lines.push(format!("{prefix}{rest}"));
+    lines
+}
+
 impl Reply {
-    /// A reply with an enhanced status code, the usual form for replies we make.
+    /// A reply with an enhanced status code, the usual form for replies we make. Text
+    /// too long for one line is wrapped into several, each with the enhanced code.
     pub fn new(code: u16, enhanced: EnhancedCode, text: impl fmt::Display) -> Self {
         Self {
             code,
-            lines: vec![format!("{enhanced} {text}")],
+            lines: wrap(&format!("{enhanced} "), &text.to_string()),
         }
     }
 
-    /// A reply without an enhanced code (greetings, EHLO, 354, replies to HELO clients).
+    /// A reply without an enhanced code (greetings, EHLO, 354, replies to HELO
+    /// clients), wrapped like [`Reply::new`].
     pub fn plain(code: u16, text: impl Into<String>) -> Self {
         Self {
             code,
-            lines: vec![text.into()],
+            lines: wrap("", &text.into()),
         }
     }
 
@@ -232,6 +247,35 @@ mod tests {
         for (reply, wire) in cases {
             assert_eq!(String::from_utf8(reply.to_bytes()).unwrap(), *wire);
         }
+    }
+
+    #[test]
+    fn long_text_is_wrapped_into_lines_of_at_most_512_octets() {
+        let words = "word ".repeat(400);
+        let reply = Reply::new(550, EnhancedCode::new(5, 7, 1), words.trim_end());
+        let wire = String::from_utf8(reply.to_bytes()).unwrap();
+        let lines: Vec<&str> = wire.split_inclusive("\r\n").collect();
+        assert!(lines.len() >= 4, "{}", lines.len());
+        for (index, line) in lines.iter().enumerate() {
+            assert!(line.len() <= 512, "{} octets", line.len());
+            let separator = if index + 1 == lines.len() { ' ' } else { '-' };
+            assert!(
+                line.starts_with(&format!("550{separator}5.7.1 word")),
+                "{line}"
+            );
+        }
+        let unbroken = Reply::plain(550, "ü".repeat(600));
+        for line in String::from_utf8(unbroken.to_bytes())
+            .unwrap()
+            .split_inclusive("\r\n")
+        {
+            assert!(line.len() <= 512, "{} octets", line.len());
+        }
+        assert_eq!(
+            unbroken.lines().concat(),
+            "ü".repeat(600),
+            "cut between characters"
+        );
     }
 
     #[test]

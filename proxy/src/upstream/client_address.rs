@@ -3,9 +3,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use portcullis_syntax::param::encode_xtext;
+
 use crate::{
     dns::{ClientName, HostName},
-    smtp::{capabilities::Capabilities, xtext},
+    smtp::capabilities::Capabilities,
 };
 
 /// What the upstream should know about the downstream client.
@@ -107,7 +109,7 @@ fn append_or_start(lines: &mut Vec<String>, words: &str) {
 /// command line once encoded, is sent as unknown instead (which, for LOGIN, fails
 /// closed: the upstream sees no login).
 fn xclient_word(attribute: &str, value: &str) -> String {
-    let word = format!("{attribute}={}", xtext::encode(value));
+    let word = format!("{attribute}={}", encode_xtext(value));
     if value.len() <= XCLIENT_VALUE_LIMIT && "XCLIENT ".len() + word.len() <= XCLIENT_LINE_LIMIT {
         word
     } else {

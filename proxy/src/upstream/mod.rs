@@ -21,7 +21,6 @@ use crate::{
     smtp::{
         EnhancedCode, Reply,
         capabilities::{Capabilities, Extension},
-        command,
         line::NextLine,
         reply::{ReplyError, ReplyParser},
     },
@@ -306,7 +305,7 @@ impl UpstreamSession {
         let name = client
             .helo
             .as_deref()
-            .filter(|name| command::is_domain(name) || command::is_address_literal(name));
+            .filter(|name| portcullis_syntax::address::check_helo_name(name).is_ok());
         self.ehlo(name.unwrap_or(hostname)).await
     }
 

@@ -3,10 +3,15 @@
 //!
 //! - faults the proxy must contain to that call: `trap`, `panic`, `loop`, `memory`,
 //!   `bad-code` (a 250 in a reject), `crlf` (CR LF in reply text), `bad-rewrite` (an
-//!   address, or at DATA a header value, that would inject a command);
+//!   address, or at DATA a header value, that would inject a command), `long-reply`
+//!   (a 550 whose text has `length` characters, default 2000, in words);
+//! - `rewrite` (`stage = "mail"` or `"rcpt"`): the path becomes `address` if set, and
+//!   its parameters `params` if set (a list of `KEYWORD` or `KEYWORD=value` strings,
+//!   split at the first `=` only, so a value may carry anything);
 //! - DATA actions: `discard`, `quarantine`, `add-recipient` / `remove-recipient` (the
-//!   `recipient` key), `replace-body` (the `body` key), `measure-body` (reads the whole
-//!   body through the host and adds `X-Body-Size` and `X-Body-Lines` fields);
+//!   `recipient` key), `replace-body`, `append-body`, `prepend-body` (the `body` key),
+//!   `measure-body` (reads the whole body through the host and adds `X-Body-Size` and
+//!   `X-Body-Lines` fields);
 //! - HELO actions (`stage = "helo"`): `rename` (the upstream is told the name
 //!   `renamed.example`), `refuse-helo` (550 5.7.1 for names without a dot);
 //! - `count` (DATA): adds `X-Message-In-Session: N`, N counting this session's
@@ -19,13 +24,15 @@
 //! - `shareable = true` (any mode) declares the plugin shareable, so `count` then
 //!   counts the messages of every session its shared instance served;
 //! - `ok`, which does nothing; `refuse-connect` refuses every client with 554 5.7.1;
+//! - `init_alloc_mb = N` (any mode): `init` allocates and keeps N MiB, like a plugin
+//!   that builds large tables at start-up;
 //! - AUTH: `refuse-login` (the AUTH hook refuses the login `mallory` with 554 5.7.1),
 //!   `verifier` (a password checker: `LOGIN-secret` is valid, the login `backend-down`
 //!   is unavailable, anything else invalid).
 
 use portcullis_sdk::{
-    Config, DataOutcome, Envelope, Header, HeloOutcome, Hooks, LoginCheck, Message, MessageEdit,
-    Param, PathOutcome, Plugin, Reply, Session, Verdict,
+    Config, DataOutcome, Envelope, HeloOutcome, Hooks, LoginCheck, Message, MessageEdit, Param,
+    PathOutcome, Plugin, Reply, Session, Verdict,
 };
 
 /// The configured behaviour.
@@ -39,6 +46,11 @@ pub struct Fault {
     fail_at: u32,
     /// The envelopes the RCPT hook read in this transaction (`envelope`).
     seen_at_rcpt: Vec<String>,
+    /// `rewrite`: the new address and parameters, if given.
+    address: Option<String>,
+    params: Option<Vec<Param>>,
+    /// `long-reply`: the length of the text.
+    length: usize,
 }
 
 /// `sender -> [recipient,recipient]`, checking the count the hook got against the list.
@@ -72,6 +84,7 @@ impl Plugin for Fault {
             ("envelope", _) => Hooks::RCPT | Hooks::DATA,
             (_, "data") => Hooks::DATA,
             (_, "helo") => Hooks::HELO,
+            (_, "rcpt") => Hooks::RCPT,
             _ => Hooks::MAIL,
         };
         let hooks = match config.get("shareable").and_then(|v| v.as_bool()) {
@@ -89,9 +102,36 @@ impl Plugin for Fault {
                 .and_then(|n| u32::try_from(n).ok())
                 .unwrap_or(0),
             seen_at_rcpt: Vec::new(),
+            address: config
+                .get("address")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+            params: config.get("params").and_then(|v| v.as_array()).map(|list| {
+                list.iter()
+                    .filter_map(|item| item.as_str())
+                    .map(|item| match item.split_once('=') {
+                        Some((keyword, value)) => Param {
+                            keyword: keyword.into(),
+                            value: Some(value.into()),
+                        },
+                        None => Param {
+                            keyword: item.into(),
+                            value: None,
+                        },
+                    })
+                    .collect()
+            }),
+            length: config
+                .get("length")
+                .and_then(|v| v.as_integer())
+                .map_or(2000, |n| n as usize),
         };
         if fault.mode == "count" {
             portcullis_sdk::log::info("fault plugin init");
+        }
+        // A plugin that builds large tables at start-up: `init_alloc_mb` MiB kept.
+        if let Some(mb) = config.get("init_alloc_mb").and_then(|v| v.as_integer()) {
+            INIT_TABLES.with(|tables| *tables.borrow_mut() = vec![1u8; (mb as usize) << 20]);
         }
         Ok((fault, hooks))
     }
@@ -139,15 +179,22 @@ impl Plugin for Fault {
     fn mail(&mut self, _session: &Session, _sender: &str, _params: &[Param]) -> PathOutcome {
         match self.mode.as_str() {
             "bad-rewrite" => PathOutcome::rewrite("x@example.org>\r\nRCPT TO:<victim@example.com"),
-            mode => misbehave(mode).into(),
+            "rewrite" => self.rewrite(),
+            mode => self.misbehave(mode).into(),
         }
     }
 
     fn rcpt(&mut self, _: &Session, envelope: &Envelope, to: &str, _: &[Param]) -> PathOutcome {
-        if !to.starts_with("quiet") {
-            self.seen_at_rcpt.push(describe(envelope));
+        match self.mode.as_str() {
+            "rewrite" => self.rewrite(),
+            "envelope" => {
+                if !to.starts_with("quiet") {
+                    self.seen_at_rcpt.push(describe(envelope));
+                }
+                PathOutcome::default()
+            }
+            mode => self.misbehave(mode).into(),
         }
-        PathOutcome::default()
     }
 
     fn data(&mut self, _session: &Session, envelope: &Envelope, message: &Message) -> DataOutcome {
@@ -164,10 +211,12 @@ impl Plugin for Fault {
             }
             "discard" => return Verdict::Discard.into(),
             "bad-rewrite" => header("X-Evil", "x\r\n.\r\nMAIL FROM:<evil@example.com>"),
-            "quarantine" => MessageEdit::Quarantine("looks suspicious".into()),
-            "add-recipient" => MessageEdit::AddRecipient(self.recipient.clone()),
-            "remove-recipient" => MessageEdit::RemoveRecipient(self.recipient.clone()),
-            "replace-body" => MessageEdit::ReplaceBody(self.body.clone().into_bytes()),
+            "quarantine" => MessageEdit::quarantine("looks suspicious"),
+            "add-recipient" => MessageEdit::add_recipient(&self.recipient),
+            "remove-recipient" => MessageEdit::remove_recipient(&self.recipient),
+            "replace-body" => MessageEdit::replace_body(self.body.clone()),
+            "append-body" => MessageEdit::append_body(self.body.clone()),
+            "prepend-body" => MessageEdit::prepend_body(self.body.clone()),
             "count" => {
                 self.messages += 1;
                 if self.messages == self.fail_at {
@@ -186,7 +235,7 @@ impl Plugin for Fault {
                     ],
                 };
             }
-            mode => return misbehave(mode).into(),
+            mode => return self.misbehave(mode).into(),
         };
         DataOutcome {
             verdict: Verdict::Continue,
@@ -195,14 +244,36 @@ impl Plugin for Fault {
     }
 }
 
-fn header(name: &str, value: &str) -> MessageEdit {
-    MessageEdit::AddHeader(Header {
-        name: name.into(),
-        value: value.into(),
-    })
+thread_local! {
+    /// What `init_alloc_mb` allocated.
+    static INIT_TABLES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The faults that do not depend on the hook; `ok` and unknown modes continue.
+fn header(name: &str, value: &str) -> MessageEdit {
+    MessageEdit::add_header(name, value)
+}
+
+impl Fault {
+    /// `rewrite`: the configured address and parameters.
+    fn rewrite(&self) -> PathOutcome {
+        PathOutcome {
+            rewrite_address: self.address.clone(),
+            rewrite_params: self.params.clone(),
+            ..PathOutcome::default()
+        }
+    }
+
+    /// The faults that do not depend on the hook; `ok` and unknown modes continue.
+    fn misbehave(&self, mode: &str) -> Verdict {
+        if mode == "long-reply" {
+            let text = "blocked ".repeat(self.length / 8 + 1);
+            return Verdict::reject(550, "5.7.1", &text[..self.length]);
+        }
+        misbehave(mode)
+    }
+}
+
+/// The faults that do not depend on the hook or the configuration.
 fn misbehave(mode: &str) -> Verdict {
     match mode {
         "trap" => trap(),
