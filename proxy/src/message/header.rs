@@ -23,10 +23,20 @@ impl HeaderField {
     /// may be folded (CRLF, then a space or tab).
     pub fn new(name: &str, value: &str) -> Result<Self, FieldError> {
         header::check_field(name, value)?;
-        Ok(Self {
+        let field = Self {
             raw: format!("{name}: {value}\r\n").into_bytes(),
             name_len: name.len(),
-        })
+        };
+        // Written out and read back, it must be this one field and nothing more.
+        let mut block = field.raw.clone();
+        block.extend_from_slice(b"\r\n");
+        match parse_block(&block) {
+            (fields, _, true) if fields.len() == 1 && fields[0] == field => Ok(field),
+            _ => Err(FieldError(Violation::Header {
+                name: name.into(),
+                reason: "does not read back as one field",
+            })),
+        }
     }
 
     /// The field's name as written.
