@@ -18,6 +18,7 @@ fn resolver(server: &DnsServer) -> Resolver {
     Resolver::new(&DnsConfig {
         nameservers: vec![server.address],
         timeout: Duration::from_millis(300),
+        hosts_file: None,
     })
 }
 
@@ -128,4 +129,33 @@ async fn an_unanswered_ptr_query_makes_both_names_temporarily_unavailable() {
     );
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(server.queries(), ["PTR 10.2.0.192.in-addr.arpa."]);
+}
+
+#[tokio::test]
+async fn the_hosts_files_first_entry_names_an_address_at_every_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    std::fs::write(
+        &hosts,
+        "127.0.0.1 localhost\n127.0.0.2 first.test second.test third.test\n127.0.0.2 fourth.test\n",
+    )
+    .unwrap();
+    let first = HostName::Known("first.test".into());
+    for _ in 0..5 {
+        let resolver = Resolver::new(&DnsConfig {
+            nameservers: Vec::new(),
+            timeout: Duration::from_millis(300),
+            hosts_file: Some(hosts.clone()),
+        });
+        let name = resolver
+            .client_name("127.0.0.2".parse::<IpAddr>().unwrap())
+            .await;
+        assert_eq!(
+            name,
+            ClientName {
+                reverse: first.clone(),
+                verified: first.clone()
+            }
+        );
+    }
 }

@@ -26,6 +26,10 @@ struct Postfix {
     known_name_port: String,
     /// XCLIENT smtpd refusing clients without a PTR record.
     known_reverse_port: String,
+    /// XCLIENT smtpd with HELO restrictions (applied at RCPT, smtpd_delay_reject).
+    helo_xclient_port: String,
+    /// smtpd expecting a PROXY header, with the same HELO restrictions.
+    helo_proxy_port: String,
     /// The CA that signed Postfix's certificate.
     ca: PathBuf,
 }
@@ -47,6 +51,9 @@ impl Postfix {
         let (xclient_port, proxy_protocol_port) = (port(), port());
         let (starttls_port, smtps_port, sasl_port) = (port(), port(), port());
         let (known_name_port, known_reverse_port) = (port(), port());
+        let (helo_xclient_port, helo_proxy_port) = (port(), port());
+        let helo_checks =
+            "-o smtpd_helo_restrictions=reject_invalid_helo_hostname,reject_non_fqdn_helo_hostname";
         let pki = Pki::new(&root.join("etc"));
         let certificate = pki.server("postfix", &["postfix.test"]);
         let (cert, key) = (certificate.cert.display(), certificate.key.display());
@@ -101,6 +108,8 @@ smtpd_sasl_local_domain = postfix.test
 127.0.0.1:{sasl_port} inet n - n - - smtpd -o smtpd_sasl_auth_enable={sasl} -o smtpd_sasl_type=cyrus -o smtpd_sasl_path=smtpd
 127.0.0.1:{known_name_port} inet n - n - - smtpd -o smtpd_client_restrictions=reject_unknown_client_hostname
 127.0.0.1:{known_reverse_port} inet n - n - - smtpd -o smtpd_client_restrictions=reject_unknown_reverse_client_hostname
+127.0.0.1:{helo_xclient_port} inet n - n - - smtpd {helo_checks}
+127.0.0.1:{helo_proxy_port} inet n - n - - smtpd {helo_checks} -o smtpd_upstream_proxy_protocol=haproxy
 tlsmgr unix - - n 1000? 1 tlsmgr
 cleanup unix n - n - 0 cleanup
 qmgr unix n - n 300 1 qmgr
@@ -130,6 +139,8 @@ postlog unix-dgram n - n - 1 postlogd
             sasl_port,
             known_name_port,
             known_reverse_port,
+            helo_xclient_port,
+            helo_proxy_port,
             ca: pki.ca.clone(),
         };
         let status = Command::new("postfix")
@@ -462,11 +473,21 @@ fn a_kept_postfix_session_serves_the_next_client() {
         assert_eq!(reply.code, 250, "{reply:?}\n{}", postfix.log());
         client.expect("QUIT", 221);
     }
-    assert_eq!(postfix.wait_delivered(2).len(), 2);
-    // One upstream connection carried both clients: once the proxy stops and QUITs
-    // its kept session, Postfix logs that connection's command counts.
+    let messages = postfix.wait_delivered(2);
+    assert_eq!(messages.len(), 2);
+    // Each client's own greeting reached Postfix before its mail.
+    for helo in ["first.test", "second.test"] {
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains(&format!("Received: from {helo} ("))),
+            "{helo}: {messages:?}"
+        );
+    }
+    // One upstream connection carried both clients, greeted once for each: once the
+    // proxy stops and QUITs its kept session, Postfix logs that connection's counts.
     proxy.terminate();
-    let reused = "ehlo=1 mail=2 rcpt=2 data=2 quit=1";
+    let reused = "ehlo=2 mail=2 rcpt=2 data=2 quit=1";
     let deadline = std::time::Instant::now() + common::WAIT;
     while !postfix.log().contains(reused) {
         assert!(
@@ -684,4 +705,96 @@ config = {{ remove = ["Authentication-Results"], add = [{{ name = "X-Checked-By"
     );
     assert!(!message.contains("forged.example"), "{message}");
     assert!(message.contains("Subject: edited"), "{message}");
+}
+
+/// The RCPT reply a client at 127.0.0.2 greeting with `greeting` gets, through a session
+/// at `address`.
+fn rcpt_after(address: std::net::SocketAddr, greeting: &str) -> ClientReply {
+    let mut client = Client::connect_from("127.0.0.2", address);
+    client.expect(greeting, 250);
+    client.expect("MAIL FROM:<sender@origin.test>", 250);
+    let reply = client.command("RCPT TO:<user@example.test>");
+    client.expect("QUIT", 221);
+    reply
+}
+
+#[test]
+fn postfix_judges_the_clients_own_helo_name_in_every_mode() {
+    let Some(postfix) = Postfix::start() else {
+        return;
+    };
+    let xclient = proxy_in_front(&postfix, &postfix.helo_xclient_port, "xclient");
+    let v1 = proxy_in_front(&postfix, &postfix.helo_proxy_port, "proxy-v1");
+    let v2 = proxy_in_front(&postfix, &postfix.helo_proxy_port, "proxy-v2");
+    let direct: std::net::SocketAddr = postfix.address(&postfix.helo_xclient_port).parse().unwrap();
+    for name in ["single", "bad!host", "my_pc", "client.test"] {
+        let greeting = format!("EHLO {name}");
+        let expected = rcpt_after(direct, &greeting);
+        if name == "single" {
+            assert!(
+                expected.text().contains("Helo command rejected"),
+                "{expected:?}"
+            );
+        }
+        for (mode, proxy) in [("xclient", &xclient), ("proxy-v1", &v1), ("proxy-v2", &v2)] {
+            let through = rcpt_after(proxy.address, &greeting);
+            assert_eq!(
+                through.lines,
+                expected.lines,
+                "{name} through {mode}\n{}",
+                postfix.log()
+            );
+        }
+    }
+    // A HELO client is recorded as one (PROTO), and Postfix's Received field names
+    // the client's own HELO name in every mode.
+    for (mode, proxy) in [("xclient", &xclient), ("proxy-v1", &v1), ("proxy-v2", &v2)] {
+        let mut client = Client::connect_from("127.0.0.2", proxy.address);
+        client.expect(&format!("HELO {mode}.client.test"), 250);
+        let reply = client.send_message(
+            "sender@origin.test",
+            &["user@example.test"],
+            format!("Subject: {mode}\r\n\r\nHello.\r\n.\r\n").as_bytes(),
+        );
+        assert_eq!(reply.code, 250, "{reply:?}\n{}", postfix.log());
+        client.expect("QUIT", 221);
+    }
+    let messages = postfix.wait_delivered(3);
+    for mode in ["xclient", "proxy-v1", "proxy-v2"] {
+        let message = messages
+            .iter()
+            .find(|m| m.contains(&format!("Subject: {mode}\n")))
+            .unwrap_or_else(|| panic!("{mode}: {messages:?}"));
+        let received = format!("Received: from {mode}.client.test (");
+        assert!(message.contains(&received), "{mode}: {message}");
+        assert!(message.contains("with SMTP id"), "{mode}: {message}");
+    }
+}
+
+#[test]
+fn postfix_takes_the_proxy_protocol_probes_and_the_first_client_gets_its_extensions() {
+    let Some(postfix) = Postfix::start() else {
+        return;
+    };
+    for mode in ["proxy-v1", "proxy-v2"] {
+        let proxy = proxy_in_front(&postfix, &postfix.helo_proxy_port, mode);
+        let mut client = Client::connect_from("127.0.0.2", proxy.address);
+        let ehlo = client.expect("EHLO client.test", 250);
+        assert!(
+            ehlo.lines.iter().any(|l| l.ends_with("8BITMIME")),
+            "{mode}: {ehlo:?}"
+        );
+        assert!(
+            !proxy
+                .logs()
+                .iter()
+                .any(|l| l.contains("capability probe failed")),
+            "{mode}"
+        );
+    }
+    let log = postfix.log();
+    assert!(
+        !log.contains("haproxy") || !log.contains("warning"),
+        "{log}"
+    );
 }

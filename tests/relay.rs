@@ -789,6 +789,83 @@ fn xclient_not_offered_fails_closed() {
     ehlo(&mut client);
     client.expect("MAIL FROM:<a@example.org>", 451);
     assert!(upstream.sessions().is_empty());
+    // The session the proxy opened for it still ends as SMTP sessions end.
+    common::wait_until("the upstream session ends with QUIT", || {
+        upstream.recorded().iter().any(|r| {
+            r.commands.iter().any(|c| c == "EHLO localhost")
+                && r.commands.last().is_some_and(|c| c == "QUIT")
+        })
+    });
+}
+
+#[test]
+fn every_upstream_session_the_proxy_gives_up_ends_with_quit() {
+    // The upstream refuses the client's own greeting, and RSET.
+    let upstream = RecordingUpstream::scripted(
+        FULL_EHLO,
+        Arc::new(|line| {
+            if line.starts_with("EHLO refused.test") || line.starts_with("HELO refused.test") {
+                Action::Reply("550 5.7.1 Your HELO name is not welcome here".into())
+            } else if line == "RSET" {
+                Action::Reply("500 5.5.1 No resets today".into())
+            } else {
+                Action::Default
+            }
+        }),
+    );
+    let proxy = Proxy::start(&upstream.address(), "");
+    // The upstream's verdict on the client's HELO name is the client's answer.
+    let mut client = proxy.client();
+    client.expect("EHLO refused.test", 250);
+    let reply = client.expect("MAIL FROM:<a@example.org>", 550);
+    assert_eq!(
+        reply.lines,
+        ["550 5.7.1 Your HELO name is not welcome here"]
+    );
+    client.expect("QUIT", 221);
+    // A session whose RSET was refused is closed.
+    let mut client = proxy.client();
+    client.expect("EHLO fine.test", 250);
+    client.expect("MAIL FROM:<a@example.org>", 250);
+    client.expect("RSET", 250);
+    client.expect("QUIT", 221);
+    common::wait_until("both upstream sessions end with QUIT", || {
+        let ended: Vec<_> = upstream
+            .recorded()
+            .into_iter()
+            .filter(|r| {
+                r.commands
+                    .iter()
+                    .any(|c| c.starts_with("EHLO refused.test") || c == "RSET")
+            })
+            .filter(|r| r.commands.last().is_some_and(|c| c == "QUIT"))
+            .collect();
+        ended.len() == 2
+    });
+}
+
+#[test]
+fn ehlo_waits_for_a_silent_upstream_only_briefly() {
+    // An upstream that takes connections and never greets: the capability probe
+    // would wait its five-minute greeting timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = silent.local_addr().unwrap().to_string();
+    let held = thread::spawn(move || {
+        let mut streams = Vec::new();
+        for stream in silent.incoming().take(4) {
+            streams.push(stream);
+        }
+        streams
+    });
+    let proxy = Proxy::start(&address, "capabilities_wait = \"500ms\"\n");
+    let mut client = proxy.client();
+    let reply = client.expect("EHLO client.test", 250);
+    assert!(
+        !reply.lines.iter().any(|l| l.contains("PIPELINING")),
+        "nothing the upstream offers is known: {reply:?}"
+    );
+    proxy.wait_for_log("the upstream's extensions are not known yet");
+    drop(held);
 }
 
 #[test]

@@ -556,6 +556,33 @@ fn openssl_implicit_tls_chooses_the_certificate_by_sni() {
     proxy.wait_for_log("TLS handshake failed");
 }
 
+#[test]
+fn tls_sessions_end_with_close_notify() {
+    if !require_program("openssl") {
+        return;
+    }
+    let files = Files::new();
+    let upstream = RecordingUpstream::start();
+    let proxy = Proxy::start_with(&format!(
+        "tls = \"starttls\"\n[[listener]]\nname = \"implicit\"\naddress = \"127.0.0.1:0\"\ntls = \"implicit\"\n{}\n[upstream]\naddress = \"{}\"\nclient_address = \"none\"\n",
+        files.certificates(),
+        upstream.address()
+    ));
+    let ca = files.pki.ca.to_str().unwrap().to_string();
+    let starttls = proxy.address.to_string();
+    let implicit = proxy.listener("implicit").to_string();
+    for (name, mut args) in [
+        ("starttls", vec!["-connect", &starttls, "-starttls", "smtp"]),
+        ("implicit", vec!["-connect", &implicit]),
+    ] {
+        args.extend(["-servername", "mail.example.test", "-CAfile", &ca]);
+        let output = s_client(&args, "EHLO client.example\nQUIT");
+        assert!(output.contains("221 2.0.0"), "{name}: {output}");
+        // Without close_notify (RFC 8446 §6.1) OpenSSL reports an unexpected EOF.
+        assert!(!output.contains("unexpected eof"), "{name}: {output}");
+    }
+}
+
 /// A man in the middle on the plaintext leg: forwards both ways and, when the client
 /// sends STARTTLS, appends `injected` to the same packet — the CVE-2011-0411 attack.
 fn injecting_relay(target: std::net::SocketAddr, injected: &'static str) -> std::net::SocketAddr {

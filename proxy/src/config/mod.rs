@@ -257,6 +257,10 @@ pub struct DnsConfig {
     /// Longest wait for one query.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// The hosts file asked first for client names (the first entry for an address
+    /// names it, as in the system's resolver); `/etc/hosts` when `nameservers` is
+    /// empty, none otherwise.
+    pub hosts_file: Option<PathBuf>,
 }
 
 impl Default for DnsConfig {
@@ -264,6 +268,7 @@ impl Default for DnsConfig {
         Self {
             nameservers: Vec::new(),
             timeout: Duration::from_secs(2),
+            hosts_file: None,
         }
     }
 }
@@ -561,6 +566,8 @@ pub struct UpstreamConfig {
     pub timeouts: UpstreamTimeouts,
     /// How often the upstream's extensions are probed again when no session did it.
     pub capabilities_refresh: Duration,
+    /// How long a client's EHLO waits for them when none are known yet.
+    pub capabilities_wait: Duration,
     /// Keeping idle upstream sessions for later client sessions.
     pub reuse: ReuseConfig,
     /// TLS toward the upstream.
@@ -699,6 +706,8 @@ struct RawUpstream {
     timeouts: UpstreamTimeouts,
     #[serde(default = "default_capabilities_refresh", with = "humantime_serde")]
     capabilities_refresh: Duration,
+    #[serde(default = "default_capabilities_wait", with = "humantime_serde")]
+    capabilities_wait: Duration,
     reuse: Option<Spanned<ReuseConfig>>,
     tls: Option<Spanned<TlsMode>>,
     tls_ca: Option<Spanned<PathBuf>>,
@@ -709,6 +718,10 @@ struct RawUpstream {
 
 fn default_capabilities_refresh() -> Duration {
     Duration::from_secs(300)
+}
+
+fn default_capabilities_wait() -> Duration {
+    Duration::from_secs(3)
 }
 
 impl Config {

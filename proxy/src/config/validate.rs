@@ -265,6 +265,7 @@ fn validate_upstream(
         received_header: upstream.received_header,
         timeouts: upstream.timeouts,
         capabilities_refresh: upstream.capabilities_refresh,
+        capabilities_wait: upstream.capabilities_wait,
         reuse: upstream.reuse.map(Spanned::into_inner).unwrap_or_default(),
         tls,
     })

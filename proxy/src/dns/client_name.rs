@@ -51,21 +51,28 @@ impl ClientName {
 }
 
 impl Resolver {
-    /// Looks up the PTR names of `ip`, then the addresses of each (at most
+    /// Looks up the PTR names of `ip` (the hosts file's first entry for it, if it has
+    /// one, as the system's resolver answers), then the addresses of each (at most
     /// [`MAX_NAMES`]) until one includes `ip`. The PTR query has the configured
     /// timeout, the forward queries together as long again.
     pub async fn client_name(&self, ip: IpAddr) -> ClientName {
         // IPv4-mapped IPv6 addresses are looked up as the IPv4 address they carry.
         let ip = ip.to_canonical();
-        let reverse_zone = Name::from(ip).to_string();
-        let names: Vec<String> = match self
-            .lookup(&reverse_zone, RecordType::PTR, self.timeout)
-            .await
-        {
-            Ok(records) => records.iter().filter_map(ptr_host_name).collect(),
-            Err(LookupError::NotFound) => Vec::new(),
-            Err(LookupError::Timeout | LookupError::Failure) => {
-                return ClientName::neither(HostName::TemporarilyUnavailable);
+        let from_hosts = self.hosts.as_ref().and_then(|hosts| hosts.name_of(ip));
+        let names: Vec<String> = match from_hosts {
+            Some(name) => vec![name.to_string()],
+            None => {
+                let reverse_zone = Name::from(ip).to_string();
+                match self
+                    .lookup(&reverse_zone, RecordType::PTR, self.timeout)
+                    .await
+                {
+                    Ok(records) => records.iter().filter_map(ptr_host_name).collect(),
+                    Err(LookupError::NotFound) => Vec::new(),
+                    Err(LookupError::Timeout | LookupError::Failure) => {
+                        return ClientName::neither(HostName::TemporarilyUnavailable);
+                    }
+                }
             }
         };
         let Some(first) = names.first() else {
@@ -80,6 +87,14 @@ impl Resolver {
         let deadline = Instant::now() + self.timeout;
         let mut verified = HostName::Unavailable;
         for name in names.iter().take(MAX_NAMES) {
+            if self
+                .hosts
+                .as_ref()
+                .is_some_and(|hosts| hosts.confirms(name, ip))
+            {
+                verified = HostName::Known(name.clone());
+                break;
+            }
             let budget = deadline.saturating_duration_since(Instant::now());
             match self.lookup(name, kind, budget).await {
                 Ok(records) if records.iter().any(|data| address(data) == Some(ip)) => {

@@ -4,6 +4,7 @@
 //! `[dns] timeout`. Answers are cached by the resolver for their TTL.
 
 mod client_name;
+mod hosts;
 
 use std::{net::IpAddr, time::Duration};
 
@@ -32,6 +33,8 @@ pub enum LookupError {
 pub struct Resolver {
     inner: Option<TokioResolver>,
     timeout: Duration,
+    /// Consulted first for client names (`dns.hosts_file`).
+    hosts: Option<hosts::HostsFile>,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -82,9 +85,14 @@ impl Resolver {
                 .inspect_err(|error| tracing::warn!(%error, "cannot build the DNS resolver"))
                 .ok()
         });
+        let hosts_file = config
+            .hosts_file
+            .clone()
+            .or_else(|| config.nameservers.is_empty().then(|| "/etc/hosts".into()));
         Self {
             inner,
             timeout: config.timeout,
+            hosts: hosts_file.as_deref().and_then(hosts::HostsFile::read),
         }
     }
 
@@ -93,6 +101,7 @@ impl Resolver {
         Self {
             inner: None,
             timeout: Duration::ZERO,
+            hosts: None,
         }
     }
 

@@ -38,7 +38,7 @@ use crate::{
         sender_logins::SenderLogins, throttle::AuthThrottle,
     },
     config::{Config, ListenerConfig, TlsMode, VerifyPolicy},
-    connection::{Connection, ReadError},
+    connection::{Connection, LARGE_READ, ReadError},
     dns::{ClientName, HostName, Resolver},
     hooks::{Chain, Decision, SessionHooks},
     plugin_host::LoadedPlugin,
@@ -56,6 +56,9 @@ use crate::{
     },
 };
 pub use state::{Envelope, Peer};
+
+/// The longest a session's close (TLS close_notify, FIN) may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The two phases of a graceful shutdown.
 #[derive(Debug, Clone, Default)]
@@ -226,6 +229,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         }
         let _ = self.flush().await;
+        // TLS ends with close_notify (RFC 8446 §6.1), plaintext with FIN; a client
+        // that does not read gets no longer than this.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.downstream.shutdown()).await;
         if !self.hooks.is_empty() {
             let info = self.plugin_session();
             self.hooks.session_end(&info).await;
@@ -370,30 +376,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.reply(Reply::multiline(250, lines))
     }
 
-    /// The upstream's extensions: from the open session, the cache, or a probe.
+    /// The upstream's extensions: from the open session, the cache, or a probe waited
+    /// for at most `upstream.capabilities_wait` (and not at all once the client left).
     async fn upstream_capabilities(&mut self) -> Capabilities {
         if let Some(upstream) = &self.upstream {
             return upstream.capabilities().clone();
         }
-        let cache = &self.context.capabilities;
-        if let Some(capabilities) = cache.get() {
+        let context = self.context.clone();
+        if let Some(capabilities) = context.capabilities.get() {
             return capabilities;
         }
-        let config = &self.context.config;
-        match cache
-            .probe(
-                &config.upstream,
-                &self.context.upstream_address,
-                &config.server.hostname,
-            )
-            .await
-        {
-            Ok(capabilities) => capabilities,
-            Err(error) => {
-                warn!(%error, "cannot learn the upstream's extensions; offering none");
-                Capabilities::default()
-            }
-        }
+        let config = &context.config;
+        let probe = context.capabilities.wait_for(
+            &config.upstream,
+            &context.upstream_address,
+            &config.server.hostname,
+            config.upstream.capabilities_wait,
+        );
+        // Reading on meanwhile only buffers what the client pipelined; it ends the
+        // wait when the client has gone.
+        let deadline = Instant::now() + config.smtp.command_timeout;
+        let downstream = &mut self.downstream;
+        let client_gone = async { while downstream.fill(LARGE_READ, deadline).await.is_ok() {} };
+        let known = tokio::select! {
+            known = probe => known,
+            () = client_gone => None,
+        };
+        known.unwrap_or_else(|| {
+            warn!("the upstream's extensions are not known yet; offering none");
+            Capabilities::default()
+        })
     }
 
     /// VRFY/EXPN: answered locally or relayed, as configured.
@@ -471,7 +483,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.context.capabilities.update(session.capabilities());
             self.upstream = Some(session);
         }
-        Ok(self.upstream.as_mut().expect("just opened"))
+        let upstream = self.upstream.as_mut().expect("just opened");
+        // A kept session last greeted for another client, or this client greeted
+        // again with another name: the upstream hears the client's greeting first.
+        if let Some(greeting) = self.peer.greeting() {
+            upstream.ensure_greeting(&greeting).await?;
+        }
+        Ok(upstream)
     }
 
     /// Sends one command upstream (opening the session if needed). On failure the
@@ -484,10 +502,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         result.map_err(|error| self.upstream_failed(error))
     }
 
-    /// Drops a failed upstream session and returns what the client is told.
+    /// Ends a failed upstream session (with QUIT if the upstream is still in step) and
+    /// returns what the client is told.
     fn upstream_failed(&mut self, error: UpstreamError) -> Reply {
         warn!(%error, "upstream failure");
-        self.upstream = None;
+        let upstream = self.upstream.take();
+        if error.leaves_session_usable() {
+            quit_soon(upstream);
+        }
         self.upstream_in_transaction = false;
         error.reply()
     }
@@ -505,7 +527,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Ok(reply) if reply.is_positive() => {}
                 Ok(reply) => {
                     warn!(reply = %reply, "upstream refused RSET; closing that session");
-                    self.upstream = None;
+                    quit_soon(self.upstream.take());
                 }
                 Err(error) => {
                     self.upstream_failed(error);
@@ -634,6 +656,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn flush(&mut self) -> std::io::Result<()> {
         let deadline = Instant::now() + self.context.config.smtp.command_timeout;
         self.downstream.flush(deadline).await
+    }
+}
+
+/// Ends an upstream session that is still in step with QUIT, without making the client
+/// wait for it (RFC 5321 §4.1.1.10: a session ends with QUIT).
+fn quit_soon(upstream: Option<UpstreamSession>) {
+    if let Some(upstream) = upstream {
+        tokio::spawn(upstream.quit());
     }
 }
 

@@ -10,7 +10,7 @@ use crate::{
     dns::ClientName,
     smtp::{MailCommand, RcptCommand},
     tls::TlsInfo,
-    upstream::ClientInfo,
+    upstream::{ClientInfo, Greeting},
 };
 
 /// Who is connected.
@@ -56,6 +56,16 @@ impl Peer {
             login: None,
             name: None,
         }
+    }
+
+    /// How the upstream is to be greeted for this client: its HELO/EHLO name (or
+    /// the one a plugin gave), with its verb; `None` before it greeted.
+    pub fn greeting(&self) -> Option<Greeting> {
+        let name = self.helo_rewrite.as_ref().or(self.helo.as_ref())?;
+        Some(Greeting {
+            name: name.clone(),
+            esmtp: self.esmtp,
+        })
     }
 
     /// What the upstream is told about this client (XCLIENT / PROXY).

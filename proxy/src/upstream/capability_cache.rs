@@ -5,12 +5,20 @@
 //! How it is learned: a probe session (connect, EHLO, QUIT) at start-up; again whenever
 //! the last sighting is older than `upstream.capabilities_refresh`; and every real
 //! upstream session that opens refreshes it with what that upstream said after XCLIENT.
-//! If the cache is empty when a client says EHLO (upstream down since start-up), the
-//! session probes once inline; if that fails too, only basic SMTP is offered.
+//! If the cache is empty when a client says EHLO (upstream slow or down since
+//! start-up), the client waits for a probe at most `upstream.capabilities_wait`, and
+//! gets what is known then (nothing but what the proxy itself offers, if the probe has
+//! not answered); the probe goes on for the clients after it. One probe runs at a time.
 
-use std::sync::RwLock;
+use std::{
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
-use tokio::time::Instant;
+use tokio::{sync::Notify, time::Instant};
 
 use super::{UpstreamError, UpstreamSession};
 use crate::{config::UpstreamConfig, smtp::capabilities::Capabilities};
@@ -19,6 +27,10 @@ use crate::{config::UpstreamConfig, smtp::capabilities::Capabilities};
 #[derive(Debug, Default)]
 pub struct CapabilityCache {
     latest: RwLock<Option<(Capabilities, Instant)>>,
+    /// Woken when extensions are learned, or a probe ended without them.
+    learned: Notify,
+    /// A probe is under way.
+    probing: AtomicBool,
 }
 
 impl CapabilityCache {
@@ -34,6 +46,46 @@ impl CapabilityCache {
     /// Records what an upstream session announced.
     pub fn update(&self, capabilities: &Capabilities) {
         *self.latest.write().expect("lock poisoned") = Some((capabilities.clone(), Instant::now()));
+        self.learned.notify_waiters();
+    }
+
+    /// The last known extensions; if none are known yet, starts a probe (unless one
+    /// runs) and waits for it at most `wait`.
+    pub async fn wait_for(
+        self: &Arc<Self>,
+        config: &UpstreamConfig,
+        address: &str,
+        hostname: &str,
+        wait: Duration,
+    ) -> Option<Capabilities> {
+        if let Some(known) = self.get() {
+            return Some(known);
+        }
+        let learned = self.learned.notified();
+        tokio::pin!(learned);
+        learned.as_mut().enable();
+        self.start_probe(config, address, hostname);
+        if let Some(known) = self.get() {
+            return Some(known);
+        }
+        let _ = tokio::time::timeout(wait, learned).await;
+        self.get()
+    }
+
+    /// A probe in the background, unless one is under way.
+    fn start_probe(self: &Arc<Self>, config: &UpstreamConfig, address: &str, hostname: &str) {
+        if self.probing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (cache, config) = (self.clone(), config.clone());
+        let (address, hostname) = (address.to_string(), hostname.to_string());
+        tokio::spawn(async move {
+            if let Err(error) = cache.probe(&config, &address, &hostname).await {
+                tracing::warn!(%error, "upstream capability probe failed");
+            }
+            cache.probing.store(false, Ordering::SeqCst);
+            cache.learned.notify_waiters();
+        });
     }
 
     /// True if nothing was learned within `max_age`.

@@ -28,6 +28,16 @@ pub struct ClientInfo {
     pub name: Option<ClientName>,
 }
 
+impl ClientInfo {
+    /// How the client greeted, if it has: for the upstream's own greeting.
+    pub fn greeting(&self) -> Option<super::Greeting> {
+        self.helo.as_ref().map(|name| super::Greeting {
+            name: name.clone(),
+            esmtp: self.esmtp,
+        })
+    }
+}
+
 /// The longest XCLIENT command line, CRLF excluded (XCLIENT_README: the 512-octet
 /// limit of SMTP command lines, RFC 5321 §4.5.3.1.4).
 const XCLIENT_LINE_LIMIT: usize = 510;
@@ -174,8 +184,18 @@ pub fn proxy_v2_header(client: &ClientInfo) -> Vec<u8> {
     header
 }
 
-/// The v1 header for a connection that has no client (the capability probe).
-pub const PROXY_V1_UNKNOWN: &[u8] = b"PROXY UNKNOWN\r\n";
+/// A v1 header for the connection from `source` to `destination` (the capability
+/// probe's own, which has no client).
+pub fn proxy_v1_line(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
+    proxy_v1_header(&ClientInfo {
+        address: source,
+        local_address: destination,
+        helo: None,
+        esmtp: true,
+        login: None,
+        name: None,
+    })
+}
 
 /// The v2 header for a connection that has no client: command LOCAL, no addresses.
 pub fn proxy_v2_local() -> Vec<u8> {

@@ -90,12 +90,41 @@ pub enum UpstreamError {
     /// XCLIENT is configured but the upstream does not offer it to us.
     #[error("upstream does not offer XCLIENT to this proxy (check smtpd_authorized_xclient_hosts)")]
     XclientNotOffered,
+    /// The upstream refused the client's own HELO/EHLO name: its verdict on the client,
+    /// relayed to the client as it is.
+    #[error("upstream refused the client's greeting: {0}")]
+    GreetingRefused(Reply),
+}
+
+impl UpstreamError {
+    /// True if the upstream is still in step after this error (it answered, just not
+    /// as hoped), so the session can be ended with QUIT rather than dropped.
+    pub fn leaves_session_usable(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Refused(..)
+                | UpstreamError::GreetingRefused(_)
+                | UpstreamError::StarttlsNotOffered
+                | UpstreamError::XclientNotOffered
+                | UpstreamError::Unexpected(Stage::Command, _)
+        )
+    }
+}
+
+/// A HELO or EHLO as sent upstream: the name, and whether it was EHLO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Greeting {
+    /// The HELO/EHLO argument.
+    pub name: String,
+    /// EHLO (true) or HELO.
+    pub esmtp: bool,
 }
 
 impl UpstreamError {
     /// What the client is told: always a transient failure, so nothing is lost.
     pub fn reply(&self) -> Reply {
         let text = match self {
+            UpstreamError::GreetingRefused(reply) => return reply.clone(),
             UpstreamError::Timeout(_) => "Upstream server timed out, try again later",
             UpstreamError::Closed(_) | UpstreamError::Io(..) => {
                 "Upstream connection lost, try again later"
@@ -103,6 +132,21 @@ impl UpstreamError {
             _ => "Upstream server unavailable, try again later",
         };
         Reply::new(451, EnhancedCode::new(4, 4, 1), text)
+    }
+}
+
+/// A refusal (4xx or 5xx) of the client's own greeting is the upstream's verdict on
+/// the client. A 421 is the upstream closing, not a verdict: it stays an upstream
+/// failure (451 4.4.1), since relaying it would end the client's session for a reply
+/// to a command the client did not send.
+fn on_client(error: UpstreamError) -> UpstreamError {
+    match error {
+        UpstreamError::Refused(Stage::Ehlo, reply)
+            if matches!(reply.code(), 400..=599) && reply.code() != 421 =>
+        {
+            UpstreamError::GreetingRefused(reply)
+        }
+        other => other,
     }
 }
 
@@ -132,10 +176,15 @@ pub struct UpstreamSession {
     uses: usize,
     /// The upstream was told who the client is (XCLIENT, PROXY): never reused.
     identified: bool,
+    /// The greeting the upstream last got; `None` right after XCLIENT, which wants a
+    /// new one.
+    greeted: Option<Greeting>,
 }
 
 impl UpstreamSession {
-    /// Connects to `address` and runs the handshake for `client`.
+    /// Connects to `address` and runs the handshake for `client`, greeting the
+    /// upstream as the client greeted the proxy (see [`UpstreamSession::handshake_for`]).
+    /// A session the upstream refuses is ended with QUIT.
     pub async fn open(
         config: &UpstreamConfig,
         address: &str,
@@ -148,28 +197,98 @@ impl UpstreamSession {
             .map_err(|_| UpstreamError::Timeout(Stage::Connect))?
             .map_err(UpstreamError::Connect)?;
         stream.set_nodelay(true).map_err(UpstreamError::Connect)?;
+        let endpoints = (stream.local_addr(), stream.peer_addr());
         let mut session = UpstreamSession {
             connection: Connection::new(MaybeTls::Plain(stream)),
             capabilities: Capabilities::default(),
             config: config.clone(),
             uses: 1,
             identified: client.is_some() && config.client_address != ClientAddressMode::None,
+            greeted: None,
         };
-        session.send_proxy_header(client).await?;
+        let header = match endpoints {
+            (Ok(local), Ok(peer)) => session.proxy_header(client, local, peer),
+            (Err(error), _) | (_, Err(error)) => return Err(UpstreamError::Connect(error)),
+        };
+        if let Some(header) = header {
+            let deadline = Instant::now() + timeouts.connect;
+            session
+                .connection
+                .write_all(&header, deadline)
+                .await
+                .map_err(|error| write_error(Stage::Connect, error))?;
+        }
         if config.tls.mode == TlsMode::Implicit {
             session.handshake().await?;
         }
         session
             .expect(Stage::Greeting, timeouts.greeting, 220)
             .await?;
-        session.ehlo(hostname).await?;
-        if config.tls.mode == TlsMode::Starttls {
-            session.starttls(hostname).await?;
+        match session.handshake_for(hostname, client).await {
+            Ok(()) => Ok(session),
+            Err(error) => {
+                if error.leaves_session_usable() {
+                    session.quit().await;
+                }
+                Err(error)
+            }
         }
-        if let (ClientAddressMode::Xclient, Some(client)) = (config.client_address, client) {
-            session.xclient(hostname, client).await?;
+    }
+
+    /// After the 220: EHLO (to learn the extensions, STARTTLS and XCLIENT among
+    /// them), STARTTLS if configured, XCLIENT if configured, and the client's own
+    /// greeting. The upstream hears the client's HELO or EHLO name exactly as the client
+    /// sent it (or as a plugin rewrote it), with the verb the client used, so its HELO
+    /// checks and its Received field judge the client; before XCLIENT the proxy greets
+    /// as itself, since that is the host XCLIENT is authorised for.
+    async fn handshake_for(
+        &mut self,
+        hostname: &str,
+        client: Option<&ClientInfo>,
+    ) -> Result<(), UpstreamError> {
+        let xclient = self.config.client_address == ClientAddressMode::Xclient;
+        let starttls = self.config.tls.mode == TlsMode::Starttls;
+        let client_greeting = client.and_then(ClientInfo::greeting);
+        // Greeting as the client did from the start, HELO included (a later HELO would
+        // not undo an EHLO's ESMTP in Postfix's records), unless the proxy needs EHLO's
+        // answer first: for STARTTLS, or for XCLIENT.
+        let (first, clients) = match (&client_greeting, xclient) {
+            (Some(greeting), false) => (
+                Greeting {
+                    name: greeting.name.clone(),
+                    esmtp: greeting.esmtp || starttls,
+                },
+                true,
+            ),
+            _ => (
+                Greeting {
+                    name: hostname.to_string(),
+                    esmtp: true,
+                },
+                false,
+            ),
+        };
+        let verdict = |error| if clients { on_client(error) } else { error };
+        self.greet(&first).await.map_err(verdict)?;
+        if starttls {
+            self.starttls().await?;
+            self.greet(&first).await.map_err(verdict)?;
         }
-        Ok(session)
+        if let (true, Some(client)) = (xclient, client) {
+            self.xclient(client).await?;
+        }
+        let last = client_greeting.unwrap_or(first);
+        self.ensure_greeting(&last).await
+    }
+
+    /// Greets the upstream with `greeting` unless that is how it was last greeted:
+    /// after the client greeted again with another name, or on a kept session serving
+    /// another client.
+    pub async fn ensure_greeting(&mut self, greeting: &Greeting) -> Result<(), UpstreamError> {
+        if self.greeted.as_ref() == Some(greeting) {
+            return Ok(());
+        }
+        self.greet(greeting).await.map_err(on_client)
     }
 
     /// True if the upstream closed the connection or sent something unasked (such as
@@ -185,9 +304,10 @@ impl UpstreamSession {
         !matches!(socket.try_read(&mut probe), Err(error) if error.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// STARTTLS, the handshake, and EHLO again (RFC 3207). Anything the upstream sent
-    /// after its 220 came in plaintext and is refused, as the downstream side does.
-    async fn starttls(&mut self, hostname: &str) -> Result<(), UpstreamError> {
+    /// STARTTLS and the handshake (the caller greets again, RFC 3207). Anything the
+    /// upstream sent after its 220 came in plaintext and is refused, as the downstream
+    /// side does.
+    async fn starttls(&mut self) -> Result<(), UpstreamError> {
         if !self.capabilities.starttls {
             return Err(UpstreamError::StarttlsNotOffered);
         }
@@ -200,8 +320,7 @@ impl UpstreamSession {
         if !self.connection.input.pending().is_empty() {
             return Err(UpstreamError::TlsInjection);
         }
-        self.handshake().await?;
-        self.ehlo(hostname).await
+        self.handshake().await
     }
 
     /// The client handshake on the plaintext connection.
@@ -245,51 +364,61 @@ impl UpstreamSession {
         &self.capabilities
     }
 
-    /// The PROXY header, if configured; a session without a client (the capability
-    /// probe) sends the "unknown"/LOCAL form.
-    async fn send_proxy_header(
-        &mut self,
+    /// The PROXY header, if configured. A session without a client (the capability
+    /// probe) describes its own connection, `local` to `peer`, in v1 (every receiver
+    /// accepts TCP4/TCP6; Postfix refuses UNKNOWN) and sends LOCAL in v2.
+    fn proxy_header(
+        &self,
         client: Option<&ClientInfo>,
-    ) -> Result<(), UpstreamError> {
-        let header = match (self.config.client_address, client) {
+        local: std::net::SocketAddr,
+        peer: std::net::SocketAddr,
+    ) -> Option<Vec<u8>> {
+        Some(match (self.config.client_address, client) {
             (ClientAddressMode::ProxyV1, Some(client)) => client_address::proxy_v1_header(client),
-            (ClientAddressMode::ProxyV1, None) => client_address::PROXY_V1_UNKNOWN.to_vec(),
+            (ClientAddressMode::ProxyV1, None) => client_address::proxy_v1_line(local, peer),
             (ClientAddressMode::ProxyV2, Some(client)) => client_address::proxy_v2_header(client),
             (ClientAddressMode::ProxyV2, None) => client_address::proxy_v2_local(),
-            (ClientAddressMode::None | ClientAddressMode::Xclient, _) => return Ok(()),
-        };
-        let deadline = Instant::now() + self.config.timeouts.connect;
-        self.connection
-            .write_all(&header, deadline)
-            .await
-            .map_err(|error| write_error(Stage::Connect, error))
+            (ClientAddressMode::None | ClientAddressMode::Xclient, _) => return None,
+        })
     }
 
-    async fn ehlo(&mut self, hostname: &str) -> Result<(), UpstreamError> {
+    /// EHLO (falling back to HELO for a server that does not know EHLO) or HELO, as
+    /// `greeting` says. A refusal of a name that is not the proxy's own is the
+    /// upstream's verdict on the client.
+    async fn greet(&mut self, greeting: &Greeting) -> Result<(), UpstreamError> {
         let timeout = self.config.timeouts.command;
-        let reply = self
-            .command(Stage::Ehlo, &format!("EHLO {hostname}"), timeout)
-            .await?;
-        if reply.is_positive() {
-            self.capabilities = Capabilities::from_ehlo(&reply);
-            return Ok(());
+        let name = &greeting.name;
+        if greeting.esmtp {
+            let reply = self
+                .command(Stage::Ehlo, &format!("EHLO {name}"), timeout)
+                .await?;
+            if reply.is_positive() {
+                self.capabilities = Capabilities::from_ehlo(&reply);
+                self.greeted = Some(greeting.clone());
+                return Ok(());
+            }
+            // 500/502: EHLO unknown there (RFC 5321 §4.1.1.1); anything else is a
+            // refusal of the name, which HELO would only repeat.
+            if !matches!(reply.code(), 500 | 502) {
+                return Err(UpstreamError::Refused(Stage::Ehlo, reply));
+            }
         }
         let reply = self
-            .command(Stage::Ehlo, &format!("HELO {hostname}"), timeout)
+            .command(Stage::Ehlo, &format!("HELO {name}"), timeout)
             .await?;
         if !reply.is_positive() {
             return Err(UpstreamError::Refused(Stage::Ehlo, reply));
         }
         self.capabilities = Capabilities::default();
+        self.greeted = Some(greeting.clone());
         Ok(())
     }
 
     /// XCLIENT (one command, or more for long values), each answered by a new
-    /// greeting, then a new EHLO, as XCLIENT_README requires. The new EHLO carries the
-    /// client's own HELO name when it is a valid domain or address literal, because
-    /// Postfix takes the name from it (and shows it in its Received header), overriding
-    /// the XCLIENT HELO attribute.
-    async fn xclient(&mut self, hostname: &str, client: &ClientInfo) -> Result<(), UpstreamError> {
+    /// greeting; the caller then greets again, as XCLIENT_README requires, with the
+    /// client's own name, since Postfix takes the name from that greeting (for its
+    /// HELO restrictions and its Received header) over the XCLIENT HELO attribute.
+    async fn xclient(&mut self, client: &ClientInfo) -> Result<(), UpstreamError> {
         let commands = client_address::xclient_commands(client, &self.capabilities);
         if commands.is_empty() {
             return Err(UpstreamError::XclientNotOffered);
@@ -302,11 +431,8 @@ impl UpstreamSession {
                 return Err(UpstreamError::Refused(Stage::Xclient, reply));
             }
         }
-        let name = client
-            .helo
-            .as_deref()
-            .filter(|name| portcullis_syntax::address::check_helo_name(name).is_ok());
-        self.ehlo(name.unwrap_or(hostname)).await
+        self.greeted = None;
+        Ok(())
     }
 
     async fn expect(
