@@ -27,7 +27,8 @@ use crate::{
     kv::KvStore,
     log_limit::{self, Event},
     plugin_host::{Capacity, LoadedPlugin, PluginError, PluginRuntime, abi},
-    session::{ListenerContext, Peer, Session, SessionContext, Shutdown, replies},
+    session::{ListenerContext, Peer, Session, SessionContext, Shutdown},
+    smtp::replies,
     tls::server::ServerTls,
     upstream::{capability_cache::CapabilityCache, pool::SessionPool},
 };

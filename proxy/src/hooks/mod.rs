@@ -14,8 +14,7 @@ use crate::{
     config::OnError,
     message::Message,
     plugin_host::{LoadedPlugin, MessageResource, PluginError, PluginInstance, abi},
-    session::replies,
-    smtp::{Command, MailCommand, RcptCommand, Reply, capabilities::Capabilities},
+    smtp::{Command, MailCommand, RcptCommand, Reply, capabilities::Capabilities, replies},
 };
 use portcullis_syntax::param::Verb;
 use verdict::{

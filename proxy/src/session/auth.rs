@@ -25,9 +25,6 @@ use crate::{
     upstream::Stage,
 };
 
-/// Why an exchange with the client ended early: the flow after the reply was queued.
-type Stop = Flow;
-
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// The mechanisms to announce in EHLO now, if AUTH is offered at all.
     pub(super) fn auth_offer(&self, upstream: &Capabilities) -> Option<Vec<String>> {
@@ -86,7 +83,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             replies::bad_sequence("send EHLO first")
         } else if self.peer.login.is_some() {
             replies::bad_sequence("already authenticated")
-        } else if self.envelope.in_transaction() {
+        } else if self.transaction.in_transaction() {
             replies::bad_sequence("AUTH is not permitted during a mail transaction")
         } else if self.peer.tls.is_none() && !policy.allow_plaintext {
             return Some(self.reply(replies::encryption_required()));
@@ -157,7 +154,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         &mut self,
         mechanism: Mechanism,
         initial: Option<String>,
-    ) -> Result<Credentials, Stop> {
+    ) -> Result<Credentials, Flow> {
         let started = Exchange::start(mechanism, initial.as_deref());
         let (mut exchange, mut step) = started.map_err(|error| self.sasl_error(error))?;
         loop {
@@ -175,7 +172,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// One response line of an exchange.
-    async fn auth_response(&mut self) -> Result<String, Stop> {
+    async fn auth_response(&mut self) -> Result<String, Flow> {
         match self.next_line_within(sasl::RESPONSE_LINE_LIMIT).await {
             Ok(NextLine::Line(line)) => match String::from_utf8(line) {
                 Ok(line) => Ok(line),
@@ -192,7 +189,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    fn sasl_error(&mut self, error: SaslError) -> Stop {
+    fn sasl_error(&mut self, error: SaslError) -> Flow {
         match error {
             SaslError::Cancelled => self.reply(replies::auth_cancelled()),
             other => self.error(replies::auth_malformed(other)),
@@ -271,12 +268,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let decision = self.hooks.auth(&session, mechanism.name(), &login).await;
             if let Decision::Refuse(_) | Decision::Disconnect(_) = decision {
                 info!(%login, "AUTH refused by a plugin");
-                if let Some(upstream) = self.upstream.take()
-                    && self.upstream_authenticated
-                {
-                    upstream.quit().await;
+                // The upstream took the login (passthrough): that session is the
+                // client's no longer.
+                if self.link.is_authenticated() {
+                    self.link.quit().await;
                 }
-                self.upstream_authenticated = false;
                 return self.refused(decision).unwrap_or(Flow::Continue);
             }
         }
@@ -286,8 +282,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             verified_here,
         });
         // An upstream session opened before (VRFY) was not told the login.
-        if verified_here && let Some(upstream) = self.upstream.take() {
-            upstream.quit().await;
+        if verified_here {
+            self.link.quit().await;
         }
         self.reply(success)
     }
@@ -319,7 +315,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let reply = match reply {
                 Ok(reply) => reply,
                 Err(error) => {
-                    let _ = self.upstream_failed(error);
+                    let _ = self.link.fail(error);
                     return self.reply(replies::auth_unavailable());
                 }
             };
@@ -329,7 +325,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     if let Some(reservation) = reservation.take() {
                         reservation.succeeded();
                     }
-                    self.upstream_authenticated = true;
+                    self.link.authenticated();
                     let login = login.unwrap_or_default();
                     return self.logged_in(mechanism, login, false, reply).await;
                 }
@@ -362,13 +358,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Ends an exchange the upstream is in the middle of.
     async fn cancel_upstream_auth(&mut self) {
         let timeout = self.context.config.upstream.timeouts.command;
-        if let Some(upstream) = self.upstream.as_mut()
+        if let Some(upstream) = self.link.session()
             && upstream
                 .command(Stage::Command, "*", timeout)
                 .await
                 .is_err()
         {
-            self.upstream = None;
+            self.link.drop_session();
         }
     }
 

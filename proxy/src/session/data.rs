@@ -13,7 +13,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use super::{Flow, Session, replies};
+use super::{Flow, Session, Transaction, replies};
 use crate::{
     connection::{LARGE_READ, ReadError},
     dns::HostName,
@@ -38,27 +38,28 @@ enum ClientEnd {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub(super) async fn data(&mut self) -> Flow {
-        if self.envelope.upstream_lost {
-            return self.reply(replies::upstream_lost());
-        }
-        if self.envelope.mail.is_none() {
-            return self.out_of_sequence("need MAIL and RCPT before DATA");
-        }
-        if self.envelope.recipients.is_empty() {
-            return self.reply(replies::no_valid_recipients());
+        match &self.transaction {
+            Transaction::UpstreamLost => return self.reply(replies::upstream_lost()),
+            Transaction::Idle | Transaction::MailRefused { .. } => {
+                return self.out_of_sequence("need MAIL and RCPT before DATA");
+            }
+            Transaction::Open(envelope) if envelope.recipients.is_empty() => {
+                return self.reply(replies::no_valid_recipients());
+            }
+            Transaction::Open(_) => {}
         }
         if self.hooks.wants_data() {
             return self.spooled_data().await;
         }
         let timeout = self.context.config.upstream.timeouts.data_init;
-        let Some(upstream) = self.upstream.as_mut() else {
+        let Some(upstream) = self.link.session() else {
             return self.reply(replies::upstream_lost());
         };
         let reply = match upstream.start_data(timeout).await {
             Ok(reply) => reply,
             Err(error) => {
-                let reply = self.upstream_failed(error);
-                self.envelope = Default::default();
+                let reply = self.link.fail(error);
+                self.transaction = Transaction::Idle;
                 return self.reply(reply);
             }
         };
@@ -85,8 +86,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Vec::new(),
             Vec::with_capacity(UPSTREAM_WRITE_SIZE + LARGE_READ),
         );
-        let recipient = match self.envelope.recipients.as_slice() {
-            [only] => Some(only.forward_path.mailbox()),
+        let recipients = self.transaction.envelope().map(|e| e.recipients.as_slice());
+        let recipient = match recipients {
+            Some([only]) => Some(only.forward_path.mailbox()),
             _ => None,
         };
         if let Some(field) = self.received_field(recipient) {
@@ -122,7 +124,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         };
         self.message_ended(reader.size(), &reply);
-        self.envelope = Default::default();
+        self.transaction = Transaction::Idle;
         self.relay(reply)
     }
 
@@ -130,8 +132,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// dropped without a terminator, so nothing of the message is delivered.
     pub(super) fn client_left(&mut self, reply: Option<Reply>) -> Flow {
         warn!("client left during DATA; message not accepted");
-        self.upstream = None;
-        self.upstream_in_transaction = false;
+        self.link.drop_session();
         if let Some(reply) = reply {
             self.reply(reply);
         }
@@ -164,7 +165,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         wire: &mut Vec<u8>,
         upstream_error: &mut Option<UpstreamError>,
     ) {
-        if let Some(upstream) = self.upstream.as_mut()
+        if let Some(upstream) = self.link.session()
             && let Err(error) = upstream.write_data(wire).await
         {
             *upstream_error = Some(error);
@@ -176,8 +177,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Drops the upstream connection mid-DATA: without a terminator the upstream
     /// discards what it received.
     fn abandon_upstream(&mut self, upstream_error: &mut Option<UpstreamError>) {
-        if self.upstream.take().is_some() {
-            self.upstream_in_transaction = false;
+        if self.link.session().is_some() {
+            self.link.drop_session();
             if let Some(error) = upstream_error {
                 warn!(%error, "upstream failed during DATA");
             }
@@ -192,14 +193,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         mut wire: Vec<u8>,
         upstream_error: Option<UpstreamError>,
     ) -> Reply {
-        self.upstream_in_transaction = false;
         if let Some(violation) = violation {
             return violation_reply(violation);
         }
         if let Some(error) = upstream_error {
             return error.reply();
         }
-        let Some(upstream) = self.upstream.as_mut() else {
+        let Some(upstream) = self.link.session() else {
             return replies::upstream_lost();
         };
         stuffer.finish(&mut wire);
@@ -207,7 +207,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(()) => upstream.read_data_reply().await,
             Err(error) => Err(error),
         };
-        result.unwrap_or_else(|error| self.upstream_failed(error))
+        match result {
+            Ok(reply) => {
+                self.link.transaction_ended();
+                reply
+            }
+            Err(error) => self.link.fail(error),
+        }
     }
 
     /// The Received field for the message being relayed, if `upstream.received_header`
@@ -232,7 +238,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             esmtp: self.peer.esmtp,
             tls: self.peer.tls.is_some(),
             authenticated: self.peer.login.is_some(),
-            smtputf8: self.envelope.smtputf8(),
+            smtputf8: self.transaction.envelope().is_some_and(|e| e.smtputf8()),
             id: &self.id,
             recipient,
             date: OffsetDateTime::now_utc(),
@@ -251,20 +257,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// The one summary line per message.
     fn log_message(&self, size: u64, reply: &Reply) {
-        let from = self
-            .envelope
-            .mail
-            .as_ref()
-            .map(|mail| mail.reverse_path.raw().to_string())
+        let envelope = self.transaction.envelope();
+        let from = envelope
+            .map(|e| e.mail.reverse_path.raw().to_string())
             .unwrap_or_default();
-        let duration_ms = self
-            .envelope
-            .started
-            .map_or(0, |started| started.elapsed().as_millis() as u64);
+        let duration_ms = envelope.map_or(0, |e| e.started.elapsed().as_millis() as u64);
         let tls = self.peer.tls.as_ref().map(|tls| tls.version.as_str());
         info!(
             from = %from,
-            recipients = self.envelope.recipients.len(),
+            recipients = envelope.map_or(0, |e| e.recipients.len()),
             size,
             upstream_reply = %reply,
             duration_ms,

@@ -49,9 +49,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Err(SpoolEnd::Refused(reply)) => return self.finish_spooled(size, reply).await,
         };
         let recipients = self
-            .envelope
-            .recipients
+            .transaction
+            .envelope()
             .iter()
+            .flat_map(|e| &e.recipients)
             .map(|r| r.forward_path.mailbox().to_string())
             .collect();
         let mut message = Message::new(spooled, recipients);
@@ -131,13 +132,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return reply;
         }
         let timeout = self.context.config.upstream.timeouts.data_init;
-        let Some(upstream) = self.upstream.as_mut() else {
+        let Some(upstream) = self.link.session() else {
             return replies::upstream_lost();
         };
         match upstream.start_data(timeout).await {
             Ok(reply) if reply.code() == 354 => {}
             Ok(reply) => return reply,
-            Err(error) => return self.upstream_failed(error),
+            Err(error) => return self.link.fail(error),
         }
         self.send_message(&message).await
     }
@@ -157,7 +158,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// if any was removed, the upstream transaction starts over (RSET, MAIL, RCPTs),
     /// since SMTP cannot take back an accepted recipient. `Err` is the final reply.
     async fn sync_recipients(&mut self, message: &Message) -> Result<(), Reply> {
-        let original = &self.envelope.recipients;
+        let Some(envelope) = self.transaction.envelope() else {
+            return Err(replies::upstream_lost());
+        };
+        let original = &envelope.recipients;
         let listed =
             |mailbox: &str, list: &[String]| list.iter().any(|m| m.eq_ignore_ascii_case(mailbox));
         let kept: Vec<&RcptCommand> = original
@@ -171,13 +175,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let restart = kept.len() < original.len();
         let mut lines = Vec::new();
         if restart {
-            let mail = self
-                .envelope
-                .mail
-                .as_ref()
-                .ok_or_else(replies::upstream_lost)?;
             lines.push("RSET".to_string());
-            lines.push(mail.to_string());
+            lines.push(envelope.mail.to_string());
             lines.extend(kept.iter().map(|r| r.to_string()));
         }
         let first_added = lines.len();
@@ -197,12 +196,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Ok(());
         }
         let timeout = self.context.config.upstream.timeouts.command;
-        let Some(upstream) = self.upstream.as_mut() else {
+        let Some(upstream) = self.link.session() else {
             return Err(replies::upstream_lost());
         };
         let replies = match upstream.envelope(&lines, timeout).await {
             Ok(replies) => replies,
-            Err(error) => return Err(self.upstream_failed(error)),
+            Err(error) => return Err(self.link.fail(error)),
         };
         let prefix = if restart { 2 } else { 0 };
         if let Some(refused) = replies[..prefix].iter().find(|r| !r.is_positive()) {
@@ -251,7 +250,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         stuffer.stuff(&message.header_block(), &mut wire);
         let mut offset = 0;
-        let Some(upstream) = self.upstream.as_mut() else {
+        let Some(upstream) = self.link.session() else {
             return replies::upstream_lost();
         };
         let result = loop {
@@ -259,8 +258,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Ok(chunk) => chunk,
                 Err(error) => {
                     warn!(%error, "cannot read the spooled message");
-                    self.upstream = None;
-                    self.upstream_in_transaction = false;
+                    self.link.drop_session();
                     return replies::spool_failed();
                 }
             };
@@ -282,10 +280,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         match result {
             Ok(reply) => {
-                self.upstream_in_transaction = false;
+                self.link.transaction_ended();
                 reply
             }
-            Err(error) => self.upstream_failed(error),
+            Err(error) => self.link.fail(error),
         }
     }
 }

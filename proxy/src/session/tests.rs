@@ -6,7 +6,11 @@ use std::{sync::Arc, time::Duration};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
 
 use super::*;
-use crate::config::Config;
+use crate::{
+    auth::throttle::AuthThrottle,
+    config::Config,
+    upstream::{capability_cache::CapabilityCache, pool::SessionPool},
+};
 
 fn context(extra: &str) -> Arc<SessionContext> {
     context_from(parse(extra))

@@ -39,10 +39,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.peer.helo_rewrite = None;
         self.peer.login = None;
         self.offered = Capabilities::default();
-        if let Some(upstream) = self.upstream.take() {
-            upstream.quit().await;
-        }
-        self.upstream_authenticated = false;
+        self.link.quit().await;
         Flow::Continue
     }
 

@@ -4,12 +4,11 @@
 //! replies come back in order.
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::Instant;
 use tracing::{debug, info};
 
 use portcullis_syntax::param::{self, Verb};
 
-use super::{Envelope, Flow, Session, replies};
+use super::{Envelope, Flow, Session, Transaction, replies};
 use crate::{config::AuthMode, hooks::Decision};
 use crate::{
     smtp::{
@@ -51,12 +50,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if self.peer.helo.is_none() {
             return self.error(replies::bad_sequence("send HELO or EHLO first"));
         }
-        if self.envelope.in_transaction() {
+        if self.transaction.in_transaction() {
             return self.error(replies::bad_sequence("nested MAIL command"));
         }
-        // Until the upstream accepts it; once it has, the envelope says so instead.
-        self.envelope.mail_refused = true;
-        self.envelope.excused = 0;
+        // Until the upstream accepts it.
+        self.transaction = Transaction::MailRefused { excused: 0 };
         if self.listener.config.require_tls && self.peer.tls.is_none() {
             return self.reply(replies::tls_required());
         }
@@ -83,7 +81,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let upstream = match self.upstream_session().await {
             Ok(upstream) => upstream,
             Err(error) => {
-                let reply = self.upstream_failed(error);
+                let reply = self.link.fail(error);
                 return self.reply(reply);
             }
         };
@@ -111,13 +109,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     pub(super) async fn rcpt(&mut self, rcpt: RcptCommand) -> Flow {
-        if self.envelope.upstream_lost {
-            return self.reply(replies::upstream_lost());
-        }
-        if self.envelope.mail.is_none() {
-            return self.out_of_sequence("need MAIL before RCPT");
-        }
-        let pending = self.check_rcpt(Ok(rcpt), 0, self.envelope.smtputf8());
+        let smtputf8 = match &self.transaction {
+            Transaction::UpstreamLost => return self.reply(replies::upstream_lost()),
+            Transaction::Open(envelope) => envelope.smtputf8(),
+            Transaction::Idle | Transaction::MailRefused { .. } => {
+                return self.out_of_sequence("need MAIL before RCPT");
+            }
+        };
+        let pending = self.check_rcpt(Ok(rcpt), 0, smtputf8);
         self.relay_envelope(None, vec![pending]).await
     }
 
@@ -175,19 +174,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         {
             return PendingRcpt::client_error(replies::syntax(violation));
         }
-        if let Some(upstream) = &self.upstream
-            && let Some(keyword) = missing_extension(
-                &rcpt.params,
-                upstream.capabilities(),
-                Extension::for_rcpt_param,
-            )
+        if let Some(upstream) = self.link.capabilities()
+            && let Some(keyword) =
+                missing_extension(&rcpt.params, upstream, Extension::for_rcpt_param)
         {
             return PendingRcpt::refused(replies::extension_gone(&keyword));
         }
         if rcpt.forward_path.is_utf8() && !smtputf8 {
             return PendingRcpt::refused(replies::utf8_needs_smtputf8());
         }
-        if self.envelope.recipients.len() + pending >= self.context.config.smtp.max_recipients {
+        let accepted = self
+            .transaction
+            .envelope()
+            .map_or(0, |e| e.recipients.len());
+        if accepted + pending >= self.context.config.smtp.max_recipients {
             return PendingRcpt::refused(replies::too_many_recipients());
         }
         PendingRcpt::Relay(rcpt)
@@ -196,14 +196,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Sends MAIL (if given) and the relayable RCPTs upstream in one write, then
     /// answers every command in the order the client sent them.
     async fn relay_envelope(&mut self, mail: Option<MailCommand>, rcpts: Vec<PendingRcpt>) -> Flow {
-        let rcpts = self.rcpt_hooks(mail.as_ref(), rcpts).await;
+        let (rcpts, after) = self.rcpt_hooks(mail.as_ref(), rcpts).await;
         let mut lines: Vec<String> = mail.iter().map(MailCommand::to_string).collect();
         lines.extend(rcpts.iter().filter_map(|pending| match pending {
             PendingRcpt::Relay(rcpt) => Some(rcpt.to_string()),
             PendingRcpt::Local { .. } => None,
         }));
         let timeout = self.context.config.upstream.timeouts.command;
-        let result = match (lines.is_empty(), self.upstream.as_mut()) {
+        let result = match (lines.is_empty(), self.link.session()) {
             (true, _) => Ok(Vec::new()),
             (false, Some(upstream)) => upstream.envelope(&lines, timeout).await,
             (false, None) => Err(UpstreamError::Closed(Stage::Command)),
@@ -212,15 +212,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(replies) => replies.into_iter(),
             Err(error) => return self.envelope_failed(error, mail.is_some(), rcpts),
         };
-        if mail.is_some() || !lines.is_empty() {
-            self.upstream_in_transaction = true;
+        if !lines.is_empty() {
+            self.link.transaction_started();
         }
         if let Some(mail) = mail {
             let reply = upstream_replies.next().expect("one reply per line");
             debug!(from = %mail.reverse_path, reply = %reply, "MAIL");
             if reply.is_positive() {
-                self.envelope.mail = Some(mail);
-                self.envelope.started = Some(Instant::now());
+                self.transaction = Transaction::Open(Envelope::new(mail));
             }
             if self.relay(reply) == Flow::Close {
                 return Flow::Close;
@@ -245,8 +244,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 PendingRcpt::Relay(rcpt) => {
                     let reply = upstream_replies.next().expect("one reply per line");
                     debug!(to = %rcpt.forward_path, reply = %reply, "RCPT");
-                    if reply.is_positive() && self.envelope.mail.is_some() {
-                        self.envelope.recipients.push(rcpt);
+                    if reply.is_positive()
+                        && let Transaction::Open(envelope) = &mut self.transaction
+                    {
+                        envelope.recipients.push(rcpt);
                     }
                     if self.relay(reply) == Flow::Close {
                         return Flow::Close;
@@ -254,11 +255,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
             }
         }
-        if self.closing {
-            Flow::Close
-        } else {
-            Flow::Continue
-        }
+        after
     }
 
     /// The plugins' MAIL stage: `Err` with the flow when they refused. A rewrite is
@@ -276,15 +273,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// The plugins' RCPT stage for each recipient about to be relayed. A refusal
-    /// becomes that recipient's local reply; a disconnect answers it with 421 and
-    /// ends the session after this batch.
+    /// becomes that recipient's local reply; a disconnect answers it (and the rest of
+    /// the batch) with 421, and the flow says the session ends after this batch.
     async fn rcpt_hooks(
         &mut self,
         mail: Option<&MailCommand>,
         rcpts: Vec<PendingRcpt>,
-    ) -> Vec<PendingRcpt> {
+    ) -> (Vec<PendingRcpt>, Flow) {
+        let mut after = Flow::Continue;
         if self.hooks.is_empty() {
-            return rcpts;
+            return (rcpts, after);
         }
         let info = self.plugin_session();
         let mut envelope = self.plugin_envelope(mail);
@@ -294,7 +292,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 checked.push(pending);
                 continue;
             };
-            if self.closing {
+            if after == Flow::Close {
                 checked.push(PendingRcpt::refused(replies::plugin_disconnect(None)));
                 continue;
             }
@@ -308,12 +306,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
                 Decision::Refuse(reply) => PendingRcpt::refused(reply),
                 Decision::Disconnect(reply) => {
-                    self.closing = true;
+                    after = Flow::Close;
                     PendingRcpt::refused(reply)
                 }
             });
         }
-        checked
+        (checked, after)
     }
 
     /// The upstream failed during MAIL/RCPT: every relayed command in the batch gets
@@ -325,11 +323,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         had_mail: bool,
         rcpts: Vec<PendingRcpt>,
     ) -> Flow {
-        let reply = self.upstream_failed(error);
-        let lost_mid_transaction = !had_mail && self.envelope.mail.is_some();
-        self.envelope = Envelope::default();
-        self.envelope.upstream_lost = lost_mid_transaction;
-        self.envelope.mail_refused = had_mail;
+        let reply = self.link.fail(error);
+        let lost_mid_transaction = !had_mail && self.transaction.envelope().is_some();
+        self.transaction = if had_mail {
+            Transaction::MailRefused { excused: 0 }
+        } else if lost_mid_transaction {
+            Transaction::UpstreamLost
+        } else {
+            Transaction::Idle
+        };
         if had_mail {
             self.reply(reply.clone());
         }

@@ -6,6 +6,7 @@ pub mod capabilities;
 pub mod command;
 pub mod data;
 pub mod line;
+pub mod replies;
 pub mod reply;
 pub mod trace;
 

@@ -1,0 +1,81 @@
+//! What sessions share ([`SessionContext`]), what a session knows of its listener
+//! ([`ListenerContext`]), and the two phases of a graceful shutdown.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    auth::{
+        Reloadable, checks::PasswordChecks, credentials::CredentialsFile,
+        sender_logins::SenderLogins, throttle::AuthThrottle,
+    },
+    config::{Config, ListenerConfig},
+    dns::Resolver,
+    hooks::Chain,
+    plugin_host::LoadedPlugin,
+    tls::server::ServerTls,
+    upstream::{capability_cache::CapabilityCache, pool::SessionPool},
+};
+
+/// The two phases of a graceful shutdown.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    /// Stop accepting; idle sessions close with 421, transactions may finish.
+    pub stopping: CancellationToken,
+    /// The drain time is over: every session closes with 421 now.
+    pub abort: CancellationToken,
+}
+
+/// What all sessions share.
+#[derive(Debug)]
+pub struct SessionContext {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// `host:port` of the upstream (the development upstream's address if that is used).
+    pub upstream_address: String,
+    /// The upstream's last known extensions.
+    pub capabilities: Arc<CapabilityCache>,
+    /// Idle upstream sessions kept for reuse (empty unless `[upstream.reuse]` is on).
+    pub pool: Arc<SessionPool>,
+    /// Shutdown signals.
+    pub shutdown: Shutdown,
+    /// The certificates for client TLS (`None` when no listener uses TLS).
+    pub server_tls: Option<ServerTls>,
+    /// Failed-AUTH counting, shared by all sessions.
+    pub throttle: AuthThrottle,
+    /// The threads that check passwords, and the turns to use them.
+    pub checks: Arc<PasswordChecks>,
+    /// The resolver for the client's host names (shared with the plugins).
+    pub dns: Arc<Resolver>,
+}
+
+/// What a session knows about the listener it came in on.
+pub struct ListenerContext {
+    /// The listener's configuration.
+    pub config: ListenerConfig,
+    /// Its plugin chain.
+    pub chain: Arc<Chain>,
+    /// Edge AUTH: logins and password hashes.
+    pub credentials: Option<Reloadable<CredentialsFile>>,
+    /// Edge AUTH: the plugin that checks passwords instead.
+    pub verifier: Option<Arc<LoadedPlugin>>,
+    /// Which logins may use which senders.
+    pub sender_logins: Option<Reloadable<SenderLogins>>,
+}
+
+impl ListenerContext {
+    /// A listener without TLS, AUTH or plugins (for tests and tools).
+    pub fn plain(config: ListenerConfig) -> Self {
+        Self {
+            chain: Arc::new(Chain {
+                listener: config.name.clone(),
+                plugins: Vec::new(),
+            }),
+            config,
+            credentials: None,
+            verifier: None,
+            sender_logins: None,
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! HELO and EHLO: the HELO hook, then a reply offering what the proxy can relay end to
+//! end — the upstream's extensions (from its open session, the cache, or a probe
+//! waited for briefly) intersected with the proxy's, plus STARTTLS and AUTH where the
+//! listener offers them.
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    time::Instant,
+};
+use tracing::warn;
+
+use super::{Flow, Session};
+use crate::{
+    config::TlsMode,
+    connection::LARGE_READ,
+    smtp::{
+        Reply,
+        capabilities::{Capabilities, Extension},
+    },
+};
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    /// HELO/EHLO: resets any transaction and answers with what can be relayed.
+    pub(super) async fn helo(&mut self, name: String, esmtp: bool) -> Flow {
+        self.reset_transaction().await;
+        let hostname = self.context.config.server.hostname.clone();
+        self.peer.helo = Some(name.clone());
+        self.peer.esmtp = esmtp;
+        self.peer.helo_rewrite = None;
+        if !self.hooks.is_empty() {
+            let info = self.plugin_session();
+            let (decision, rewrite) = self.hooks.helo(&info, &name).await;
+            if let Some(flow) = self.refused(decision) {
+                self.peer.helo = None;
+                return flow;
+            }
+            self.peer.helo_rewrite = rewrite;
+        }
+        if !esmtp {
+            self.offered = Capabilities::default();
+            return self.reply(Reply::plain(250, format!("{hostname} Hello {name}")));
+        }
+        let upstream = self.upstream_capabilities().await;
+        self.offered = upstream.offer(self.context.config.smtp.max_message_size);
+        if let Some(mechanisms) = self.auth_offer(&upstream) {
+            self.offered.insert(Extension::Auth);
+            self.offered.auth_mechanisms = mechanisms;
+        }
+        let mut lines = vec![format!("{hostname} Hello {name}")];
+        lines.extend(self.offered.ehlo_lines());
+        if self.listener.config.tls == TlsMode::Starttls && self.peer.tls.is_none() {
+            lines.push("STARTTLS".into());
+        }
+        self.reply(Reply::multiline(250, lines))
+    }
+
+    /// The upstream's extensions: from the open session, the cache, or a probe waited
+    /// for at most `upstream.capabilities_wait` (and not at all once the client left).
+    async fn upstream_capabilities(&mut self) -> Capabilities {
+        if let Some(upstream) = self.link.session() {
+            return upstream.capabilities().clone();
+        }
+        let context = self.context.clone();
+        if let Some(capabilities) = context.capabilities.get() {
+            return capabilities;
+        }
+        let config = &context.config;
+        let probe = context.capabilities.wait_for(
+            &config.upstream,
+            &context.upstream_address,
+            &config.server.hostname,
+            config.upstream.capabilities_wait,
+        );
+        // Reading on meanwhile only buffers what the client pipelined; it ends the
+        // wait when the client has gone.
+        let deadline = Instant::now() + config.smtp.command_timeout;
+        let downstream = &mut self.downstream;
+        let client_gone = async { while downstream.fill(LARGE_READ, deadline).await.is_ok() {} };
+        let known = tokio::select! {
+            known = probe => known,
+            () = client_gone => None,
+        };
+        known.unwrap_or_else(|| {
+            warn!("the upstream's extensions are not known yet; offering none");
+            Capabilities::default()
+        })
+    }
+}

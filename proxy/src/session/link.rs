@@ -1,0 +1,219 @@
+//! The session's upstream side: the one owner of a client session's upstream session,
+//! and the only code that opens, commands, fails, resets or releases it. Its state
+//! says whether an upstream transaction is open and whether the upstream session
+//! carries the client's own AUTH, so no flag elsewhere can disagree with the session
+//! it describes.
+
+use std::time::Duration;
+
+use tracing::{debug, warn};
+
+use super::SessionContext;
+use crate::{
+    smtp::{Reply, capabilities::Capabilities},
+    upstream::{ClientInfo, Greeting, Stage, UpstreamError, UpstreamSession},
+};
+
+/// A client session's link to the upstream.
+#[derive(Debug, Default)]
+pub(super) struct UpstreamLink {
+    state: LinkState,
+}
+
+#[derive(Debug, Default)]
+enum LinkState {
+    /// No upstream session.
+    #[default]
+    Closed,
+    /// An upstream session between transactions.
+    Idle(Open),
+    /// MAIL went upstream and that transaction is not finished.
+    InTransaction(Open),
+}
+
+#[derive(Debug)]
+struct Open {
+    session: UpstreamSession,
+    /// The session carries this client's AUTH (passthrough): it is never kept for
+    /// another client.
+    authenticated: bool,
+}
+
+impl UpstreamLink {
+    /// The open upstream session, if there is one.
+    pub(super) fn session(&mut self) -> Option<&mut UpstreamSession> {
+        match &mut self.state {
+            LinkState::Closed => None,
+            LinkState::Idle(open) | LinkState::InTransaction(open) => Some(&mut open.session),
+        }
+    }
+
+    /// The open upstream session's extensions, if there is one.
+    pub(super) fn capabilities(&self) -> Option<&Capabilities> {
+        match &self.state {
+            LinkState::Closed => None,
+            LinkState::Idle(open) | LinkState::InTransaction(open) => {
+                Some(open.session.capabilities())
+            }
+        }
+    }
+
+    /// True if an upstream session must be opened before the next command: there is
+    /// none, or the idle one went away (an upstream that timed us out sent 421 and
+    /// closed).
+    pub(super) fn needs_opening(&mut self) -> bool {
+        match &self.state {
+            LinkState::Closed => true,
+            LinkState::Idle(open) if open.session.is_stale() => {
+                debug!("idle upstream session went away; opening a new one");
+                self.state = LinkState::Closed;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Opens an upstream session for `client` (or takes a kept one), unless one is
+    /// open, and makes sure the upstream was greeted as the client greeted: `greeting`.
+    pub(super) async fn open(
+        &mut self,
+        context: &SessionContext,
+        client: Option<&ClientInfo>,
+        greeting: Option<&Greeting>,
+    ) -> Result<&mut UpstreamSession, UpstreamError> {
+        if let LinkState::Closed = self.state {
+            let config = &context.config;
+            let session = match context.pool.take() {
+                Some(mut session) => {
+                    session.reuse();
+                    debug!(uses = session.uses(), "reusing an idle upstream session");
+                    session
+                }
+                None => {
+                    UpstreamSession::open(
+                        &config.upstream,
+                        &context.upstream_address,
+                        &config.server.hostname,
+                        client,
+                    )
+                    .await?
+                }
+            };
+            context.capabilities.update(session.capabilities());
+            self.state = LinkState::Idle(Open {
+                session,
+                authenticated: false,
+            });
+        }
+        let session = self.session().expect("just opened");
+        // A kept session last greeted for another client, or a client that greeted
+        // again with another name: the upstream hears the client's greeting first.
+        if let Some(greeting) = greeting {
+            session.ensure_greeting(greeting).await?;
+        }
+        Ok(session)
+    }
+
+    /// MAIL went upstream: a transaction is open there until it ends or fails.
+    pub(super) fn transaction_started(&mut self) {
+        self.state = match std::mem::take(&mut self.state) {
+            LinkState::Idle(open) => LinkState::InTransaction(open),
+            other => other,
+        };
+    }
+
+    /// The upstream answered the final dot: its transaction is over.
+    pub(super) fn transaction_ended(&mut self) {
+        self.state = match std::mem::take(&mut self.state) {
+            LinkState::InTransaction(open) => LinkState::Idle(open),
+            other => other,
+        };
+    }
+
+    /// The upstream session carries the client's own AUTH (passthrough).
+    pub(super) fn authenticated(&mut self) {
+        if let LinkState::Idle(open) | LinkState::InTransaction(open) = &mut self.state {
+            open.authenticated = true;
+        }
+    }
+
+    /// True if the upstream session carries the client's AUTH.
+    pub(super) fn is_authenticated(&self) -> bool {
+        matches!(&self.state, LinkState::Idle(open) | LinkState::InTransaction(open) if open.authenticated)
+    }
+
+    /// Ends the upstream transaction (RSET), if one is open. An upstream that refuses
+    /// RSET is closed with QUIT; one that fails is dropped.
+    pub(super) async fn reset(&mut self, timeout: Duration) {
+        if !matches!(self.state, LinkState::InTransaction(_)) {
+            return;
+        }
+        let LinkState::InTransaction(mut open) = std::mem::take(&mut self.state) else {
+            unreachable!("matched above");
+        };
+        match open.session.command(Stage::Command, "RSET", timeout).await {
+            Ok(reply) if reply.is_positive() => self.state = LinkState::Idle(open),
+            Ok(reply) => {
+                warn!(reply = %reply, "upstream refused RSET; closing that session");
+                tokio::spawn(open.session.quit());
+            }
+            Err(error) => {
+                self.state = LinkState::InTransaction(open);
+                self.fail(error);
+            }
+        }
+    }
+
+    /// Closes a failed upstream session — with QUIT if the upstream is still in step —
+    /// and returns what the client is told.
+    pub(super) fn fail(&mut self, error: UpstreamError) -> Reply {
+        warn!(%error, "upstream failure");
+        if let Some(open) = self.take()
+            && error.leaves_session_usable()
+        {
+            // RFC 5321 §4.1.1.10: a session ends with QUIT; the client does not wait.
+            tokio::spawn(open.session.quit());
+        }
+        error.reply()
+    }
+
+    /// Drops the upstream session without a word: mid-DATA (without the terminator the
+    /// upstream discards what it received), or after it closed itself (421).
+    pub(super) fn drop_session(&mut self) {
+        self.take();
+    }
+
+    /// Ends the upstream session now, with QUIT (STARTTLS, a login the proxy verified:
+    /// the upstream was told about a client that is no longer the one talking).
+    pub(super) async fn quit(&mut self) {
+        if let Some(open) = self.take() {
+            open.session.quit().await;
+        }
+    }
+
+    /// The client has left: an idle upstream session that names no client goes back
+    /// to the pool if reuse is on; any other is closed with QUIT.
+    pub(super) async fn release(mut self, context: &SessionContext) {
+        let (keep, open) = match std::mem::take(&mut self.state) {
+            LinkState::Closed => return,
+            LinkState::Idle(open) => (!open.authenticated, open),
+            LinkState::InTransaction(open) => (false, open),
+        };
+        let keep = keep && !context.shutdown.stopping.is_cancelled();
+        let leftover = if keep {
+            context.pool.give_back(open.session)
+        } else {
+            Some(open.session)
+        };
+        if let Some(session) = leftover {
+            session.quit().await;
+        }
+    }
+
+    fn take(&mut self) -> Option<Open> {
+        match std::mem::take(&mut self.state) {
+            LinkState::Closed => None,
+            LinkState::Idle(open) | LinkState::InTransaction(open) => Some(open),
+        }
+    }
+}
