@@ -12,7 +12,6 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use anyhow::Context;
 use tokio::{
     net::{TcpListener, TcpStream},
     time::{Duration, Instant},
@@ -37,11 +36,11 @@ pub async fn start(
     folder: PathBuf,
     hostname: &str,
     stop: CancellationToken,
-) -> anyhow::Result<SocketAddr> {
-    tokio::fs::create_dir_all(&folder).await.with_context(|| {
-        format!(
-            "cannot create the development upstream's folder {}",
-            folder.display()
+) -> std::io::Result<SocketAddr> {
+    tokio::fs::create_dir_all(&folder).await.map_err(|error| {
+        std::io::Error::new(
+            error.kind(),
+            format!("cannot create the folder {}: {error}", folder.display()),
         )
     })?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -73,7 +72,7 @@ fn ok(text: &str) -> Reply {
     Reply::new(250, EnhancedCode::new(2, 0, 0), text)
 }
 
-async fn serve(stream: TcpStream, folder: &Path, hostname: &str) -> anyhow::Result<()> {
+async fn serve(stream: TcpStream, folder: &Path, hostname: &str) -> std::io::Result<()> {
     let mut connection = Connection::new(stream);
     connection.queue_reply(&Reply::plain(
         220,
@@ -157,7 +156,7 @@ async fn serve(stream: TcpStream, folder: &Path, hostname: &str) -> anyhow::Resu
     }
 }
 
-async fn read_message(connection: &mut Connection<TcpStream>) -> anyhow::Result<Vec<u8>> {
+async fn read_message(connection: &mut Connection<TcpStream>) -> std::io::Result<Vec<u8>> {
     let mut reader = DataReader::new(BareLineEndings::Normalize, usize::MAX, MAX_SIZE);
     let mut message = Vec::new();
     loop {
@@ -168,7 +167,8 @@ async fn read_message(connection: &mut Connection<TcpStream>) -> anyhow::Result<
         }
         connection
             .fill(LARGE_READ, Instant::now() + TIMEOUT)
-            .await?;
+            .await
+            .map_err(std::io::Error::other)?;
     }
 }
 
@@ -179,11 +179,11 @@ async fn write_message(
     sender: String,
     recipients: &[String],
     message: &[u8],
-) -> anyhow::Result<PathBuf> {
+) -> std::io::Result<PathBuf> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_micros();
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_micros());
     let name = format!(
         "{stamp}-{}-{}.eml",
         std::process::id(),

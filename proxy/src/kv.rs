@@ -14,9 +14,7 @@ const SWEEP_AT: usize = 100_000;
 /// How often a full store may sweep for expired keys to make room for a new one.
 const FULL_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
-/// The default cap on keys (`kv.max_entries`): a million counters keyed by client
-/// address took 206 MiB.
-pub const DEFAULT_MAX_ENTRIES: NonZeroUsize = NonZeroUsize::new(1_000_000).unwrap();
+pub use crate::config::DEFAULT_MAX_ENTRIES;
 
 /// An in-memory store with expiry and a cap on its keys.
 #[derive(Debug)]

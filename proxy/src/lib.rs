@@ -1,14 +1,38 @@
 //! Portcullis: an SMTP proxy that stands in front of an existing MTA and relays every
 //! session to it in lock step.
 //!
-//! Layers, data flowing one way: [`config`] → [`listener`] → [`session`] (the only
-//! place that decides) → [`smtp`] (protocol as data, no I/O) → [`upstream`] (the client
-//! side of the relay). The session asks [`hooks`] (plugin chains) at each stage, which
-//! runs [`plugin_host`] (wasmtime, the only module naming it); [`message`] is the
-//! spooled message of the DATA hook and its edits; [`replay`] runs a chain offline.
-//! [`connection`] is the shared bytes ↔ lines plumbing; [`dns`] the resolver that
-//! plugins and the client-name lookup share; [`devupstream`] is the built-in
+//! [`server`] runs what [`startup`] prepared: [`listener`] admits connections, and a
+//! [`session`] (the only place that decides) drives each one — the protocol as data in
+//! [`smtp`] (no I/O), the client side of the relay in [`upstream`], AUTH at the edge in
+//! [`auth`], the plugin chains in [`hooks`], which run [`plugin_host`] (wasmtime, the
+//! only module naming it). [`message`] is the spooled message of the DATA hook and its
+//! edits; [`replay`] runs a chain offline; [`config`] is the validated configuration,
+//! plain data; [`connection`] is the shared bytes ↔ lines plumbing; [`dns`] the resolver
+//! that plugins and the client-name lookup share; [`devupstream`] is the built-in
 //! development upstream for trying things out.
+//!
+//! Dependencies point one way. Each module imports only from those listed after it
+//! (a unit test below reads this list and the sources and holds them to it):
+//!
+//! - `server` → startup, listener, session, upstream, auth, client_limits, devupstream, dns, kv, tls, log_limit, config
+//! - `replay` → startup, hooks, plugin_host, message, dns, smtp, config
+//! - `startup` → session, hooks, plugin_host, auth, dns, kv, tls, config
+//! - `listener` → session, client_limits, log_limit, smtp
+//! - `session` → hooks, plugin_host, upstream, auth, message, connection, dns, tls, log_limit, smtp, config
+//! - `hooks` → plugin_host, auth, message, smtp, config
+//! - `plugin_host` → message, dns, kv, config
+//! - `upstream` → connection, dns, tls, smtp, config
+//! - `auth` → kv, smtp, config
+//! - `devupstream` → connection, smtp
+//! - `message` → smtp
+//! - `client_limits` → config
+//! - `dns` → config
+//! - `kv` → config
+//! - `tls` → config
+//! - `connection` → smtp
+//! - `config` → smtp
+//! - `log_limit` →
+//! - `smtp` →
 
 #![forbid(unsafe_code)]
 
@@ -25,10 +49,145 @@ mod log_limit;
 pub mod message;
 pub mod plugin_host;
 pub mod replay;
+pub mod server;
 pub mod session;
 pub mod smtp;
+pub mod startup;
 pub mod tls;
 pub mod upstream;
 
 pub use config::Config;
-pub use listener::run;
+pub use server::run;
+
+#[cfg(test)]
+mod layering {
+    //! Holds the sources to the dependency list in this file's documentation.
+
+    use std::{collections::BTreeMap, fs, path::Path};
+
+    /// `module → modules it may import`, read from the list in `lib.rs`.
+    fn allowed() -> BTreeMap<String, Vec<String>> {
+        let lib = include_str!("lib.rs");
+        lib.lines()
+            .filter_map(|line| line.strip_prefix("//! - `"))
+            .map(|rule| {
+                let (module, imports) = rule.split_once("` →").expect("a rule has an arrow");
+                let imports = imports
+                    .split(',')
+                    .map(|m| m.trim().to_string())
+                    .filter(|m| !m.is_empty())
+                    .collect();
+                (module.to_string(), imports)
+            })
+            .collect()
+    }
+
+    /// The top-level modules a source file names through `crate::`, its test module
+    /// (`#[cfg(test)] mod …`, last in a file) left out.
+    fn imports(source: &str, modules: &[String]) -> Vec<String> {
+        let code = source
+            .split("#[cfg(test)]\nmod ")
+            .next()
+            .unwrap_or_default();
+        let code: String = code
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut found = Vec::new();
+        let mut rest = code.as_str();
+        while let Some(at) = rest.find("crate::") {
+            rest = &rest[at + "crate::".len()..];
+            let names: Vec<&str> = if let Some(group) = rest.strip_prefix('{') {
+                // `crate::{a::x, b, c::{y, z}}`: the first segment of each top-level item.
+                let mut depth = 1;
+                let end = group
+                    .char_indices()
+                    .find(|&(_, c)| {
+                        depth += match c {
+                            '{' => 1,
+                            '}' => -1,
+                            _ => 0,
+                        };
+                        depth == 0
+                    })
+                    .map_or(group.len(), |(i, _)| i);
+                let mut items = Vec::new();
+                let (mut depth, mut start) = (0, 0);
+                for (i, c) in group[..end].char_indices() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' => depth -= 1,
+                        ',' if depth == 0 => {
+                            items.push(&group[start..i]);
+                            start = i + 1;
+                        }
+                        _ => {}
+                    }
+                }
+                items.push(&group[start..end]);
+                items
+            } else {
+                vec![rest]
+            };
+            for name in names {
+                let name: String = name
+                    .trim_start()
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if modules.contains(&name) && !found.contains(&name) {
+                    found.push(name);
+                }
+            }
+        }
+        found
+    }
+
+    fn sources(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
+        for entry in fs::read_dir(dir).expect("source directory") {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                sources(&path, files);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn no_module_imports_from_a_layer_above_it() {
+        let allowed = allowed();
+        let modules: Vec<String> = allowed.keys().cloned().collect();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        sources(&root, &mut files);
+        let mut wrong = Vec::new();
+        for file in files {
+            let relative = file.strip_prefix(&root).expect("under src");
+            let first = relative.components().next().expect("a component");
+            let module = first.as_os_str().to_string_lossy();
+            let module = module.trim_end_matches(".rs");
+            if module == "lib" || module == "main" || relative.ends_with("tests.rs") {
+                continue;
+            }
+            let rules = allowed
+                .get(module)
+                .unwrap_or_else(|| panic!("module {module} is missing from the list in lib.rs"));
+            let source = fs::read_to_string(&file).expect("readable source");
+            for import in imports(&source, &modules) {
+                if import != module && !rules.contains(&import) {
+                    wrong.push(format!("{} imports {import}", relative.display()));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "imports against the layering: {wrong:#?}");
+    }
+
+    #[test]
+    fn the_import_reader_sees_grouped_and_plain_paths() {
+        let modules = ["smtp", "config", "tls"].map(String::from);
+        let source = "use crate::{\n    smtp::{a, b},\n    config::X,\n};\nfn f() { crate::tls::g() }\n// crate::hooks\n";
+        assert_eq!(imports(source, &modules), ["smtp", "config", "tls"]);
+    }
+}

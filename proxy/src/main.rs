@@ -156,22 +156,20 @@ fn check(config: &Config) -> ExitCode {
     for warning in &config.warnings {
         eprintln!("warning: {warning}");
     }
-    let loaded = runtime(1)
-        .map_err(anyhow::Error::from)
-        .and_then(|rt| {
-            rt.block_on(portcullis::listener::load_plugins(
-                config,
-                Arc::new(portcullis::dns::Resolver::new(&config.dns)),
-                Default::default(),
-            ))
-        })
-        .and_then(|plugins| {
-            portcullis::listener::server_tls(config)?;
-            portcullis::listener::prepare_listeners(config, &plugins)?;
-            Ok(plugins)
-        });
+    let loaded = match block_on(
+        1,
+        portcullis::startup::prepare(
+            config,
+            Arc::new(portcullis::dns::Resolver::new(&config.dns)),
+            Default::default(),
+        ),
+    ) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
     match loaded {
-        Ok(plugins) => {
+        Ok(prepared) => {
+            let plugins = prepared.plugins;
             for (name, plugin) in &plugins {
                 let instances = if plugin.is_shared() {
                     "shared by sessions"
@@ -191,7 +189,7 @@ fn check(config: &Config) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("{error:#}");
+            eprintln!("{error}");
             ExitCode::from(2)
         }
     }
@@ -223,23 +221,28 @@ fn hash_password() -> ExitCode {
 
 /// Runs `portcullis replay` and prints its report.
 fn replay(config: &Config, input: portcullis::replay::ReplayInput) -> ExitCode {
-    let report = runtime(1)
-        .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(portcullis::replay::replay(config, input)));
+    let report = match block_on(1, portcullis::replay::replay(config, input)) {
+        Ok(report) => report,
+        Err(code) => return code,
+    };
     match report {
         Ok(report) => {
             print!("{report}");
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("{error:#}");
+            eprintln!("{error}");
             ExitCode::from(2)
         }
     }
 }
 
-/// The tokio runtime `server.worker_threads` asks for.
-fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+/// Runs `future` on the tokio runtime `server.worker_threads` asks for; `Err` if the
+/// runtime cannot start.
+fn block_on<F: std::future::Future>(
+    worker_threads: usize,
+    future: F,
+) -> Result<F::Output, ExitCode> {
     let mut builder = match worker_threads {
         1 => tokio::runtime::Builder::new_current_thread(),
         _ => tokio::runtime::Builder::new_multi_thread(),
@@ -247,23 +250,24 @@ fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     if worker_threads > 1 {
         builder.worker_threads(worker_threads);
     }
-    builder.enable_all().build()
+    match builder.enable_all().build() {
+        Ok(runtime) => Ok(runtime.block_on(future)),
+        Err(error) => {
+            eprintln!("cannot start the runtime: {error}");
+            Err(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn run(config: Config) -> ExitCode {
-    let runtime = match runtime(config.server.worker_threads) {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(portcullis::run(config, shutdown_signal())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!("{error:#}");
+    let workers = config.server.worker_threads;
+    match block_on(workers, portcullis::run(config, shutdown_signal())) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(error)) => {
+            tracing::error!("{error}");
             ExitCode::FAILURE
         }
+        Err(code) => code,
     }
 }
 

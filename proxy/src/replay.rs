@@ -5,17 +5,40 @@
 
 use std::{fmt::Write, net::IpAddr, sync::Arc};
 
-use anyhow::{Context, bail};
-
 use crate::{
     Config,
     dns::Resolver,
     hooks::{Chain, Decision, SessionHooks},
-    listener::load_plugins,
-    message::{Message, SpoolWriter},
+    message::{EditError, Message, SpoolWriter},
     plugin_host::abi,
     smtp::{Command, MailCommand, capabilities::Capabilities, command},
+    startup::{StartError, load_plugins},
 };
+
+/// Why a replay cannot run. A plugin refusing a stage is not an error: it is the
+/// report.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplayError {
+    /// `--listener` names no configured listener.
+    #[error("no listener named {0:?}")]
+    NoListener(String),
+    /// A plugin of the chain cannot load.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// `--from` is not a reverse-path.
+    #[error("--from {0:?} is not a valid reverse-path")]
+    From(String),
+    /// A `--to` is not a forward-path.
+    #[error("--to {0:?} is not a valid forward-path")]
+    To(String),
+    /// The quarantine a plugin asked for cannot be applied.
+    #[error("quarantine: {0}")]
+    Quarantine(#[from] EditError),
+    /// The message cannot be spooled or read back.
+    #[error("spooling the message: {0}")]
+    Spool(#[from] std::io::Error),
+}
 
 /// What to replay.
 #[derive(Debug, Clone)]
@@ -38,7 +61,7 @@ pub struct ReplayInput {
 
 /// Runs the chain and returns the report. `Err` only for bad input or a plugin that
 /// cannot load; refusals are part of the report.
-pub async fn replay(config: &Config, input: ReplayInput) -> anyhow::Result<String> {
+pub async fn replay(config: &Config, input: ReplayInput) -> Result<String, ReplayError> {
     let mut run = Replay::start(config, &input).await?;
     run.stages(config, &input).await?;
     Ok(run.report.finish())
@@ -63,12 +86,12 @@ struct AcceptedEnvelope {
 impl Replay {
     /// Loads the listener's plugins and no others (no pool: one session only needs
     /// one instance).
-    async fn start(config: &Config, input: &ReplayInput) -> anyhow::Result<Replay> {
+    async fn start(config: &Config, input: &ReplayInput) -> Result<Replay, ReplayError> {
         let listener = config
             .listeners
             .iter()
             .find(|l| l.name == input.listener)
-            .with_context(|| format!("no listener named {:?}", input.listener))?;
+            .ok_or_else(|| ReplayError::NoListener(input.listener.clone()))?;
         let mut config = config.clone();
         config.server.plugin_pool_size = 0;
         config
@@ -104,7 +127,7 @@ impl Replay {
     }
 
     /// Runs every stage until the chain refuses one, writing the report.
-    async fn stages(&mut self, config: &Config, input: &ReplayInput) -> anyhow::Result<()> {
+    async fn stages(&mut self, config: &Config, input: &ReplayInput) -> Result<(), ReplayError> {
         let Some(helo_rewrite) = self.greet(input).await else {
             return Ok(());
         };
@@ -121,7 +144,8 @@ impl Replay {
             if self.report.stage(&mut self.hooks, "data", &decision) {
                 return Ok(());
             }
-            message.apply_quarantine(&config.quarantine)?;
+            let quarantine = &config.quarantine;
+            message.apply_quarantine(&quarantine.header, quarantine.redirect.as_deref())?;
         }
         if let Some(name) = helo_rewrite {
             self.report
@@ -153,10 +177,13 @@ impl Replay {
     }
 
     /// MAIL and each RCPT; `None` if MAIL was refused or no recipient was accepted.
-    async fn envelope(&mut self, input: &ReplayInput) -> anyhow::Result<Option<AcceptedEnvelope>> {
+    async fn envelope(
+        &mut self,
+        input: &ReplayInput,
+    ) -> Result<Option<AcceptedEnvelope>, ReplayError> {
         let parsed = command::parse(format!("MAIL FROM:<{}>", input.from).as_bytes());
         let Ok(Command::Mail(mail)) = parsed else {
-            bail!("--from {:?} is not a valid reverse-path", input.from);
+            return Err(ReplayError::From(input.from.clone()));
         };
         let (decision, mail) = self.hooks.mail(&self.session, mail, &self.offered).await;
         if mail.reverse_path.mailbox() != input.from {
@@ -176,7 +203,7 @@ impl Replay {
         for to in &input.to {
             let Ok(Command::Rcpt(rcpt)) = command::parse(format!("RCPT TO:<{to}>").as_bytes())
             else {
-                bail!("--to {to:?} is not a valid forward-path");
+                return Err(ReplayError::To(to.clone()));
             };
             let (decision, rcpt) = self
                 .hooks
@@ -207,7 +234,7 @@ impl Replay {
 
 /// The message as the proxy would spool it: line ends made CRLF first, as files on
 /// disk usually have bare LF.
-async fn spool(raw: &[u8]) -> anyhow::Result<Message> {
+async fn spool(raw: &[u8]) -> Result<Message, ReplayError> {
     let mut crlf = Vec::with_capacity(raw.len() + raw.len() / 32);
     for (i, &byte) in raw.iter().enumerate() {
         if byte == b'\n' && (i == 0 || raw[i - 1] != b'\r') {
@@ -257,7 +284,7 @@ impl Report {
     }
 
     /// Writes the envelope and message as they would go upstream.
-    async fn result(&mut self, mail: &MailCommand, message: &Message) -> anyhow::Result<()> {
+    async fn result(&mut self, mail: &MailCommand, message: &Message) -> Result<(), ReplayError> {
         self.line("\nenvelope:");
         self.line(&format!("  {mail}"));
         for recipient in &message.recipients {

@@ -19,7 +19,7 @@ use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, PasswordHasher, Ver
 use password_hash::{Output, SaltString, rand_core::OsRng};
 use sha2::{Digest, Sha256};
 
-use super::{Check, policy_lines};
+use super::{Check, EntryError, policy_lines};
 
 /// Argon2 working memory, kept by a checking thread from one check to the next and
 /// dropped when the thread idles.
@@ -83,19 +83,19 @@ enum Cost {
 }
 
 impl StoredHash {
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, HashError> {
         if text.starts_with("$argon2") {
             parse_argon2(text)
                 .map(StoredHash::Argon2)
-                .map_err(|e| format!("invalid Argon2 hash: {e}"))
+                .map_err(HashError::Argon2)
         } else if text.starts_with("$6$") {
-            let rounds = sha512_rounds(text).ok_or("invalid SHA-512-crypt hash")?;
+            let rounds = sha512_rounds(text).ok_or(HashError::Sha512Crypt)?;
             Ok(StoredHash::Sha512Crypt {
                 text: text.to_string(),
                 rounds,
             })
         } else {
-            Err("unknown hash format: expected $argon2id$… or $6$… (plaintext passwords are not accepted)".into())
+            Err(HashError::Unknown)
         }
     }
 
@@ -158,6 +158,19 @@ impl Cost {
     }
 }
 
+/// Why a stored hash cannot be used.
+#[derive(Debug, thiserror::Error)]
+enum HashError {
+    #[error("invalid Argon2 hash: {0}")]
+    Argon2(password_hash::Error),
+    #[error("invalid SHA-512-crypt hash")]
+    Sha512Crypt,
+    #[error(
+        "unknown hash format: expected $argon2id$… or $6$… (plaintext passwords are not accepted)"
+    )]
+    Unknown,
+}
+
 fn parse_argon2(text: &str) -> Result<Argon2Hash, password_hash::Error> {
     let hash = PasswordHash::new(text)?;
     let algorithm = Algorithm::try_from(hash.algorithm)?;
@@ -209,20 +222,20 @@ pub struct CredentialsFile {
 
 impl CredentialsFile {
     /// Parses the file's text; errors carry the 1-based line.
-    pub fn parse(text: &str) -> Result<Self, (usize, String)> {
+    pub fn parse(text: &str) -> Result<Self, EntryError> {
         let mut entries = HashMap::new();
         let mut decoys: Vec<StoredHash> = Vec::new();
         let mut costs: Vec<Cost> = Vec::new();
         let mut decoy_of_entry = Vec::new();
         for (number, line) in policy_lines(text) {
-            let fail = |message: &str| (number, message.to_string());
+            let fail = |reason: &str| EntryError::new(number, reason);
             let Some((login, hash)) = line.split_once(':') else {
                 return Err(fail("expected login:hash"));
             };
             if login.is_empty() || login.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return Err(fail("the login is empty or contains spaces"));
             }
-            let hash = StoredHash::parse(hash.trim()).map_err(|m| fail(&m))?;
+            let hash = StoredHash::parse(hash.trim()).map_err(|e| fail(&e.to_string()))?;
             let cost = hash.cost();
             let index = match costs.iter().position(|c| *c == cost) {
                 Some(index) => index,
@@ -389,7 +402,8 @@ mod tests {
             (&format!("a b:{SHA512}\n"), 1, "spaces"),
         ];
         for (text, line, message) in cases {
-            let (at, error) = CredentialsFile::parse(text).unwrap_err();
+            let error = CredentialsFile::parse(text).unwrap_err();
+            let (at, error) = (error.line, error.reason);
             assert_eq!(at, line, "{text}");
             assert!(error.contains(message), "{error}");
         }

@@ -12,44 +12,13 @@ pub mod sasl;
 pub mod sender_logins;
 pub mod throttle;
 
+pub use crate::smtp::Mechanism;
+
 use std::{
     fmt,
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
 };
-
-/// A SASL mechanism the proxy implements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Mechanism {
-    /// RFC 4616: authorization id, login and password in one response.
-    Plain,
-    /// The de-facto LOGIN mechanism: login, then password, each asked for.
-    Login,
-}
-
-impl Mechanism {
-    /// Its name as in EHLO and AUTH.
-    pub fn name(self) -> &'static str {
-        match self {
-            Mechanism::Plain => "PLAIN",
-            Mechanism::Login => "LOGIN",
-        }
-    }
-
-    /// The mechanism of this (case-insensitive) name, if the proxy implements it.
-    pub fn from_name(name: &str) -> Option<Self> {
-        [Mechanism::Plain, Mechanism::Login]
-            .into_iter()
-            .find(|m| m.name().eq_ignore_ascii_case(name))
-    }
-}
-
-impl fmt::Display for Mechanism {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// A password. Its `Debug` and `Display` print a placeholder, so it cannot reach a
 /// log by accident, and its bytes are overwritten when it is dropped.
@@ -117,19 +86,38 @@ pub enum PolicyFileError {
         source: std::io::Error,
     },
     /// A line is malformed.
-    #[error("{path}: line {line}: {message}")]
+    #[error("{path}: {source}")]
     Line {
         /// The file.
         path: String,
-        /// 1-based line number.
-        line: usize,
-        /// What is wrong.
-        message: String,
+        /// Which line, and what is wrong with it.
+        #[source]
+        source: EntryError,
     },
 }
 
-/// How a policy file's text becomes its contents; errors carry the 1-based line.
-pub type Parse<T> = fn(&str) -> Result<T, (usize, String)>;
+/// A malformed entry of a policy file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {reason}")]
+pub struct EntryError {
+    /// Its 1-based line number.
+    pub line: usize,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl EntryError {
+    /// The entry on `line` is wrong for `reason`.
+    pub fn new(line: usize, reason: impl Into<String>) -> Self {
+        Self {
+            line,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// How a policy file's text becomes its contents.
+pub type Parse<T> = fn(&str) -> Result<T, EntryError>;
 
 /// The entries of a policy file: each line trimmed, with its 1-based number; blank
 /// lines and `#` comments left out.
@@ -146,10 +134,9 @@ fn read_policy_file<T>(path: &Path, parse: Parse<T>) -> Result<T, PolicyFileErro
         path: path.display().to_string(),
         source,
     })?;
-    parse(&text).map_err(|(line, message)| PolicyFileError::Line {
+    parse(&text).map_err(|source| PolicyFileError::Line {
         path: path.display().to_string(),
-        line,
-        message,
+        source,
     })
 }
 
@@ -189,11 +176,11 @@ impl<T> Reloadable<T> {
 mod tests {
     use super::*;
 
-    fn count_entries(text: &str) -> Result<usize, (usize, String)> {
+    fn count_entries(text: &str) -> Result<usize, EntryError> {
         let mut count = 0;
         for (number, line) in policy_lines(text) {
             if line == "bad" {
-                return Err((number, "bad entry".into()));
+                return Err(EntryError::new(number, "bad entry"));
             }
             count += 1;
         }

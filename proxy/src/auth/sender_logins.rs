@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use super::policy_lines;
+use super::{EntryError, policy_lines};
 
 /// The sender → logins map.
 #[derive(Debug, Default)]
@@ -21,10 +21,10 @@ pub struct SenderLogins {
 
 impl SenderLogins {
     /// Parses the file's text; errors carry the 1-based line.
-    pub fn parse(text: &str) -> Result<Self, (usize, String)> {
+    pub fn parse(text: &str) -> Result<Self, EntryError> {
         let mut owners = HashMap::new();
         for (number, line) in policy_lines(text) {
-            let fail = |message: &str| (number, message.to_string());
+            let fail = |reason: &str| EntryError::new(number, reason);
             let (sender, logins) = line
                 .split_once(char::is_whitespace)
                 .ok_or_else(|| fail("expected: sender login[, login…]"))?;
@@ -109,7 +109,8 @@ mod tests {
             ("a@x b\nA@X c\n", 2, "twice"),
         ];
         for (text, line, message) in cases {
-            let (at, error) = SenderLogins::parse(text).unwrap_err();
+            let error = SenderLogins::parse(text).unwrap_err();
+            let (at, error) = (error.line, error.reason);
             assert_eq!(at, line, "{text}");
             assert!(error.contains(message), "{error}");
         }

@@ -1,21 +1,14 @@
-//! Configuration: the TOML file as written ([`RawConfig`], serde with
+//! Configuration: the TOML file as written (`raw.rs`: serde with
 //! `deny_unknown_fields` and RFC 5321 defaults), and the validated [`Config`] the rest
 //! of the proxy uses, which cannot hold an invalid combination. Every error names the
 //! key and the line it is on. `config/portcullis.toml` documents every key in place.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use toml::Spanned;
 
-pub use crate::{
-    auth::Mechanism,
-    smtp::data::BareLineEndings,
-    tls::{
-        client::{Trust, UpstreamTls},
-        server::CertificateFiles,
-    },
-};
+pub use crate::smtp::{Mechanism, data::BareLineEndings};
 
 /// A configuration error: which key, on which line, and what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +92,11 @@ impl Default for ClientLimitsConfig {
     }
 }
 
+/// The default cap on keys (`kv.max_entries`): a million counters keyed by client
+/// address took 206 MiB.
+pub const DEFAULT_MAX_ENTRIES: std::num::NonZeroUsize =
+    std::num::NonZeroUsize::new(1_000_000).unwrap();
+
 /// `[kv]`: the in-memory key-value store that plugins share.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -111,9 +109,19 @@ pub struct KvConfig {
 impl Default for KvConfig {
     fn default() -> Self {
         Self {
-            max_entries: crate::kv::DEFAULT_MAX_ENTRIES,
+            max_entries: DEFAULT_MAX_ENTRIES,
         }
     }
+}
+
+/// One certificate chain and its key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// `[tls]`: the certificates offered to clients on listeners with TLS.
@@ -228,24 +236,6 @@ pub struct AuthConfig {
     pub verifier: Option<String>,
     /// Which logins may use which sender addresses or domains.
     pub sender_logins: Option<PathBuf>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAuth {
-    #[serde(default)]
-    mode: AuthMode,
-    mechanisms: Option<Vec<Mechanism>>,
-    #[serde(default)]
-    allow_plaintext: bool,
-    #[serde(default)]
-    required: bool,
-    credentials: Option<PathBuf>,
-    verifier: Option<String>,
-    sender_logins: Option<PathBuf>,
-    /// The listener's `require_tls`, also accepted here.
-    #[serde(default)]
-    require_tls: bool,
 }
 
 /// `[dns]`: the resolver behind the plugins' DNS lookups.
@@ -430,300 +420,6 @@ pub struct ListenerConfig {
     pub auth: AuthConfig,
 }
 
-/// What a session gets when a plugin fails (trap, timeout, memory, invalid result).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum OnError {
-    /// 451 4.3.0: try again later (the default: nothing is lost).
-    #[default]
-    Tempfail,
-    /// Skip the plugin for this stage, as if it had said continue.
-    Continue,
-    /// 550 5.3.0: refuse.
-    Reject,
-}
-
-/// One `[plugins.NAME]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PluginConfig {
-    /// The component (`.wasm`, built for wasm32-wasip2), relative to the working directory.
-    pub path: PathBuf,
-    /// Longest time one hook call may run: 1 ms to 10 minutes.
-    #[serde(
-        default = "default_plugin_timeout",
-        deserialize_with = "plugin_timeout"
-    )]
-    pub timeout_ms: u64,
-    /// Most linear memory one instance may grow to: 1 MiB to 4 GiB (wasm32's whole
-    /// address space). Too little for the plugin to start is a start-up error.
-    #[serde(default = "default_plugin_memory", deserialize_with = "plugin_memory")]
-    pub memory_mb: u64,
-    /// What the session gets when the plugin fails.
-    #[serde(default)]
-    pub on_error: OnError,
-    /// The plugin's own configuration, handed to its `init` as TOML text.
-    #[serde(default)]
-    pub config: toml::Table,
-    /// Whether a plugin that declares itself shareable serves all sessions from a few
-    /// shared instances (true) or gets an instance per session anyway (false).
-    #[serde(default = "default_share_instances")]
-    pub share_instances: bool,
-    /// The line of its `[plugins.NAME]` table, for start-up errors about it.
-    #[serde(skip)]
-    pub line: Option<usize>,
-}
-
-fn plugin_timeout<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
-    in_range(
-        deserializer,
-        1..=600_000,
-        "1 ms to 10 minutes: 0 would fail every call",
-    )
-}
-
-fn plugin_memory<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
-    in_range(
-        deserializer,
-        1..=4096,
-        "1 to 4096 MiB (a WebAssembly memory's whole range)",
-    )
-}
-
-fn in_range<'de, D: Deserializer<'de>>(
-    deserializer: D,
-    range: std::ops::RangeInclusive<u64>,
-    why: &str,
-) -> Result<u64, D::Error> {
-    let value = u64::deserialize(deserializer)?;
-    if !range.contains(&value) {
-        return Err(serde::de::Error::custom(format!("must be {why}")));
-    }
-    Ok(value)
-}
-
-fn default_share_instances() -> bool {
-    true
-}
-
-fn default_plugin_timeout() -> u64 {
-    200
-}
-
-fn default_plugin_memory() -> u64 {
-    32
-}
-
-/// How the upstream learns the real client address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ClientAddressMode {
-    /// Not at all: the upstream sees the proxy's address.
-    None,
-    /// Postfix's XCLIENT command (ADDR, PORT, NAME, REVERSE_NAME, HELO, PROTO, LOGIN,
-    /// DESTADDR, DESTPORT).
-    Xclient,
-    /// A PROXY protocol version 1 header (text).
-    ProxyV1,
-    /// A PROXY protocol version 2 header (binary).
-    ProxyV2,
-}
-
-impl ClientAddressMode {
-    /// Its name as written in the configuration.
-    pub fn name(self) -> &'static str {
-        match self {
-            ClientAddressMode::None => "none",
-            ClientAddressMode::Xclient => "xclient",
-            ClientAddressMode::ProxyV1 => "proxy-v1",
-            ClientAddressMode::ProxyV2 => "proxy-v2",
-        }
-    }
-}
-
-/// Where the upstream is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UpstreamTarget {
-    /// A real MTA at `host:port`.
-    Address(String),
-    /// The built-in development upstream, writing each message to this folder.
-    Development(PathBuf),
-}
-
-/// `[upstream]`, validated.
-#[derive(Debug, Clone)]
-pub struct UpstreamConfig {
-    /// Where to connect.
-    pub target: UpstreamTarget,
-    /// How the real client address reaches the upstream.
-    pub client_address: ClientAddressMode,
-    /// Look the client's host name up (PTR, then forward-confirmed) for XCLIENT NAME
-    /// and REVERSE_NAME and the Received field.
-    pub client_name_lookup: bool,
-    /// Put a Received trace field at the top of each message sent upstream.
-    pub received_header: bool,
-    /// Timeouts of the client side of the relay (RFC 5321 §4.5.3.2).
-    pub timeouts: UpstreamTimeouts,
-    /// How often the upstream's extensions are probed again when no session did it.
-    pub capabilities_refresh: Duration,
-    /// How long a client's EHLO waits for them when none are known yet.
-    pub capabilities_wait: Duration,
-    /// Keeping idle upstream sessions for later client sessions.
-    pub reuse: ReuseConfig,
-    /// TLS toward the upstream.
-    pub tls: UpstreamTlsConfig,
-}
-
-/// TLS toward the upstream, validated.
-#[derive(Debug, Clone, Default)]
-pub struct UpstreamTlsConfig {
-    /// None, STARTTLS after EHLO, or TLS from the first byte.
-    pub mode: TlsMode,
-    /// The handshake runner, with the trust anchors read (`None` without TLS).
-    pub connector: Option<UpstreamTls>,
-}
-
-/// `[upstream.reuse]`: idle upstream sessions kept for the next client session, like
-/// Postfix's own SMTP connection cache. Off by default: each client session then has
-/// its own upstream session, closed with QUIT when the client leaves. Only possible with
-/// `client_address = "none"`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ReuseConfig {
-    /// How long an idle upstream session is kept; "0s" turns reuse off. Keep it well
-    /// below the upstream's own idle timeout (Postfix: smtpd_timeout, 300s).
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
-    /// Idle upstream sessions kept at most (each holds an smtpd process upstream).
-    pub max_idle: usize,
-    /// Client sessions one upstream session serves before it is closed.
-    #[serde(deserialize_with = "positive_usize")]
-    pub max_uses: usize,
-}
-
-impl Default for ReuseConfig {
-    fn default() -> Self {
-        Self {
-            idle_timeout: Duration::ZERO,
-            max_idle: 16,
-            max_uses: 100,
-        }
-    }
-}
-
-impl ReuseConfig {
-    /// True if idle sessions are kept at all.
-    pub fn enabled(&self) -> bool {
-        !self.idle_timeout.is_zero() && self.max_idle > 0
-    }
-}
-
-/// Timeouts towards the upstream, RFC 5321 §4.5.3.2 defaults.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct UpstreamTimeouts {
-    /// TCP connect.
-    #[serde(with = "humantime_serde")]
-    pub connect: Duration,
-    /// The 220 greeting (§4.5.3.2.1: 5 min).
-    #[serde(with = "humantime_serde")]
-    pub greeting: Duration,
-    /// Replies to EHLO, XCLIENT, MAIL, RCPT, RSET, VRFY, EXPN, QUIT (§4.5.3.2.2-3: 5 min).
-    #[serde(with = "humantime_serde")]
-    pub command: Duration,
-    /// The reply to DATA (§4.5.3.2.4: 2 min).
-    #[serde(with = "humantime_serde")]
-    pub data_init: Duration,
-    /// Each write of message data (§4.5.3.2.5: 3 min).
-    #[serde(with = "humantime_serde")]
-    pub data_block: Duration,
-    /// The reply to the final dot (§4.5.3.2.6: 10 min).
-    #[serde(with = "humantime_serde")]
-    pub data_termination: Duration,
-}
-
-impl Default for UpstreamTimeouts {
-    fn default() -> Self {
-        Self {
-            connect: Duration::from_secs(30),
-            greeting: Duration::from_secs(300),
-            command: Duration::from_secs(300),
-            data_init: Duration::from_secs(120),
-            data_block: Duration::from_secs(180),
-            data_termination: Duration::from_secs(600),
-        }
-    }
-}
-
-/// The file as written, before cross-field validation.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawConfig {
-    #[serde(default)]
-    server: ServerConfig,
-    #[serde(default)]
-    smtp: SmtpConfig,
-    #[serde(default)]
-    listener: Vec<RawListener>,
-    upstream: Spanned<RawUpstream>,
-    #[serde(default)]
-    plugins: std::collections::BTreeMap<String, Spanned<PluginConfig>>,
-    #[serde(default)]
-    spool: SpoolConfig,
-    quarantine: Option<Spanned<QuarantineConfig>>,
-    #[serde(default)]
-    dns: DnsConfig,
-    #[serde(default)]
-    tls: TlsConfig,
-    #[serde(default)]
-    auth_throttle: ThrottleConfig,
-    #[serde(default)]
-    kv: KvConfig,
-    client_limits: Option<Spanned<ClientLimitsConfig>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawListener {
-    name: Spanned<String>,
-    address: SocketAddr,
-    plugins: Option<Spanned<Vec<String>>>,
-    tls: Option<Spanned<TlsMode>>,
-    require_tls: Option<Spanned<bool>>,
-    auth: Option<Spanned<RawAuth>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUpstream {
-    address: Option<Spanned<String>>,
-    development_folder: Option<Spanned<PathBuf>>,
-    client_address: Option<Spanned<ClientAddressMode>>,
-    client_name_lookup: Option<Spanned<bool>>,
-    #[serde(default)]
-    received_header: bool,
-    #[serde(default)]
-    timeouts: UpstreamTimeouts,
-    #[serde(default = "default_capabilities_refresh", with = "humantime_serde")]
-    capabilities_refresh: Duration,
-    #[serde(default = "default_capabilities_wait", with = "humantime_serde")]
-    capabilities_wait: Duration,
-    reuse: Option<Spanned<ReuseConfig>>,
-    tls: Option<Spanned<TlsMode>>,
-    tls_ca: Option<Spanned<PathBuf>>,
-    #[serde(default)]
-    tls_insecure: bool,
-    tls_server_name: Option<String>,
-}
-
-fn default_capabilities_refresh() -> Duration {
-    Duration::from_secs(300)
-}
-
-fn default_capabilities_wait() -> Duration {
-    Duration::from_secs(3)
-}
-
 impl Config {
     /// Parses and validates a configuration file's text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -761,49 +457,20 @@ impl Config {
     }
 }
 
-fn at_least<'de, D: Deserializer<'de>>(
-    deserializer: D,
-    minimum: usize,
-    why: &str,
-) -> Result<usize, D::Error> {
-    let value = usize::deserialize(deserializer)?;
-    if value < minimum {
-        return Err(serde::de::Error::custom(format!(
-            "must be at least {minimum} ({why})"
-        )));
-    }
-    Ok(value)
-}
-
-fn at_least_512<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
-    at_least(deserializer, 512, "RFC 5321 §4.5.3.1.4")
-}
-
-fn at_least_1000<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
-    at_least(deserializer, 1000, "RFC 5321 §4.5.3.1.6")
-}
-
-fn positive_usize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
-    at_least(deserializer, 1, "zero would refuse everything")
-}
-
-fn positive_u32<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
-    let value = u32::deserialize(deserializer)?;
-    if value == 0 {
-        return Err(serde::de::Error::custom("must be at least 1"));
-    }
-    Ok(value)
-}
-
-fn positive_u64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
-    let value = u64::deserialize(deserializer)?;
-    if value == 0 {
-        return Err(serde::de::Error::custom("must be at least 1"));
-    }
-    Ok(value)
-}
-
+mod de;
+mod plugins;
+mod raw;
+mod upstream;
 mod validate;
+
+use de::*;
+pub use plugins::{OnError, PluginConfig};
+
+use raw::RawConfig;
+pub use upstream::{
+    ClientAddressMode, ReuseConfig, Trust, UpstreamConfig, UpstreamTarget, UpstreamTimeouts,
+    UpstreamTlsConfig,
+};
 
 #[cfg(test)]
 mod tests;

@@ -254,12 +254,6 @@ fn errors_name_the_key_and_the_line() {
             "only offered over TLS",
         ),
         (
-            &format!("{MINIMAL}tls = \"starttls\"\ntls_ca = \"/nonexistent/ca.pem\"\n"),
-            "upstream.tls_ca",
-            Some(8),
-            "/nonexistent/ca.pem",
-        ),
-        (
             &format!("{MINIMAL}tls = \"implicit\"\ntls_insecure = true\ntls_ca = \"ca.pem\"\n"),
             "upstream.tls_ca",
             Some(9),

@@ -2,7 +2,10 @@
 //! cannot hold an invalid combination, one section at a time; every error names the
 //! key and its line.
 
-use super::*;
+use super::{
+    raw::{RawAuth, RawListener, RawUpstream},
+    *,
+};
 
 /// Maps a byte offset of the config text to its line number.
 pub(super) type LineOf<'a> = &'a dyn Fn(usize) -> usize;
@@ -279,7 +282,7 @@ fn validate_quarantine(
     let (offset, quarantine) = raw
         .map(|q| (q.span().start, q.into_inner()))
         .unwrap_or_default();
-    if crate::message::HeaderField::new(&quarantine.header, "").is_err() {
+    if portcullis_syntax::header::check_name(&quarantine.header).is_err() {
         return Err(error_at(
             line_of,
             "quarantine.header",
@@ -393,7 +396,7 @@ fn validate_upstream_tls(
         (None, false) => Trust::SystemRoots,
     };
     let server_name = match (&upstream.tls_server_name, target) {
-        (Some(name), _) => name.clone(),
+        (Some(name), _) => name.get_ref().clone(),
         (None, UpstreamTarget::Address(address)) => address
             .rsplit_once(':')
             .map(|(host, _)| host.trim_matches(['[', ']']).to_string())
@@ -403,19 +406,26 @@ fn validate_upstream_tls(
     if *mode.get_ref() == TlsMode::None {
         return Ok(UpstreamTlsConfig::default());
     }
-    let key = match trust {
-        Trust::CaFile(_) => "tls_ca",
-        _ => "tls",
-    };
+    if rustls_pki_types::ServerName::try_from(server_name.as_str()).is_err() {
+        let problem = format!("{server_name:?} is not a valid server name for TLS");
+        return Err(match &upstream.tls_server_name {
+            Some(name) => error("tls_server_name", name.span().start, &problem),
+            None => error(
+                "tls_server_name",
+                mode.span().start,
+                &format!("{problem} (taken from upstream.address; set tls_server_name)"),
+            ),
+        });
+    }
     let span = upstream
         .tls_ca
         .as_ref()
         .map_or(mode.span().start, |ca| ca.span().start);
-    let connector =
-        UpstreamTls::new(&trust, &server_name).map_err(|e| error(key, span, &e.to_string()))?;
     Ok(UpstreamTlsConfig {
         mode: *mode.get_ref(),
-        connector: Some(connector),
+        trust,
+        server_name,
+        line: Some(line_of(span)),
     })
 }
 

@@ -4,13 +4,13 @@
 //! unchanged.
 
 use portcullis_syntax::{
-    address,
+    Violation, address,
     param::{self, Verb},
     reply as syntax_reply,
 };
 
 use crate::{
-    message::Edit,
+    message::{Edit, EditError},
     plugin_host::{PluginError, abi},
     smtp::{
         Command, EnhancedCode, MailCommand, Param, Path, RcptCommand, Reply,
@@ -40,6 +40,28 @@ pub(super) struct PathRules<'a> {
     pub(super) smtputf8: bool,
 }
 
+/// Why a plugin's rewrite or edit cannot be used (its `on_error` policy applies).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum InvalidResult {
+    /// Against the syntax a client's command must follow.
+    #[error(transparent)]
+    Syntax(#[from] Violation),
+    /// A parameter of an extension the client was not offered.
+    #[error(
+        "parameter {0:?}: its extension was not offered to this client (the proxy relays it only when the upstream offers it)"
+    )]
+    Unoffered(String),
+    /// A UTF-8 address in a transaction without SMTPUTF8.
+    #[error("address {0:?}: a UTF-8 address needs SMTPUTF8 on MAIL (RFC 6531)")]
+    NeedsSmtputf8(String),
+    /// Rendered, it reads back as something else.
+    #[error("the rewrite renders as {0:?}, which does not parse back to itself")]
+    RoundTrip(String),
+    /// A message edit the message cannot take.
+    #[error(transparent)]
+    Edit(#[from] EditError),
+}
+
 /// Checks a MAIL or RCPT rewrite by the rules every client command follows, then
 /// renders it with the one renderer, parses that back and compares, so nothing can
 /// reach the upstream that differs from what the plugin asked for. Returns the command.
@@ -48,28 +70,24 @@ pub(super) fn checked_rewrite(
     address: &str,
     params: &[abi::Param],
     rules: &PathRules<'_>,
-) -> Result<Command, String> {
+) -> Result<Command, InvalidResult> {
     match verb {
         Verb::Mail => address::check_reverse_path(address),
         Verb::Rcpt => address::check_forward_path(address),
-    }
-    .map_err(|v| v.to_string())?;
+    }?;
     param::check_params(
         verb,
         params
             .iter()
             .map(|p| (p.keyword.as_str(), p.value.as_deref())),
-    )
-    .map_err(|v| v.to_string())?;
+    )?;
     for keyword in params.iter().map(|p| &p.keyword) {
         let extension = match verb {
             Verb::Mail => Extension::for_mail_param(keyword),
             Verb::Rcpt => Extension::for_rcpt_param(keyword),
         };
         if !extension.is_some_and(|e| rules.offered.has(e)) {
-            return Err(format!(
-                "parameter {keyword:?}: its extension was not offered to this client (the proxy relays it only when the upstream offers it)"
-            ));
+            return Err(InvalidResult::Unoffered(keyword.clone()));
         }
     }
     let smtputf8 = match verb {
@@ -79,9 +97,7 @@ pub(super) fn checked_rewrite(
         Verb::Rcpt => rules.smtputf8,
     };
     if !address.is_ascii() && !smtputf8 {
-        return Err(format!(
-            "address {address:?}: a UTF-8 address needs SMTPUTF8 on MAIL (RFC 6531)"
-        ));
+        return Err(InvalidResult::NeedsSmtputf8(address.to_string()));
     }
     let params: Vec<Param> = params
         .iter()
@@ -108,19 +124,18 @@ pub(super) fn checked_rewrite(
     };
     match command::parse(line.as_bytes()) {
         Ok(parsed) if parsed == built => Ok(built),
-        _ => Err(format!(
-            "the rewrite renders as {line:?}, which does not parse back to itself"
-        )),
+        _ => Err(InvalidResult::RoundTrip(line)),
     }
 }
 
 /// Checks a HELO name a plugin gives the upstream: a domain or address literal that
 /// parses back, as the argument of EHLO, to itself.
-pub(super) fn checked_helo(name: &str) -> Result<String, String> {
-    address::check_helo_name(name).map_err(|v| v.to_string())?;
-    match command::parse(format!("EHLO {name}").as_bytes()) {
+pub(super) fn checked_helo(name: &str) -> Result<String, InvalidResult> {
+    address::check_helo_name(name)?;
+    let line = format!("EHLO {name}");
+    match command::parse(line.as_bytes()) {
         Ok(Command::Ehlo(parsed)) if parsed == name => Ok(parsed),
-        _ => Err(format!("HELO name {name:?} does not parse back to itself")),
+        _ => Err(InvalidResult::RoundTrip(line)),
     }
 }
 
@@ -330,7 +345,9 @@ mod tests {
             (Verb::Mail, "ü@example.com", vec![], "needs SMTPUTF8"),
         ];
         for (verb, address, params, reason) in refused {
-            let error = checked_rewrite(*verb, address, params, &rules).unwrap_err();
+            let error = checked_rewrite(*verb, address, params, &rules)
+                .unwrap_err()
+                .to_string();
             assert!(error.contains(reason), "{address} {params:?}: {error}");
         }
         assert_eq!(checked_helo("renamed.example").unwrap(), "renamed.example");

@@ -13,10 +13,7 @@ use std::sync::Arc;
 
 use portcullis_syntax::{Violation, body};
 
-use crate::{
-    config::QuarantineConfig,
-    smtp::{Command, Path, RcptCommand, command},
-};
+use crate::smtp::{Command, Path, RcptCommand, command};
 
 /// A change a plugin asked for at the DATA stage. Header positions count from 0.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,17 +102,22 @@ impl Message {
         }
     }
 
-    /// If a plugin marked the message for quarantine: adds the configured header with
-    /// the reason and, if configured, sends it to the quarantine mailbox only.
-    pub fn apply_quarantine(&mut self, config: &QuarantineConfig) -> Result<(), EditError> {
+    /// If a plugin marked the message for quarantine: adds the field `header` with the
+    /// reason and, with a `redirect` mailbox, sends the message there only
+    /// (`[quarantine]` in the configuration).
+    pub fn apply_quarantine(
+        &mut self,
+        header: &str,
+        redirect: Option<&str>,
+    ) -> Result<(), EditError> {
         let Some(reason) = self.quarantine.clone() else {
             return Ok(());
         };
-        if let Some(mailbox) = &config.redirect {
-            self.recipients = vec![mailbox.clone()];
+        if let Some(mailbox) = redirect {
+            self.recipients = vec![mailbox.to_string()];
         }
         self.apply(Edit::AddHeader {
-            name: config.header.clone(),
+            name: header.to_string(),
             value: reason,
         })
     }

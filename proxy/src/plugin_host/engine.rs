@@ -13,7 +13,7 @@ use wasmtime::{
     component::{Component, HasSelf, Linker, ResourceType},
 };
 
-use super::{Plugin, PluginError, PluginPre, host};
+use super::{LoadError, Plugin, PluginPre, error::describe, host};
 
 /// How plugin instances get memory and stacks: the first `pooled` instances alive at
 /// once from a pool reserved at start-up (creating one maps nothing, about three times
@@ -72,20 +72,19 @@ impl Backend {
     pub(super) fn new(
         compiled: &Arc<CompiledFunctions>,
         pool: Option<wasmtime::PoolingAllocationConfig>,
-    ) -> Result<Self, PluginError> {
-        let failed = |what: &str, error: wasmtime::Error| PluginError::Load {
-            path: what.into(),
-            reason: format!("{error:#}"),
+    ) -> Result<Self, LoadError> {
+        let failed = |what: &str, error: wasmtime::Error| {
+            LoadError::Engine(format!("{what}: {}", describe(&error)))
         };
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         config
             .enable_incremental_compilation(compiled.clone())
-            .map_err(|error| failed("(engine)", error))?;
+            .map_err(|error| failed("incremental compilation", error))?;
         if let Some(pool) = pool {
             config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         }
-        let engine = Engine::new(&config).map_err(|error| failed("(engine)", error))?;
+        let engine = Engine::new(&config).map_err(|error| failed("engine", error))?;
         let mut linker = Linker::new(&engine);
         Plugin::add_to_linker::<host::PluginState, HasSelf<host::PluginState>>(
             &mut linker,
@@ -100,7 +99,7 @@ impl Backend {
                 |_, _| Ok(()),
             )
         })
-        .map_err(|error| failed("(linker)", error))?;
+        .map_err(|error| failed("linker", error))?;
         Ok(Backend { engine, linker })
     }
 
@@ -108,18 +107,17 @@ impl Backend {
     pub(super) fn pre_instantiate(
         &self,
         component: &Component,
-    ) -> Result<PluginPre<host::PluginState>, String> {
+    ) -> wasmtime::Result<PluginPre<host::PluginState>> {
         let component_type = component.component_type();
         let imports = component_type.imports(&self.engine).map(|(name, _)| name);
         if let Some(mismatch) = abi_mismatch(imports, abi_package()) {
-            return Err(mismatch);
+            return Err(wasmtime::Error::msg(mismatch));
         }
         let mut linker = self.linker.clone();
         provide_hash_seeds(&mut linker, component, &self.engine)
             .and_then(|()| linker.define_unknown_imports_as_traps(component))
             .and_then(|()| linker.instantiate_pre(component))
             .and_then(PluginPre::new)
-            .map_err(|error| format!("{error:#}"))
     }
 }
 
@@ -133,12 +131,11 @@ pub(super) struct Pool {
 }
 
 impl Pool {
-    /// Takes a slot if one is free; it is given back when the slot is dropped.
     /// The pooled engine for `capacity`, or `None` when the pool is empty.
     pub(super) fn new(
         compiled: &Arc<CompiledFunctions>,
         capacity: Capacity,
-    ) -> Result<Option<Pool>, PluginError> {
+    ) -> Result<Option<Pool>, LoadError> {
         if capacity.pooled == 0 {
             return Ok(None);
         }
@@ -150,6 +147,7 @@ impl Pool {
         }))
     }
 
+    /// Takes a slot if one is free; it is given back when the slot is dropped.
     pub(super) fn take(&self) -> Option<PoolSlot> {
         let taken = self
             .taken

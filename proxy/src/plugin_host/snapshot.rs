@@ -26,10 +26,8 @@ pub(super) fn wizer() -> Wizer {
 }
 
 /// Instruments a component so its state can be read after `init`.
-pub(super) fn instrument(bytes: &[u8]) -> Result<(ComponentContext<'_>, Vec<u8>), String> {
-    wizer()
-        .instrument_component(bytes)
-        .map_err(|error| format!("{error:#}"))
+pub(super) fn instrument(bytes: &[u8]) -> wasmtime::Result<(ComponentContext<'_>, Vec<u8>)> {
+    wizer().instrument_component(bytes)
 }
 
 /// The component whose data image is the state `instance` holds now.
@@ -37,11 +35,10 @@ pub(super) async fn take(
     context: &ComponentContext<'_>,
     store: &mut Store<PluginState>,
     instance: Instance,
-) -> Result<Vec<u8>, String> {
+) -> wasmtime::Result<Vec<u8>> {
     wizer()
         .snapshot_component(context, &mut Access { store, instance })
         .await
-        .map_err(|error| format!("{error:#}"))
 }
 
 /// Reads an instrumented instance's memories and globals for the snapshot, through

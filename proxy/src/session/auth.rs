@@ -17,12 +17,13 @@ use crate::{
     config::AuthMode,
     hooks::Decision,
     log_limit::{self, Event},
+    plugin_host::abi,
     smtp::{
         Reply,
         capabilities::{Capabilities, Extension},
         line::NextLine,
     },
-    upstream::Stage,
+    upstream::Step as UpstreamStep,
 };
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -224,8 +225,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         if let Some(verifier) = self.listener.verifier.clone() {
             let session = self.plugin_session();
-            let check =
-                crate::hooks::verify_login(&verifier, &self.id, &session, credentials).await;
+            let result = verifier
+                .verify_login(
+                    &self.id,
+                    &session,
+                    credentials.mechanism.name(),
+                    &credentials.login,
+                    credentials.password.expose(),
+                )
+                .await;
+            // A verifier that fails (trap, timeout) is unavailable: 454, never a login.
+            let check = match result {
+                Ok(abi::LoginCheck::Valid) => Check::Valid,
+                Ok(abi::LoginCheck::Invalid) => Check::Invalid,
+                Ok(abi::LoginCheck::Unavailable) => Check::Unavailable,
+                Err(error) => {
+                    warn!(plugin = %verifier.name, session = %self.id, %error, "verifier plugin failed");
+                    Check::Unavailable
+                }
+            };
             drop(turn);
             return Verified::settle(check, reservation);
         }
@@ -309,7 +327,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         loop {
             let reply = match self.upstream_session().await {
-                Ok(upstream) => upstream.command(Stage::Command, &line, timeout).await,
+                Ok(upstream) => {
+                    upstream
+                        .command(UpstreamStep::Command, &line, timeout)
+                        .await
+                }
                 Err(error) => Err(error),
             };
             let reply = match reply {
@@ -360,7 +382,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let timeout = self.context.config.upstream.timeouts.command;
         if let Some(upstream) = self.link.session()
             && upstream
-                .command(Stage::Command, "*", timeout)
+                .command(UpstreamStep::Command, "*", timeout)
                 .await
                 .is_err()
         {

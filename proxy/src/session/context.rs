@@ -15,7 +15,7 @@ use crate::{
     hooks::Chain,
     plugin_host::LoadedPlugin,
     tls::server::ServerTls,
-    upstream::{capability_cache::CapabilityCache, pool::SessionPool},
+    upstream::{Upstream, capability_cache::CapabilityCache, pool::SessionPool},
 };
 
 /// The two phases of a graceful shutdown.
@@ -32,8 +32,8 @@ pub struct Shutdown {
 pub struct SessionContext {
     /// The validated configuration.
     pub config: Arc<Config>,
-    /// `host:port` of the upstream (the development upstream's address if that is used).
-    pub upstream_address: String,
+    /// The upstream, and the TLS connector for it.
+    pub upstream: Arc<Upstream>,
     /// The upstream's last known extensions.
     pub capabilities: Arc<CapabilityCache>,
     /// Idle upstream sessions kept for reuse (empty unless `[upstream.reuse]` is on).
@@ -78,4 +78,19 @@ impl ListenerContext {
             sender_logins: None,
         }
     }
+}
+
+/// A short unique id per session, for logs: process start time and a counter.
+pub(super) fn next_session_id() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let prefix = PREFIX.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as u32)
+    });
+    format!(
+        "{prefix:08x}{:06x}",
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
 }

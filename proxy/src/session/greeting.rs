@@ -66,8 +66,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         let config = &context.config;
         let probe = context.capabilities.wait_for(
-            &config.upstream,
-            &context.upstream_address,
+            &context.upstream,
             &config.server.hostname,
             config.upstream.capabilities_wait,
         );

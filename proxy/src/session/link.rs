@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 use super::SessionContext;
 use crate::{
     smtp::{Reply, capabilities::Capabilities},
-    upstream::{ClientInfo, Greeting, Stage, UpstreamError, UpstreamSession},
+    upstream::{ClientInfo, Greeting, Step, UpstreamError, UpstreamSession},
 };
 
 /// A client session's link to the upstream.
@@ -90,13 +90,8 @@ impl UpstreamLink {
                     session
                 }
                 None => {
-                    UpstreamSession::open(
-                        &config.upstream,
-                        &context.upstream_address,
-                        &config.server.hostname,
-                        client,
-                    )
-                    .await?
+                    UpstreamSession::open(&context.upstream, &config.server.hostname, client)
+                        .await?
                 }
             };
             context.capabilities.update(session.capabilities());
@@ -151,7 +146,7 @@ impl UpstreamLink {
         let LinkState::InTransaction(mut open) = std::mem::take(&mut self.state) else {
             unreachable!("matched above");
         };
-        match open.session.command(Stage::Command, "RSET", timeout).await {
+        match open.session.command(Step::Command, "RSET", timeout).await {
             Ok(reply) if reply.is_positive() => self.state = LinkState::Idle(open),
             Ok(reply) => {
                 warn!(reply = %reply, "upstream refused RSET; closing that session");

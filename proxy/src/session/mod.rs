@@ -22,13 +22,7 @@ mod tls;
 mod transaction;
 mod verify;
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -44,8 +38,9 @@ use crate::{
     hooks::SessionHooks,
     smtp::{Command, CommandError, Reply, capabilities::Capabilities, command, line::NextLine},
     tls::MaybeTls,
-    upstream::{Stage, UpstreamError, UpstreamSession},
+    upstream::{Step, UpstreamError, UpstreamSession},
 };
+use context::next_session_id;
 pub use context::{ListenerContext, SessionContext, Shutdown};
 use link::UpstreamLink;
 pub use state::{Envelope, Peer, Transaction};
@@ -58,21 +53,6 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 enum Flow {
     Continue,
     Close,
-}
-
-/// A short unique id per session, for logs: process start time and a counter.
-fn next_session_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    let prefix = PREFIX.get_or_init(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as u32)
-    });
-    format!(
-        "{prefix:08x}{:06x}",
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// One client connection.
@@ -278,7 +258,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// upstream session is closed and the reply for the client is returned.
     async fn upstream_command(&mut self, line: &str, timeout: Duration) -> Result<Reply, Reply> {
         let result = match self.upstream_session().await {
-            Ok(upstream) => upstream.command(Stage::Command, line, timeout).await,
+            Ok(upstream) => upstream.command(Step::Command, line, timeout).await,
             Err(error) => Err(error),
         };
         result.map_err(|error| self.link.fail(error))

@@ -149,7 +149,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if let Some(reason) = &message.quarantine {
             info!(%reason, "message quarantined");
         }
-        if let Err(error) = message.apply_quarantine(&self.context.config.quarantine) {
+        let quarantine = &self.context.config.quarantine;
+        if let Err(error) =
+            message.apply_quarantine(&quarantine.header, quarantine.redirect.as_deref())
+        {
             warn!(%error, "quarantine header not added");
         }
     }

@@ -25,8 +25,12 @@ fn parse(extra: &str) -> Config {
 
 fn context_from(config: Config) -> Arc<SessionContext> {
     Arc::new(SessionContext {
+        upstream: Arc::new(crate::upstream::Upstream::new(
+            "127.0.0.1:9".into(),
+            config.upstream.clone(),
+            None,
+        )),
         config: Arc::new(config),
-        upstream_address: "127.0.0.1:9".into(),
         capabilities: Arc::new(CapabilityCache::default()),
         pool: Arc::new(SessionPool::new(Default::default())),
         shutdown: Shutdown::default(),

@@ -6,7 +6,10 @@
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info};
 
-use portcullis_syntax::param::{self, Verb};
+use portcullis_syntax::{
+    Violation,
+    param::{self, Verb},
+};
 
 use super::{Envelope, Flow, Session, Transaction, replies};
 use crate::{config::AuthMode, hooks::Decision};
@@ -16,7 +19,7 @@ use crate::{
         capabilities::{Capabilities, Extension},
         command::{self, CommandError},
     },
-    upstream::{Stage, UpstreamError},
+    upstream::{Step, UpstreamError},
 };
 
 /// A RCPT taken from the pipeline: either ready to relay, or already answered locally.
@@ -61,11 +64,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if self.listener.config.auth.required && self.peer.login.is_none() {
             return self.reply(replies::auth_required());
         }
-        if let Err((reply, counts)) = check_mail(&mail, &self.offered) {
-            return if counts {
-                self.error(reply)
+        if let Err(problem) = check_mail(&mail, &self.offered) {
+            return if problem.is_junk() {
+                self.error(problem.reply())
             } else {
-                self.reply(reply)
+                self.reply(problem.reply())
             };
         }
         if !self.sender_allowed(mail.reverse_path.mailbox()) {
@@ -206,7 +209,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let result = match (lines.is_empty(), self.link.session()) {
             (true, _) => Ok(Vec::new()),
             (false, Some(upstream)) => upstream.envelope(&lines, timeout).await,
-            (false, None) => Err(UpstreamError::Closed(Stage::Command)),
+            (false, None) => Err(UpstreamError::Closed(Step::Command)),
         };
         let mut upstream_replies = match result {
             Ok(replies) => replies.into_iter(),
@@ -360,14 +363,43 @@ fn edge_auth_param(params: &mut Vec<Param>, authenticated: bool, upstream_offers
     }
 }
 
+/// Why a MAIL command cannot go on as the client sent it.
+#[derive(Debug)]
+enum MailProblem {
+    /// A parameter of an extension that was not offered.
+    Unoffered(String),
+    /// A parameter its extension does not allow.
+    Syntax(Violation),
+    /// SIZE says more than the upstream takes.
+    TooBig,
+    /// A UTF-8 reverse-path without SMTPUTF8.
+    NeedsSmtputf8,
+}
+
+impl MailProblem {
+    fn reply(&self) -> Reply {
+        match self {
+            MailProblem::Unoffered(keyword) => replies::unsupported_parameter(keyword),
+            MailProblem::Syntax(violation) => replies::syntax(violation),
+            MailProblem::TooBig => replies::message_too_big(),
+            MailProblem::NeedsSmtputf8 => replies::utf8_needs_smtputf8(),
+        }
+    }
+
+    /// A client that only sends commands like this one is not speaking SMTP to us:
+    /// it counts toward `smtp.max_junk_commands`.
+    fn is_junk(&self) -> bool {
+        matches!(self, MailProblem::Unoffered(_) | MailProblem::Syntax(_))
+    }
+}
+
 /// Checks MAIL against what was offered and what its parameters' extensions define.
-/// `Err((reply, counts_as_error))`.
-fn check_mail(mail: &MailCommand, offered: &Capabilities) -> Result<(), (Reply, bool)> {
+fn check_mail(mail: &MailCommand, offered: &Capabilities) -> Result<(), MailProblem> {
     if let Some(keyword) = missing_extension(&mail.params, offered, Extension::for_mail_param) {
-        return Err((replies::unsupported_parameter(&keyword), true));
+        return Err(MailProblem::Unoffered(keyword));
     }
     param::check_params(Verb::Mail, mail.params.iter().map(Param::pair))
-        .map_err(|violation| (replies::syntax(violation), true))?;
+        .map_err(MailProblem::Syntax)?;
     if let Some(size) = mail.params.iter().find(|p| p.is("SIZE"))
         && let Some(limit) = offered.size_limit
         && size
@@ -376,11 +408,11 @@ fn check_mail(mail: &MailCommand, offered: &Capabilities) -> Result<(), (Reply, 
             .and_then(|v| v.parse::<u64>().ok())
             .is_none_or(|size| size > limit)
     {
-        return Err((replies::message_too_big(), false));
+        return Err(MailProblem::TooBig);
     }
     let smtputf8 = mail.params.iter().any(|p| p.is("SMTPUTF8"));
     if mail.reverse_path.is_utf8() && !smtputf8 {
-        return Err((replies::utf8_needs_smtputf8(), false));
+        return Err(MailProblem::NeedsSmtputf8);
     }
     Ok(())
 }

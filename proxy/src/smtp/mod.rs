@@ -6,9 +6,11 @@ pub mod capabilities;
 pub mod command;
 pub mod data;
 pub mod line;
+mod mechanism;
 pub mod replies;
 pub mod reply;
 pub mod trace;
 
 pub use command::{Command, CommandError, MailCommand, Param, Path, RcptCommand};
+pub use mechanism::Mechanism;
 pub use reply::{EnhancedCode, Reply};

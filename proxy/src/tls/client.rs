@@ -13,16 +13,11 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject};
 use tokio_rustls::TlsConnector;
 
 use super::{TlsError, provider};
+pub use crate::config::Trust;
 
-/// Where the upstream's certificate is verified against.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Trust {
-    /// The operating system's root certificates.
-    SystemRoots,
-    /// The CA certificates in this PEM file.
-    CaFile(std::path::PathBuf),
-    /// No verification (loopback upstreams only).
-    Insecure,
+/// `name` as the name a certificate must carry: a DNS name or an IP address.
+pub fn check_server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
+    ServerName::try_from(name.to_string()).map_err(|_| TlsError::ServerName(name.to_string()))
 }
 
 /// Runs client handshakes with the upstream.
@@ -57,11 +52,9 @@ impl UpstreamTls {
                 .with_root_certificates(roots_from(path)?)
                 .with_no_client_auth(),
         };
-        let server_name = ServerName::try_from(server_name.to_string())
-            .map_err(|_| TlsError::ServerName(server_name.to_string()))?;
         Ok(Self {
             connector: TlsConnector::from(Arc::new(config)),
-            server_name,
+            server_name: check_server_name(server_name)?,
         })
     }
 

@@ -4,10 +4,7 @@
 //! handshake after it gets the new certificates, sessions already encrypted carry on,
 //! and a reload that fails keeps the old set.
 
-use std::{
-    path::PathBuf,
-    sync::{Arc, RwLock},
-};
+use std::sync::{Arc, RwLock};
 
 use rustls::{
     ServerConfig,
@@ -18,16 +15,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject
 use tokio_rustls::TlsAcceptor;
 
 use super::{TlsError, file_error, provider};
-
-/// One certificate chain and its key, as PEM files.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CertificateFiles {
-    /// The certificate chain, leaf first.
-    pub cert: PathBuf,
-    /// The private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
-}
+pub use crate::config::CertificateFiles;
 
 /// A loaded certificate and the DER of its leaf, to match SNI names against.
 #[derive(Debug)]

@@ -20,8 +20,8 @@ use std::{
 
 use tokio::{sync::Notify, time::Instant};
 
-use super::{UpstreamError, UpstreamSession};
-use crate::{config::UpstreamConfig, smtp::capabilities::Capabilities};
+use super::{Upstream, UpstreamError, UpstreamSession};
+use crate::smtp::capabilities::Capabilities;
 
 /// The last known extensions of the upstream and when they were seen.
 #[derive(Debug, Default)]
@@ -53,8 +53,7 @@ impl CapabilityCache {
     /// runs) and waits for it at most `wait`.
     pub async fn wait_for(
         self: &Arc<Self>,
-        config: &UpstreamConfig,
-        address: &str,
+        upstream: &Arc<Upstream>,
         hostname: &str,
         wait: Duration,
     ) -> Option<Capabilities> {
@@ -64,7 +63,7 @@ impl CapabilityCache {
         let learned = self.learned.notified();
         tokio::pin!(learned);
         learned.as_mut().enable();
-        self.start_probe(config, address, hostname);
+        self.start_probe(upstream, hostname);
         if let Some(known) = self.get() {
             return Some(known);
         }
@@ -73,14 +72,14 @@ impl CapabilityCache {
     }
 
     /// A probe in the background, unless one is under way.
-    fn start_probe(self: &Arc<Self>, config: &UpstreamConfig, address: &str, hostname: &str) {
+    fn start_probe(self: &Arc<Self>, upstream: &Arc<Upstream>, hostname: &str) {
         if self.probing.swap(true, Ordering::SeqCst) {
             return;
         }
-        let (cache, config) = (self.clone(), config.clone());
-        let (address, hostname) = (address.to_string(), hostname.to_string());
+        let (cache, upstream) = (self.clone(), upstream.clone());
+        let hostname = hostname.to_string();
         tokio::spawn(async move {
-            if let Err(error) = cache.probe(&config, &address, &hostname).await {
+            if let Err(error) = cache.probe(&upstream, &hostname).await {
                 tracing::warn!(%error, "upstream capability probe failed");
             }
             cache.probing.store(false, Ordering::SeqCst);
@@ -100,11 +99,10 @@ impl CapabilityCache {
     /// Opens a session without a client, reads the EHLO reply, and quits.
     pub async fn probe(
         &self,
-        config: &UpstreamConfig,
-        address: &str,
+        upstream: &Arc<Upstream>,
         hostname: &str,
     ) -> Result<Capabilities, UpstreamError> {
-        let session = UpstreamSession::open(config, address, hostname, None).await?;
+        let session = UpstreamSession::open(upstream, hostname, None).await?;
         let capabilities = session.capabilities().clone();
         self.update(&capabilities);
         session.quit().await;

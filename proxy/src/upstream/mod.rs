@@ -9,107 +9,53 @@
 
 pub mod capability_cache;
 pub mod client_address;
+mod error;
 pub mod pool;
 
-use std::{io, time::Duration};
+use std::{io, sync::Arc, time::Duration};
 
 use tokio::{net::TcpStream, time::Instant};
 
 use crate::{
     config::{ClientAddressMode, TlsMode, UpstreamConfig},
-    connection::{Connection, ReadError},
+    connection::Connection,
     smtp::{
-        EnhancedCode, Reply,
+        Reply,
         capabilities::{Capabilities, Extension},
         line::NextLine,
         reply::{ReplyError, ReplyParser},
     },
-    tls::MaybeTls,
+    tls::{MaybeTls, client::UpstreamTls},
 };
 pub use client_address::ClientInfo;
+pub use error::{Step, UpstreamError};
+use error::{on_client, read_error, write_error};
+
+/// The upstream as every session reaches it: where, how (its configuration), and the
+/// TLS connector start-up built for it.
+#[derive(Debug)]
+pub struct Upstream {
+    /// `host:port` (the development upstream's address if that is used).
+    pub address: String,
+    /// `[upstream]`.
+    pub config: UpstreamConfig,
+    /// `None` unless `upstream.tls` asks for TLS.
+    tls: Option<UpstreamTls>,
+}
+
+impl Upstream {
+    /// The upstream at `address`; `tls` is the connector `config.tls` asks for.
+    pub fn new(address: String, config: UpstreamConfig, tls: Option<UpstreamTls>) -> Self {
+        Self {
+            address,
+            config,
+            tls,
+        }
+    }
+}
 
 /// The longest reply line we read from an upstream (RFC 5321 says 512; be generous).
 const REPLY_LINE_LIMIT: usize = 4096;
-
-/// The step of the upstream session that failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    /// TCP connect (and the PROXY header).
-    Connect,
-    /// Waiting for the 220 greeting.
-    Greeting,
-    /// EHLO or HELO.
-    Ehlo,
-    /// XCLIENT and the greeting that follows it.
-    Xclient,
-    /// STARTTLS and the TLS handshake.
-    Tls,
-    /// An envelope or session command (MAIL, RCPT, RSET, VRFY, EXPN, DATA).
-    Command,
-    /// Sending message data.
-    Data,
-    /// Waiting for the reply to the final dot.
-    DataEnd,
-}
-
-/// Why the upstream session cannot go on.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    /// TCP connect or name resolution failed.
-    #[error("cannot connect to the upstream: {0}")]
-    Connect(io::Error),
-    /// No answer in time.
-    #[error("upstream timed out at {0:?}")]
-    Timeout(Stage),
-    /// The upstream closed the connection.
-    #[error("upstream closed the connection at {0:?}")]
-    Closed(Stage),
-    /// A socket error.
-    #[error("upstream I/O error at {0:?}: {1}")]
-    Io(Stage, io::Error),
-    /// The upstream's reply could not be parsed.
-    #[error("upstream sent a malformed reply at {0:?}: {1}")]
-    Protocol(Stage, ReplyError),
-    /// The upstream refused the session before any transaction (greeting, EHLO, XCLIENT).
-    #[error("upstream refused the session at {0:?}: {1}")]
-    Refused(Stage, Reply),
-    /// The TLS handshake with the upstream failed (certificate, protocol).
-    #[error("TLS with the upstream failed: {0}")]
-    Tls(io::Error),
-    /// `upstream.tls = "starttls"` but the upstream does not offer STARTTLS.
-    #[error("upstream does not offer STARTTLS")]
-    StarttlsNotOffered,
-    /// The upstream sent more after its 220 to STARTTLS: a plaintext injection.
-    #[error("upstream sent data after its STARTTLS reply; refusing to go on")]
-    TlsInjection,
-    /// The upstream answered with a code its command cannot have: a 2xx to DATA (it
-    /// would read as the message's acceptance before it was sent), a 3xx to MAIL, RCPT
-    /// or RSET, or to the final dot.
-    #[error("upstream sent an impossible reply at {0:?}: {1}")]
-    Unexpected(Stage, Reply),
-    /// XCLIENT is configured but the upstream does not offer it to us.
-    #[error("upstream does not offer XCLIENT to this proxy (check smtpd_authorized_xclient_hosts)")]
-    XclientNotOffered,
-    /// The upstream refused the client's own HELO/EHLO name: its verdict on the client,
-    /// relayed to the client as it is.
-    #[error("upstream refused the client's greeting: {0}")]
-    GreetingRefused(Reply),
-}
-
-impl UpstreamError {
-    /// True if the upstream is still in step after this error (it answered, just not
-    /// as hoped), so the session can be ended with QUIT rather than dropped.
-    pub fn leaves_session_usable(&self) -> bool {
-        matches!(
-            self,
-            UpstreamError::Refused(..)
-                | UpstreamError::GreetingRefused(_)
-                | UpstreamError::StarttlsNotOffered
-                | UpstreamError::XclientNotOffered
-                | UpstreamError::Unexpected(Stage::Command, _)
-        )
-    }
-}
 
 /// A HELO or EHLO as sent upstream: the name, and whether it was EHLO.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,58 +66,12 @@ pub struct Greeting {
     pub esmtp: bool,
 }
 
-impl UpstreamError {
-    /// What the client is told: always a transient failure, so nothing is lost.
-    pub fn reply(&self) -> Reply {
-        let text = match self {
-            UpstreamError::GreetingRefused(reply) => return reply.clone(),
-            UpstreamError::Timeout(_) => "Upstream server timed out, try again later",
-            UpstreamError::Closed(_) | UpstreamError::Io(..) => {
-                "Upstream connection lost, try again later"
-            }
-            _ => "Upstream server unavailable, try again later",
-        };
-        Reply::new(451, EnhancedCode::new(4, 4, 1), text)
-    }
-}
-
-/// A refusal (4xx or 5xx) of the client's own greeting is the upstream's verdict on
-/// the client. A 421 is the upstream closing, not a verdict: it stays an upstream
-/// failure (451 4.4.1), since relaying it would end the client's session for a reply
-/// to a command the client did not send.
-fn on_client(error: UpstreamError) -> UpstreamError {
-    match error {
-        UpstreamError::Refused(Stage::Ehlo, reply)
-            if matches!(reply.code(), 400..=599) && reply.code() != 421 =>
-        {
-            UpstreamError::GreetingRefused(reply)
-        }
-        other => other,
-    }
-}
-
-fn read_error(stage: Stage, error: ReadError) -> UpstreamError {
-    match error {
-        ReadError::Closed => UpstreamError::Closed(stage),
-        ReadError::Timeout => UpstreamError::Timeout(stage),
-        ReadError::Io(error) => UpstreamError::Io(stage, error),
-    }
-}
-
-fn write_error(stage: Stage, error: io::Error) -> UpstreamError {
-    if error.kind() == io::ErrorKind::TimedOut {
-        UpstreamError::Timeout(stage)
-    } else {
-        UpstreamError::Io(stage, error)
-    }
-}
-
 /// An open SMTP session with the upstream, past greeting, EHLO and XCLIENT.
 #[derive(Debug)]
 pub struct UpstreamSession {
     connection: Connection<MaybeTls<TcpStream>>,
     capabilities: Capabilities,
-    config: UpstreamConfig,
+    upstream: Arc<Upstream>,
     /// Client sessions served so far (more than one with `[upstream.reuse]`).
     uses: usize,
     /// The upstream was told who the client is (XCLIENT, PROXY): never reused.
@@ -182,26 +82,27 @@ pub struct UpstreamSession {
 }
 
 impl UpstreamSession {
-    /// Connects to `address` and runs the handshake for `client`, greeting the
+    /// Connects to the upstream and runs the handshake for `client`, greeting the
     /// upstream as the client greeted the proxy (see [`UpstreamSession::handshake_for`]).
     /// A session the upstream refuses is ended with QUIT.
     pub async fn open(
-        config: &UpstreamConfig,
-        address: &str,
+        upstream: &Arc<Upstream>,
         hostname: &str,
         client: Option<&ClientInfo>,
     ) -> Result<Self, UpstreamError> {
+        let config = &upstream.config;
         let timeouts = &config.timeouts;
-        let stream = tokio::time::timeout(timeouts.connect, TcpStream::connect(address))
+        let connect = TcpStream::connect(upstream.address.as_str());
+        let stream = tokio::time::timeout(timeouts.connect, connect)
             .await
-            .map_err(|_| UpstreamError::Timeout(Stage::Connect))?
+            .map_err(|_| UpstreamError::Timeout(Step::Connect))?
             .map_err(UpstreamError::Connect)?;
         stream.set_nodelay(true).map_err(UpstreamError::Connect)?;
         let endpoints = (stream.local_addr(), stream.peer_addr());
         let mut session = UpstreamSession {
             connection: Connection::new(MaybeTls::Plain(stream)),
             capabilities: Capabilities::default(),
-            config: config.clone(),
+            upstream: upstream.clone(),
             uses: 1,
             identified: client.is_some() && config.client_address != ClientAddressMode::None,
             greeted: None,
@@ -216,13 +117,13 @@ impl UpstreamSession {
                 .connection
                 .write_all(&header, deadline)
                 .await
-                .map_err(|error| write_error(Stage::Connect, error))?;
+                .map_err(|error| write_error(Step::Connect, error))?;
         }
         if config.tls.mode == TlsMode::Implicit {
             session.handshake().await?;
         }
         session
-            .expect(Stage::Greeting, timeouts.greeting, 220)
+            .expect(Step::Greeting, timeouts.greeting, 220)
             .await?;
         match session.handshake_for(hostname, client).await {
             Ok(()) => Ok(session),
@@ -246,8 +147,8 @@ impl UpstreamSession {
         hostname: &str,
         client: Option<&ClientInfo>,
     ) -> Result<(), UpstreamError> {
-        let xclient = self.config.client_address == ClientAddressMode::Xclient;
-        let starttls = self.config.tls.mode == TlsMode::Starttls;
+        let xclient = self.upstream.config.client_address == ClientAddressMode::Xclient;
+        let starttls = self.upstream.config.tls.mode == TlsMode::Starttls;
         let client_greeting = client.and_then(ClientInfo::greeting);
         // Greeting as the client did from the start, HELO included (a later HELO would
         // not undo an EHLO's ESMTP in Postfix's records), unless the proxy needs EHLO's
@@ -312,10 +213,10 @@ impl UpstreamSession {
             return Err(UpstreamError::StarttlsNotOffered);
         }
         let reply = self
-            .command(Stage::Tls, "STARTTLS", self.config.timeouts.command)
+            .command(Step::Tls, "STARTTLS", self.upstream.config.timeouts.command)
             .await?;
         if reply.code() != 220 {
-            return Err(UpstreamError::Refused(Stage::Tls, reply));
+            return Err(UpstreamError::Refused(Step::Tls, reply));
         }
         if !self.connection.input.pending().is_empty() {
             return Err(UpstreamError::TlsInjection);
@@ -325,20 +226,23 @@ impl UpstreamSession {
 
     /// The client handshake on the plaintext connection.
     async fn handshake(&mut self) -> Result<(), UpstreamError> {
-        let connector =
-            self.config.tls.connector.clone().ok_or_else(|| {
-                UpstreamError::Tls(io::Error::other("no TLS connector configured"))
-            })?;
+        let upstream = self.upstream.clone();
+        let connector = upstream
+            .tls
+            .as_ref()
+            .ok_or_else(|| UpstreamError::Tls(io::Error::other("no TLS connector configured")))?;
         let stream = self
             .connection
             .stream_mut()
             .take_plain()
             .ok_or_else(|| UpstreamError::Tls(io::Error::other("already encrypted")))?;
-        let encrypted =
-            tokio::time::timeout(self.config.timeouts.connect, connector.connect(stream))
-                .await
-                .map_err(|_| UpstreamError::Timeout(Stage::Tls))?
-                .map_err(UpstreamError::Tls)?;
+        let encrypted = tokio::time::timeout(
+            self.upstream.config.timeouts.connect,
+            connector.connect(stream),
+        )
+        .await
+        .map_err(|_| UpstreamError::Timeout(Step::Tls))?
+        .map_err(UpstreamError::Tls)?;
         *self.connection.stream_mut() = MaybeTls::Tls(Box::new(encrypted));
         Ok(())
     }
@@ -373,7 +277,7 @@ impl UpstreamSession {
         local: std::net::SocketAddr,
         peer: std::net::SocketAddr,
     ) -> Option<Vec<u8>> {
-        Some(match (self.config.client_address, client) {
+        Some(match (self.upstream.config.client_address, client) {
             (ClientAddressMode::ProxyV1, Some(client)) => client_address::proxy_v1_header(client),
             (ClientAddressMode::ProxyV1, None) => client_address::proxy_v1_line(local, peer),
             (ClientAddressMode::ProxyV2, Some(client)) => client_address::proxy_v2_header(client),
@@ -386,11 +290,11 @@ impl UpstreamSession {
     /// `greeting` says. A refusal of a name that is not the proxy's own is the
     /// upstream's verdict on the client.
     async fn greet(&mut self, greeting: &Greeting) -> Result<(), UpstreamError> {
-        let timeout = self.config.timeouts.command;
+        let timeout = self.upstream.config.timeouts.command;
         let name = &greeting.name;
         if greeting.esmtp {
             let reply = self
-                .command(Stage::Ehlo, &format!("EHLO {name}"), timeout)
+                .command(Step::Ehlo, &format!("EHLO {name}"), timeout)
                 .await?;
             if reply.is_positive() {
                 self.capabilities = Capabilities::from_ehlo(&reply);
@@ -400,14 +304,14 @@ impl UpstreamSession {
             // 500/502: EHLO unknown there (RFC 5321 §4.1.1.1); anything else is a
             // refusal of the name, which HELO would only repeat.
             if !matches!(reply.code(), 500 | 502) {
-                return Err(UpstreamError::Refused(Stage::Ehlo, reply));
+                return Err(UpstreamError::Refused(Step::Ehlo, reply));
             }
         }
         let reply = self
-            .command(Stage::Ehlo, &format!("HELO {name}"), timeout)
+            .command(Step::Ehlo, &format!("HELO {name}"), timeout)
             .await?;
         if !reply.is_positive() {
-            return Err(UpstreamError::Refused(Stage::Ehlo, reply));
+            return Err(UpstreamError::Refused(Step::Ehlo, reply));
         }
         self.capabilities = Capabilities::default();
         self.greeted = Some(greeting.clone());
@@ -425,10 +329,14 @@ impl UpstreamSession {
         }
         for command in commands {
             let reply = self
-                .command(Stage::Xclient, &command, self.config.timeouts.command)
+                .command(
+                    Step::Xclient,
+                    &command,
+                    self.upstream.config.timeouts.command,
+                )
                 .await?;
             if reply.code() != 220 {
-                return Err(UpstreamError::Refused(Stage::Xclient, reply));
+                return Err(UpstreamError::Refused(Step::Xclient, reply));
             }
         }
         self.greeted = None;
@@ -437,7 +345,7 @@ impl UpstreamSession {
 
     async fn expect(
         &mut self,
-        stage: Stage,
+        stage: Step,
         timeout: Duration,
         code: u16,
     ) -> Result<Reply, UpstreamError> {
@@ -451,7 +359,7 @@ impl UpstreamSession {
     /// Sends one command line and returns the upstream's reply.
     pub async fn command(
         &mut self,
-        stage: Stage,
+        stage: Step,
         line: &str,
         timeout: Duration,
     ) -> Result<Reply, UpstreamError> {
@@ -462,10 +370,10 @@ impl UpstreamSession {
     /// Sends DATA. The reply is 354 (send the message) or a refusal (4xx, 5xx); any
     /// other is an error, so no caller can mistake it for the message's fate.
     pub async fn start_data(&mut self, timeout: Duration) -> Result<Reply, UpstreamError> {
-        let reply = self.command(Stage::Command, "DATA", timeout).await?;
+        let reply = self.command(Step::Command, "DATA", timeout).await?;
         match reply.code() {
             354 | 400..=599 => Ok(reply),
-            _ => Err(UpstreamError::Unexpected(Stage::Command, reply)),
+            _ => Err(UpstreamError::Unexpected(Step::Command, reply)),
         }
     }
 
@@ -475,7 +383,7 @@ impl UpstreamSession {
     /// within `timeout`.
     pub async fn pipeline(
         &mut self,
-        stage: Stage,
+        stage: Step,
         lines: &[String],
         timeout: Duration,
     ) -> Result<Vec<Reply>, UpstreamError> {
@@ -501,12 +409,12 @@ impl UpstreamSession {
         lines: &[String],
         timeout: Duration,
     ) -> Result<Vec<Reply>, UpstreamError> {
-        let replies = self.pipeline(Stage::Command, lines, timeout).await?;
+        let replies = self.pipeline(Step::Command, lines, timeout).await?;
         match replies
             .iter()
             .find(|reply| !matches!(reply.code() / 100, 2 | 4 | 5))
         {
-            Some(reply) => Err(UpstreamError::Unexpected(Stage::Command, reply.clone())),
+            Some(reply) => Err(UpstreamError::Unexpected(Step::Command, reply.clone())),
             None => Ok(replies),
         }
     }
@@ -514,7 +422,7 @@ impl UpstreamSession {
     /// Writes `lines` at once, then reads one reply for each into `replies`.
     async fn send_group(
         &mut self,
-        stage: Stage,
+        stage: Step,
         lines: &[String],
         replies: &mut Vec<Reply>,
         timeout: Duration,
@@ -537,36 +445,35 @@ impl UpstreamSession {
 
     /// Writes already dot-stuffed message data.
     pub async fn write_data(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
-        let deadline = Instant::now() + self.config.timeouts.data_block;
+        let deadline = Instant::now() + self.upstream.config.timeouts.data_block;
         self.connection
             .write_all(bytes, deadline)
             .await
-            .map_err(|error| write_error(Stage::Data, error))
+            .map_err(|error| write_error(Step::Data, error))
     }
 
     /// Reads the reply to the final dot: 2xx, 4xx or 5xx. Any other is an error (the
     /// upstream's state is unknown, so its session must not carry another message).
     pub async fn read_data_reply(&mut self) -> Result<Reply, UpstreamError> {
         let reply = self
-            .read_reply(Stage::DataEnd, self.config.timeouts.data_termination)
+            .read_reply(
+                Step::DataEnd,
+                self.upstream.config.timeouts.data_termination,
+            )
             .await?;
         match reply.code() {
             200..=299 | 400..=599 => Ok(reply),
-            _ => Err(UpstreamError::Unexpected(Stage::DataEnd, reply)),
+            _ => Err(UpstreamError::Unexpected(Step::DataEnd, reply)),
         }
     }
 
-    async fn read_reply(
-        &mut self,
-        stage: Stage,
-        timeout: Duration,
-    ) -> Result<Reply, UpstreamError> {
+    async fn read_reply(&mut self, stage: Step, timeout: Duration) -> Result<Reply, UpstreamError> {
         self.read_reply_until(stage, Instant::now() + timeout).await
     }
 
     async fn read_reply_until(
         &mut self,
-        stage: Stage,
+        stage: Step,
         deadline: Instant,
     ) -> Result<Reply, UpstreamError> {
         let mut parser = ReplyParser::default();
@@ -588,8 +495,13 @@ impl UpstreamSession {
 
     /// Ends the session politely: QUIT, a short wait for 221, close.
     pub async fn quit(mut self) {
-        let timeout = self.config.timeouts.command.min(Duration::from_secs(10));
-        let _ = self.command(Stage::Command, "QUIT", timeout).await;
+        let timeout = self
+            .upstream
+            .config
+            .timeouts
+            .command
+            .min(Duration::from_secs(10));
+        let _ = self.command(Step::Command, "QUIT", timeout).await;
         self.connection.shutdown().await;
     }
 }

@@ -1,0 +1,200 @@
+//! The stage runner: one loop for every stage, the check of each plugin's verdict, and
+//! the failure path (`on_error`).
+
+use std::{future::Future, pin::Pin};
+
+use tracing::{debug, info, warn};
+
+use super::{
+    Decision, SessionHooks,
+    verdict::{InvalidResult, describe, to_reply, validate},
+};
+use crate::{
+    config::OnError,
+    plugin_host::{PluginError, PluginInstance, abi},
+    smtp::replies,
+};
+
+/// The stage being dispatched, for logs and for which hook flag applies.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Stage {
+    Connect,
+    Helo,
+    Auth,
+    Mail,
+    Rcpt,
+    Data,
+    SessionEnd,
+}
+
+impl Stage {
+    pub(super) fn flag(self) -> abi::Hooks {
+        match self {
+            Stage::Connect => abi::Hooks::CONNECT,
+            Stage::Helo => abi::Hooks::HELO,
+            Stage::Auth => abi::Hooks::AUTH,
+            Stage::Mail => abi::Hooks::MAIL,
+            Stage::Rcpt => abi::Hooks::RCPT,
+            Stage::Data => abi::Hooks::DATA,
+            Stage::SessionEnd => abi::Hooks::SESSION_END,
+        }
+    }
+
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Stage::Connect => "connect",
+            Stage::Helo => "helo",
+            Stage::Auth => "auth",
+            Stage::Mail => "mail",
+            Stage::Rcpt => "rcpt",
+            Stage::Data => "data",
+            Stage::SessionEnd => "session-end",
+        }
+    }
+}
+
+/// One plugin call of a stage: its verdict and what else the hook returns (a rewrite,
+/// edits). Boxed, as the calls of all stages go through one runner.
+pub(super) type Call<'a, T> =
+    Pin<Box<dyn Future<Output = Result<(abi::Verdict, T), PluginError>> + Send + 'a>>;
+
+/// What one plugin call produced, before the chain interprets it.
+pub(super) enum Outcome<T> {
+    Verdict(abi::Verdict, T),
+    Failed(OnError),
+}
+
+impl SessionHooks {
+    /// Runs `stage` over the plugins that want it, in order: `call` asks one plugin,
+    /// given the stage's state as the plugins before it left it; `apply` checks and
+    /// applies what it changed (after `continue` or `accept` only); the first verdict
+    /// that is not `continue` decides. A failed call, or an invalid result, applies
+    /// the plugin's `on_error`.
+    pub(super) async fn run<S, T>(
+        &mut self,
+        stage: Stage,
+        state: &mut S,
+        mut call: impl for<'a> FnMut(&'a mut PluginInstance, &'a S) -> Call<'a, T>,
+        mut apply: impl FnMut(usize, &mut S, T, bool) -> Result<Option<String>, InvalidResult>,
+    ) -> Decision {
+        let mut decision = Decision::Continue;
+        for index in self.wanting(stage) {
+            let outcome = match self.instance(index).await {
+                Ok(instance) => call(instance, state).await,
+                Err(error) => Err(error),
+            };
+            let outcome = self.settle(index, stage, outcome);
+            let done = self.interpret(index, stage, outcome, &mut decision, |extra, tracing| {
+                apply(index, state, extra, tracing)
+            });
+            self.release(index);
+            if let Some(done) = done {
+                return done;
+            }
+        }
+        decision
+    }
+
+    /// Logs a failed call, drops that instance, and returns the plugin's policy.
+    pub(super) fn failed(&mut self, index: usize, stage: Stage, error: PluginError) -> OnError {
+        let plugin = &self.chain.plugins[index];
+        warn!(plugin = %plugin.name, hook = stage.name(), session = %self.session_id, %error, on_error = ?plugin.on_error, "plugin failed");
+        if let Some(backtrace) = error.backtrace() {
+            debug!(plugin = %plugin.name, hook = stage.name(), session = %self.session_id, "wasm backtrace:\n{backtrace}");
+        }
+        let policy = plugin.on_error;
+        self.instances[index] = None;
+        self.note(
+            index,
+            stage,
+            format!("failed ({error}); on_error = {policy:?}"),
+        );
+        policy
+    }
+
+    /// Applies one plugin's outcome to the stage. Returns the final decision when this
+    /// plugin ends the chain. `rewrite` applies the plugin's changes, or refuses them
+    /// as invalid, which counts as a failure of the plugin.
+    fn interpret<T>(
+        &mut self,
+        index: usize,
+        stage: Stage,
+        outcome: Outcome<T>,
+        decision: &mut Decision,
+        rewrite: impl FnOnce(T, bool) -> Result<Option<String>, InvalidResult>,
+    ) -> Option<Decision> {
+        let (verdict, extra) = match outcome {
+            Outcome::Failed(policy) => return policy_decision(policy),
+            Outcome::Verdict(verdict, extra) => (verdict, extra),
+        };
+        let changes = match verdict {
+            abi::Verdict::Continue | abi::Verdict::Accept => rewrite(extra, self.trace.is_some()),
+            _ => Ok(None),
+        };
+        match changes {
+            Ok(Some(changes)) => {
+                self.note(index, stage, format!("{}; {changes}", describe(&verdict)))
+            }
+            Ok(None) => self.note(index, stage, describe(&verdict)),
+            Err(reason) => {
+                self.note(index, stage, describe(&verdict));
+                let invalid = PluginError::Invalid(reason.to_string());
+                let policy = self.failed(index, stage, invalid);
+                return policy_decision(policy);
+            }
+        }
+        let plugin = &self.chain.plugins[index].name;
+        let decided = match verdict {
+            abi::Verdict::Continue => None,
+            abi::Verdict::Discard if matches!(stage, Stage::Data) => Some(Decision::Discard),
+            abi::Verdict::Discard => {
+                debug!(%plugin, hook = stage.name(), "discard outside DATA counts as continue");
+                None
+            }
+            abi::Verdict::Accept => {
+                *decision = Decision::Accept;
+                Some(Decision::Accept)
+            }
+            abi::Verdict::Reject(reply) | abi::Verdict::Tempfail(reply) => {
+                Some(Decision::Refuse(to_reply(reply)))
+            }
+            abi::Verdict::Disconnect(text) => Some(Decision::Disconnect(
+                replies::plugin_disconnect(text.as_deref()),
+            )),
+        };
+        if let Some(decided) = &decided {
+            info!(%plugin, hook = stage.name(), session = %self.session_id, decision = ?decided, "plugin decided");
+        }
+        decided
+    }
+
+    /// Indexes of the plugins that asked for this stage.
+    pub(super) fn wanting(&self, stage: Stage) -> Vec<usize> {
+        (0..self.chain.plugins.len())
+            .filter(|&i| self.chain.plugins[i].hooks.contains(stage.flag()))
+            .collect()
+    }
+
+    /// Turns a call result into an outcome, applying the failure path.
+    fn settle<T>(
+        &mut self,
+        index: usize,
+        stage: Stage,
+        result: Result<(abi::Verdict, T), PluginError>,
+    ) -> Outcome<T> {
+        match result.and_then(|(verdict, extra)| validate(&verdict).map(|()| (verdict, extra))) {
+            Ok((verdict, extra)) => Outcome::Verdict(verdict, extra),
+            Err(error) => Outcome::Failed(self.failed(index, stage, error)),
+        }
+    }
+}
+
+/// The stage's decision when a plugin failed, by its `on_error` policy (`None`:
+/// carry on with the next plugin).
+pub(super) fn policy_decision(policy: OnError) -> Option<Decision> {
+    match policy {
+        OnError::Continue => None,
+        OnError::Tempfail => Some(Decision::Refuse(replies::plugin_tempfail())),
+        OnError::Reject => Some(Decision::Refuse(replies::plugin_reject())),
+    }
+}
