@@ -11,13 +11,14 @@ pub mod capability_cache;
 pub mod client_address;
 mod error;
 pub mod pool;
+mod target;
 
 use std::{io, sync::Arc, time::Duration};
 
 use tokio::{net::TcpStream, time::Instant};
 
 use crate::{
-    config::{ClientAddressMode, TlsMode, UpstreamConfig},
+    config::{ClientAddressMode, TlsMode},
     connection::Connection,
     smtp::{
         Reply,
@@ -25,34 +26,12 @@ use crate::{
         line::NextLine,
         reply::{ReplyError, ReplyParser},
     },
-    tls::{MaybeTls, client::UpstreamTls},
+    tls::MaybeTls,
 };
 pub use client_address::ClientInfo;
 pub use error::{Step, UpstreamError};
 use error::{on_client, read_error, write_error};
-
-/// The upstream as every session reaches it: where, how (its configuration), and the
-/// TLS connector start-up built for it.
-#[derive(Debug)]
-pub struct Upstream {
-    /// `host:port` (the development upstream's address if that is used).
-    pub address: String,
-    /// `[upstream]`.
-    pub config: UpstreamConfig,
-    /// `None` unless `upstream.tls` asks for TLS.
-    tls: Option<UpstreamTls>,
-}
-
-impl Upstream {
-    /// The upstream at `address`; `tls` is the connector `config.tls` asks for.
-    pub fn new(address: String, config: UpstreamConfig, tls: Option<UpstreamTls>) -> Self {
-        Self {
-            address,
-            config,
-            tls,
-        }
-    }
-}
+pub use target::Upstream;
 
 /// The longest reply line we read from an upstream (RFC 5321 says 512; be generous).
 const REPLY_LINE_LIMIT: usize = 4096;
