@@ -16,13 +16,13 @@ use crate::smtp::{
 
 /// How many bytes to make room for before each read. Small while idle (10,000 idle
 /// sessions must stay cheap), large while a message streams.
-pub const SMALL_READ: usize = 4 * 1024;
+pub(crate) const SMALL_READ: usize = 4 * 1024;
 /// Room made before each read during DATA.
-pub const LARGE_READ: usize = 64 * 1024;
+pub(crate) const LARGE_READ: usize = 64 * 1024;
 
 /// Why reading from the peer stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum ReadError {
+pub(crate) enum ReadError {
     /// The peer closed the connection.
     #[error("connection closed by peer")]
     Closed,
@@ -36,7 +36,7 @@ pub enum ReadError {
 
 /// A stream with an input line buffer and an output queue.
 #[derive(Debug)]
-pub struct Connection<S> {
+pub(crate) struct Connection<S> {
     stream: S,
     /// Bytes read and not consumed yet.
     pub input: LineBuffer,
@@ -45,7 +45,7 @@ pub struct Connection<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Wraps a connected stream.
-    pub fn new(stream: S) -> Self {
+    pub(crate) fn new(stream: S) -> Self {
         Self {
             stream,
             input: LineBuffer::default(),
@@ -54,7 +54,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// Reads once into the input buffer, waiting at most until `deadline`.
-    pub async fn fill(&mut self, room: usize, deadline: Instant) -> Result<usize, ReadError> {
+    pub(crate) async fn fill(
+        &mut self,
+        room: usize,
+        deadline: Instant,
+    ) -> Result<usize, ReadError> {
         let target = self.input.read_target(room);
         match timeout_at(deadline, self.stream.read_buf(target)).await {
             Err(_) => Err(ReadError::Timeout),
@@ -65,7 +69,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// The next line, reading as needed; the whole line must arrive before `deadline`.
-    pub async fn read_line(
+    pub(crate) async fn read_line(
         &mut self,
         limit: usize,
         deadline: Instant,
@@ -79,17 +83,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// Queues a reply; it is sent by the next [`Connection::flush`].
-    pub fn queue_reply(&mut self, reply: &Reply) {
+    pub(crate) fn queue_reply(&mut self, reply: &Reply) {
         reply.render_into(&mut self.output);
     }
 
     /// Queues raw bytes.
-    pub fn queue(&mut self, bytes: &[u8]) {
+    pub(crate) fn queue(&mut self, bytes: &[u8]) {
         self.output.extend_from_slice(bytes);
     }
 
     /// Writes everything queued, waiting at most until `deadline`.
-    pub async fn flush(&mut self, deadline: Instant) -> io::Result<()> {
+    pub(crate) async fn flush(&mut self, deadline: Instant) -> io::Result<()> {
         if self.output.is_empty() {
             return Ok(());
         }
@@ -105,7 +109,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// Writes `bytes` directly, bypassing the queue (for message data already framed).
-    pub async fn write_all(&mut self, bytes: &[u8], deadline: Instant) -> io::Result<()> {
+    pub(crate) async fn write_all(&mut self, bytes: &[u8], deadline: Instant) -> io::Result<()> {
         match timeout_at(deadline, self.stream.write_all(bytes)).await {
             Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),
             Ok(result) => result,
@@ -113,17 +117,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// Shuts the write side down (best effort).
-    pub async fn shutdown(&mut self) {
+    pub(crate) async fn shutdown(&mut self) {
         let _ = self.stream.shutdown().await;
     }
 
     /// The underlying stream.
-    pub fn stream(&self) -> &S {
+    pub(crate) fn stream(&self) -> &S {
         &self.stream
     }
 
     /// The underlying stream, to replace it (STARTTLS).
-    pub fn stream_mut(&mut self) -> &mut S {
+    pub(crate) fn stream_mut(&mut self) -> &mut S {
         &mut self.stream
     }
 }

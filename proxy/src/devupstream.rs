@@ -32,7 +32,7 @@ const TIMEOUT: Duration = Duration::from_secs(300);
 const MAX_SIZE: u64 = 1 << 30;
 
 /// Starts the development upstream; returns the address it listens on.
-pub async fn start(
+pub(crate) async fn start(
     folder: PathBuf,
     hostname: &str,
     stop: CancellationToken,

@@ -1,14 +1,14 @@
 //! Portcullis: an SMTP proxy that stands in front of an existing MTA and relays every
 //! session to it in lock step.
 //!
-//! [`server`] runs what [`startup`] prepared: [`listener`] admits connections, and a
-//! [`session`] (the only place that decides) drives each one — the protocol as data in
-//! [`smtp`] (no I/O), the client side of the relay in [`upstream`], AUTH at the edge in
+//! `server` runs what [`startup`] prepared: `listener` admits connections, and a
+//! `session` (the only place that decides) drives each one — the protocol as data in
+//! [`smtp`] (no I/O), the client side of the relay in `upstream`, AUTH at the edge in
 //! [`auth`], the plugin chains in [`hooks`], which run [`plugin_host`] (wasmtime, the
 //! only module naming it). [`message`] is the spooled message of the DATA hook and its
 //! edits; [`replay`] runs a chain offline; [`config`] is the validated configuration,
-//! plain data; [`connection`] is the shared bytes ↔ lines plumbing; [`dns`] the resolver
-//! that plugins and the client-name lookup share; [`devupstream`] is the built-in
+//! plain data; `connection` is the shared bytes ↔ lines plumbing; [`dns`] the resolver
+//! that plugins and the client-name lookup share; `devupstream` is the built-in
 //! development upstream for trying things out.
 //!
 //! Dependencies point one way. Each module imports only from those listed after it
@@ -35,26 +35,29 @@
 //! - `smtp` →
 
 #![forbid(unsafe_code)]
+// The library's API is what the binary, the benchmarks, the fuzz targets and the
+// integration tests use; everything else is `pub(crate)`, and this lint keeps it so.
+#![warn(unreachable_pub)]
 
 pub mod auth;
 mod client_limits;
 pub mod config;
-pub mod connection;
-pub mod devupstream;
+mod connection;
+mod devupstream;
 pub mod dns;
 pub mod hooks;
 pub mod kv;
-pub mod listener;
+mod listener;
 mod log_limit;
 pub mod message;
 pub mod plugin_host;
 pub mod replay;
-pub mod server;
-pub mod session;
+mod server;
+mod session;
 pub mod smtp;
 pub mod startup;
 pub mod tls;
-pub mod upstream;
+mod upstream;
 
 pub use config::Config;
 pub use server::run;

@@ -28,11 +28,11 @@ const IDLE: Duration = Duration::from_secs(5);
 /// No turn came within the wait allowed: 454 4.7.0, try again later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("no turn to check the credentials within {0:?}")]
-pub struct Busy(pub Duration);
+pub(crate) struct Busy(pub Duration);
 
 /// The checking threads and the turns to use them.
 #[derive(Debug)]
-pub struct PasswordChecks {
+pub(crate) struct PasswordChecks {
     threads: usize,
     /// One permit per thread.
     permits: Arc<Semaphore>,
@@ -51,7 +51,7 @@ struct ClientQueue {
 
 /// A turn to check credentials: one of the threads, and this address's one check.
 #[derive(Debug)]
-pub struct Turn {
+pub(crate) struct Turn {
     // Fields drop in this order: the address's permit before its queue entry.
     _thread: OwnedSemaphorePermit,
     _client: OwnedSemaphorePermit,
@@ -81,7 +81,7 @@ impl Drop for QueueEntry {
 impl PasswordChecks {
     /// `threads` checks at once (0: one per CPU core); a turn is waited for at most
     /// `timeout`.
-    pub fn new(threads: usize, timeout: Duration) -> Self {
+    pub(crate) fn new(threads: usize, timeout: Duration) -> Self {
         let threads = match threads {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
@@ -95,13 +95,8 @@ impl PasswordChecks {
         }
     }
 
-    /// How many checks run at once.
-    pub fn threads(&self) -> usize {
-        self.threads
-    }
-
     /// Waits for `address`'s turn, then for a free thread, within the timeout.
-    pub async fn turn(&self, address: IpAddr) -> Result<Turn, Busy> {
+    pub(crate) async fn turn(&self, address: IpAddr) -> Result<Turn, Busy> {
         let (queue, turn) = {
             let mut clients = self.clients.lock().expect("lock poisoned");
             let queue = clients.entry(address).or_insert_with(|| ClientQueue {
@@ -134,7 +129,7 @@ impl PasswordChecks {
     /// Runs `check` on a checking thread with that thread's working memory. The
     /// turn is held until the check is done, whether or not anyone still waits for
     /// its result (`None` if the thread died).
-    pub async fn run<T: Send + 'static>(
+    pub(crate) async fn run<T: Send + 'static>(
         &self,
         turn: Turn,
         check: impl FnOnce(&mut Scratch) -> T + Send + 'static,

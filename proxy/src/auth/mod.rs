@@ -6,11 +6,11 @@
 //!
 //! Passwords only ever live in a [`Secret`], which never prints its content.
 
-pub mod checks;
+pub(crate) mod checks;
 pub mod credentials;
 pub mod sasl;
 pub mod sender_logins;
-pub mod throttle;
+pub(crate) mod throttle;
 
 pub use crate::smtp::Mechanism;
 

@@ -16,14 +16,14 @@ use crate::{config::ThrottleConfig, kv::KvStore};
 
 /// The throttle of one proxy.
 #[derive(Debug, Clone)]
-pub struct AuthThrottle {
+pub(crate) struct AuthThrottle {
     counts: Arc<KvStore>,
     config: ThrottleConfig,
 }
 
 /// What the throttle says about one more failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AfterFailure {
+pub(crate) enum AfterFailure {
     /// Wait this long, then answer 535.
     Delay(Duration),
     /// The limit is reached: 421 4.7.0 and close.
@@ -32,7 +32,7 @@ pub enum AfterFailure {
 
 /// Why an attempt may not be checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
+pub(crate) enum Refused {
     /// The address has used up its failures (in flight ones included): 421 4.7.0.
     #[error("too many failed AUTH attempts from this address")]
     Blocked,
@@ -43,7 +43,7 @@ pub enum Refused {
 
 impl AuthThrottle {
     /// A throttle with its own store, sized by `config.max_clients`.
-    pub fn new(config: ThrottleConfig) -> Self {
+    pub(crate) fn new(config: ThrottleConfig) -> Self {
         let room =
             std::num::NonZeroUsize::new(config.max_clients).unwrap_or(std::num::NonZeroUsize::MIN);
         Self {
@@ -64,13 +64,13 @@ impl AuthThrottle {
     }
 
     /// True if this address may not try again now.
-    pub fn is_blocked(&self, address: IpAddr) -> bool {
+    pub(crate) fn is_blocked(&self, address: IpAddr) -> bool {
         self.count(address) >= i64::from(self.config.max_failures)
     }
 
     /// Counts an attempt from `address` as a failure until it is settled; an error if
     /// it may not be checked at all.
-    pub fn reserve(&self, address: IpAddr) -> Result<Reservation, Refused> {
+    pub(crate) fn reserve(&self, address: IpAddr) -> Result<Reservation, Refused> {
         let key = Self::key(address);
         let window = u64::try_from(self.config.window.as_millis()).unwrap_or(u64::MAX);
         let number = self
@@ -101,7 +101,7 @@ impl AuthThrottle {
 /// without being settled (the verifier could not decide, the client left before a
 /// check) it is given back.
 #[derive(Debug)]
-pub struct Reservation {
+pub(crate) struct Reservation {
     throttle: AuthThrottle,
     key: String,
     /// This attempt's place in the address's count.
@@ -111,13 +111,13 @@ pub struct Reservation {
 
 impl Reservation {
     /// The credentials were right: the attempt is not a failure.
-    pub fn succeeded(mut self) {
+    pub(crate) fn succeeded(mut self) {
         self.settled = true;
         self.throttle.give_back(&self.key);
     }
 
     /// The credentials were wrong: the count keeps it; what to answer.
-    pub fn failed(mut self) -> AfterFailure {
+    pub(crate) fn failed(mut self) -> AfterFailure {
         self.settled = true;
         let config = &self.throttle.config;
         if self.number >= i64::from(config.max_failures) {

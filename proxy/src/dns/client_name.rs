@@ -134,7 +134,7 @@ fn address(data: &RData) -> Option<IpAddr> {
 /// hyphens and underscores, not starting or ending with a hyphen; not all digits and
 /// dots (that is an address, not a name). XCLIENT NAME gets a 501 from Postfix for
 /// anything else, which would fail every session of that client.
-pub fn is_valid_host_name(name: &str) -> bool {
+pub(super) fn is_valid_host_name(name: &str) -> bool {
     let label_ok = |label: &str| {
         (1..=MAX_LABEL).contains(&label.len())
             && !label.starts_with('-')

@@ -20,7 +20,7 @@ use crate::{
 
 /// The two phases of a graceful shutdown.
 #[derive(Debug, Clone, Default)]
-pub struct Shutdown {
+pub(crate) struct Shutdown {
     /// Stop accepting; idle sessions close with 421, transactions may finish.
     pub stopping: CancellationToken,
     /// The drain time is over: every session closes with 421 now.
@@ -29,7 +29,7 @@ pub struct Shutdown {
 
 /// What all sessions share.
 #[derive(Debug)]
-pub struct SessionContext {
+pub(crate) struct SessionContext {
     /// The validated configuration.
     pub config: Arc<Config>,
     /// The upstream, and the TLS connector for it.

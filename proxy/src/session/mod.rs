@@ -5,19 +5,19 @@
 //! is generic over its stream (wrapped in [`MaybeTls`] so STARTTLS can encrypt it in
 //! place), so unit tests drive it over `tokio::io::duplex`. STARTTLS and implicit TLS
 //! are in `tls.rs`, AUTH in `auth.rs`. Plugins are asked through `hooks` at connect
-//! ([`Session::run`]), HELO (`helo`), AUTH (`auth.rs`), MAIL and RCPT
-//! (`transaction.rs`) and DATA (`data.rs` streams when no plugin wants the message,
-//! `spooled.rs` spools it for them).
+//! ([`Session::run`]), HELO (`greeting.rs`), AUTH (`auth.rs`), MAIL and RCPT
+//! (`transaction.rs`) and DATA (`data_streamed.rs` streams the message when no plugin
+//! wants it, `data_spooled.rs` spools it for them).
 
 mod auth;
 mod context;
-mod data;
+mod data_spooled;
+mod data_streamed;
 mod greeting;
 mod link;
 mod names;
 mod plugins;
-mod spooled;
-pub mod state;
+pub(crate) mod state;
 mod tls;
 mod transaction;
 mod verify;
@@ -41,9 +41,9 @@ use crate::{
     upstream::{Step, UpstreamError, UpstreamSession},
 };
 use context::next_session_id;
-pub use context::{ListenerContext, SessionContext, Shutdown};
+pub(crate) use context::{ListenerContext, SessionContext, Shutdown};
 use link::UpstreamLink;
-pub use state::{Envelope, Peer, Transaction};
+pub(crate) use state::{Envelope, Peer, Transaction};
 
 /// The longest a session's close (TLS close_notify, FIN) may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -56,7 +56,7 @@ enum Flow {
 }
 
 /// One client connection.
-pub struct Session<S> {
+pub(crate) struct Session<S> {
     context: Arc<SessionContext>,
     listener: Arc<ListenerContext>,
     id: String,
@@ -78,7 +78,7 @@ pub struct Session<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// A session for a freshly accepted stream.
-    pub fn new(
+    pub(crate) fn new(
         context: Arc<SessionContext>,
         stream: S,
         peer: Peer,
@@ -102,7 +102,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// Runs the session to its end, inside a tracing span naming it.
-    pub async fn run(self) {
+    pub(crate) async fn run(self) {
         let span = info_span!("session", id = %self.id, client = %self.peer.address);
         self.serve().instrument(span).await
     }

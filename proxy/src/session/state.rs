@@ -14,7 +14,7 @@ use crate::{
 
 /// Who is connected.
 #[derive(Debug, Clone)]
-pub struct Peer {
+pub(crate) struct Peer {
     /// The client's address.
     pub address: SocketAddr,
     /// The local address it connected to.
@@ -35,7 +35,7 @@ pub struct Peer {
 
 /// A successful AUTH.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Login {
+pub(crate) struct Login {
     /// The authenticated identity.
     pub name: String,
     /// True if the proxy verified it (edge mode); false if the upstream did.
@@ -44,7 +44,7 @@ pub struct Login {
 
 impl Peer {
     /// A peer that has not greeted yet.
-    pub fn new(address: SocketAddr, local_address: SocketAddr) -> Self {
+    pub(crate) fn new(address: SocketAddr, local_address: SocketAddr) -> Self {
         Self {
             address,
             local_address,
@@ -59,7 +59,7 @@ impl Peer {
 
     /// How the upstream is to be greeted for this client: its HELO/EHLO name (or
     /// the one a plugin gave), with its verb; `None` before it greeted.
-    pub fn greeting(&self) -> Option<Greeting> {
+    pub(crate) fn greeting(&self) -> Option<Greeting> {
         let name = self.helo_rewrite.as_ref().or(self.helo.as_ref())?;
         Some(Greeting {
             name: name.clone(),
@@ -68,7 +68,7 @@ impl Peer {
     }
 
     /// What the upstream is told about this client (XCLIENT / PROXY).
-    pub fn client_info(&self) -> ClientInfo {
+    pub(crate) fn client_info(&self) -> ClientInfo {
         ClientInfo {
             address: self.address,
             local_address: self.local_address,
@@ -89,7 +89,7 @@ impl Peer {
 /// Where the client's mail transaction is (RFC 5321 §3.3): each state holds only its
 /// own data, so ending a transaction is `transaction = Transaction::Idle`.
 #[derive(Debug, Default)]
-pub enum Transaction {
+pub(crate) enum Transaction {
     /// No transaction.
     #[default]
     Idle,
@@ -110,7 +110,7 @@ pub enum Transaction {
 
 /// The envelope of an open transaction.
 #[derive(Debug)]
-pub struct Envelope {
+pub(crate) struct Envelope {
     /// The MAIL command the upstream accepted.
     pub mail: MailCommand,
     /// The recipients the upstream accepted.
@@ -121,12 +121,12 @@ pub struct Envelope {
 
 impl Transaction {
     /// True once MAIL has been accepted (or was accepted before the upstream was lost).
-    pub fn in_transaction(&self) -> bool {
+    pub(crate) fn in_transaction(&self) -> bool {
         matches!(self, Transaction::Open(_) | Transaction::UpstreamLost)
     }
 
     /// The envelope, while a transaction is open.
-    pub fn envelope(&self) -> Option<&Envelope> {
+    pub(crate) fn envelope(&self) -> Option<&Envelope> {
         match self {
             Transaction::Open(envelope) => Some(envelope),
             _ => None,
@@ -136,7 +136,7 @@ impl Transaction {
 
 impl Envelope {
     /// A transaction of `mail`, accepted now.
-    pub fn new(mail: MailCommand) -> Self {
+    pub(crate) fn new(mail: MailCommand) -> Self {
         Self {
             mail,
             recipients: Vec::new(),
@@ -145,7 +145,7 @@ impl Envelope {
     }
 
     /// True if MAIL carried the SMTPUTF8 parameter.
-    pub fn smtputf8(&self) -> bool {
+    pub(crate) fn smtputf8(&self) -> bool {
         self.mail.params.iter().any(|p| p.is("SMTPUTF8"))
     }
 }

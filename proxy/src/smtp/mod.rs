@@ -7,9 +7,9 @@ pub mod command;
 pub mod data;
 pub mod line;
 mod mechanism;
-pub mod replies;
+pub(crate) mod replies;
 pub mod reply;
-pub mod trace;
+pub(crate) mod trace;
 
 pub use command::{Command, CommandError, MailCommand, Param, Path, RcptCommand};
 pub use mechanism::Mechanism;

@@ -8,22 +8,22 @@ const fn code(class: u8, subject: u16, detail: u16) -> EnhancedCode {
 }
 
 /// 220 greeting.
-pub fn greeting(hostname: &str) -> Reply {
+pub(crate) fn greeting(hostname: &str) -> Reply {
     Reply::plain(220, format!("{hostname} ESMTP Portcullis"))
 }
 
 /// 250 for NOOP and RSET.
-pub fn ok() -> Reply {
+pub(crate) fn ok() -> Reply {
     Reply::new(250, code(2, 0, 0), "Ok")
 }
 
 /// 221 for QUIT.
-pub fn bye() -> Reply {
+pub(crate) fn bye() -> Reply {
     Reply::new(221, code(2, 0, 0), "Bye")
 }
 
 /// 214 for HELP.
-pub fn help() -> Reply {
+pub(crate) fn help() -> Reply {
     Reply::new(
         214,
         code(2, 0, 0),
@@ -32,7 +32,7 @@ pub fn help() -> Reply {
 }
 
 /// 252 for VRFY when it is not relayed.
-pub fn cannot_verify() -> Reply {
+pub(crate) fn cannot_verify() -> Reply {
     Reply::new(
         252,
         code(2, 5, 0),
@@ -41,27 +41,27 @@ pub fn cannot_verify() -> Reply {
 }
 
 /// 502 for EXPN when it is not relayed.
-pub fn expn_disabled() -> Reply {
+pub(crate) fn expn_disabled() -> Reply {
     Reply::new(502, code(5, 5, 1), "EXPN is not available")
 }
 
 /// 500 for an unknown verb.
-pub fn unrecognized() -> Reply {
+pub(crate) fn unrecognized() -> Reply {
     Reply::new(500, code(5, 5, 2), "Command unrecognized")
 }
 
 /// 500 for a line over the command line limit.
-pub fn line_too_long() -> Reply {
+pub(crate) fn line_too_long() -> Reply {
     Reply::new(500, code(5, 5, 2), "Line too long")
 }
 
 /// 501 for a malformed argument.
-pub fn syntax(detail: impl std::fmt::Display) -> Reply {
+pub(crate) fn syntax(detail: impl std::fmt::Display) -> Reply {
     Reply::new(501, code(5, 5, 4), format!("Syntax error: {detail}"))
 }
 
 /// 501 for a command line ended by a bare LF.
-pub fn bare_lf_command() -> Reply {
+pub(crate) fn bare_lf_command() -> Reply {
     Reply::new(
         501,
         code(5, 5, 2),
@@ -70,12 +70,12 @@ pub fn bare_lf_command() -> Reply {
 }
 
 /// 502 for verbs we do not implement.
-pub fn not_implemented(verb: &str) -> Reply {
+pub(crate) fn not_implemented(verb: &str) -> Reply {
     Reply::new(502, code(5, 5, 1), format!("{verb} not implemented"))
 }
 
 /// 503 for a command out of sequence.
-pub fn bad_sequence(detail: &str) -> Reply {
+pub(crate) fn bad_sequence(detail: &str) -> Reply {
     Reply::new(
         503,
         code(5, 5, 1),
@@ -84,7 +84,7 @@ pub fn bad_sequence(detail: &str) -> Reply {
 }
 
 /// 555 for a MAIL/RCPT parameter of an extension not offered.
-pub fn unsupported_parameter(keyword: &str) -> Reply {
+pub(crate) fn unsupported_parameter(keyword: &str) -> Reply {
     Reply::new(
         555,
         code(5, 5, 4),
@@ -93,7 +93,7 @@ pub fn unsupported_parameter(keyword: &str) -> Reply {
 }
 
 /// 552 when SIZE or the message exceeds the limit.
-pub fn message_too_big() -> Reply {
+pub(crate) fn message_too_big() -> Reply {
     Reply::new(
         552,
         code(5, 3, 4),
@@ -102,7 +102,7 @@ pub fn message_too_big() -> Reply {
 }
 
 /// 553 for a UTF-8 address without SMTPUTF8.
-pub fn utf8_needs_smtputf8() -> Reply {
+pub(crate) fn utf8_needs_smtputf8() -> Reply {
     Reply::new(
         553,
         code(5, 6, 7),
@@ -111,17 +111,17 @@ pub fn utf8_needs_smtputf8() -> Reply {
 }
 
 /// 452 past the recipient limit.
-pub fn too_many_recipients() -> Reply {
+pub(crate) fn too_many_recipients() -> Reply {
     Reply::new(452, code(4, 5, 3), "Too many recipients")
 }
 
 /// 554 for DATA without any accepted recipient.
-pub fn no_valid_recipients() -> Reply {
+pub(crate) fn no_valid_recipients() -> Reply {
     Reply::new(554, code(5, 5, 1), "No valid recipients")
 }
 
 /// 451 when the upstream changed its extensions since we offered them.
-pub fn extension_gone(keyword: &str) -> Reply {
+pub(crate) fn extension_gone(keyword: &str) -> Reply {
     Reply::new(
         451,
         code(4, 3, 0),
@@ -130,7 +130,7 @@ pub fn extension_gone(keyword: &str) -> Reply {
 }
 
 /// 451 for RCPT/DATA after the upstream was lost in this transaction.
-pub fn upstream_lost() -> Reply {
+pub(crate) fn upstream_lost() -> Reply {
     Reply::new(
         451,
         code(4, 4, 1),
@@ -139,7 +139,7 @@ pub fn upstream_lost() -> Reply {
 }
 
 /// 550 for a message with bare CR or LF (policy `reject`).
-pub fn bare_line_ending() -> Reply {
+pub(crate) fn bare_line_ending() -> Reply {
     Reply::new(
         550,
         code(5, 6, 0),
@@ -148,12 +148,12 @@ pub fn bare_line_ending() -> Reply {
 }
 
 /// 500 for a message line over the text line limit.
-pub fn message_line_too_long() -> Reply {
+pub(crate) fn message_line_too_long() -> Reply {
     Reply::new(500, code(5, 5, 2), "Line too long in message")
 }
 
 /// 421 when the client sent too many bad commands.
-pub fn too_many_errors(hostname: &str) -> Reply {
+pub(crate) fn too_many_errors(hostname: &str) -> Reply {
     Reply::new(
         421,
         code(4, 7, 0),
@@ -162,7 +162,7 @@ pub fn too_many_errors(hostname: &str) -> Reply {
 }
 
 /// 421 when the client sent too many commands that move no mail.
-pub fn too_many_junk_commands(hostname: &str) -> Reply {
+pub(crate) fn too_many_junk_commands(hostname: &str) -> Reply {
     Reply::new(
         421,
         code(4, 7, 0),
@@ -171,7 +171,7 @@ pub fn too_many_junk_commands(hostname: &str) -> Reply {
 }
 
 /// 421 when the client is idle or slow past the timeout.
-pub fn timeout(hostname: &str) -> Reply {
+pub(crate) fn timeout(hostname: &str) -> Reply {
     Reply::new(
         421,
         code(4, 4, 2),
@@ -180,7 +180,7 @@ pub fn timeout(hostname: &str) -> Reply {
 }
 
 /// 421 during shutdown.
-pub fn shutting_down(hostname: &str) -> Reply {
+pub(crate) fn shutting_down(hostname: &str) -> Reply {
     Reply::new(
         421,
         code(4, 3, 2),
@@ -189,7 +189,7 @@ pub fn shutting_down(hostname: &str) -> Reply {
 }
 
 /// 421 when the connection limit is reached.
-pub fn too_many_connections(hostname: &str) -> Reply {
+pub(crate) fn too_many_connections(hostname: &str) -> Reply {
     Reply::new(
         421,
         code(4, 7, 0),
@@ -198,7 +198,7 @@ pub fn too_many_connections(hostname: &str) -> Reply {
 }
 
 /// 502 for STARTTLS and AUTH, which this listener does not offer.
-pub fn not_offered(verb: &str) -> Reply {
+pub(crate) fn not_offered(verb: &str) -> Reply {
     Reply::new(
         502,
         code(5, 5, 1),
@@ -207,17 +207,17 @@ pub fn not_offered(verb: &str) -> Reply {
 }
 
 /// 354 when the proxy takes the message itself (a plugin wants to see it first).
-pub fn start_input() -> Reply {
+pub(crate) fn start_input() -> Reply {
     Reply::plain(354, "End data with <CR><LF>.<CR><LF>")
 }
 
 /// 250 for a message a plugin discarded: the client must not learn it went nowhere.
-pub fn discarded() -> Reply {
+pub(crate) fn discarded() -> Reply {
     Reply::new(250, code(2, 0, 0), "Ok")
 }
 
 /// 451 when the message could not be spooled (disk full, ...).
-pub fn spool_failed() -> Reply {
+pub(crate) fn spool_failed() -> Reply {
     Reply::new(
         451,
         code(4, 3, 0),
@@ -226,7 +226,7 @@ pub fn spool_failed() -> Reply {
 }
 
 /// 451 when a plugin failed and its policy is `tempfail` (the default).
-pub fn plugin_tempfail() -> Reply {
+pub(crate) fn plugin_tempfail() -> Reply {
     Reply::new(
         451,
         code(4, 3, 0),
@@ -235,32 +235,32 @@ pub fn plugin_tempfail() -> Reply {
 }
 
 /// 550 when a plugin failed and its policy is `reject`.
-pub fn plugin_reject() -> Reply {
+pub(crate) fn plugin_reject() -> Reply {
     Reply::new(550, code(5, 3, 0), "Rejected by a filter")
 }
 
 /// 421 when a plugin asked to disconnect.
-pub fn plugin_disconnect(text: Option<&str>) -> Reply {
+pub(crate) fn plugin_disconnect(text: Option<&str>) -> Reply {
     Reply::new(421, code(4, 7, 0), text.unwrap_or("Closing connection"))
 }
 
 /// 220 after STARTTLS: the handshake comes next.
-pub fn ready_for_tls() -> Reply {
+pub(crate) fn ready_for_tls() -> Reply {
     Reply::new(220, code(2, 0, 0), "Ready to start TLS")
 }
 
 /// 530 for MAIL before STARTTLS on a listener that requires TLS.
-pub fn tls_required() -> Reply {
+pub(crate) fn tls_required() -> Reply {
     Reply::new(530, code(5, 7, 0), "Must issue a STARTTLS command first")
 }
 
 /// 530 for MAIL without AUTH on a listener that requires it.
-pub fn auth_required() -> Reply {
+pub(crate) fn auth_required() -> Reply {
     Reply::new(530, code(5, 7, 0), "Authentication required")
 }
 
 /// 538 for AUTH before TLS where plaintext AUTH is not allowed.
-pub fn encryption_required() -> Reply {
+pub(crate) fn encryption_required() -> Reply {
     Reply::new(
         538,
         code(5, 7, 11),
@@ -269,37 +269,37 @@ pub fn encryption_required() -> Reply {
 }
 
 /// 235 after a successful AUTH.
-pub fn authenticated() -> Reply {
+pub(crate) fn authenticated() -> Reply {
     Reply::new(235, code(2, 7, 0), "Authentication successful")
 }
 
 /// 535 for wrong credentials.
-pub fn bad_credentials() -> Reply {
+pub(crate) fn bad_credentials() -> Reply {
     Reply::new(535, code(5, 7, 8), "Authentication credentials invalid")
 }
 
 /// 534 for a mechanism this listener's policy does not permit.
-pub fn mechanism_too_weak() -> Reply {
+pub(crate) fn mechanism_too_weak() -> Reply {
     Reply::new(534, code(5, 7, 9), "Authentication mechanism is too weak")
 }
 
 /// 504 for a mechanism the proxy does not know.
-pub fn unknown_mechanism() -> Reply {
+pub(crate) fn unknown_mechanism() -> Reply {
     Reply::new(504, code(5, 5, 4), "Unrecognized authentication type")
 }
 
 /// 454 when the credentials cannot be checked now.
-pub fn auth_unavailable() -> Reply {
+pub(crate) fn auth_unavailable() -> Reply {
     Reply::new(454, code(4, 7, 0), "Temporary authentication failure")
 }
 
 /// 501 when the client cancels an AUTH exchange with `*`.
-pub fn auth_cancelled() -> Reply {
+pub(crate) fn auth_cancelled() -> Reply {
     Reply::new(501, code(5, 0, 0), "Authentication cancelled")
 }
 
 /// 501 for an AUTH response that is not valid base64 or not what the mechanism expects.
-pub fn auth_malformed(detail: impl std::fmt::Display) -> Reply {
+pub(crate) fn auth_malformed(detail: impl std::fmt::Display) -> Reply {
     Reply::new(
         501,
         code(5, 5, 2),
@@ -308,7 +308,7 @@ pub fn auth_malformed(detail: impl std::fmt::Display) -> Reply {
 }
 
 /// 500 for an AUTH response line over the limit.
-pub fn auth_line_too_long() -> Reply {
+pub(crate) fn auth_line_too_long() -> Reply {
     Reply::new(
         500,
         code(5, 5, 6),
@@ -317,7 +317,7 @@ pub fn auth_line_too_long() -> Reply {
 }
 
 /// 421 for a client that failed AUTH too often.
-pub fn auth_throttled(hostname: &str) -> Reply {
+pub(crate) fn auth_throttled(hostname: &str) -> Reply {
     Reply::new(
         421,
         code(4, 7, 0),
@@ -326,7 +326,7 @@ pub fn auth_throttled(hostname: &str) -> Reply {
 }
 
 /// 553 for a sender the login may not use.
-pub fn sender_not_owned(login: Option<&str>) -> Reply {
+pub(crate) fn sender_not_owned(login: Option<&str>) -> Reply {
     let text = match login {
         Some(login) => format!("Sender address rejected: not owned by user {login}"),
         None => "Sender address rejected: authentication required to use this sender".into(),

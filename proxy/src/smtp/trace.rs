@@ -9,7 +9,7 @@ use time::{OffsetDateTime, format_description::well_known::Rfc2822};
 
 /// What a Received field says.
 #[derive(Debug, Clone)]
-pub struct Received<'a> {
+pub(crate) struct Received<'a> {
     /// The name the client gave in HELO/EHLO.
     pub helo: Option<&'a str>,
     /// The client's forward-confirmed host name, if known.
@@ -37,7 +37,7 @@ pub struct Received<'a> {
 
 impl Received<'_> {
     /// The `with` protocol name: SMTP, ESMTP or UTF8SMTP, then S for TLS and A for AUTH.
-    pub fn protocol(&self) -> String {
+    pub(crate) fn protocol(&self) -> String {
         let mut protocol = String::from(match (self.smtputf8, self.esmtp) {
             (true, _) => "UTF8SMTP",
             (false, true) => "ESMTP",
@@ -55,7 +55,7 @@ impl Received<'_> {
     }
 
     /// The whole field, folded over lines of a few dozen octets, ending in CRLF.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let literal = address_literal(self.client_ip);
         let mut field = format!(
             "Received: from {} ({} {literal})\r\n\tby {} (Portcullis) with {} id {}",

@@ -13,10 +13,10 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject};
 use tokio_rustls::TlsConnector;
 
 use super::{TlsError, provider};
-pub use crate::config::Trust;
+pub(crate) use crate::config::Trust;
 
 /// `name` as the name a certificate must carry: a DNS name or an IP address.
-pub fn check_server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
+pub(crate) fn check_server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
     ServerName::try_from(name.to_string()).map_err(|_| TlsError::ServerName(name.to_string()))
 }
 

@@ -3,8 +3,8 @@
 //! upstream's. [`MaybeTls`] is the stream both sides read and write, so a session can
 //! switch to TLS after STARTTLS without changing type.
 
-pub mod client;
-pub mod server;
+pub(crate) mod client;
+pub(crate) mod server;
 
 use std::{
     io,

@@ -15,7 +15,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject
 use tokio_rustls::TlsAcceptor;
 
 use super::{TlsError, file_error, provider};
-pub use crate::config::CertificateFiles;
+pub(crate) use crate::config::CertificateFiles;
 
 /// A loaded certificate and the DER of its leaf, to match SNI names against.
 #[derive(Debug)]

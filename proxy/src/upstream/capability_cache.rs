@@ -25,7 +25,7 @@ use crate::smtp::capabilities::Capabilities;
 
 /// The last known extensions of the upstream and when they were seen.
 #[derive(Debug, Default)]
-pub struct CapabilityCache {
+pub(crate) struct CapabilityCache {
     latest: RwLock<Option<(Capabilities, Instant)>>,
     /// Woken when extensions are learned, or a probe ended without them.
     learned: Notify,
@@ -35,7 +35,7 @@ pub struct CapabilityCache {
 
 impl CapabilityCache {
     /// The last known extensions, if any were ever learned.
-    pub fn get(&self) -> Option<Capabilities> {
+    pub(crate) fn get(&self) -> Option<Capabilities> {
         self.latest
             .read()
             .expect("lock poisoned")
@@ -44,14 +44,14 @@ impl CapabilityCache {
     }
 
     /// Records what an upstream session announced.
-    pub fn update(&self, capabilities: &Capabilities) {
+    pub(crate) fn update(&self, capabilities: &Capabilities) {
         *self.latest.write().expect("lock poisoned") = Some((capabilities.clone(), Instant::now()));
         self.learned.notify_waiters();
     }
 
     /// The last known extensions; if none are known yet, starts a probe (unless one
     /// runs) and waits for it at most `wait`.
-    pub async fn wait_for(
+    pub(crate) async fn wait_for(
         self: &Arc<Self>,
         upstream: &Arc<Upstream>,
         hostname: &str,
@@ -88,7 +88,7 @@ impl CapabilityCache {
     }
 
     /// True if nothing was learned within `max_age`.
-    pub fn is_stale(&self, max_age: std::time::Duration) -> bool {
+    pub(crate) fn is_stale(&self, max_age: std::time::Duration) -> bool {
         self.latest
             .read()
             .expect("lock poisoned")
@@ -97,7 +97,7 @@ impl CapabilityCache {
     }
 
     /// Opens a session without a client, reads the EHLO reply, and quits.
-    pub async fn probe(
+    pub(crate) async fn probe(
         &self,
         upstream: &Arc<Upstream>,
         hostname: &str,

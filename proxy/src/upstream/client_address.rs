@@ -12,7 +12,7 @@ use crate::{
 
 /// What the upstream should know about the downstream client.
 #[derive(Debug, Clone)]
-pub struct ClientInfo {
+pub(crate) struct ClientInfo {
     /// The client's address and port.
     pub address: SocketAddr,
     /// The local address the client connected to.
@@ -30,7 +30,7 @@ pub struct ClientInfo {
 
 impl ClientInfo {
     /// How the client greeted, if it has: for the upstream's own greeting.
-    pub fn greeting(&self) -> Option<super::Greeting> {
+    pub(crate) fn greeting(&self) -> Option<super::Greeting> {
         self.helo.as_ref().map(|name| super::Greeting {
             name: name.clone(),
             esmtp: self.esmtp,
@@ -51,7 +51,7 @@ const XCLIENT_VALUE_LIMIT: usize = 255;
 /// NAME, ADDR and PORT in the last (XCLIENT_README, note 1: once those change, the
 /// proxy may no longer be authorised to send another). Empty if the upstream
 /// announced none of them.
-pub fn xclient_commands(client: &ClientInfo, upstream: &Capabilities) -> Vec<String> {
+pub(crate) fn xclient_commands(client: &ClientInfo, upstream: &Capabilities) -> Vec<String> {
     let name = client.name.as_ref();
     let early = [
         ("HELO", client.helo.clone()),
@@ -145,7 +145,7 @@ fn host_name(name: &HostName) -> String {
 }
 
 /// A PROXY protocol v1 header line.
-pub fn proxy_v1_header(client: &ClientInfo) -> Vec<u8> {
+pub(crate) fn proxy_v1_header(client: &ClientInfo) -> Vec<u8> {
     let (source, destination) = same_family(client);
     let family = if source.is_ipv4() { "TCP4" } else { "TCP6" };
     format!(
@@ -162,7 +162,7 @@ pub fn proxy_v1_header(client: &ClientInfo) -> Vec<u8> {
 const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 
 /// A PROXY protocol v2 header (command PROXY, transport STREAM).
-pub fn proxy_v2_header(client: &ClientInfo) -> Vec<u8> {
+pub(crate) fn proxy_v2_header(client: &ClientInfo) -> Vec<u8> {
     let (source, destination) = same_family(client);
     let mut header = V2_SIGNATURE.to_vec();
     header.push(0x21); // version 2, command PROXY
@@ -186,7 +186,7 @@ pub fn proxy_v2_header(client: &ClientInfo) -> Vec<u8> {
 
 /// A v1 header for the connection from `source` to `destination` (the capability
 /// probe's own, which has no client).
-pub fn proxy_v1_line(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
+pub(crate) fn proxy_v1_line(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
     proxy_v1_header(&ClientInfo {
         address: source,
         local_address: destination,
@@ -198,7 +198,7 @@ pub fn proxy_v1_line(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
 }
 
 /// The v2 header for a connection that has no client: command LOCAL, no addresses.
-pub fn proxy_v2_local() -> Vec<u8> {
+pub(crate) fn proxy_v2_local() -> Vec<u8> {
     let mut header = V2_SIGNATURE.to_vec();
     header.extend_from_slice(&[0x20, 0x00, 0, 0]);
     header

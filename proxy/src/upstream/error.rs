@@ -9,7 +9,7 @@ use crate::{
 
 /// The step of the upstream session that failed (not a plugin stage: see `hooks`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// TCP connect (and the PROXY header).
     Connect,
     /// Waiting for the 220 greeting.
@@ -30,7 +30,7 @@ pub enum Step {
 
 /// Why the upstream session cannot go on.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     /// TCP connect or name resolution failed.
     #[error("cannot connect to the upstream: {0}")]
     Connect(io::Error),
@@ -75,7 +75,7 @@ pub enum UpstreamError {
 impl UpstreamError {
     /// True if the upstream is still in step after this error (it answered, just not
     /// as hoped), so the session can be ended with QUIT rather than dropped.
-    pub fn leaves_session_usable(&self) -> bool {
+    pub(crate) fn leaves_session_usable(&self) -> bool {
         matches!(
             self,
             UpstreamError::Refused(..)
@@ -89,7 +89,7 @@ impl UpstreamError {
 
 impl UpstreamError {
     /// What the client is told: always a transient failure, so nothing is lost.
-    pub fn reply(&self) -> Reply {
+    pub(crate) fn reply(&self) -> Reply {
         let text = match self {
             UpstreamError::GreetingRefused(reply) => return reply.clone(),
             UpstreamError::Timeout(_) => "Upstream server timed out, try again later",

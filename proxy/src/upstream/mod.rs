@@ -7,10 +7,10 @@
 //! is an [`UpstreamError`] that knows its SMTP consequence for the client. This module
 //! never decides policy; the session does.
 
-pub mod capability_cache;
-pub mod client_address;
+pub(crate) mod capability_cache;
+pub(crate) mod client_address;
 mod error;
-pub mod pool;
+pub(crate) mod pool;
 mod target;
 
 use std::{io, sync::Arc, time::Duration};
@@ -28,17 +28,17 @@ use crate::{
     },
     tls::MaybeTls,
 };
-pub use client_address::ClientInfo;
-pub use error::{Step, UpstreamError};
+pub(crate) use client_address::ClientInfo;
+pub(crate) use error::{Step, UpstreamError};
 use error::{on_client, read_error, write_error};
-pub use target::Upstream;
+pub(crate) use target::Upstream;
 
 /// The longest reply line we read from an upstream (RFC 5321 says 512; be generous).
 const REPLY_LINE_LIMIT: usize = 4096;
 
 /// A HELO or EHLO as sent upstream: the name, and whether it was EHLO.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Greeting {
+pub(crate) struct Greeting {
     /// The HELO/EHLO argument.
     pub name: String,
     /// EHLO (true) or HELO.
@@ -47,7 +47,7 @@ pub struct Greeting {
 
 /// An open SMTP session with the upstream, past greeting, EHLO and XCLIENT.
 #[derive(Debug)]
-pub struct UpstreamSession {
+pub(crate) struct UpstreamSession {
     connection: Connection<MaybeTls<TcpStream>>,
     capabilities: Capabilities,
     upstream: Arc<Upstream>,
@@ -64,7 +64,7 @@ impl UpstreamSession {
     /// Connects to the upstream and runs the handshake for `client`, greeting the
     /// upstream as the client greeted the proxy (see [`UpstreamSession::handshake_for`]).
     /// A session the upstream refuses is ended with QUIT.
-    pub async fn open(
+    pub(crate) async fn open(
         upstream: &Arc<Upstream>,
         hostname: &str,
         client: Option<&ClientInfo>,
@@ -164,7 +164,10 @@ impl UpstreamSession {
     /// Greets the upstream with `greeting` unless that is how it was last greeted:
     /// after the client greeted again with another name, or on a kept session serving
     /// another client.
-    pub async fn ensure_greeting(&mut self, greeting: &Greeting) -> Result<(), UpstreamError> {
+    pub(crate) async fn ensure_greeting(
+        &mut self,
+        greeting: &Greeting,
+    ) -> Result<(), UpstreamError> {
         if self.greeted.as_ref() == Some(greeting) {
             return Ok(());
         }
@@ -173,7 +176,7 @@ impl UpstreamSession {
 
     /// True if the upstream closed the connection or sent something unasked (such as
     /// a 421 timeout notice) while the session was idle: it must not be reused.
-    pub fn is_stale(&self) -> bool {
+    pub(crate) fn is_stale(&self) -> bool {
         if !self.connection.input.pending().is_empty() {
             return true;
         }
@@ -228,22 +231,22 @@ impl UpstreamSession {
 
     /// True if the upstream was told about one particular client (XCLIENT or PROXY
     /// header): such a session must not serve another client.
-    pub fn is_identified(&self) -> bool {
+    pub(crate) fn is_identified(&self) -> bool {
         self.identified
     }
 
     /// Client sessions this upstream session has served.
-    pub fn uses(&self) -> usize {
+    pub(crate) fn uses(&self) -> usize {
         self.uses
     }
 
     /// Counts one more client session served by this (kept) upstream session.
-    pub fn reuse(&mut self) {
+    pub(crate) fn reuse(&mut self) {
         self.uses += 1;
     }
 
     /// The extensions this upstream session announced.
-    pub fn capabilities(&self) -> &Capabilities {
+    pub(crate) fn capabilities(&self) -> &Capabilities {
         &self.capabilities
     }
 
@@ -336,7 +339,7 @@ impl UpstreamSession {
     }
 
     /// Sends one command line and returns the upstream's reply.
-    pub async fn command(
+    pub(crate) async fn command(
         &mut self,
         stage: Step,
         line: &str,
@@ -348,7 +351,7 @@ impl UpstreamSession {
 
     /// Sends DATA. The reply is 354 (send the message) or a refusal (4xx, 5xx); any
     /// other is an error, so no caller can mistake it for the message's fate.
-    pub async fn start_data(&mut self, timeout: Duration) -> Result<Reply, UpstreamError> {
+    pub(crate) async fn start_data(&mut self, timeout: Duration) -> Result<Reply, UpstreamError> {
         let reply = self.command(Step::Command, "DATA", timeout).await?;
         match reply.code() {
             354 | 400..=599 => Ok(reply),
@@ -360,7 +363,7 @@ impl UpstreamSession {
     /// when the upstream offers PIPELINING (RFC 2920), the group within `timeout`;
     /// else one command at a time, each after the reply to the one before and each
     /// within `timeout`.
-    pub async fn pipeline(
+    pub(crate) async fn pipeline(
         &mut self,
         stage: Step,
         lines: &[String],
@@ -383,7 +386,7 @@ impl UpstreamSession {
     /// a 354, comes from an upstream in a state nobody knows and is an
     /// [`UpstreamError::Unexpected`], never a reply a client could take for leave to go
     /// on.
-    pub async fn envelope(
+    pub(crate) async fn envelope(
         &mut self,
         lines: &[String],
         timeout: Duration,
@@ -423,7 +426,7 @@ impl UpstreamSession {
     }
 
     /// Writes already dot-stuffed message data.
-    pub async fn write_data(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
+    pub(crate) async fn write_data(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
         let deadline = Instant::now() + self.upstream.config.timeouts.data_block;
         self.connection
             .write_all(bytes, deadline)
@@ -433,7 +436,7 @@ impl UpstreamSession {
 
     /// Reads the reply to the final dot: 2xx, 4xx or 5xx. Any other is an error (the
     /// upstream's state is unknown, so its session must not carry another message).
-    pub async fn read_data_reply(&mut self) -> Result<Reply, UpstreamError> {
+    pub(crate) async fn read_data_reply(&mut self) -> Result<Reply, UpstreamError> {
         let reply = self
             .read_reply(
                 Step::DataEnd,
@@ -473,7 +476,7 @@ impl UpstreamSession {
     }
 
     /// Ends the session politely: QUIT, a short wait for 221, close.
-    pub async fn quit(mut self) {
+    pub(crate) async fn quit(mut self) {
         let timeout = self
             .upstream
             .config

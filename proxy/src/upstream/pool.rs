@@ -16,14 +16,14 @@ use crate::config::ReuseConfig;
 
 /// The idle upstream sessions, newest last.
 #[derive(Debug)]
-pub struct SessionPool {
+pub(crate) struct SessionPool {
     idle: Mutex<Vec<(UpstreamSession, Instant)>>,
     reuse: ReuseConfig,
 }
 
 impl SessionPool {
     /// An empty pool with these limits (reuse may be off).
-    pub fn new(reuse: ReuseConfig) -> Self {
+    pub(crate) fn new(reuse: ReuseConfig) -> Self {
         Self {
             idle: Mutex::new(Vec::new()),
             reuse,
@@ -31,7 +31,7 @@ impl SessionPool {
     }
 
     /// The newest idle session that is still usable, if any.
-    pub fn take(&self) -> Option<UpstreamSession> {
+    pub(crate) fn take(&self) -> Option<UpstreamSession> {
         let mut idle = self.idle.lock().expect("lock poisoned");
         while let Some((session, since)) = idle.pop() {
             if since.elapsed() < self.reuse.idle_timeout && !session.is_stale() {
@@ -43,7 +43,7 @@ impl SessionPool {
 
     /// Offers a session that finished outside a transaction. Returns it when the pool
     /// does not keep it; the caller then QUITs it.
-    pub fn give_back(&self, session: UpstreamSession) -> Option<UpstreamSession> {
+    pub(crate) fn give_back(&self, session: UpstreamSession) -> Option<UpstreamSession> {
         if !self.reuse.enabled()
             || session.uses() >= self.reuse.max_uses
             || session.is_identified()
@@ -61,7 +61,7 @@ impl SessionPool {
 
     /// Removes the sessions idle for longer than the timeout (all of them with
     /// `everything`, at shutdown), for the caller to QUIT.
-    pub fn remove_expired(&self, everything: bool) -> Vec<UpstreamSession> {
+    pub(crate) fn remove_expired(&self, everything: bool) -> Vec<UpstreamSession> {
         let mut idle = self.idle.lock().expect("lock poisoned");
         let (expired, kept): (Vec<_>, Vec<_>) = idle
             .drain(..)
@@ -71,7 +71,7 @@ impl SessionPool {
     }
 
     /// How often the reaper should look for expired sessions.
-    pub fn reap_interval(&self) -> std::time::Duration {
+    pub(crate) fn reap_interval(&self) -> std::time::Duration {
         (self.reuse.idle_timeout / 2).clamp(
             std::time::Duration::from_millis(100),
             std::time::Duration::from_secs(5),

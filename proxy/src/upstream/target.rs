@@ -5,7 +5,7 @@ use crate::{config::UpstreamConfig, tls::client::UpstreamTls};
 /// The upstream as every session reaches it: where, how (its configuration), and the
 /// TLS connector start-up built for it.
 #[derive(Debug)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     /// `host:port` (the development upstream's address if that is used).
     pub address: String,
     /// `[upstream]`.
@@ -16,7 +16,7 @@ pub struct Upstream {
 
 impl Upstream {
     /// The upstream at `address`; `tls` is the connector `config.tls` asks for.
-    pub fn new(address: String, config: UpstreamConfig, tls: Option<UpstreamTls>) -> Self {
+    pub(crate) fn new(address: String, config: UpstreamConfig, tls: Option<UpstreamTls>) -> Self {
         Self {
             address,
             config,

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use super::{
     Flow, Session,
-    data::{UPSTREAM_WRITE_SIZE, violation_reply},
+    data_streamed::{UPSTREAM_WRITE_SIZE, violation_reply},
     replies,
 };
 use crate::{
