@@ -3,7 +3,8 @@
 # Portcullis with recipients + headers + rate-limit on the chain (two listeners of one
 # proxy process), then 10,000 concurrent sessions past MAIL that have each called all
 # three plugins (served by shared instances, or with SHARE=false by instances of their
-# own). Prints a Markdown report for bench/RESULTS.md.
+# own); recipients counts each session's recipients in its session store. Prints a
+# Markdown report for bench/RESULTS.md.
 #
 #   bench/plugins.sh           # full run
 #   QUICK=1 bench/plugins.sh   # fewer messages and sessions, for a smoke run
@@ -65,7 +66,8 @@ client_address = "none"
 [plugins.recipients]
 share_instances = ${SHARE:-true}
 path = "$plugins/recipients.wasm"
-config = { domains = ["bench.test"], max_recipients = 100 }
+# max_per_session keeps a counter in each session's store (the session-store import).
+config = { domains = ["bench.test"], max_recipients = 100, max_per_session = 1000000 }
 [plugins.headers]
 share_instances = ${SHARE:-true}
 path = "$plugins/headers.wasm"

@@ -472,6 +472,61 @@ config = {{ add = [{{ name = "X-Seen", value = "{{client_ip}} {{helo}}" }}] }}
 }
 
 #[test]
+fn shared_instances_keep_each_sessions_store_apart_and_drop_it_with_the_session() {
+    // `recipients` counts each session's recipients in its session store
+    // (`max_per_session`) while one shared instance serves all the sessions in turn:
+    // interleaved sessions must each count their own, and a session that ended must
+    // leave nothing to the next one on the same instance.
+    let upstream = RecordingUpstream::start();
+    let proxy = Proxy::start_with(&format!(
+        r#"plugins = ["recipients"]
+
+[upstream]
+address = "{}"
+client_address = "none"
+
+[plugins.recipients]
+path = "{}"
+config = {{ domains = ["example.com"], max_per_session = 2 }}
+"#,
+        upstream.address(),
+        component("recipients").display()
+    ));
+    let mut first = proxy.client();
+    let mut second = proxy.client();
+    for client in [&mut first, &mut second] {
+        client.expect("EHLO client.test", 250);
+        client.expect("MAIL FROM:<a@origin.test>", 250);
+    }
+    first.expect("RCPT TO:<one@example.com>", 250);
+    second.expect("RCPT TO:<one@example.com>", 250);
+    second.expect("RCPT TO:<two@example.com>", 250);
+    let refused = second.expect("RCPT TO:<three@example.com>", 452);
+    assert_eq!(
+        refused.lines,
+        ["452 4.5.3 Too many recipients for this session"]
+    );
+    first.expect("RCPT TO:<two@example.com>", 250);
+    first.expect("RSET", 250);
+    first.expect("MAIL FROM:<a@origin.test>", 250);
+    first.expect("RCPT TO:<three@example.com>", 452);
+    first.expect("QUIT", 221);
+    second.expect("QUIT", 221);
+    let mut third = proxy.client();
+    third.expect("EHLO client.test", 250);
+    third.expect("MAIL FROM:<a@origin.test>", 250);
+    third.expect("RCPT TO:<one@example.com>", 250);
+    third.expect("RCPT TO:<two@example.com>", 250);
+    third.expect("QUIT", 221);
+    assert!(
+        proxy
+            .logs()
+            .iter()
+            .any(|line| line.contains("plugin loaded") && line.contains("\"shared\":true"))
+    );
+}
+
+#[test]
 fn plugins_read_the_envelope_as_the_chain_made_it_in_every_transaction() {
     let upstream = RecordingUpstream::start();
     let proxy = Proxy::start_with(&format!(

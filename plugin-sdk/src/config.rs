@@ -95,3 +95,19 @@ impl fmt::Debug for Config {
         self.table.fmt(f)
     }
 }
+
+/// The list of strings at `key` of a configuration table; empty if the key is absent,
+/// an error naming the key if it is not a list of strings. [`Config::parse`] into a
+/// type of your own does this for every key at once.
+pub fn config_strings(config: &toml::Table, key: &str) -> Result<Vec<String>, String> {
+    let Some(value) = config.get(key) else {
+        return Ok(Vec::new());
+    };
+    let invalid = || format!("{key} must be a list of strings");
+    value
+        .as_array()
+        .ok_or_else(invalid)?
+        .iter()
+        .map(|item| item.as_str().map(str::to_string).ok_or_else(invalid))
+        .collect()
+}

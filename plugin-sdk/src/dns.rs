@@ -1,4 +1,14 @@
 //! DNS lookups through the proxy's resolver, each bounded by the proxy's timeout.
+//!
+//! ```no_run
+//! use portcullis_sdk::dns::{self, DnsError};
+//! // Is 192.0.2.1 listed? Query its reversed octets under the list's zone.
+//! match dns::a("1.2.0.192.zen.example") {
+//!     Ok(addresses) => println!("listed: {addresses:?}"),
+//!     Err(DnsError::NotFound) => println!("not listed"),
+//!     Err(other) => println!("lookup failed: {other:?}"),
+//! }
+//! ```
 
 #[cfg(target_arch = "wasm32")]
 use crate::bindings::portcullis::plugin::dns as host;
@@ -7,6 +17,7 @@ use crate::testing::host::dns as host;
 
 /// Why a lookup gave no answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DnsError {
     /// NXDOMAIN, or no records of that type.
     NotFound,

@@ -1,4 +1,8 @@
 //! Logging into the proxy's logs; each line is tagged with the plugin and the session.
+//!
+//! ```no_run
+//! portcullis_sdk::log::info("greylisted a new sender");
+//! ```
 
 /// How important a log line is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -51,6 +51,8 @@ impl<P: Plugin> Harness<P> {
     pub fn new(config: &str) -> Result<Self, String> {
         let table: Config = config.parse().map_err(|e| format!("invalid config: {e}"))?;
         let (plugin, hooks) = P::init(&table)?;
+        // What init stored has no session; the first session starts empty.
+        host::session_store::clear();
         Ok(Harness {
             plugin,
             hooks,
@@ -191,11 +193,13 @@ impl<P: Plugin> Harness<P> {
         checked("data", outcome, rules::data)
     }
 
-    /// Runs the session-end hook.
+    /// Runs the session-end hook; the session's store (`session_store`) goes, as in
+    /// the proxy.
     pub fn end(&mut self) {
         if self.hooks.contains(Hooks::SESSION_END) {
             self.plugin.session_end(&self.hook_session());
         }
+        host::session_store::clear();
     }
 
     /// Ends this session (its session-end hook, if wanted) and starts the next one on
@@ -267,6 +271,8 @@ pub mod host {
     #[derive(Default)]
     pub struct State {
         pub kv: HashMap<String, (Vec<u8>, Option<u64>)>,
+        /// The current session's store (see `crate::session_store`).
+        pub session_store: HashMap<String, Vec<u8>>,
         pub dns: HashMap<(String, String), Result<Vec<String>, DnsError>>,
         pub logs: Vec<(Level, String)>,
         pub now_ms: u64,
@@ -286,6 +292,41 @@ pub mod host {
 
     pub fn now_ms() -> u64 {
         with(|state| state.now_ms)
+    }
+
+    /// The proxy's `session-store`, with its limits.
+    pub mod session_store {
+        use super::with;
+
+        const MAX_KEYS: usize = 64;
+        const MAX_BYTES: usize = 64 * 1024;
+
+        pub fn get(key: &str) -> Option<Vec<u8>> {
+            with(|state| state.session_store.get(key).cloned())
+        }
+
+        pub fn set(key: &str, value: &[u8]) -> bool {
+            with(|state| {
+                let store = &mut state.session_store;
+                let old = store.get(key).map(|v| key.len() + v.len());
+                let bytes: usize = store.iter().map(|(k, v)| k.len() + v.len()).sum();
+                let bytes = bytes - old.unwrap_or(0) + key.len() + value.len();
+                if (old.is_none() && store.len() >= MAX_KEYS) || bytes > MAX_BYTES {
+                    return false;
+                }
+                store.insert(key.to_string(), value.to_vec());
+                true
+            })
+        }
+
+        pub fn delete(key: &str) -> bool {
+            with(|state| state.session_store.remove(key).is_some())
+        }
+
+        /// The session ended: its store goes.
+        pub fn clear() {
+            with(|state| state.session_store.clear());
+        }
     }
 
     pub mod kv {

@@ -36,6 +36,7 @@ impl Reply {
 
 /// A verifier's answer: does the password match the login?
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum LoginCheck {
     /// It does: the client gets 235 (unless an AUTH hook refuses).
     Valid,
@@ -49,6 +50,7 @@ pub enum LoginCheck {
 /// What a hook decides for its stage. The first verdict in the chain that is not
 /// `Continue` decides the stage.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Verdict {
     /// No objection: the next plugin decides.
     #[default]
@@ -109,8 +111,9 @@ impl Hooks {
     ///
     /// Whatever the plugin keeps in `self` or in statics is then seen by later calls
     /// from other sessions: keep only what `init` built, caches that are valid for
-    /// every session, and state in [`crate::kv`]. Each call still gets its own session
-    /// and envelope. The operator can refuse sharing (`share_instances = false`).
+    /// every session, state for all sessions in [`crate::kv`], and state for one
+    /// session in [`crate::session_store`]. Each call still gets its own session and
+    /// envelope. The operator can refuse sharing (`share_instances = false`).
     pub const SHAREABLE: Hooks = Hooks(1 << 8);
 
     /// True if every hook in `other` is in `self`.
@@ -134,6 +137,7 @@ impl BitOr for Hooks {
 
 /// What a plugin knows about the session: the fields a [`Session`] shows.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct SessionInfo {
     /// The session id in the proxy's logs.
     pub id: String,
@@ -228,6 +232,7 @@ pub struct Param {
 
 /// The result of the HELO hook.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct HeloOutcome {
     /// The decision.
     pub verdict: Verdict,
@@ -237,6 +242,7 @@ pub struct HeloOutcome {
 
 /// The result of the MAIL and RCPT hooks.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct PathOutcome {
     /// The decision.
     pub verdict: Verdict,
@@ -254,6 +260,12 @@ impl PathOutcome {
             ..PathOutcome::default()
         }
     }
+
+    /// The same, with the parameter list replaced by `params`.
+    pub fn with_params(mut self, params: Vec<Param>) -> Self {
+        self.rewrite_params = Some(params);
+        self
+    }
 }
 
 impl From<Verdict> for PathOutcome {
@@ -261,6 +273,16 @@ impl From<Verdict> for PathOutcome {
         PathOutcome {
             verdict,
             ..PathOutcome::default()
+        }
+    }
+}
+
+impl HeloOutcome {
+    /// Continue, with the HELO name the upstream hears changed to `name`.
+    pub fn rename(name: impl Into<String>) -> Self {
+        HeloOutcome {
+            verdict: Verdict::Continue,
+            rewrite_name: Some(name.into()),
         }
     }
 }
@@ -436,11 +458,22 @@ impl MessageEdit {
 
 /// The result of the DATA hook.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct DataOutcome {
     /// The decision.
     pub verdict: Verdict,
     /// Edits, applied in order when the verdict lets the message through.
     pub edits: Vec<MessageEdit>,
+}
+
+impl DataOutcome {
+    /// Continue, with these edits.
+    pub fn with_edits(edits: Vec<MessageEdit>) -> Self {
+        DataOutcome {
+            verdict: Verdict::Continue,
+            edits,
+        }
+    }
 }
 
 impl From<Verdict> for DataOutcome {

@@ -164,10 +164,7 @@ impl Plugin for Headers {
         if subject.as_deref() != Some(tagged.as_str()) && !tagged.is_empty() {
             edits.push(MessageEdit::change_header("Subject", 0, tagged));
         }
-        DataOutcome {
-            edits,
-            ..DataOutcome::default()
-        }
+        DataOutcome::with_edits(edits)
     }
 }
 

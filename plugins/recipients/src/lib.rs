@@ -6,6 +6,9 @@
 //!   must itself be acceptable);
 //! - `max_recipients`: recipients per message; past it 452 4.5.3 (the client sends the
 //!   rest in another transaction).
+//! - `max_per_session`: recipients this plugin lets through in one session, over all
+//!   its transactions; past it 452 4.5.3 (the client goes on in another session). It
+//!   is counted in the session's store, so the plugin stays shareable.
 //!
 //! Everything else gets `550 5.1.1`. `<Postmaster>` is always accepted (RFC 5321
 //! §4.5.1). Comparisons ignore case.
@@ -15,7 +18,9 @@ use std::{
     num::NonZeroUsize,
 };
 
-use portcullis_sdk::{Config, Envelope, Hooks, Param, PathOutcome, Plugin, Session, Verdict};
+use portcullis_sdk::{
+    Config, Envelope, Hooks, Param, PathOutcome, Plugin, Session, Verdict, session_store,
+};
 use serde::Deserialize;
 
 /// The `config` table, as the operator writes it (an unknown key is an error).
@@ -29,6 +34,7 @@ struct Settings {
     #[serde(default)]
     aliases: BTreeMap<String, String>,
     max_recipients: Option<NonZeroUsize>,
+    max_per_session: Option<NonZeroUsize>,
 }
 
 /// The plugin's configuration, read once at start-up. Sets, so a long list of
@@ -38,6 +44,7 @@ pub struct Recipients {
     addresses: BTreeSet<String>,
     aliases: BTreeMap<String, String>,
     max_recipients: usize,
+    max_per_session: Option<usize>,
 }
 
 /// Lower-cased (comparisons ignore case).
@@ -68,6 +75,7 @@ impl Plugin for Recipients {
             max_recipients: settings
                 .max_recipients
                 .map_or(usize::MAX, NonZeroUsize::get),
+            max_per_session: settings.max_per_session.map(NonZeroUsize::get),
         };
         Ok((plugin, Hooks::RCPT | Hooks::SHAREABLE))
     }
@@ -82,6 +90,11 @@ impl Plugin for Recipients {
         if envelope.recipient_count() >= self.max_recipients {
             return Verdict::tempfail(452, "4.5.3", "Too many recipients for one message").into();
         }
+        if let Some(limit) = self.max_per_session
+            && session_store::incr(PER_SESSION_KEY, 0) >= limit as i64
+        {
+            return Verdict::tempfail(452, "4.5.3", "Too many recipients for this session").into();
+        }
         let address = recipient.to_ascii_lowercase();
         let alias = self.aliases.get(&address).cloned();
         if !self.accepts(alias.as_deref().unwrap_or(&address)) {
@@ -92,12 +105,18 @@ impl Plugin for Recipients {
             )
             .into();
         }
+        if self.max_per_session.is_some() {
+            session_store::incr(PER_SESSION_KEY, 1);
+        }
         match alias {
             Some(target) => PathOutcome::rewrite(target),
             None => PathOutcome::default(),
         }
     }
 }
+
+/// The session store's key for the recipients let through so far in the session.
+const PER_SESSION_KEY: &str = "recipients";
 
 portcullis_sdk::export!(Recipients);
 
@@ -182,6 +201,34 @@ mod tests {
             code(&harness.rcpt("r5@example.com").verdict),
             250,
             "a new transaction starts from zero"
+        );
+    }
+
+    #[test]
+    fn caps_recipients_per_session_across_transactions_in_the_session_store() {
+        let config = "domains = [\"example.com\"]\nmax_per_session = 3";
+        let mut harness = Harness::<Recipients>::new(config).unwrap();
+        assert!(
+            harness.hooks().contains(Hooks::SHAREABLE),
+            "the count is in the session store, not the instance"
+        );
+        harness.mail("sender@origin.test");
+        assert_eq!(code(&harness.rcpt("r0@example.com").verdict), 250);
+        assert_eq!(code(&harness.rcpt("nobody@elsewhere.test").verdict), 550);
+        assert_eq!(code(&harness.rcpt("r1@example.com").verdict), 250);
+        harness.mail("sender@origin.test");
+        assert_eq!(code(&harness.rcpt("r2@example.com").verdict), 250);
+        assert_eq!(
+            harness.rcpt("r3@example.com").verdict,
+            Verdict::tempfail(452, "4.5.3", "Too many recipients for this session"),
+            "the count goes on over transactions; refused recipients do not count"
+        );
+        harness.next_session("second", "192.0.2.7");
+        harness.mail("sender@origin.test");
+        assert_eq!(
+            code(&harness.rcpt("r0@example.com").verdict),
+            250,
+            "a new session starts from zero"
         );
     }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::{
     message::Message,
-    plugin_host::{LoadedPlugin, MessageResource, PluginError, PluginInstance, abi},
+    plugin_host::{LoadedPlugin, MessageResource, PluginError, PluginInstance, SessionStore, abi},
     smtp::{Command, MailCommand, RcptCommand, Reply, capabilities::Capabilities},
 };
 use portcullis_syntax::param::Verb;
@@ -57,6 +57,9 @@ pub struct SessionHooks {
     /// Which plugins this session has called (a shared plugin gets the session-end
     /// hook only if so).
     called: Vec<bool>,
+    /// What each plugin keeps for this session (`session-store`), lent to the
+    /// instance serving each call; dropped with the session.
+    stores: Vec<SessionStore>,
     session_id: String,
     trace: Option<Vec<TraceEntry>>,
     /// The recipients plugins added at the current DATA stage, with the plugin that
@@ -85,6 +88,11 @@ impl SessionHooks {
         let instances = chain.plugins.iter().map(|_| None).collect();
         Self {
             called: vec![false; chain.plugins.len()],
+            stores: chain
+                .plugins
+                .iter()
+                .map(|_| SessionStore::default())
+                .collect(),
             chain,
             instances,
             session_id: session_id.to_string(),
@@ -108,8 +116,9 @@ impl SessionHooks {
         &self.chain.listener
     }
 
-    /// The instance of plugin `index` for a call: the session's own, created on first
-    /// use, or for a shared plugin one lent until [`Self::release`].
+    /// The instance of plugin `index` for a call, holding this session's store of
+    /// that plugin until [`Self::release`]: the session's own instance, created on
+    /// first use, or for a shared plugin one lent until then.
     async fn instance(&mut self, index: usize) -> Result<&mut PluginInstance, PluginError> {
         if self.instances[index].is_none() {
             let plugin = &self.chain.plugins[index];
@@ -121,7 +130,17 @@ impl SessionHooks {
             self.instances[index] = Some(instance);
         }
         self.called[index] = true;
-        Ok(self.instances[index].as_mut().expect("just created"))
+        let instance = self.instances[index].as_mut().expect("just created");
+        instance.lend_store(std::mem::take(&mut self.stores[index]));
+        Ok(instance)
+    }
+
+    /// Takes this session's store of plugin `index` back from its instance, after a
+    /// call (also one that failed, before the instance is dropped).
+    fn take_store(&mut self, index: usize) {
+        if let Some(instance) = self.instances[index].as_mut() {
+            self.stores[index] = instance.take_store();
+        }
     }
 
     /// After a call to plugin `index` has been dealt with: a lent instance goes back
@@ -323,6 +342,7 @@ impl SessionHooks {
                 Ok(instance) => instance.session_end(session).await,
                 Err(error) => Err(error),
             };
+            self.take_store(index);
             if let Err(error) = result {
                 self.failed(index, Stage::SessionEnd, error);
             }

@@ -83,6 +83,7 @@ impl SessionHooks {
                 Ok(instance) => call(instance, state).await,
                 Err(error) => Err(error),
             };
+            self.take_store(index);
             let outcome = self.settle(index, stage, outcome);
             let done = self.interpret(index, stage, outcome, &mut decision, |extra, tracing| {
                 apply(index, state, extra, tracing)

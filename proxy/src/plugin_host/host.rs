@@ -13,13 +13,14 @@ use wasmtime::{
 use super::{
     KvStore,
     generated::portcullis::plugin::{clock, context, dns, kv, log, types},
+    session_store::SessionStore,
 };
 use crate::dns::{LookupError, Resolver, to_text};
 use hickory_resolver::proto::rr::{RData, RecordType};
 
 /// The services every plugin instance calls, shared by all of them.
 #[derive(Clone)]
-pub struct Services {
+pub(super) struct Services {
     /// The key-value store.
     pub kv: Arc<KvStore>,
     /// The DNS resolver.
@@ -28,7 +29,7 @@ pub struct Services {
 
 /// An instance's memory cap (`memory_mb`), which remembers having refused to grow the
 /// memory, so the trap that follows is reported as the memory limit it is.
-pub struct Limits {
+pub(super) struct Limits {
     inner: StoreLimits,
     /// A growth was refused since the last call started.
     pub memory_refused: bool,
@@ -36,7 +37,7 @@ pub struct Limits {
 
 impl Limits {
     /// Caps from wasmtime's builder.
-    pub fn new(inner: StoreLimits) -> Self {
+    pub(super) fn new(inner: StoreLimits) -> Self {
         Self {
             inner,
             memory_refused: false,
@@ -79,7 +80,7 @@ impl ResourceLimiter for Limits {
 }
 
 /// What one plugin instance's store holds.
-pub struct PluginState {
+pub(super) struct PluginState {
     plugin: Arc<str>,
     session: String,
     /// The memory cap.
@@ -96,6 +97,8 @@ pub struct PluginState {
     envelope: KnownEnvelope,
     /// The last key-value key as stored (see `store_and_key`).
     store_key: String,
+    /// The store of the session this call serves, lent for the call.
+    pub session_store: SessionStore,
 }
 
 /// The envelope as the plugin may have fetched it, and its version.
@@ -148,7 +151,12 @@ impl KnownEnvelope {
 
 impl PluginState {
     /// The state of a new instance of `plugin` in session `session`.
-    pub fn new(plugin: Arc<str>, session: &str, limits: StoreLimits, services: Services) -> Self {
+    pub(super) fn new(
+        plugin: Arc<str>,
+        session: &str,
+        limits: StoreLimits,
+        services: Services,
+    ) -> Self {
         Self {
             plugin,
             session: session.to_string(),
@@ -161,12 +169,13 @@ impl PluginState {
             session_version: 0,
             envelope: KnownEnvelope::new(),
             store_key: String::new(),
+            session_store: SessionStore::default(),
         }
     }
 
     /// Tags what the plugin logs from now on with `session` (a shared instance serves
     /// many sessions).
-    pub fn serve(&mut self, session: &str) {
+    pub(super) fn serve(&mut self, session: &str) {
         if self.session != session {
             // Reuses the buffer: session ids are all about 14 characters.
             self.session.clear();
@@ -176,7 +185,7 @@ impl PluginState {
 
     /// The version of `session` for the next call: unchanged while the session is,
     /// so the plugin fetches it (through `context.current`) only when it changed.
-    pub fn session_version(&mut self, session: &types::Session) -> u32 {
+    pub(super) fn session_version(&mut self, session: &types::Session) -> u32 {
         if self
             .known_session
             .as_ref()
@@ -192,12 +201,12 @@ impl PluginState {
     /// only added at the end, so a plugin that kept the recipients it read fetches
     /// just the new ones (`context.recipients-from`), and one that reads nothing
     /// costs nothing — the envelope is never copied into a call.
-    pub fn envelope_ref(&mut self, envelope: &types::Envelope) -> types::EnvelopeRef {
+    pub(super) fn envelope_ref(&mut self, envelope: &types::Envelope) -> types::EnvelopeRef {
         self.envelope.refer(envelope)
     }
 
     /// The resources lent to the plugin (the message during the DATA hook).
-    pub fn table(&mut self) -> &mut ResourceTable {
+    pub(super) fn table(&mut self) -> &mut ResourceTable {
         &mut self.table
     }
 

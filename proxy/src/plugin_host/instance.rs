@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use wasmtime::{Store, Trap, component::Resource};
 
 use super::{
-    MessageResource, Plugin, PluginError, abi,
+    MessageResource, Plugin, PluginError, SessionStore, abi,
     engine::PoolSlot,
     error::trap,
     host,
@@ -56,6 +56,17 @@ impl PluginInstance {
             return PluginError::MemoryLimit(self.memory >> 20);
         }
         trap(error)
+    }
+
+    /// Lends the instance `store` for the next call: the values its plugin keeps for
+    /// the session that call serves.
+    pub fn lend_store(&mut self, store: SessionStore) {
+        self.store.data_mut().session_store = store;
+    }
+
+    /// Takes back the lent session store after a call, with what the call changed.
+    pub fn take_store(&mut self) -> SessionStore {
+        std::mem::take(&mut self.store.data_mut().session_store)
     }
 
     /// The bindings, the store and the session's version, ready for a call that

@@ -21,6 +21,7 @@ mod error;
 mod host;
 mod instance;
 mod loaded;
+mod session_store;
 mod snapshot;
 mod ticker;
 
@@ -37,6 +38,7 @@ pub use host::MessageResource;
 pub use instance::PluginInstance;
 pub use loaded::LoadedPlugin;
 use loaded::Settings;
+pub use session_store::SessionStore;
 use ticker::{EPOCH_TICK, Ticker};
 
 /// The bindings generated from the SDK's WIT file (the one ABI).

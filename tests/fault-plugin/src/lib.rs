@@ -142,10 +142,7 @@ impl Plugin for Fault {
 
     fn helo(&mut self, _session: &Session, name: &str) -> HeloOutcome {
         match self.mode.as_str() {
-            "rename" => HeloOutcome {
-                verdict: Verdict::Continue,
-                rewrite_name: Some("renamed.example".into()),
-            },
+            "rename" => HeloOutcome::rename("renamed.example"),
             "refuse-helo" if !name.contains('.') => {
                 Verdict::reject(550, "5.7.1", "HELO name must be a domain").into()
             }
@@ -201,13 +198,10 @@ impl Plugin for Fault {
         let edit = match self.mode.as_str() {
             "envelope" => {
                 let seen = std::mem::take(&mut self.seen_at_rcpt);
-                return DataOutcome {
-                    verdict: Verdict::Continue,
-                    edits: vec![
-                        header("X-Envelope-At-Rcpt", &seen.join(" | ")),
-                        header("X-Envelope-At-Data", &describe(envelope)),
-                    ],
-                };
+                return DataOutcome::with_edits(vec![
+                    header("X-Envelope-At-Rcpt", &seen.join(" | ")),
+                    header("X-Envelope-At-Data", &describe(envelope)),
+                ]);
             }
             "discard" => return Verdict::Discard.into(),
             "bad-rewrite" => header("X-Evil", "x\r\n.\r\nMAIL FROM:<evil@example.com>"),
@@ -227,20 +221,14 @@ impl Plugin for Fault {
             "measure-body" => {
                 let body = message.body();
                 let lines = body.iter().filter(|&&b| b == b'\n').count();
-                return DataOutcome {
-                    verdict: Verdict::Continue,
-                    edits: vec![
-                        header("X-Body-Size", &message.body_size().to_string()),
-                        header("X-Body-Lines", &lines.to_string()),
-                    ],
-                };
+                return DataOutcome::with_edits(vec![
+                    header("X-Body-Size", &message.body_size().to_string()),
+                    header("X-Body-Lines", &lines.to_string()),
+                ]);
             }
             mode => return self.misbehave(mode).into(),
         };
-        DataOutcome {
-            verdict: Verdict::Continue,
-            edits: vec![edit],
-        }
+        DataOutcome::with_edits(vec![edit])
     }
 }
 
@@ -256,11 +244,10 @@ fn header(name: &str, value: &str) -> MessageEdit {
 impl Fault {
     /// `rewrite`: the configured address and parameters.
     fn rewrite(&self) -> PathOutcome {
-        PathOutcome {
-            rewrite_address: self.address.clone(),
-            rewrite_params: self.params.clone(),
-            ..PathOutcome::default()
-        }
+        let mut outcome = PathOutcome::default();
+        outcome.rewrite_address = self.address.clone();
+        outcome.rewrite_params = self.params.clone();
+        outcome
     }
 
     /// The faults that do not depend on the hook; `ok` and unknown modes continue.
