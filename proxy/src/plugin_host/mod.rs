@@ -39,7 +39,7 @@ pub use instance::PluginInstance;
 pub use loaded::LoadedPlugin;
 use loaded::Settings;
 pub use session_store::SessionStore;
-use ticker::{EPOCH_TICK, Ticker};
+use ticker::Ticker;
 
 /// The bindings generated from the SDK's WIT file (the one ABI).
 #[allow(missing_docs)]
@@ -120,21 +120,16 @@ impl PluginRuntime {
         let thread = std::thread::Builder::new()
             .name("plugin-epoch".into())
             .spawn(move || {
-                while !ticker.stopped.load(std::sync::atomic::Ordering::SeqCst) {
-                    if ticker.idle() {
-                        std::thread::park();
-                        continue;
-                    }
+                ticker.run(|| {
                     let Some(engine) = on_demand.upgrade() else {
-                        return;
+                        return false;
                     };
                     engine.increment_epoch();
                     if let Some(engine) = pooled.as_ref().and_then(|pooled| pooled.upgrade()) {
                         engine.increment_epoch();
                     }
-                    drop(engine);
-                    std::thread::sleep(EPOCH_TICK);
-                }
+                    true
+                })
             })
             .map_err(|error| LoadError::Engine(format!("no epoch thread: {error}")))?;
         let _ = runtime.ticker.thread.set(thread.thread().clone());
