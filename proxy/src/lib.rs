@@ -9,12 +9,14 @@
 //! edits; [`replay`] runs a chain offline; [`config`] is the validated configuration,
 //! plain data; `connection` is the shared bytes ↔ lines plumbing; [`dns`] the resolver
 //! that plugins and the client-name lookup share; `devupstream` is the built-in
-//! development upstream for trying things out.
+//! development upstream for trying things out; `fuzzing` holds the fuzz targets'
+//! bodies (`fuzz/`).
 //!
 //! Dependencies point one way. Each module imports only from those listed after it
 //! (a unit test below reads this list and the sources and holds them to it):
 //!
 //! - `server` → startup, listener, session, upstream, auth, client_limits, devupstream, dns, kv, tls, log_limit, config
+//! - `fuzzing` → auth, smtp
 //! - `replay` → startup, hooks, plugin_host, message, dns, smtp, config
 //! - `startup` → session, hooks, plugin_host, auth, dns, kv, tls, config
 //! - `listener` → session, client_limits, log_limit, smtp
@@ -45,6 +47,8 @@ pub mod config;
 mod connection;
 mod devupstream;
 pub mod dns;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hooks;
 pub mod kv;
 mod listener;
