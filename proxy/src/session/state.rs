@@ -72,8 +72,7 @@ impl Peer {
         ClientInfo {
             address: self.address,
             local_address: self.local_address,
-            helo: self.helo_rewrite.clone().or_else(|| self.helo.clone()),
-            esmtp: self.esmtp,
+            greeting: self.greeting(),
             // The upstream verified a passthrough login itself; only edge logins go
             // in XCLIENT.
             login: self

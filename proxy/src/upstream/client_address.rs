@@ -5,37 +5,29 @@ use std::net::{IpAddr, SocketAddr};
 
 use portcullis_syntax::param::encode_xtext;
 
+use super::Greeting;
 use crate::{
     dns::{ClientName, HostName},
     smtp::capabilities::Capabilities,
 };
 
-/// What the upstream should know about the downstream client.
+/// What the upstream is told about the downstream client: the session's peer as the
+/// upstream sees it (the greeting a plugin may have renamed, only a login the proxy
+/// verified), made by the session when it opens the upstream side.
 #[derive(Debug, Clone)]
 pub(crate) struct ClientInfo {
     /// The client's address and port.
     pub address: SocketAddr,
     /// The local address the client connected to.
     pub local_address: SocketAddr,
-    /// The name the client gave in HELO/EHLO.
-    pub helo: Option<String>,
-    /// True if the client greeted with EHLO.
-    pub esmtp: bool,
+    /// How the client greeted, once it has (XCLIENT HELO and PROTO, and the
+    /// upstream's own greeting).
+    pub greeting: Option<Greeting>,
     /// The login the proxy verified (edge AUTH), sent as XCLIENT LOGIN.
     pub login: Option<String>,
     /// The client's host names, if they were looked up (XCLIENT NAME and
     /// REVERSE_NAME); without them both say `[UNAVAILABLE]`.
     pub name: Option<ClientName>,
-}
-
-impl ClientInfo {
-    /// How the client greeted, if it has: for the upstream's own greeting.
-    pub(crate) fn greeting(&self) -> Option<super::Greeting> {
-        self.helo.as_ref().map(|name| super::Greeting {
-            name: name.clone(),
-            esmtp: self.esmtp,
-        })
-    }
 }
 
 /// The longest XCLIENT command line, CRLF excluded (XCLIENT_README: the 512-octet
@@ -53,11 +45,19 @@ const XCLIENT_VALUE_LIMIT: usize = 255;
 /// announced none of them.
 pub(crate) fn xclient_commands(client: &ClientInfo, upstream: &Capabilities) -> Vec<String> {
     let name = client.name.as_ref();
+    let greeting = client.greeting.as_ref();
     let early = [
-        ("HELO", client.helo.clone()),
+        ("HELO", greeting.map(|greeting| greeting.name.clone())),
         (
             "PROTO",
-            Some(if client.esmtp { "ESMTP" } else { "SMTP" }.to_string()),
+            Some(
+                if greeting.is_some_and(|greeting| greeting.esmtp) {
+                    "ESMTP"
+                } else {
+                    "SMTP"
+                }
+                .to_string(),
+            ),
         ),
         ("LOGIN", client.login.clone()),
         ("DESTADDR", Some(xclient_address(client.local_address.ip()))),
@@ -190,8 +190,7 @@ pub(crate) fn proxy_v1_line(source: SocketAddr, destination: SocketAddr) -> Vec<
     proxy_v1_header(&ClientInfo {
         address: source,
         local_address: destination,
-        helo: None,
-        esmtp: true,
+        greeting: None,
         login: None,
         name: None,
     })
@@ -238,8 +237,10 @@ mod tests {
         ClientInfo {
             address: address.parse().unwrap(),
             local_address: local.parse().unwrap(),
-            helo: Some("client.example".into()),
-            esmtp: true,
+            greeting: Some(Greeting {
+                name: "client.example".into(),
+                esmtp: true,
+            }),
             login: None,
             name: None,
         }
@@ -339,7 +340,10 @@ mod tests {
         let long_name = [label.as_str(); 4].join(".");
         assert_eq!(long_name.len(), 255);
         let info = ClientInfo {
-            helo: Some(long_name.clone()),
+            greeting: Some(Greeting {
+                name: long_name.clone(),
+                esmtp: true,
+            }),
             login: Some("l".repeat(200)),
             name: named(
                 HostName::Known(long_name.clone()),
@@ -376,7 +380,10 @@ mod tests {
     fn values_postfix_would_refuse_are_sent_as_unavailable() {
         // Postfix: "501 5.5.4 Error: attribute value too long" past 255 octets.
         let info = ClientInfo {
-            helo: Some("h".repeat(256)),
+            greeting: Some(Greeting {
+                name: "h".repeat(256),
+                esmtp: true,
+            }),
             login: Some("l".repeat(256)),
             ..client("192.0.2.7:40000", "198.51.100.1:25")
         };

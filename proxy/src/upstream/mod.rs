@@ -128,7 +128,7 @@ impl UpstreamSession {
     ) -> Result<(), UpstreamError> {
         let xclient = self.upstream.config.client_address == ClientAddressMode::Xclient;
         let starttls = self.upstream.config.tls.mode == TlsMode::Starttls;
-        let client_greeting = client.and_then(ClientInfo::greeting);
+        let client_greeting = client.and_then(|client| client.greeting.clone());
         // Greeting as the client did from the start, HELO included (a later HELO would
         // not undo an EHLO's ESMTP in Postfix's records), unless the proxy needs EHLO's
         // answer first: for STARTTLS, or for XCLIENT.
