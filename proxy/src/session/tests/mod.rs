@@ -1,5 +1,9 @@
-//! Session tests over in-memory streams: the upstream is unreachable here, so these
-//! cover everything the session answers by itself.
+//! Session tests over in-memory streams: here the upstream is unreachable, so these
+//! cover everything the session answers by itself; `relay` puts a scripted upstream
+//! behind the session.
+
+mod relay;
+mod scripted;
 
 use std::{sync::Arc, time::Duration};
 
@@ -17,16 +21,24 @@ fn context(extra: &str) -> Arc<SessionContext> {
 }
 
 fn parse(extra: &str) -> Config {
+    parse_for("127.0.0.1:9", extra)
+}
+
+/// A configuration relaying to `upstream`, with `extra` after `[upstream]`'s keys.
+fn parse_for(upstream: &str, extra: &str) -> Config {
     let text = format!(
-        "[[listener]]\nname = \"t\"\naddress = \"127.0.0.1:0\"\n[upstream]\naddress = \"127.0.0.1:9\"\ntimeouts = {{ connect = \"200ms\" }}\n{extra}"
+        "[[listener]]\nname = \"t\"\naddress = \"127.0.0.1:0\"\n[upstream]\naddress = \"{upstream}\"\ntimeouts = {{ connect = \"200ms\" }}\n{extra}"
     );
     Config::parse(&text).unwrap()
 }
 
 fn context_from(config: Config) -> Arc<SessionContext> {
+    let crate::config::UpstreamTarget::Address(address) = &config.upstream.target else {
+        panic!("session tests relay to an address");
+    };
     Arc::new(SessionContext {
         upstream: Arc::new(crate::upstream::Upstream::new(
-            "127.0.0.1:9".into(),
+            address.clone(),
             config.upstream.clone(),
             None,
         )),
@@ -56,8 +68,18 @@ fn start(context: Arc<SessionContext>) -> DuplexStream {
     client
 }
 
-/// Sends `input`, then reads until the session closes or `replies` reply lines came.
+/// Sends `input`, then reads until the session closes or `replies` replies came; the
+/// codes of the replies.
 async fn converse(client: &mut DuplexStream, input: &[u8], replies: usize) -> Vec<String> {
+    converse_lines(client, input, replies)
+        .await
+        .iter()
+        .map(|line| line[..3].to_string())
+        .collect()
+}
+
+/// Like [`converse`], but the last line of each reply, whole.
+async fn converse_lines(client: &mut DuplexStream, input: &[u8], replies: usize) -> Vec<String> {
     client.write_all(input).await.unwrap();
     let mut text = String::new();
     let mut buffer = [0u8; 4096];
@@ -78,7 +100,7 @@ async fn converse(client: &mut DuplexStream, input: &[u8], replies: usize) -> Ve
     }
     text.lines()
         .filter(|l| l.as_bytes().get(3) == Some(&b' '))
-        .map(|l| l[..3].to_string())
+        .map(str::to_string)
         .collect()
 }
 
