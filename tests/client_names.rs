@@ -1,7 +1,7 @@
 //! The client-name lookup behind XCLIENT NAME and REVERSE_NAME, against a DNS server on
 //! loopback. The tests' clients all connect from loopback addresses, whose names the
 //! resolver answers itself ("localhost", RFC 6761), so the outcomes for real client
-//! addresses are checked here through the proxy's resolver directly; `relay.rs` and
+//! addresses are checked here through the proxy's resolver directly; `relay/` and
 //! `postfix.rs` check what reaches the upstream.
 
 mod common;

@@ -15,7 +15,11 @@ use std::{
 };
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use common::{Client, ClientReply, Proxy, RecordingUpstream, component, wait_until};
+use common::{
+    Client, ClientReply, Proxy, RecordingUpstream, component,
+    config::{TestConfig, table},
+    wait_until,
+};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -221,10 +225,10 @@ fn a_full_throttle_refuses_auth_instead_of_forgetting() {
 #[test]
 fn one_address_cannot_hold_every_session() {
     let upstream = RecordingUpstream::start();
-    let proxy = Proxy::start(
-        &upstream.address(),
-        "[server]\nmax_connections = 10\n[client_limits]\nmax_sessions = 3\n",
-    );
+    let proxy = TestConfig::relaying_to(&upstream.address())
+        .set("server.max_connections", 10)
+        .set("client_limits.max_sessions", 3)
+        .start();
     let mut held: Vec<Client> = (0..3)
         .map(|_| Client::connect_from("127.0.0.2", proxy.address))
         .collect();
@@ -247,10 +251,10 @@ fn one_address_cannot_hold_every_session() {
 #[test]
 fn new_sessions_per_address_are_limited_per_window() {
     let upstream = RecordingUpstream::start();
-    let proxy = Proxy::start(
-        &upstream.address(),
-        "[client_limits]\nmax_new_sessions = 4\nwindow = \"1m\"\n",
-    );
+    let proxy = TestConfig::relaying_to(&upstream.address())
+        .set("client_limits.max_new_sessions", 4)
+        .set("client_limits.window", "1m")
+        .start();
     for _ in 0..4 {
         Client::connect_from("127.0.0.2", proxy.address).expect("QUIT", 221);
     }
@@ -262,7 +266,9 @@ fn new_sessions_per_address_are_limited_per_window() {
 #[test]
 fn refused_connections_do_not_flood_the_log() {
     let upstream = RecordingUpstream::start();
-    let proxy = Proxy::start(&upstream.address(), "[client_limits]\nmax_sessions = 1\n");
+    let proxy = TestConfig::relaying_to(&upstream.address())
+        .set("client_limits.max_sessions", 1)
+        .start();
     let _held = Client::connect_from("127.0.0.2", proxy.address);
     for _ in 0..200 {
         let reply = Client::connect_from_unread("127.0.0.2", proxy.address).read_reply();
@@ -275,7 +281,9 @@ fn refused_connections_do_not_flood_the_log() {
 #[test]
 fn commands_that_move_no_mail_are_limited_between_messages() {
     let upstream = RecordingUpstream::start();
-    let proxy = Proxy::start(&upstream.address(), "[smtp]\nmax_junk_commands = 5\n");
+    let proxy = TestConfig::relaying_to(&upstream.address())
+        .set("smtp.max_junk_commands", 5)
+        .start();
     let mut client = proxy.client();
     client.expect("EHLO idler.example", 250);
     for command in ["NOOP", "RSET", "HELP"] {
@@ -300,13 +308,19 @@ fn commands_that_move_no_mail_are_limited_between_messages() {
 #[test]
 fn the_epoch_thread_sleeps_while_no_plugin_runs() {
     let upstream = RecordingUpstream::start();
-    let proxy = Proxy::start(
-        &upstream.address(),
-        &format!(
-            "[[listener]]\nname = \"plugins\"\naddress = \"127.0.0.1:0\"\nplugins = [\"recipients\"]\n[plugins.recipients]\npath = {:?}\nconfig = {{ domains = [\"example.com\"] }}\n",
-            component("recipients")
-        ),
-    );
+    let recipients = table([(
+        "config",
+        table([("domains", vec!["example.com"].into())]).into(),
+    )]);
+    let proxy = TestConfig::relaying_to(&upstream.address())
+        .listener("plugins")
+        .plugin(
+            "plugins",
+            "recipients",
+            &component("recipients"),
+            recipients,
+        )
+        .start();
     let task = std::fs::read_dir(format!("/proc/{}/task", proxy.pid()))
         .unwrap()
         .map(|entry| entry.unwrap().path())

@@ -4,6 +4,7 @@
 //! instead of hanging CI.
 #![allow(dead_code)]
 
+pub mod config;
 pub mod dns;
 pub mod tls;
 
@@ -46,6 +47,16 @@ impl Proxy {
     /// Starts the proxy with a listener on port 0 and `rest` as the rest of the config.
     pub fn start_with(rest: &str) -> Proxy {
         Proxy::start_logging(rest, "info,portcullis=debug")
+    }
+
+    /// Starts the proxy with `config` as its whole configuration file (it must have
+    /// a listener `test` on port 0, as [`config::TestConfig`] makes).
+    pub fn start_file(config: &str) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portcullis.toml");
+        std::fs::write(&path, config).unwrap();
+        let folder = dir.path().to_path_buf();
+        Proxy::run(dir, &folder, &path, "test", "info,portcullis=debug")
     }
 
     /// [`Proxy::start_with`] with this `RUST_LOG` filter.
