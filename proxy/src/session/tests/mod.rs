@@ -1,9 +1,12 @@
 //! Session tests over in-memory streams: here the upstream is unreachable, so these
-//! cover everything the session answers by itself; `relay` puts a scripted upstream
-//! behind the session.
+//! cover everything the session answers by itself; `relay` puts the integration
+//! tests' recording upstream behind the session.
 
 mod relay;
-mod scripted;
+/// The integration tests' scripted upstream (standard library only), one server for
+/// both kinds of test.
+#[path = "../../../../tests/common/upstream.rs"]
+mod upstream;
 
 use std::{sync::Arc, time::Duration};
 
