@@ -20,7 +20,7 @@ use portcullis::{
     dns::Resolver,
     hooks::{Chain, Decision, SessionHooks},
     message::{Message, SpoolWriter},
-    plugin_host::{Capacity, LoadedPlugin, PluginRuntime, abi},
+    plugin_host::{Capacity, LoadedPlugin, PluginRuntime, view},
     smtp::{Command, capabilities::Capabilities, command, data::DotStuffer},
 };
 
@@ -74,8 +74,8 @@ fn timed(
     })
 }
 
-fn session() -> abi::Session {
-    abi::Session {
+fn session() -> view::Session {
+    view::Session {
         id: "bench".into(),
         listener: "bench".into(),
         client_ip: "192.0.2.1".into(),
@@ -106,7 +106,7 @@ fn plugin_calls(c: &mut Criterion) {
             .iter(|| async { recipients.instantiate("bench").await.unwrap() })
     });
     let session = session();
-    let envelope = abi::Envelope {
+    let envelope = view::Envelope {
         sender: "alice@example.org".into(),
         mail_params: Vec::new(),
         recipients: vec!["carol@example.com".into()],
@@ -160,7 +160,7 @@ fn plugin_calls(c: &mut Criterion) {
     // A shareable plugin's call as a session makes it: borrow an idle instance, call,
     // give it back. Two sessions alternate, so every call is from a session other
     // than the last one the instance served (the plugin fetches the session again).
-    let other = abi::Session {
+    let other = view::Session {
         id: "bench-2".into(),
         client_ip: "192.0.2.2".into(),
         ..session.clone()
@@ -248,10 +248,10 @@ fn message_through_the_chain(c: &mut Criterion, runtime: &tokio::runtime::Runtim
             ),
         ],
     });
-    let mut sessions: Vec<(abi::Session, SessionHooks)> = (0..10)
+    let mut sessions: Vec<(view::Session, SessionHooks)> = (0..10)
         .map(|n| {
             let id = format!("bench-{n}");
-            let session = abi::Session {
+            let session = view::Session {
                 id: id.clone(),
                 client_ip: format!("192.0.2.{n}"),
                 ..session()
@@ -277,7 +277,7 @@ fn message_through_the_chain(c: &mut Criterion, runtime: &tokio::runtime::Runtim
             b.iter_custom(|iterations| {
                 timed(runtime, iterations, async |n| {
                     let id = format!("new-{n}");
-                    let session = abi::Session {
+                    let session = view::Session {
                         id: id.clone(),
                         ..sessions[n as usize % 10].0.clone()
                     };
@@ -291,7 +291,7 @@ fn message_through_the_chain(c: &mut Criterion, runtime: &tokio::runtime::Runtim
 }
 
 /// One message's plugin work; returns the octets that would go upstream.
-async fn one_message(session: &abi::Session, hooks: &mut SessionHooks, content: &[u8]) -> usize {
+async fn one_message(session: &view::Session, hooks: &mut SessionHooks, content: &[u8]) -> usize {
     let Ok(Command::Mail(mail)) = command::parse(b"MAIL FROM:<from@bench.test>") else {
         unreachable!()
     };
@@ -301,7 +301,7 @@ async fn one_message(session: &abi::Session, hooks: &mut SessionHooks, content: 
     let offered = Capabilities::relayable();
     let (decision, mail) = hooks.mail(session, mail, &offered).await;
     assert_eq!(decision, Decision::Continue);
-    let mut envelope = abi::Envelope {
+    let mut envelope = view::Envelope {
         sender: mail.reverse_path.mailbox().to_string(),
         mail_params: Vec::new(),
         recipients: Vec::new(),

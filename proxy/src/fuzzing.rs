@@ -314,11 +314,9 @@ pub fn credentials(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    for entry in parse_lines(text) {
-        if let Ok((number, login, _)) = entry {
-            assert!(number >= 1);
-            assert!(!login.is_empty() && !login.contains(char::is_whitespace));
-        }
+    for (number, login, _) in parse_lines(text).flatten() {
+        assert!(number >= 1);
+        assert!(!login.is_empty() && !login.contains(char::is_whitespace));
     }
 }
 

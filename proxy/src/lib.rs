@@ -4,10 +4,11 @@
 //! `server` runs what [`startup`] prepared: `listener` admits connections, and a
 //! `session` (the only place that decides) drives each one — the protocol as data in
 //! [`smtp`] (no I/O), the client side of the relay in `upstream`, AUTH at the edge in
-//! [`auth`], the plugin chains in [`hooks`], which run [`plugin_host`] (wasmtime, the
-//! only module naming it). [`message`] is the spooled message of the DATA hook and its
-//! edits; [`replay`] runs a chain offline; [`config`] is the validated configuration,
-//! plain data; `connection` is the shared bytes ↔ lines plumbing; [`dns`] the resolver
+//! [`auth`], the plugin chains in [`hooks`], which run [`plugin_host`] (the only
+//! module naming wasmtime or the bindings generated from the WIT file; the others
+//! speak [`plugin_host::view`]). [`message`] is the spooled message of the DATA hook
+//! and its edits; [`replay`] runs a chain offline; [`config`] is the validated
+//! configuration, plain data; `connection` is the shared bytes ↔ lines plumbing; [`dns`] the resolver
 //! that plugins and the client-name lookup share; `devupstream` is the built-in
 //! development upstream for trying things out; `fuzzing` holds the fuzz targets'
 //! bodies (`fuzz/`).

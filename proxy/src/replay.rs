@@ -10,7 +10,7 @@ use crate::{
     dns::Resolver,
     hooks::{Chain, Decision, SessionHooks},
     message::{EditError, Message, SpoolWriter},
-    plugin_host::abi,
+    plugin_host::view,
     smtp::{Command, MailCommand, capabilities::Capabilities, command},
     startup::{StartError, load_plugins},
 };
@@ -70,7 +70,7 @@ pub async fn replay(config: &Config, input: ReplayInput) -> Result<String, Repla
 /// One offline session through a listener's chain, and the report on it.
 struct Replay {
     hooks: SessionHooks,
-    session: abi::Session,
+    session: view::Session,
     /// What the client is taken to have been offered: everything the proxy relays.
     offered: Capabilities,
     report: Report,
@@ -80,7 +80,7 @@ struct Replay {
 /// see it.
 struct AcceptedEnvelope {
     mail: MailCommand,
-    abi: abi::Envelope,
+    abi: view::Envelope,
 }
 
 impl Replay {
@@ -109,7 +109,7 @@ impl Replay {
         };
         let mut hooks = SessionHooks::new(Arc::new(chain), "replay");
         hooks.record_trace();
-        let session = abi::Session {
+        let session = view::Session {
             id: "replay".into(),
             listener: listener.name.clone(),
             client_ip: input.client_ip.to_string(),
@@ -195,7 +195,7 @@ impl Replay {
         if self.report.stage(&mut self.hooks, "mail", &decision) {
             return Ok(None);
         }
-        let mut envelope = abi::Envelope {
+        let mut envelope = view::Envelope {
             sender: mail.reverse_path.mailbox().to_string(),
             mail_params: Vec::new(),
             recipients: Vec::new(),

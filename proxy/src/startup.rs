@@ -16,7 +16,7 @@ use crate::{
     dns::Resolver,
     hooks::Chain,
     kv::KvStore,
-    plugin_host::{Capacity, LoadError, LoadedPlugin, PluginError, PluginRuntime, abi},
+    plugin_host::{Capacity, LoadError, LoadedPlugin, PluginError, PluginRuntime, view},
     session::ListenerContext,
     tls::{
         TlsError,
@@ -192,7 +192,7 @@ fn prepare_listeners(
                 let plugin = plugins
                     .get(name)
                     .ok_or_else(|| verifier_error(format!("plugin {name} is not loaded")))?;
-                if !plugin.hooks.contains(abi::Hooks::VERIFY_LOGIN) {
+                if !plugin.hooks.contains(view::Hooks::VERIFY_LOGIN) {
                     return Err(verifier_error(format!(
                         "plugin {name} does not check logins (its init did not ask for verify-login)"
                     )));

@@ -15,14 +15,15 @@ use std::sync::Arc;
 
 use crate::{
     message::Message,
-    plugin_host::{LoadedPlugin, MessageResource, PluginError, PluginInstance, SessionStore, abi},
+    plugin_host::{LoadedPlugin, MessageResource, PluginError, PluginInstance, SessionStore, view},
     smtp::{Command, MailCommand, RcptCommand, Reply, capabilities::Capabilities},
 };
 use portcullis_syntax::param::Verb;
 use stage::{Call, Stage, policy_decision};
 pub use trace::TraceEntry;
 use verdict::{
-    PathRules, abi_params, checked_helo, checked_rewrite, describe_command, describe_edit, to_edit,
+    PathRules, checked_helo, checked_rewrite, describe_command, describe_edit, plugin_params,
+    to_edit,
 };
 
 /// The plugins of one listener, in order.
@@ -69,18 +70,18 @@ pub struct SessionHooks {
 
 /// A MAIL or RCPT as the chain has left it so far.
 struct PathState<'s> {
-    session: &'s abi::Session,
+    session: &'s view::Session,
     /// RCPT only: the transaction so far.
-    envelope: Option<&'s abi::Envelope>,
+    envelope: Option<&'s view::Envelope>,
     address: String,
-    params: Vec<abi::Param>,
+    params: Vec<view::Param>,
     /// The last valid rewrite, as the command for the upstream.
     rewritten: Option<Command>,
 }
 
 /// What the AUTH hook is asked with: the session, the mechanism and the login.
 #[derive(Clone, Copy)]
-struct Login<'s>(&'s abi::Session, &'s str, &'s str);
+struct Login<'s>(&'s view::Session, &'s str, &'s str);
 
 impl SessionHooks {
     /// The hooks of `chain` for session `session_id`.
@@ -156,7 +157,7 @@ impl SessionHooks {
     }
 
     /// The connect hook over the chain.
-    pub async fn connect(&mut self, session: &abi::Session) -> Decision {
+    pub async fn connect(&mut self, session: &view::Session) -> Decision {
         let no_changes = |_, _: &mut _, (), _| Ok(None);
         self.run(Stage::Connect, &mut &*session, ask_connect, no_changes)
             .await
@@ -164,7 +165,12 @@ impl SessionHooks {
 
     /// The AUTH hook, after a login was verified: `mechanism` and `login`, never a
     /// password.
-    pub async fn auth(&mut self, session: &abi::Session, mechanism: &str, login: &str) -> Decision {
+    pub async fn auth(
+        &mut self,
+        session: &view::Session,
+        mechanism: &str,
+        login: &str,
+    ) -> Decision {
         let mut state = Login(session, mechanism, login);
         let no_changes = |_, _: &mut _, (), _| Ok(None);
         self.run(Stage::Auth, &mut state, ask_auth, no_changes)
@@ -172,10 +178,14 @@ impl SessionHooks {
     }
 
     /// The HELO hook; returns the decision and the name for the upstream if rewritten.
-    pub async fn helo(&mut self, session: &abi::Session, name: &str) -> (Decision, Option<String>) {
+    pub async fn helo(
+        &mut self,
+        session: &view::Session,
+        name: &str,
+    ) -> (Decision, Option<String>) {
         let mut state = (session, name.to_string());
         let apply = |_,
-                     (_, current): &mut (&abi::Session, String),
+                     (_, current): &mut (&view::Session, String),
                      rewrite: Option<String>,
                      tracing: bool| {
             let Some(new) = rewrite else {
@@ -193,7 +203,7 @@ impl SessionHooks {
     /// rewrite may only use the extensions in `offered` (what the client was offered).
     pub async fn mail(
         &mut self,
-        session: &abi::Session,
+        session: &view::Session,
         mail: MailCommand,
         offered: &Capabilities,
     ) -> (Decision, MailCommand) {
@@ -205,7 +215,7 @@ impl SessionHooks {
             session,
             envelope: None,
             address: mail.reverse_path.mailbox().to_string(),
-            params: abi_params(&mail.params),
+            params: plugin_params(&mail.params),
             rewritten: None,
         };
         match self.path_stage(Stage::Mail, path, &rules).await {
@@ -218,8 +228,8 @@ impl SessionHooks {
     /// rewritten) command.
     pub async fn rcpt(
         &mut self,
-        session: &abi::Session,
-        envelope: &abi::Envelope,
+        session: &view::Session,
+        envelope: &view::Envelope,
         rcpt: RcptCommand,
         offered: &Capabilities,
     ) -> (Decision, RcptCommand) {
@@ -234,7 +244,7 @@ impl SessionHooks {
             session,
             envelope: Some(envelope),
             address: rcpt.forward_path.mailbox().to_string(),
-            params: abi_params(&rcpt.params),
+            params: plugin_params(&rcpt.params),
             rewritten: None,
         };
         match self.path_stage(Stage::Rcpt, path, &rules).await {
@@ -258,7 +268,7 @@ impl SessionHooks {
             _ => Verb::Rcpt,
         };
         let apply =
-            |_, path: &mut PathState<'_>, rewrite: Option<abi::PathRewrite>, tracing: bool| {
+            |_, path: &mut PathState<'_>, rewrite: Option<view::PathRewrite>, tracing: bool| {
                 let Some(rewrite) = rewrite else {
                     return Ok(None);
                 };
@@ -280,14 +290,14 @@ impl SessionHooks {
     /// of them is invalid none does and the plugin has failed.
     pub async fn data(
         &mut self,
-        session: &abi::Session,
-        envelope: &abi::Envelope,
+        session: &view::Session,
+        envelope: &view::Envelope,
         message: &mut Message,
     ) -> Decision {
         let mut added = Vec::new();
         let apply = |index,
                      (_, _, message): &mut DataState<'_>,
-                     edits: Vec<abi::MessageEdit>,
+                     edits: Vec<view::MessageEdit>,
                      tracing: bool| {
             let described = (tracing && !edits.is_empty()).then(|| {
                 let list: Vec<String> = edits.iter().map(describe_edit).collect();
@@ -327,7 +337,7 @@ impl SessionHooks {
 
     /// The session-end hook, for plugins whose instance this session still has, and
     /// shared plugins it has called.
-    pub async fn session_end(&mut self, session: &abi::Session) {
+    pub async fn session_end(&mut self, session: &view::Session) {
         for index in self.wanting(Stage::SessionEnd) {
             let shared = self.chain.plugins[index].is_shared();
             let ends = if shared {
@@ -354,7 +364,7 @@ impl SessionHooks {
 // One plugin call per stage, for the runner: what the plugin is asked with, taken from
 // the stage's state as the plugins before it left it.
 
-fn ask_connect<'a>(instance: &'a mut PluginInstance, session: &'a &abi::Session) -> Call<'a, ()> {
+fn ask_connect<'a>(instance: &'a mut PluginInstance, session: &'a &view::Session) -> Call<'a, ()> {
     Box::pin(async move { Ok((instance.connect(session).await?, ())) })
 }
 
@@ -365,7 +375,7 @@ fn ask_auth<'a>(instance: &'a mut PluginInstance, login: &'a Login<'_>) -> Call<
 
 fn ask_helo<'a>(
     instance: &'a mut PluginInstance,
-    (session, current): &'a (&abi::Session, String),
+    (session, current): &'a (&view::Session, String),
 ) -> Call<'a, Option<String>> {
     Box::pin(async move {
         let outcome = instance.helo(session, current).await?;
@@ -376,7 +386,7 @@ fn ask_helo<'a>(
 fn ask_path<'a>(
     instance: &'a mut PluginInstance,
     path: &'a PathState<'_>,
-) -> Call<'a, Option<abi::PathRewrite>> {
+) -> Call<'a, Option<view::PathRewrite>> {
     Box::pin(async move {
         let outcome = match path.envelope {
             None => {
@@ -396,24 +406,17 @@ fn ask_path<'a>(
 }
 
 /// The DATA stage's state: the session, the envelope, and the message as edited so far.
-type DataState<'s> = (&'s abi::Session, &'s abi::Envelope, &'s mut Message);
+type DataState<'s> = (&'s view::Session, &'s view::Envelope, &'s mut Message);
 
 fn ask_data<'a>(
     instance: &'a mut PluginInstance,
     (session, envelope, message): &'a DataState<'_>,
-) -> Call<'a, Vec<abi::MessageEdit>> {
-    let envelope = abi::Envelope {
+) -> Call<'a, Vec<view::MessageEdit>> {
+    let envelope = view::Envelope {
         recipients: message.recipients.clone(),
         ..(*envelope).clone()
     };
-    let resource = MessageResource {
-        headers: message
-            .header_pairs()
-            .into_iter()
-            .map(|(name, value)| abi::Header { name, value })
-            .collect(),
-        body: message.body.clone(),
-    };
+    let resource = MessageResource::new(message.header_pairs(), message.body.clone());
     Box::pin(async move {
         let outcome = instance.data(session, &envelope, resource).await?;
         Ok((outcome.verdict, outcome.edits))

@@ -11,7 +11,7 @@ use super::{
 };
 use crate::{
     config::OnError,
-    plugin_host::{PluginError, PluginInstance, abi},
+    plugin_host::{PluginError, PluginInstance, view},
     smtp::replies,
 };
 
@@ -28,15 +28,15 @@ pub(super) enum Stage {
 }
 
 impl Stage {
-    pub(super) fn flag(self) -> abi::Hooks {
+    pub(super) fn flag(self) -> view::Hooks {
         match self {
-            Stage::Connect => abi::Hooks::CONNECT,
-            Stage::Helo => abi::Hooks::HELO,
-            Stage::Auth => abi::Hooks::AUTH,
-            Stage::Mail => abi::Hooks::MAIL,
-            Stage::Rcpt => abi::Hooks::RCPT,
-            Stage::Data => abi::Hooks::DATA,
-            Stage::SessionEnd => abi::Hooks::SESSION_END,
+            Stage::Connect => view::Hooks::CONNECT,
+            Stage::Helo => view::Hooks::HELO,
+            Stage::Auth => view::Hooks::AUTH,
+            Stage::Mail => view::Hooks::MAIL,
+            Stage::Rcpt => view::Hooks::RCPT,
+            Stage::Data => view::Hooks::DATA,
+            Stage::SessionEnd => view::Hooks::SESSION_END,
         }
     }
 
@@ -56,11 +56,11 @@ impl Stage {
 /// One plugin call of a stage: its verdict and what else the hook returns (a rewrite,
 /// edits). Boxed, as the calls of all stages go through one runner.
 pub(super) type Call<'a, T> =
-    Pin<Box<dyn Future<Output = Result<(abi::Verdict, T), PluginError>> + Send + 'a>>;
+    Pin<Box<dyn Future<Output = Result<(view::Verdict, T), PluginError>> + Send + 'a>>;
 
 /// What one plugin call produced, before the chain interprets it.
 pub(super) enum Outcome<T> {
-    Verdict(abi::Verdict, T),
+    Verdict(view::Verdict, T),
     Failed(OnError),
 }
 
@@ -129,7 +129,7 @@ impl SessionHooks {
             Outcome::Verdict(verdict, extra) => (verdict, extra),
         };
         let changes = match verdict {
-            abi::Verdict::Continue | abi::Verdict::Accept => rewrite(extra, self.trace.is_some()),
+            view::Verdict::Continue | view::Verdict::Accept => rewrite(extra, self.trace.is_some()),
             _ => Ok(None),
         };
         match changes {
@@ -146,20 +146,20 @@ impl SessionHooks {
         }
         let plugin = &self.chain.plugins[index].name;
         let decided = match verdict {
-            abi::Verdict::Continue => None,
-            abi::Verdict::Discard if matches!(stage, Stage::Data) => Some(Decision::Discard),
-            abi::Verdict::Discard => {
+            view::Verdict::Continue => None,
+            view::Verdict::Discard if matches!(stage, Stage::Data) => Some(Decision::Discard),
+            view::Verdict::Discard => {
                 debug!(%plugin, hook = stage.name(), "discard outside DATA counts as continue");
                 None
             }
-            abi::Verdict::Accept => {
+            view::Verdict::Accept => {
                 *decision = Decision::Accept;
                 Some(Decision::Accept)
             }
-            abi::Verdict::Reject(reply) | abi::Verdict::Tempfail(reply) => {
+            view::Verdict::Reject(reply) | view::Verdict::Tempfail(reply) => {
                 Some(Decision::Refuse(to_reply(reply)))
             }
-            abi::Verdict::Disconnect(text) => Some(Decision::Disconnect(
+            view::Verdict::Disconnect(text) => Some(Decision::Disconnect(
                 replies::plugin_disconnect(text.as_deref()),
             )),
         };
@@ -181,7 +181,7 @@ impl SessionHooks {
         &mut self,
         index: usize,
         stage: Stage,
-        result: Result<(abi::Verdict, T), PluginError>,
+        result: Result<(view::Verdict, T), PluginError>,
     ) -> Outcome<T> {
         match result.and_then(|(verdict, extra)| validate(&verdict).map(|()| (verdict, extra))) {
             Ok((verdict, extra)) => Outcome::Verdict(verdict, extra),

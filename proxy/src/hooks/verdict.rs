@@ -11,7 +11,7 @@ use portcullis_syntax::{
 
 use crate::{
     message::{Edit, EditError},
-    plugin_host::{PluginError, abi},
+    plugin_host::{PluginError, view},
     smtp::{
         Command, EnhancedCode, MailCommand, Param, Path, RcptCommand, Reply,
         capabilities::{Capabilities, Extension},
@@ -20,10 +20,10 @@ use crate::{
 };
 
 /// The SMTP parameters as plugins see them.
-pub(super) fn abi_params(params: &[crate::smtp::Param]) -> Vec<abi::Param> {
+pub(super) fn plugin_params(params: &[crate::smtp::Param]) -> Vec<view::Param> {
     params
         .iter()
-        .map(|p| abi::Param {
+        .map(|p| view::Param {
             keyword: p.keyword.clone(),
             value: p.value.clone(),
         })
@@ -68,7 +68,7 @@ pub(super) enum InvalidResult {
 pub(super) fn checked_rewrite(
     verb: Verb,
     address: &str,
-    params: &[abi::Param],
+    params: &[view::Param],
     rules: &PathRules<'_>,
 ) -> Result<Command, InvalidResult> {
     match verb {
@@ -140,14 +140,14 @@ pub(super) fn checked_helo(name: &str) -> Result<String, InvalidResult> {
 }
 
 /// A verdict in a few words, for the replay trace.
-pub(super) fn describe(verdict: &abi::Verdict) -> String {
+pub(super) fn describe(verdict: &view::Verdict) -> String {
     match verdict {
-        abi::Verdict::Continue => "continue".into(),
-        abi::Verdict::Accept => "accept".into(),
-        abi::Verdict::Discard => "discard".into(),
-        abi::Verdict::Reject(reply) => format!("reject {}", to_reply(reply.clone())),
-        abi::Verdict::Tempfail(reply) => format!("tempfail {}", to_reply(reply.clone())),
-        abi::Verdict::Disconnect(text) => {
+        view::Verdict::Continue => "continue".into(),
+        view::Verdict::Accept => "accept".into(),
+        view::Verdict::Discard => "discard".into(),
+        view::Verdict::Reject(reply) => format!("reject {}", to_reply(reply.clone())),
+        view::Verdict::Tempfail(reply) => format!("tempfail {}", to_reply(reply.clone())),
+        view::Verdict::Disconnect(text) => {
             format!("disconnect {}", text.as_deref().unwrap_or_default())
         }
     }
@@ -163,57 +163,59 @@ pub(super) fn describe_command(command: &Command) -> String {
 }
 
 /// An edit in a few words, for the replay trace.
-pub(super) fn describe_edit(edit: &abi::MessageEdit) -> String {
+pub(super) fn describe_edit(edit: &view::MessageEdit) -> String {
     match edit {
-        abi::MessageEdit::AddHeader(h) => format!("add header {}: {}", h.name, h.value),
-        abi::MessageEdit::InsertHeader(h) => {
+        view::MessageEdit::AddHeader(h) => format!("add header {}: {}", h.name, h.value),
+        view::MessageEdit::InsertHeader(h) => {
             format!("insert header at {}: {}: {}", h.index, h.name, h.value)
         }
-        abi::MessageEdit::ChangeHeader(h) => match &h.value {
+        view::MessageEdit::ChangeHeader(h) => match &h.value {
             Some(value) => format!("change header {} #{} to {value}", h.name, h.index),
             None => format!("delete header {} #{}", h.name, h.index),
         },
-        abi::MessageEdit::RemoveHeader(name) => format!("remove every {name} header"),
-        abi::MessageEdit::ReplaceBody(body) => format!("replace the body ({} octets)", body.len()),
-        abi::MessageEdit::AppendBody(text) => format!("append to the body ({} octets)", text.len()),
-        abi::MessageEdit::PrependBody(text) => {
+        view::MessageEdit::RemoveHeader(name) => format!("remove every {name} header"),
+        view::MessageEdit::ReplaceBody(body) => format!("replace the body ({} octets)", body.len()),
+        view::MessageEdit::AppendBody(text) => {
+            format!("append to the body ({} octets)", text.len())
+        }
+        view::MessageEdit::PrependBody(text) => {
             format!("prepend to the body ({} octets)", text.len())
         }
-        abi::MessageEdit::AddRecipient(address) => format!("add recipient <{address}>"),
-        abi::MessageEdit::RemoveRecipient(address) => format!("remove recipient <{address}>"),
-        abi::MessageEdit::Quarantine(reason) => format!("quarantine ({reason})"),
+        view::MessageEdit::AddRecipient(address) => format!("add recipient <{address}>"),
+        view::MessageEdit::RemoveRecipient(address) => format!("remove recipient <{address}>"),
+        view::MessageEdit::Quarantine(reason) => format!("quarantine ({reason})"),
     }
 }
 
 /// A plugin's message edit as the message layer applies it.
-pub(super) fn to_edit(edit: abi::MessageEdit) -> Edit {
+pub(super) fn to_edit(edit: view::MessageEdit) -> Edit {
     match edit {
-        abi::MessageEdit::AddHeader(h) => Edit::AddHeader {
+        view::MessageEdit::AddHeader(h) => Edit::AddHeader {
             name: h.name,
             value: h.value,
         },
-        abi::MessageEdit::InsertHeader(h) => Edit::InsertHeader {
+        view::MessageEdit::InsertHeader(h) => Edit::InsertHeader {
             index: h.index as usize,
             name: h.name,
             value: h.value,
         },
-        abi::MessageEdit::ChangeHeader(h) => Edit::ChangeHeader {
+        view::MessageEdit::ChangeHeader(h) => Edit::ChangeHeader {
             name: h.name,
             index: h.index as usize,
             value: h.value,
         },
-        abi::MessageEdit::RemoveHeader(name) => Edit::RemoveHeader(name),
-        abi::MessageEdit::ReplaceBody(body) => Edit::ReplaceBody(body),
-        abi::MessageEdit::AppendBody(text) => Edit::AppendBody(text),
-        abi::MessageEdit::PrependBody(text) => Edit::PrependBody(text),
-        abi::MessageEdit::AddRecipient(address) => Edit::AddRecipient(address),
-        abi::MessageEdit::RemoveRecipient(address) => Edit::RemoveRecipient(address),
-        abi::MessageEdit::Quarantine(reason) => Edit::Quarantine(reason),
+        view::MessageEdit::RemoveHeader(name) => Edit::RemoveHeader(name),
+        view::MessageEdit::ReplaceBody(body) => Edit::ReplaceBody(body),
+        view::MessageEdit::AppendBody(text) => Edit::AppendBody(text),
+        view::MessageEdit::PrependBody(text) => Edit::PrependBody(text),
+        view::MessageEdit::AddRecipient(address) => Edit::AddRecipient(address),
+        view::MessageEdit::RemoveRecipient(address) => Edit::RemoveRecipient(address),
+        view::MessageEdit::Quarantine(reason) => Edit::Quarantine(reason),
     }
 }
 
 /// A plugin's reply (already validated) as a typed reply.
-pub(super) fn to_reply(reply: abi::Reply) -> Reply {
+pub(super) fn to_reply(reply: view::Reply) -> Reply {
     match reply
         .enhanced
         .as_deref()
@@ -226,15 +228,15 @@ pub(super) fn to_reply(reply: abi::Reply) -> Reply {
 
 /// Checks a verdict before the proxy uses it: its reply must fit its kind and the
 /// wire (see `portcullis_syntax::reply`).
-pub(super) fn validate(verdict: &abi::Verdict) -> Result<(), PluginError> {
+pub(super) fn validate(verdict: &view::Verdict) -> Result<(), PluginError> {
     let result = match verdict {
-        abi::Verdict::Reject(reply) => {
+        view::Verdict::Reject(reply) => {
             syntax_reply::check_reply(5, reply.code, reply.enhanced.as_deref(), &reply.text)
         }
-        abi::Verdict::Tempfail(reply) => {
+        view::Verdict::Tempfail(reply) => {
             syntax_reply::check_reply(4, reply.code, reply.enhanced.as_deref(), &reply.text)
         }
-        abi::Verdict::Disconnect(Some(text)) => syntax_reply::check_text(text),
+        view::Verdict::Disconnect(Some(text)) => syntax_reply::check_text(text),
         _ => Ok(()),
     };
     result.map_err(|violation| PluginError::Invalid(violation.to_string()))
@@ -244,8 +246,8 @@ pub(super) fn validate(verdict: &abi::Verdict) -> Result<(), PluginError> {
 mod tests {
     use super::*;
 
-    fn reply(code: u16, enhanced: Option<&str>, text: &str) -> abi::Reply {
-        abi::Reply {
+    fn reply(code: u16, enhanced: Option<&str>, text: &str) -> view::Reply {
+        view::Reply {
             code,
             enhanced: enhanced.map(Into::into),
             text: text.into(),
@@ -255,35 +257,35 @@ mod tests {
     #[test]
     fn verdicts_are_validated() {
         let cases = [
-            (abi::Verdict::Reject(reply(550, Some("5.7.1"), "no")), true),
-            (abi::Verdict::Reject(reply(250, None, "fine")), false),
-            (abi::Verdict::Reject(reply(450, None, "later")), false),
+            (view::Verdict::Reject(reply(550, Some("5.7.1"), "no")), true),
+            (view::Verdict::Reject(reply(250, None, "fine")), false),
+            (view::Verdict::Reject(reply(450, None, "later")), false),
             (
-                abi::Verdict::Tempfail(reply(451, Some("4.3.0"), "later")),
+                view::Verdict::Tempfail(reply(451, Some("4.3.0"), "later")),
                 true,
             ),
             (
-                abi::Verdict::Tempfail(reply(451, Some("5.3.0"), "later")),
+                view::Verdict::Tempfail(reply(451, Some("5.3.0"), "later")),
                 false,
             ),
             (
-                abi::Verdict::Tempfail(reply(451, Some("4.3"), "later")),
+                view::Verdict::Tempfail(reply(451, Some("4.3"), "later")),
                 false,
             ),
             (
-                abi::Verdict::Reject(reply(550, None, "a\r\nRCPT TO:<x@y.z>")),
+                view::Verdict::Reject(reply(550, None, "a\r\nRCPT TO:<x@y.z>")),
                 false,
             ),
-            (abi::Verdict::Disconnect(Some("bye\n".into())), false),
-            (abi::Verdict::Continue, true),
+            (view::Verdict::Disconnect(Some("bye\n".into())), false),
+            (view::Verdict::Continue, true),
         ];
         for (verdict, valid) in cases {
             assert_eq!(validate(&verdict).is_ok(), valid, "{verdict:?}");
         }
     }
 
-    fn param(keyword: &str, value: Option<&str>) -> abi::Param {
-        abi::Param {
+    fn param(keyword: &str, value: Option<&str>) -> view::Param {
+        view::Param {
             keyword: keyword.into(),
             value: value.map(Into::into),
         }
@@ -304,7 +306,7 @@ mod tests {
             panic!("a RCPT")
         };
         assert_eq!(rcpt.to_string(), "RCPT TO:<new@example.com> NOTIFY=NEVER");
-        let refused: &[(Verb, &str, Vec<abi::Param>, &str)] = &[
+        let refused: &[(Verb, &str, Vec<view::Param>, &str)] = &[
             (
                 Verb::Rcpt,
                 "evil@x.example> NOTIFY=NEVER",

@@ -14,6 +14,7 @@ use super::{
     KvStore,
     generated::portcullis::plugin::{clock, context, dns, kv, log, types},
     session_store::SessionStore,
+    view,
 };
 use crate::dns::{LookupError, Resolver, to_text};
 use hickory_resolver::proto::rr::{RData, RecordType};
@@ -92,7 +93,7 @@ pub(super) struct PluginState {
     /// When the current call must end.
     pub deadline: Instant,
     /// The session the plugin was last told about, and its version.
-    known_session: Option<types::Session>,
+    known_session: Option<view::Session>,
     session_version: u32,
     envelope: KnownEnvelope,
     /// The last key-value key as stored (see `store_and_key`).
@@ -103,19 +104,14 @@ pub(super) struct PluginState {
 
 /// The envelope as the plugin may have fetched it, and its version.
 struct KnownEnvelope {
-    envelope: types::Envelope,
+    envelope: view::Envelope,
     version: u32,
 }
 
 impl KnownEnvelope {
     fn new() -> Self {
-        let envelope = types::Envelope {
-            sender: String::new(),
-            mail_params: Vec::new(),
-            recipients: Vec::new(),
-        };
         KnownEnvelope {
-            envelope,
+            envelope: view::Envelope::default(),
             version: 0,
         }
     }
@@ -123,7 +119,7 @@ impl KnownEnvelope {
     /// Takes in `envelope` and says how a call refers to it. The version stays while
     /// recipients are only added at the end, so what the plugin fetched before is
     /// still a prefix of what it may fetch now.
-    fn refer(&mut self, envelope: &types::Envelope) -> types::EnvelopeRef {
+    fn refer(&mut self, envelope: &view::Envelope) -> types::EnvelopeRef {
         let known = &mut self.envelope;
         let extends_known = known.sender == envelope.sender
             && known.mail_params == envelope.mail_params
@@ -185,7 +181,7 @@ impl PluginState {
 
     /// The version of `session` for the next call: unchanged while the session is,
     /// so the plugin fetches it (through `context.current`) only when it changed.
-    pub(super) fn session_version(&mut self, session: &types::Session) -> u32 {
+    pub(super) fn session_version(&mut self, session: &view::Session) -> u32 {
         if self
             .known_session
             .as_ref()
@@ -201,7 +197,7 @@ impl PluginState {
     /// only added at the end, so a plugin that kept the recipients it read fetches
     /// just the new ones (`context.recipients-from`), and one that reads nothing
     /// costs nothing — the envelope is never copied into a call.
-    pub(super) fn envelope_ref(&mut self, envelope: &types::Envelope) -> types::EnvelopeRef {
+    pub(super) fn envelope_ref(&mut self, envelope: &view::Envelope) -> types::EnvelopeRef {
         self.envelope.refer(envelope)
     }
 
@@ -226,9 +222,21 @@ impl PluginState {
 /// shared and copied into the plugin only as far as it reads.
 pub struct MessageResource {
     /// Header fields in order, as the chain has made them so far.
-    pub headers: Vec<types::Header>,
+    headers: Vec<types::Header>,
     /// The body.
-    pub body: crate::message::Body,
+    body: crate::message::Body,
+}
+
+impl MessageResource {
+    /// The message as the chain has made it so far: its header fields as (name,
+    /// value) pairs in order, and its body.
+    pub fn new(headers: Vec<(String, String)>, body: crate::message::Body) -> Self {
+        let headers = headers
+            .into_iter()
+            .map(|(name, value)| types::Header { name, value })
+            .collect();
+        Self { headers, body }
+    }
 }
 
 /// The most body octets one `read-body` call returns.
@@ -363,12 +371,13 @@ impl dns::Host for PluginState {
 impl context::Host for PluginState {
     fn current(&mut self) -> Result<types::Session> {
         self.known_session
-            .clone()
+            .as_ref()
+            .map(Into::into)
             .ok_or_else(|| wasmtime::Error::msg("no session yet"))
     }
 
     fn current_envelope(&mut self) -> Result<types::Envelope> {
-        Ok(self.envelope.envelope.clone())
+        Ok((&self.envelope.envelope).into())
     }
 
     fn recipients_from(&mut self, index: u32) -> Result<Vec<String>> {
@@ -415,8 +424,8 @@ impl types::HostMessage for PluginState {
 mod tests {
     use super::*;
 
-    fn session(helo: Option<&str>) -> types::Session {
-        types::Session {
+    fn session(helo: Option<&str>) -> view::Session {
+        view::Session {
             id: "s1".into(),
             listener: "mx".into(),
             client_ip: "192.0.2.1".into(),
@@ -448,8 +457,8 @@ mod tests {
         );
     }
 
-    fn envelope(sender: &str, recipients: &[&str]) -> types::Envelope {
-        types::Envelope {
+    fn envelope(sender: &str, recipients: &[&str]) -> view::Envelope {
+        view::Envelope {
             sender: sender.into(),
             mail_params: Vec::new(),
             recipients: recipients.iter().map(|r| r.to_string()).collect(),
@@ -479,7 +488,7 @@ mod tests {
             version = now.version;
         }
         let mut with_params = envelope("other@x.test", &[]);
-        with_params.mail_params.push(types::Param {
+        with_params.mail_params.push(view::Param {
             keyword: "BODY".into(),
             value: Some("8BITMIME".into()),
         });

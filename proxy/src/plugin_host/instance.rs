@@ -12,6 +12,7 @@ use super::{
     error::trap,
     host,
     ticker::{Running, Ticker},
+    view,
 };
 
 /// One plugin's instance: a session's own, or lent to it for one call if the plugin
@@ -24,7 +25,7 @@ pub struct PluginInstance {
     pub(super) memory: usize,
     pub(super) ticker: Arc<Ticker>,
     /// The hooks the plugin asked for.
-    pub hooks: abi::Hooks,
+    pub hooks: view::Hooks,
     /// The pool slot of a pooled instance: given back after the store (declared
     /// first) is dropped.
     pub(super) _slot: Option<PoolSlot>,
@@ -73,7 +74,7 @@ impl PluginInstance {
     /// runs while the guard lives.
     fn parts(
         &mut self,
-        session: &abi::Session,
+        session: &view::Session,
     ) -> (&Plugin, &mut Store<host::PluginState>, u32, Running) {
         let running = self.arm();
         let version = self.store.data_mut().session_version(session);
@@ -86,58 +87,60 @@ impl PluginInstance {
     }
 
     /// The connect hook.
-    pub async fn connect(&mut self, session: &abi::Session) -> Result<abi::Verdict, PluginError> {
+    pub async fn connect(&mut self, session: &view::Session) -> Result<view::Verdict, PluginError> {
         let (bindings, store, version, _running) = self.parts(session);
         let result = bindings.call_on_connect(store, version).await;
-        result.map_err(|error| self.failure(error))
+        result.map(Into::into).map_err(|error| self.failure(error))
     }
 
     /// The HELO hook.
     pub async fn helo(
         &mut self,
-        session: &abi::Session,
+        session: &view::Session,
         name: &str,
-    ) -> Result<abi::HeloOutcome, PluginError> {
+    ) -> Result<view::HeloOutcome, PluginError> {
         let (bindings, store, version, _running) = self.parts(session);
         let result = bindings.call_on_helo(store, version, name).await;
-        result.map_err(|error| self.failure(error))
+        result.map(Into::into).map_err(|error| self.failure(error))
     }
 
     /// The MAIL hook.
     pub async fn mail(
         &mut self,
-        session: &abi::Session,
+        session: &view::Session,
         sender: &str,
-        params: &[abi::Param],
-    ) -> Result<abi::PathOutcome, PluginError> {
+        params: &[view::Param],
+    ) -> Result<view::PathOutcome, PluginError> {
         let (bindings, store, version, _running) = self.parts(session);
-        let result = bindings.call_on_mail(store, version, sender, params).await;
-        result.map_err(|error| self.failure(error))
+        let params: Vec<abi::Param> = params.iter().map(Into::into).collect();
+        let result = bindings.call_on_mail(store, version, sender, &params).await;
+        result.map(Into::into).map_err(|error| self.failure(error))
     }
 
     /// The RCPT hook.
     pub async fn rcpt(
         &mut self,
-        session: &abi::Session,
-        envelope: &abi::Envelope,
+        session: &view::Session,
+        envelope: &view::Envelope,
         recipient: &str,
-        params: &[abi::Param],
-    ) -> Result<abi::PathOutcome, PluginError> {
+        params: &[view::Param],
+    ) -> Result<view::PathOutcome, PluginError> {
         let envelope = self.store.data_mut().envelope_ref(envelope);
         let (bindings, store, version, _running) = self.parts(session);
+        let params: Vec<abi::Param> = params.iter().map(Into::into).collect();
         let result = bindings
-            .call_on_rcpt(store, version, envelope, recipient, params)
+            .call_on_rcpt(store, version, envelope, recipient, &params)
             .await;
-        result.map_err(|error| self.failure(error))
+        result.map(Into::into).map_err(|error| self.failure(error))
     }
 
     /// The DATA hook. The message is lent to the plugin for this call only.
     pub async fn data(
         &mut self,
-        session: &abi::Session,
-        envelope: &abi::Envelope,
+        session: &view::Session,
+        envelope: &view::Envelope,
         message: MessageResource,
-    ) -> Result<abi::DataOutcome, PluginError> {
+    ) -> Result<view::DataOutcome, PluginError> {
         let owned = self
             .store
             .data_mut()
@@ -154,40 +157,40 @@ impl PluginInstance {
             .call_on_data(&mut *store, version, envelope, borrowed)
             .await;
         let _ = store.data_mut().table().delete(owned);
-        result.map_err(|error| self.failure(error))
+        result.map(Into::into).map_err(|error| self.failure(error))
     }
 
     /// The AUTH hook.
     pub async fn auth(
         &mut self,
-        session: &abi::Session,
+        session: &view::Session,
         mechanism: &str,
         login: &str,
-    ) -> Result<abi::Verdict, PluginError> {
+    ) -> Result<view::Verdict, PluginError> {
         let (bindings, store, version, _running) = self.parts(session);
         let result = bindings
             .call_on_auth(store, version, mechanism, login)
             .await;
-        result.map_err(|error| self.failure(error))
+        result.map(Into::into).map_err(|error| self.failure(error))
     }
 
     /// A verifier's password check. The password goes to this plugin only.
     pub async fn verify_login(
         &mut self,
-        session: &abi::Session,
+        session: &view::Session,
         mechanism: &str,
         login: &str,
         password: &str,
-    ) -> Result<abi::LoginCheck, PluginError> {
+    ) -> Result<view::LoginCheck, PluginError> {
         let (bindings, store, version, _running) = self.parts(session);
         let result = bindings
             .call_verify_login(store, version, mechanism, login, password)
             .await;
-        result.map_err(|error| self.failure(error))
+        result.map(Into::into).map_err(|error| self.failure(error))
     }
 
     /// The session-end hook.
-    pub async fn session_end(&mut self, session: &abi::Session) -> Result<(), PluginError> {
+    pub async fn session_end(&mut self, session: &view::Session) -> Result<(), PluginError> {
         let (bindings, store, version, _running) = self.parts(session);
         let result = bindings.call_on_session_end(store, version).await;
         result.map_err(|error| self.failure(error))

@@ -9,10 +9,10 @@ use wasmtime::{
 };
 
 use super::{
-    LoadError, Plugin, PluginError, PluginInstance, PluginPre, PluginRuntime, abi,
+    LoadError, Plugin, PluginError, PluginInstance, PluginPre, PluginRuntime,
     engine::PoolSlot,
     error::{describe, trap},
-    host,
+    host, view,
 };
 use crate::config::OnError;
 
@@ -28,7 +28,7 @@ pub struct LoadedPlugin {
     /// What the session gets when this plugin fails.
     pub on_error: OnError,
     /// The hooks the plugin asked for.
-    pub hooks: abi::Hooks,
+    pub hooks: view::Hooks,
     /// The component could not be pre-initialised: each instance runs `init` itself.
     pub(super) init_per_instance: bool,
     /// The idle instances sessions borrow one call at a time, if the plugin is
@@ -84,11 +84,11 @@ impl LoadedPlugin {
     pub async fn verify_login(
         &self,
         session_id: &str,
-        session: &abi::Session,
+        session: &view::Session,
         mechanism: &str,
         login: &str,
         password: &str,
-    ) -> Result<abi::LoginCheck, PluginError> {
+    ) -> Result<view::LoginCheck, PluginError> {
         let mut instance = self.lend(session_id).await?;
         let result = instance
             .verify_login(session, mechanism, login, password)
@@ -199,7 +199,7 @@ impl Settings {
         &self,
         instance: &mut PluginInstance,
         raw: &Instance,
-    ) -> Result<abi::Hooks, PluginError> {
+    ) -> Result<view::Hooks, PluginError> {
         let bindings = Plugin::new(&mut instance.store, raw).map_err(trap)?;
         let _running = instance.arm();
         let result = bindings
@@ -207,7 +207,8 @@ impl Settings {
             .await;
         instance.hooks = result
             .map_err(|error| instance.failure(error))?
-            .map_err(PluginError::Init)?;
+            .map_err(PluginError::Init)?
+            .into();
         instance.bindings = Some(bindings);
         Ok(instance.hooks)
     }
@@ -245,7 +246,7 @@ impl Settings {
             timeout: self.timeout,
             memory: self.memory,
             ticker: self.runtime.ticker.clone(),
-            hooks: abi::Hooks::empty(),
+            hooks: view::Hooks::empty(),
             _slot: slot,
         }
     }

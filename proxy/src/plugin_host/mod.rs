@@ -1,4 +1,5 @@
-//! Running plugins: the only module that names wasmtime.
+//! Running plugins: the only module that names wasmtime and the bindings generated
+//! from the WIT file ([`view`] is what the rest of the proxy sees of them).
 //!
 //! At start-up every configured component runs its `init` once with its
 //! configuration, its memory is snapshotted into a new component (see `snapshot.rs`),
@@ -24,6 +25,7 @@ mod loaded;
 mod session_store;
 mod snapshot;
 mod ticker;
+pub mod view;
 
 use std::{path::Path, sync::Arc, time::Duration};
 
@@ -64,7 +66,8 @@ mod generated {
     });
 }
 
-pub use generated::portcullis::plugin::types as abi;
+/// The generated types: only the plugin host names them; [`view`] is what others see.
+use generated::portcullis::plugin::types as abi;
 use generated::{Plugin, PluginPre};
 
 /// The engines and the services plugins call.
@@ -191,15 +194,15 @@ impl PluginRuntime {
             pooled,
             settings,
             on_error: config.on_error,
-            hooks: hooks.unwrap_or(abi::Hooks::empty()),
+            hooks: hooks.unwrap_or(view::Hooks::empty()),
             init_per_instance: hooks.is_none(),
             shared: None,
         };
         // One instance now: a plugin that cannot start within its limits (or whose
         // `init` refuses its configuration) stops start-up, not a session.
         let first = loaded.instantiate("(start-up)").await?;
-        loaded.hooks = first.hooks & !abi::Hooks::SHAREABLE;
-        if first.hooks.contains(abi::Hooks::SHAREABLE) && config.share_instances {
+        loaded.hooks = first.hooks & !view::Hooks::SHAREABLE;
+        if first.hooks.contains(view::Hooks::SHAREABLE) && config.share_instances {
             loaded.shared = Some(std::sync::Mutex::new(Vec::new()));
             loaded.give_back(first);
         }
@@ -276,7 +279,7 @@ enum Prepared {
     /// Pre-initialised: instances start as `init` left the plugin.
     Initialised {
         component: Compiled,
-        hooks: abi::Hooks,
+        hooks: view::Hooks,
     },
     /// The pre-initialiser could not handle it: instances run `init` themselves.
     AsIs(Compiled),

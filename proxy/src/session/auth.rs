@@ -17,7 +17,7 @@ use crate::{
     config::AuthMode,
     hooks::Decision,
     log_limit::{self, Event},
-    plugin_host::abi,
+    plugin_host::view,
     smtp::{
         Reply,
         capabilities::{Capabilities, Extension},
@@ -236,9 +236,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 .await;
             // A verifier that fails (trap, timeout) is unavailable: 454, never a login.
             let check = match result {
-                Ok(abi::LoginCheck::Valid) => Check::Valid,
-                Ok(abi::LoginCheck::Invalid) => Check::Invalid,
-                Ok(abi::LoginCheck::Unavailable) => Check::Unavailable,
+                Ok(view::LoginCheck::Valid) => Check::Valid,
+                Ok(view::LoginCheck::Invalid) => Check::Invalid,
+                Ok(view::LoginCheck::Unavailable) => Check::Unavailable,
                 Err(error) => {
                     warn!(plugin = %verifier.name, session = %self.id, %error, "verifier plugin failed");
                     Check::Unavailable

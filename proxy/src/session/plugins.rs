@@ -4,7 +4,7 @@
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Flow, Session};
-use crate::{hooks::Decision, plugin_host::abi, smtp::MailCommand};
+use crate::{hooks::Decision, plugin_host::view, smtp::MailCommand};
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// The connect hook: `Flow::Close` (after the plugin's reply) if it refused.
@@ -36,8 +36,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// What plugins are told about this session.
-    pub(super) fn plugin_session(&self) -> abi::Session {
-        abi::Session {
+    pub(super) fn plugin_session(&self) -> view::Session {
+        view::Session {
             id: self.id.clone(),
             listener: self.hooks.listener().to_string(),
             client_ip: self.peer.address.ip().to_string(),
@@ -49,10 +49,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// What plugins are told about the envelope: `mail` if it is not accepted yet.
-    pub(super) fn plugin_envelope(&self, mail: Option<&MailCommand>) -> abi::Envelope {
+    pub(super) fn plugin_envelope(&self, mail: Option<&MailCommand>) -> view::Envelope {
         let envelope = self.transaction.envelope();
         let sender = mail.or(envelope.map(|e| &e.mail));
-        abi::Envelope {
+        view::Envelope {
             sender: sender
                 .map(|m| m.reverse_path.mailbox().to_string())
                 .unwrap_or_default(),
@@ -60,7 +60,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 .map(|m| {
                     m.params
                         .iter()
-                        .map(|p| abi::Param {
+                        .map(|p| view::Param {
                             keyword: p.keyword.clone(),
                             value: p.value.clone(),
                         })
