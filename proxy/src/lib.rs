@@ -13,6 +13,15 @@
 //! development upstream for trying things out; `fuzzing` holds the fuzz targets'
 //! bodies (`fuzz/`).
 //!
+//! Each word keeps one meaning: a *session* is one client connection (`session`);
+//! it may have an *upstream session* (`upstream`), holds its *session hooks* (the
+//! plugin instances it uses) and tells plugins its *session info*. A *stage* is a
+//! point of the client's session where plugins run, a *step* one exchange with the
+//! upstream. A plugin gives a *verdict* ([`plugin_host::view::Verdict`]); the chain's
+//! *decision* for the stage follows from the verdicts ([`hooks::Decision`]); after
+//! each command the session's *flow* goes on or closes. A password check ends in a
+//! *check* ([`auth::Check`]).
+//!
 //! Dependencies point one way. Each module imports only from those listed after it
 //! (a unit test below reads this list and the sources and holds them to it):
 //!

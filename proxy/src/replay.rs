@@ -70,7 +70,7 @@ pub async fn replay(config: &Config, input: ReplayInput) -> Result<String, Repla
 /// One offline session through a listener's chain, and the report on it.
 struct Replay {
     hooks: SessionHooks,
-    session: view::Session,
+    session: view::SessionInfo,
     /// What the client is taken to have been offered: everything the proxy relays.
     offered: Capabilities,
     report: Report,
@@ -109,7 +109,7 @@ impl Replay {
         };
         let mut hooks = SessionHooks::new(Arc::new(chain), "replay");
         hooks.record_trace();
-        let session = view::Session {
+        let session = view::SessionInfo {
             id: "replay".into(),
             listener: listener.name.clone(),
             client_ip: input.client_ip.to_string(),

@@ -4,7 +4,7 @@
 //! `mkpasswd -m sha-512` or `openssl passwd -6`). Errors name the file and the line.
 //!
 //! Checking a password costs what its hash says (tens of milliseconds and, for Argon2,
-//! its memory cost), so checks run on the [`super::checks`] threads, each with its own
+//! its memory cost), so checks run on the `checks` threads, each with its own
 //! Argon2 working memory ([`Scratch`]), never one allocation per attempt.
 //!
 //! An unknown login must cost what a known one costs, whatever the hash schemes in

@@ -1,7 +1,7 @@
 //! SMTP AUTH (RFC 4954) at the edge: the SASL exchanges of PLAIN and LOGIN
 //! ([`sasl`]), checking passwords against a file of hashes ([`credentials`]) on a
-//! bounded set of threads ([`checks`]), which logins may use which senders
-//! ([`sender_logins`]), and slowing down clients that keep failing ([`throttle`]).
+//! bounded set of threads (`checks`), which logins may use which senders
+//! ([`sender_logins`]), and slowing down clients that keep failing (`throttle`).
 //! The session drives these; none of them talks SMTP.
 //!
 //! Passwords only ever live in a [`Secret`], which never prints its content.

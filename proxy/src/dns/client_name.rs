@@ -53,7 +53,7 @@ impl ClientName {
 impl Resolver {
     /// Looks up the PTR names of `ip` (the hosts file's first entry for it, if it has
     /// one, as the system's resolver answers), then the addresses of each (at most
-    /// [`MAX_NAMES`]) until one includes `ip`. The PTR query has the configured
+    /// `MAX_NAMES`) until one includes `ip`. The PTR query has the configured
     /// timeout, the forward queries together as long again.
     pub async fn client_name(&self, ip: IpAddr) -> ClientName {
         // IPv4-mapped IPv6 addresses are looked up as the IPv4 address they carry.

@@ -70,7 +70,7 @@ pub struct SessionHooks {
 
 /// A MAIL or RCPT as the chain has left it so far.
 struct PathState<'s> {
-    session: &'s view::Session,
+    session: &'s view::SessionInfo,
     /// RCPT only: the transaction so far.
     envelope: Option<&'s view::Envelope>,
     address: String,
@@ -81,7 +81,7 @@ struct PathState<'s> {
 
 /// What the AUTH hook is asked with: the session, the mechanism and the login.
 #[derive(Clone, Copy)]
-struct Login<'s>(&'s view::Session, &'s str, &'s str);
+struct Login<'s>(&'s view::SessionInfo, &'s str, &'s str);
 
 impl SessionHooks {
     /// The hooks of `chain` for session `session_id`.
@@ -157,7 +157,7 @@ impl SessionHooks {
     }
 
     /// The connect hook over the chain.
-    pub async fn connect(&mut self, session: &view::Session) -> Decision {
+    pub async fn connect(&mut self, session: &view::SessionInfo) -> Decision {
         let no_changes = |_, _: &mut _, (), _| Ok(None);
         self.run(Stage::Connect, &mut &*session, ask_connect, no_changes)
             .await
@@ -167,7 +167,7 @@ impl SessionHooks {
     /// password.
     pub async fn auth(
         &mut self,
-        session: &view::Session,
+        session: &view::SessionInfo,
         mechanism: &str,
         login: &str,
     ) -> Decision {
@@ -180,12 +180,12 @@ impl SessionHooks {
     /// The HELO hook; returns the decision and the name for the upstream if rewritten.
     pub async fn helo(
         &mut self,
-        session: &view::Session,
+        session: &view::SessionInfo,
         name: &str,
     ) -> (Decision, Option<String>) {
         let mut state = (session, name.to_string());
         let apply = |_,
-                     (_, current): &mut (&view::Session, String),
+                     (_, current): &mut (&view::SessionInfo, String),
                      rewrite: Option<String>,
                      tracing: bool| {
             let Some(new) = rewrite else {
@@ -203,7 +203,7 @@ impl SessionHooks {
     /// rewrite may only use the extensions in `offered` (what the client was offered).
     pub async fn mail(
         &mut self,
-        session: &view::Session,
+        session: &view::SessionInfo,
         mail: MailCommand,
         offered: &Capabilities,
     ) -> (Decision, MailCommand) {
@@ -228,7 +228,7 @@ impl SessionHooks {
     /// rewritten) command.
     pub async fn rcpt(
         &mut self,
-        session: &view::Session,
+        session: &view::SessionInfo,
         envelope: &view::Envelope,
         rcpt: RcptCommand,
         offered: &Capabilities,
@@ -290,7 +290,7 @@ impl SessionHooks {
     /// of them is invalid none does and the plugin has failed.
     pub async fn data(
         &mut self,
-        session: &view::Session,
+        session: &view::SessionInfo,
         envelope: &view::Envelope,
         message: &mut Message,
     ) -> Decision {
@@ -337,7 +337,7 @@ impl SessionHooks {
 
     /// The session-end hook, for plugins whose instance this session still has, and
     /// shared plugins it has called.
-    pub async fn session_end(&mut self, session: &view::Session) {
+    pub async fn session_end(&mut self, session: &view::SessionInfo) {
         for index in self.wanting(Stage::SessionEnd) {
             let shared = self.chain.plugins[index].is_shared();
             let ends = if shared {
@@ -364,7 +364,10 @@ impl SessionHooks {
 // One plugin call per stage, for the runner: what the plugin is asked with, taken from
 // the stage's state as the plugins before it left it.
 
-fn ask_connect<'a>(instance: &'a mut PluginInstance, session: &'a &view::Session) -> Call<'a, ()> {
+fn ask_connect<'a>(
+    instance: &'a mut PluginInstance,
+    session: &'a &view::SessionInfo,
+) -> Call<'a, ()> {
     Box::pin(async move { Ok((instance.connect(session).await?, ())) })
 }
 
@@ -375,7 +378,7 @@ fn ask_auth<'a>(instance: &'a mut PluginInstance, login: &'a Login<'_>) -> Call<
 
 fn ask_helo<'a>(
     instance: &'a mut PluginInstance,
-    (session, current): &'a (&view::Session, String),
+    (session, current): &'a (&view::SessionInfo, String),
 ) -> Call<'a, Option<String>> {
     Box::pin(async move {
         let outcome = instance.helo(session, current).await?;
@@ -406,7 +409,7 @@ fn ask_path<'a>(
 }
 
 /// The DATA stage's state: the session, the envelope, and the message as edited so far.
-type DataState<'s> = (&'s view::Session, &'s view::Envelope, &'s mut Message);
+type DataState<'s> = (&'s view::SessionInfo, &'s view::Envelope, &'s mut Message);
 
 fn ask_data<'a>(
     instance: &'a mut PluginInstance,

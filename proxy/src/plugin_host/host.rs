@@ -93,7 +93,7 @@ pub(super) struct PluginState {
     /// When the current call must end.
     pub deadline: Instant,
     /// The session the plugin was last told about, and its version.
-    known_session: Option<view::Session>,
+    known_session: Option<view::SessionInfo>,
     session_version: u32,
     envelope: KnownEnvelope,
     /// The last key-value key as stored (see `store_and_key`).
@@ -181,7 +181,7 @@ impl PluginState {
 
     /// The version of `session` for the next call: unchanged while the session is,
     /// so the plugin fetches it (through `context.current`) only when it changed.
-    pub(super) fn session_version(&mut self, session: &view::Session) -> u32 {
+    pub(super) fn session_version(&mut self, session: &view::SessionInfo) -> u32 {
         if self
             .known_session
             .as_ref()
@@ -424,8 +424,8 @@ impl types::HostMessage for PluginState {
 mod tests {
     use super::*;
 
-    fn session(helo: Option<&str>) -> view::Session {
-        view::Session {
+    fn session(helo: Option<&str>) -> view::SessionInfo {
+        view::SessionInfo {
             id: "s1".into(),
             listener: "mx".into(),
             client_ip: "192.0.2.1".into(),

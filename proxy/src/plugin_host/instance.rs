@@ -74,7 +74,7 @@ impl PluginInstance {
     /// runs while the guard lives.
     fn parts(
         &mut self,
-        session: &view::Session,
+        session: &view::SessionInfo,
     ) -> (&Plugin, &mut Store<host::PluginState>, u32, Running) {
         let running = self.arm();
         let version = self.store.data_mut().session_version(session);
@@ -87,7 +87,10 @@ impl PluginInstance {
     }
 
     /// The connect hook.
-    pub async fn connect(&mut self, session: &view::Session) -> Result<view::Verdict, PluginError> {
+    pub async fn connect(
+        &mut self,
+        session: &view::SessionInfo,
+    ) -> Result<view::Verdict, PluginError> {
         let (bindings, store, version, _running) = self.parts(session);
         let result = bindings.call_on_connect(store, version).await;
         result.map(Into::into).map_err(|error| self.failure(error))
@@ -96,7 +99,7 @@ impl PluginInstance {
     /// The HELO hook.
     pub async fn helo(
         &mut self,
-        session: &view::Session,
+        session: &view::SessionInfo,
         name: &str,
     ) -> Result<view::HeloOutcome, PluginError> {
         let (bindings, store, version, _running) = self.parts(session);
@@ -107,7 +110,7 @@ impl PluginInstance {
     /// The MAIL hook.
     pub async fn mail(
         &mut self,
-        session: &view::Session,
+        session: &view::SessionInfo,
         sender: &str,
         params: &[view::Param],
     ) -> Result<view::PathOutcome, PluginError> {
@@ -120,7 +123,7 @@ impl PluginInstance {
     /// The RCPT hook.
     pub async fn rcpt(
         &mut self,
-        session: &view::Session,
+        session: &view::SessionInfo,
         envelope: &view::Envelope,
         recipient: &str,
         params: &[view::Param],
@@ -137,7 +140,7 @@ impl PluginInstance {
     /// The DATA hook. The message is lent to the plugin for this call only.
     pub async fn data(
         &mut self,
-        session: &view::Session,
+        session: &view::SessionInfo,
         envelope: &view::Envelope,
         message: MessageResource,
     ) -> Result<view::DataOutcome, PluginError> {
@@ -163,7 +166,7 @@ impl PluginInstance {
     /// The AUTH hook.
     pub async fn auth(
         &mut self,
-        session: &view::Session,
+        session: &view::SessionInfo,
         mechanism: &str,
         login: &str,
     ) -> Result<view::Verdict, PluginError> {
@@ -177,7 +180,7 @@ impl PluginInstance {
     /// A verifier's password check. The password goes to this plugin only.
     pub async fn verify_login(
         &mut self,
-        session: &view::Session,
+        session: &view::SessionInfo,
         mechanism: &str,
         login: &str,
         password: &str,
@@ -190,7 +193,7 @@ impl PluginInstance {
     }
 
     /// The session-end hook.
-    pub async fn session_end(&mut self, session: &view::Session) -> Result<(), PluginError> {
+    pub async fn session_end(&mut self, session: &view::SessionInfo) -> Result<(), PluginError> {
         let (bindings, store, version, _running) = self.parts(session);
         let result = bindings.call_on_session_end(store, version).await;
         result.map_err(|error| self.failure(error))

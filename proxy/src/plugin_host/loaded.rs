@@ -84,7 +84,7 @@ impl LoadedPlugin {
     pub async fn verify_login(
         &self,
         session_id: &str,
-        session: &view::Session,
+        session: &view::SessionInfo,
         mechanism: &str,
         login: &str,
         password: &str,

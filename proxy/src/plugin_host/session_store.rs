@@ -28,7 +28,7 @@ impl SessionStore {
         self.entries.get(key).map(Vec::as_slice)
     }
 
-    /// Sets `key` unless that would pass [`MAX_KEYS`] or [`MAX_BYTES`]; false if not
+    /// Sets `key` unless that would pass `MAX_KEYS` or `MAX_BYTES`; false if not
     /// kept (the old value, if any, stays).
     pub fn set(&mut self, key: String, value: Vec<u8>) -> bool {
         let old = self.entries.get(&key).map(|v| key.len() + v.len());

@@ -135,9 +135,10 @@ pub enum LoginCheck {
     Unavailable,
 }
 
-/// What a plugin knows about the session.
+/// What a plugin knows about the session (the WIT's `session`, the SDK's
+/// `SessionInfo`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Session {
+pub struct SessionInfo {
     /// The session id of the proxy's logs.
     pub id: String,
     /// The listener's name.
@@ -321,8 +322,8 @@ impl From<abi::LoginCheck> for LoginCheck {
     }
 }
 
-impl From<&Session> for abi::Session {
-    fn from(session: &Session) -> Self {
+impl From<&SessionInfo> for abi::Session {
+    fn from(session: &SessionInfo) -> Self {
         abi::Session {
             id: session.id.clone(),
             listener: session.listener.clone(),

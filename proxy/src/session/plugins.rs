@@ -36,8 +36,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// What plugins are told about this session.
-    pub(super) fn plugin_session(&self) -> view::Session {
-        view::Session {
+    pub(super) fn plugin_session(&self) -> view::SessionInfo {
+        view::SessionInfo {
             id: self.id.clone(),
             listener: self.hooks.listener().to_string(),
             client_ip: self.peer.address.ip().to_string(),
