@@ -21,6 +21,7 @@ mod engine;
 mod error;
 mod host;
 mod instance;
+mod known_envelope;
 mod loaded;
 mod session_store;
 mod snapshot;
