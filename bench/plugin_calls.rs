@@ -74,8 +74,8 @@ fn timed(
     })
 }
 
-fn session() -> view::Session {
-    view::Session {
+fn session() -> view::SessionInfo {
+    view::SessionInfo {
         id: "bench".into(),
         listener: "bench".into(),
         client_ip: "192.0.2.1".into(),
@@ -160,7 +160,7 @@ fn plugin_calls(c: &mut Criterion) {
     // A shareable plugin's call as a session makes it: borrow an idle instance, call,
     // give it back. Two sessions alternate, so every call is from a session other
     // than the last one the instance served (the plugin fetches the session again).
-    let other = view::Session {
+    let other = view::SessionInfo {
         id: "bench-2".into(),
         client_ip: "192.0.2.2".into(),
         ..session.clone()
@@ -248,10 +248,10 @@ fn message_through_the_chain(c: &mut Criterion, runtime: &tokio::runtime::Runtim
             ),
         ],
     });
-    let mut sessions: Vec<(view::Session, SessionHooks)> = (0..10)
+    let mut sessions: Vec<(view::SessionInfo, SessionHooks)> = (0..10)
         .map(|n| {
             let id = format!("bench-{n}");
-            let session = view::Session {
+            let session = view::SessionInfo {
                 id: id.clone(),
                 client_ip: format!("192.0.2.{n}"),
                 ..session()
@@ -277,7 +277,7 @@ fn message_through_the_chain(c: &mut Criterion, runtime: &tokio::runtime::Runtim
             b.iter_custom(|iterations| {
                 timed(runtime, iterations, async |n| {
                     let id = format!("new-{n}");
-                    let session = view::Session {
+                    let session = view::SessionInfo {
                         id: id.clone(),
                         ..sessions[n as usize % 10].0.clone()
                     };
@@ -291,7 +291,11 @@ fn message_through_the_chain(c: &mut Criterion, runtime: &tokio::runtime::Runtim
 }
 
 /// One message's plugin work; returns the octets that would go upstream.
-async fn one_message(session: &view::Session, hooks: &mut SessionHooks, content: &[u8]) -> usize {
+async fn one_message(
+    session: &view::SessionInfo,
+    hooks: &mut SessionHooks,
+    content: &[u8],
+) -> usize {
     let Ok(Command::Mail(mail)) = command::parse(b"MAIL FROM:<from@bench.test>") else {
         unreachable!()
     };
