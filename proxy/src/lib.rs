@@ -8,10 +8,11 @@
 //! module naming wasmtime or the bindings generated from the WIT file; the others
 //! speak [`plugin_host::view`]). [`message`] is the spooled message of the DATA hook
 //! and its edits; [`replay`] runs a chain offline; [`config`] is the validated
-//! configuration, plain data; `connection` is the shared bytes ↔ lines plumbing; [`dns`] the resolver
-//! that plugins and the client-name lookup share; `devupstream` is the built-in
-//! development upstream for trying things out; `fuzzing` holds the fuzz targets'
-//! bodies (`fuzz/`).
+//! configuration, plain data; `client` is who is connected, as the session and the
+//! upstream both see it; `connection` is the shared bytes ↔ lines plumbing; [`dns`]
+//! the resolver that plugins and the client-name lookup share; `devupstream` is the
+//! built-in development upstream for trying things out; `fuzzing` holds the fuzz
+//! targets' bodies (`fuzz/`).
 //!
 //! Each word keeps one meaning: a *session* is one client connection (`session`);
 //! it may have an *upstream session* (`upstream`), holds its *session hooks* (the
@@ -29,17 +30,18 @@
 //! - `fuzzing` → auth, smtp
 //! - `replay` → startup, hooks, plugin_host, message, dns, smtp, config
 //! - `startup` → session, hooks, plugin_host, auth, dns, kv, tls, config
-//! - `listener` → session, client_limits, log_limit, smtp
-//! - `session` → hooks, plugin_host, upstream, auth, message, connection, dns, tls, log_limit, smtp, config
+//! - `listener` → session, client, client_limits, log_limit, smtp
+//! - `session` → hooks, plugin_host, upstream, auth, message, client, connection, dns, tls, log_limit, smtp, config
 //! - `hooks` → plugin_host, auth, message, smtp, config
 //! - `plugin_host` → message, dns, kv, config
-//! - `upstream` → connection, dns, tls, smtp, config
+//! - `upstream` → client, connection, dns, tls, smtp, config
 //! - `auth` → kv, smtp, config
 //! - `devupstream` → connection, smtp
 //! - `message` → smtp
 //! - `client_limits` → config
 //! - `dns` → config
 //! - `kv` → config
+//! - `client` → dns, tls
 //! - `tls` → config
 //! - `connection` → smtp
 //! - `config` → smtp
@@ -52,6 +54,7 @@
 #![warn(unreachable_pub)]
 
 pub mod auth;
+mod client;
 mod client_limits;
 pub mod config;
 mod connection;

@@ -13,9 +13,10 @@ use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 use crate::{
+    client::Peer,
     client_limits::{ClientLimits, ClientSlot, Refusal},
     log_limit::{self, Event},
-    session::{ListenerContext, Peer, Session, SessionContext},
+    session::{ListenerContext, Session, SessionContext},
     smtp::replies,
 };
 

@@ -10,8 +10,9 @@ use tracing::{debug, warn};
 
 use super::SessionContext;
 use crate::{
+    client::{Greeting, Peer},
     smtp::{Reply, capabilities::Capabilities},
-    upstream::{ClientInfo, Greeting, Step, UpstreamError, UpstreamSession},
+    upstream::{Step, UpstreamError, UpstreamSession},
 };
 
 /// A client session's link to the upstream.
@@ -78,7 +79,7 @@ impl UpstreamLink {
     pub(super) async fn open(
         &mut self,
         context: &SessionContext,
-        client: Option<&ClientInfo>,
+        client: Option<&Peer>,
         greeting: Option<&Greeting>,
     ) -> Result<&mut UpstreamSession, UpstreamError> {
         if let LinkState::Closed = self.state {

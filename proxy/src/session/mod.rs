@@ -243,14 +243,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// The upstream session, opened (or taken from the pool) if there is none yet, and
     /// greeted as the client greeted.
     async fn upstream_session(&mut self) -> Result<&mut UpstreamSession, UpstreamError> {
-        let client = if self.link.needs_opening() {
-            Some(self.client_info().await)
-        } else {
-            None
-        };
+        let opening = self.link.needs_opening();
+        if opening {
+            self.await_client_name().await;
+        }
         let greeting = self.peer.greeting();
+        let client = opening.then_some(&self.peer);
         self.link
-            .open(&self.context, client.as_ref(), greeting.as_ref())
+            .open(&self.context, client, greeting.as_ref())
             .await
     }
 

@@ -1,21 +1,17 @@
 //! The client's host names (PTR, then forward-confirmed), looked up in the background
-//! from connect on, for XCLIENT and the Received field; and what the upstream is told
-//! about the client.
+//! from connect on, for XCLIENT and the Received field.
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::debug;
 
 use super::Session;
-use crate::{
-    dns::{ClientName, HostName},
-    upstream::ClientInfo,
-};
+use crate::dns::{ClientName, HostName};
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Starts looking up the client's host names in the background, if they are to be
-    /// used (XCLIENT, the Received field); [`Session::client_info`] waits for the
-    /// answer. Done once the connect hook let the client in, so a refused connection
+    /// used (XCLIENT, the Received field); [`Session::await_client_name`] waits for
+    /// the answer. Done once the connect hook let the client in, so a refused connection
     /// costs no DNS.
     pub(super) fn start_name_lookup(&mut self) {
         if self.context.config.upstream.client_name_lookup {
@@ -25,9 +21,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    /// What the upstream is told about the client, with its host names once their
-    /// lookup is done (bounded by twice `dns.timeout`).
-    pub(super) async fn client_info(&mut self) -> ClientInfo {
+    /// Waits for the client's host names if their lookup is under way (bounded by
+    /// twice `dns.timeout`), so the upstream is told them.
+    pub(super) async fn await_client_name(&mut self) {
         if let Some(lookup) = self.name_lookup.take() {
             let name = lookup
                 .await
@@ -35,6 +31,5 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             debug!(?name, "client host name");
             self.peer.name = Some(name);
         }
-        self.peer.client_info()
     }
 }

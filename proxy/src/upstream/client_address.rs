@@ -5,30 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use portcullis_syntax::param::encode_xtext;
 
-use super::Greeting;
-use crate::{
-    dns::{ClientName, HostName},
-    smtp::capabilities::Capabilities,
-};
-
-/// What the upstream is told about the downstream client: the session's peer as the
-/// upstream sees it (the greeting a plugin may have renamed, only a login the proxy
-/// verified), made by the session when it opens the upstream side.
-#[derive(Debug, Clone)]
-pub(crate) struct ClientInfo {
-    /// The client's address and port.
-    pub address: SocketAddr,
-    /// The local address the client connected to.
-    pub local_address: SocketAddr,
-    /// How the client greeted, once it has (XCLIENT HELO and PROTO, and the
-    /// upstream's own greeting).
-    pub greeting: Option<Greeting>,
-    /// The login the proxy verified (edge AUTH), sent as XCLIENT LOGIN.
-    pub login: Option<String>,
-    /// The client's host names, if they were looked up (XCLIENT NAME and
-    /// REVERSE_NAME); without them both say `[UNAVAILABLE]`.
-    pub name: Option<ClientName>,
-}
+use crate::{client::Peer, dns::HostName, smtp::capabilities::Capabilities};
 
 /// The longest XCLIENT command line, CRLF excluded (XCLIENT_README: the 512-octet
 /// limit of SMTP command lines, RFC 5321 §4.5.3.1.4).
@@ -43,9 +20,10 @@ const XCLIENT_VALUE_LIMIT: usize = 255;
 /// NAME, ADDR and PORT in the last (XCLIENT_README, note 1: once those change, the
 /// proxy may no longer be authorised to send another). Empty if the upstream
 /// announced none of them.
-pub(crate) fn xclient_commands(client: &ClientInfo, upstream: &Capabilities) -> Vec<String> {
+pub(crate) fn xclient_commands(client: &Peer, upstream: &Capabilities) -> Vec<String> {
     let name = client.name.as_ref();
-    let greeting = client.greeting.as_ref();
+    let greeting = client.greeting();
+    let greeting = greeting.as_ref();
     let early = [
         ("HELO", greeting.map(|greeting| greeting.name.clone())),
         (
@@ -59,7 +37,7 @@ pub(crate) fn xclient_commands(client: &ClientInfo, upstream: &Capabilities) -> 
                 .to_string(),
             ),
         ),
-        ("LOGIN", client.login.clone()),
+        ("LOGIN", client.verified_login().map(str::to_string)),
         ("DESTADDR", Some(xclient_address(client.local_address.ip()))),
         ("DESTPORT", Some(client.local_address.port().to_string())),
         // Sent even without a lookup: Postfix would otherwise keep the reverse name
@@ -145,7 +123,7 @@ fn host_name(name: &HostName) -> String {
 }
 
 /// A PROXY protocol v1 header line.
-pub(crate) fn proxy_v1_header(client: &ClientInfo) -> Vec<u8> {
+pub(crate) fn proxy_v1_header(client: &Peer) -> Vec<u8> {
     let (source, destination) = same_family(client);
     let family = if source.is_ipv4() { "TCP4" } else { "TCP6" };
     format!(
@@ -162,7 +140,7 @@ pub(crate) fn proxy_v1_header(client: &ClientInfo) -> Vec<u8> {
 const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 
 /// A PROXY protocol v2 header (command PROXY, transport STREAM).
-pub(crate) fn proxy_v2_header(client: &ClientInfo) -> Vec<u8> {
+pub(crate) fn proxy_v2_header(client: &Peer) -> Vec<u8> {
     let (source, destination) = same_family(client);
     let mut header = V2_SIGNATURE.to_vec();
     header.push(0x21); // version 2, command PROXY
@@ -187,13 +165,7 @@ pub(crate) fn proxy_v2_header(client: &ClientInfo) -> Vec<u8> {
 /// A v1 header for the connection from `source` to `destination` (the capability
 /// probe's own, which has no client).
 pub(crate) fn proxy_v1_line(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
-    proxy_v1_header(&ClientInfo {
-        address: source,
-        local_address: destination,
-        greeting: None,
-        login: None,
-        name: None,
-    })
+    proxy_v1_header(&Peer::new(source, destination))
 }
 
 /// The v2 header for a connection that has no client: command LOCAL, no addresses.
@@ -204,7 +176,7 @@ pub(crate) fn proxy_v2_local() -> Vec<u8> {
 }
 
 /// Source and destination in one address family (both IPv6 if they differ).
-fn same_family(client: &ClientInfo) -> (SocketAddr, SocketAddr) {
+fn same_family(client: &Peer) -> (SocketAddr, SocketAddr) {
     let source = SocketAddr::new(client.address.ip().to_canonical(), client.address.port());
     let destination = SocketAddr::new(
         client.local_address.ip().to_canonical(),
@@ -232,18 +204,21 @@ fn ipv6_octets(ip: IpAddr) -> [u8; 16] {
 mod tests {
     use super::*;
     use crate::smtp::Reply;
+    use crate::{client::Login, dns::ClientName};
 
-    fn client(address: &str, local: &str) -> ClientInfo {
-        ClientInfo {
-            address: address.parse().unwrap(),
-            local_address: local.parse().unwrap(),
-            greeting: Some(Greeting {
-                name: "client.example".into(),
-                esmtp: true,
-            }),
-            login: None,
-            name: None,
+    fn client(address: &str, local: &str) -> Peer {
+        Peer {
+            helo: Some("client.example".into()),
+            esmtp: true,
+            ..Peer::new(address.parse().unwrap(), local.parse().unwrap())
         }
+    }
+
+    fn verified(login: String) -> Option<Login> {
+        Some(Login {
+            name: login,
+            verified_here: true,
+        })
     }
 
     fn upstream(xclient: &str) -> Capabilities {
@@ -273,12 +248,21 @@ mod tests {
             ["XCLIENT ADDR=192.0.2.7"]
         );
         assert!(xclient_commands(&info, &upstream("XCLIENT")).is_empty());
-        let logged_in = ClientInfo {
-            login: Some("alice+x=y".into()),
+        let logged_in = Peer {
+            login: verified("alice+x=y".into()),
             ..info.clone()
         };
         assert!(xclient_commands(&logged_in, &full)[0].contains(" LOGIN=alice+2Bx+3Dy "));
         assert!(!xclient_commands(&logged_in, &upstream("XCLIENT ADDR"))[0].contains("LOGIN"));
+        // A passthrough login was verified by the upstream itself: not sent.
+        let passthrough = Peer {
+            login: Some(Login {
+                name: "alice".into(),
+                verified_here: false,
+            }),
+            ..info.clone()
+        };
+        assert!(!xclient_commands(&passthrough, &full)[0].contains("LOGIN"));
         let v6 = client("[2001:db8::7]:40000", "[::1]:25");
         assert!(xclient_commands(&v6, &full)[0].contains(" DESTADDR=IPV6:::1 "));
         assert!(xclient_commands(&v6, &full)[0].ends_with(" ADDR=IPV6:2001:db8::7 PORT=40000"));
@@ -317,7 +301,7 @@ mod tests {
             ),
         ];
         for (name, expected) in cases {
-            let info = ClientInfo {
+            let info = Peer {
                 name,
                 ..client("192.0.2.7:40000", "198.51.100.1:25")
             };
@@ -326,7 +310,7 @@ mod tests {
             assert!(commands[0].contains(expected), "{commands:?}");
         }
         // An upstream that does not know REVERSE_NAME takes NAME for both.
-        let info = ClientInfo {
+        let info = Peer {
             name: named(known("a.example"), HostName::Unavailable),
             ..client("192.0.2.7:40000", "198.51.100.1:25")
         };
@@ -339,12 +323,9 @@ mod tests {
         let label = "a".repeat(63);
         let long_name = [label.as_str(); 4].join(".");
         assert_eq!(long_name.len(), 255);
-        let info = ClientInfo {
-            greeting: Some(Greeting {
-                name: long_name.clone(),
-                esmtp: true,
-            }),
-            login: Some("l".repeat(200)),
+        let info = Peer {
+            helo: Some(long_name.clone()),
+            login: verified("l".repeat(200)),
             name: named(
                 HostName::Known(long_name.clone()),
                 HostName::Known(long_name.clone()),
@@ -379,12 +360,9 @@ mod tests {
     #[test]
     fn values_postfix_would_refuse_are_sent_as_unavailable() {
         // Postfix: "501 5.5.4 Error: attribute value too long" past 255 octets.
-        let info = ClientInfo {
-            greeting: Some(Greeting {
-                name: "h".repeat(256),
-                esmtp: true,
-            }),
-            login: Some("l".repeat(256)),
+        let info = Peer {
+            helo: Some("h".repeat(256)),
+            login: verified("l".repeat(256)),
             ..client("192.0.2.7:40000", "198.51.100.1:25")
         };
         let commands = xclient_commands(&info, &upstream(ALL));
@@ -393,8 +371,8 @@ mod tests {
             commands[0].starts_with("XCLIENT HELO=[UNAVAILABLE] PROTO=ESMTP LOGIN=[UNAVAILABLE] ")
         );
         // Within 255 octets, but three times as long once xtext-encoded.
-        let info = ClientInfo {
-            login: Some("+".repeat(200)),
+        let info = Peer {
+            login: verified("+".repeat(200)),
             ..info
         };
         assert!(xclient_commands(&info, &upstream(ALL))[0].contains(" LOGIN=[UNAVAILABLE] "));

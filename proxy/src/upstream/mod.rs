@@ -18,6 +18,7 @@ use std::{io, sync::Arc, time::Duration};
 use tokio::{net::TcpStream, time::Instant};
 
 use crate::{
+    client::{Greeting, Peer},
     config::{ClientAddressMode, TlsMode},
     connection::Connection,
     smtp::{
@@ -28,22 +29,12 @@ use crate::{
     },
     tls::MaybeTls,
 };
-pub(crate) use client_address::ClientInfo;
 pub(crate) use error::{Step, UpstreamError};
 use error::{on_client, read_error, write_error};
 pub(crate) use target::Upstream;
 
 /// The longest reply line we read from an upstream (RFC 5321 says 512; be generous).
 const REPLY_LINE_LIMIT: usize = 4096;
-
-/// A HELO or EHLO as sent upstream: the name, and whether it was EHLO.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Greeting {
-    /// The HELO/EHLO argument.
-    pub name: String,
-    /// EHLO (true) or HELO.
-    pub esmtp: bool,
-}
 
 /// An open SMTP session with the upstream, past greeting, EHLO and XCLIENT.
 #[derive(Debug)]
@@ -67,7 +58,7 @@ impl UpstreamSession {
     pub(crate) async fn open(
         upstream: &Arc<Upstream>,
         hostname: &str,
-        client: Option<&ClientInfo>,
+        client: Option<&Peer>,
     ) -> Result<Self, UpstreamError> {
         let config = &upstream.config;
         let timeouts = &config.timeouts;
@@ -124,11 +115,11 @@ impl UpstreamSession {
     async fn handshake_for(
         &mut self,
         hostname: &str,
-        client: Option<&ClientInfo>,
+        client: Option<&Peer>,
     ) -> Result<(), UpstreamError> {
         let xclient = self.upstream.config.client_address == ClientAddressMode::Xclient;
         let starttls = self.upstream.config.tls.mode == TlsMode::Starttls;
-        let client_greeting = client.and_then(|client| client.greeting.clone());
+        let client_greeting = client.and_then(Peer::greeting);
         // Greeting as the client did from the start, HELO included (a later HELO would
         // not undo an EHLO's ESMTP in Postfix's records), unless the proxy needs EHLO's
         // answer first: for STARTTLS, or for XCLIENT.
@@ -255,7 +246,7 @@ impl UpstreamSession {
     /// accepts TCP4/TCP6; Postfix refuses UNKNOWN) and sends LOCAL in v2.
     fn proxy_header(
         &self,
-        client: Option<&ClientInfo>,
+        client: Option<&Peer>,
         local: std::net::SocketAddr,
         peer: std::net::SocketAddr,
     ) -> Option<Vec<u8>> {
@@ -304,7 +295,7 @@ impl UpstreamSession {
     /// greeting; the caller then greets again, as XCLIENT_README requires, with the
     /// client's own name, since Postfix takes the name from that greeting (for its
     /// HELO restrictions and its Received header) over the XCLIENT HELO attribute.
-    async fn xclient(&mut self, client: &ClientInfo) -> Result<(), UpstreamError> {
+    async fn xclient(&mut self, client: &Peer) -> Result<(), UpstreamError> {
         let commands = client_address::xclient_commands(client, &self.capabilities);
         if commands.is_empty() {
             return Err(UpstreamError::XclientNotOffered);
