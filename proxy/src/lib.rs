@@ -27,10 +27,10 @@
 //! (a unit test below reads this list and the sources and holds them to it):
 //!
 //! - `server` → startup, listener, session, upstream, auth, client_limits, devupstream, dns, kv, tls, log_limit, config
-//! - `fuzzing` → auth, smtp
+//! - `fuzzing` → auth, proxy_protocol, smtp
 //! - `replay` → startup, hooks, plugin_host, message, dns, smtp, config
 //! - `startup` → session, hooks, plugin_host, auth, dns, kv, tls, config
-//! - `listener` → session, client, client_limits, log_limit, smtp
+//! - `listener` → session, client, client_limits, log_limit, proxy_protocol, smtp, config
 //! - `session` → hooks, plugin_host, upstream, auth, message, client, connection, dns, tls, log_limit, smtp, config
 //! - `hooks` → plugin_host, auth, message, smtp, config
 //! - `plugin_host` → message, dns, kv, config
@@ -46,6 +46,7 @@
 //! - `connection` → smtp
 //! - `config` → smtp
 //! - `log_limit` →
+//! - `proxy_protocol` →
 //! - `smtp` →
 
 #![forbid(unsafe_code)]
@@ -68,6 +69,7 @@ mod listener;
 mod log_limit;
 pub mod message;
 pub mod plugin_host;
+mod proxy_protocol;
 pub mod replay;
 mod server;
 mod session;

@@ -29,16 +29,22 @@ pub(crate) enum Event {
     ThrottleFull,
     /// The key-value store is full of live keys.
     KvFull,
+    /// A connection to a `proxy_protocol` listener from an address not trusted.
+    ProxyUntrusted,
+    /// A PROXY protocol header that was missing, malformed or too slow.
+    ProxyHeader,
 }
 
 impl Event {
-    const ALL: [Event; 6] = [
+    const ALL: [Event; 8] = [
         Event::ConnectionLimit,
         Event::ClientSessionLimit,
         Event::ClientRateLimit,
         Event::AuthThrottled,
         Event::ThrottleFull,
         Event::KvFull,
+        Event::ProxyUntrusted,
+        Event::ProxyHeader,
     ];
 
     /// What the summary line calls it.
@@ -50,6 +56,8 @@ impl Event {
             Event::AuthThrottled => "AUTH refused: too many failures from this address",
             Event::ThrottleFull => "AUTH refused: the throttle cannot count this client",
             Event::KvFull => "the key-value store is full",
+            Event::ProxyUntrusted => "connections from addresses not in proxy_trusted",
+            Event::ProxyHeader => "connections without a valid PROXY protocol header",
         }
     }
 
@@ -58,7 +66,7 @@ impl Event {
     }
 }
 
-static LIMITERS: [Occasional; Event::ALL.len()] = [const { Occasional::new() }; 6];
+static LIMITERS: [Occasional; Event::ALL.len()] = [const { Occasional::new() }; Event::ALL.len()];
 
 /// `Some(left_out)` when a warning about `event` may be written now, with how many
 /// were left out since the last one; `None` when this one is to be left out.

@@ -418,6 +418,8 @@ pub struct ListenerConfig {
     pub require_tls: bool,
     /// SMTP AUTH.
     pub auth: AuthConfig,
+    /// Behind load balancers: the PROXY protocol header each connection starts with.
+    pub proxy_protocol: Option<ProxyProtocolConfig>,
 }
 
 impl Config {
@@ -459,12 +461,14 @@ impl Config {
 
 mod de;
 mod plugins;
+mod proxy_protocol;
 mod raw;
 mod upstream;
 mod validate;
 
 use de::*;
 pub use plugins::{OnError, PluginConfig};
+pub use proxy_protocol::{ProxyProtocolConfig, ProxyVersions};
 
 use raw::RawConfig;
 pub use upstream::{

@@ -48,6 +48,10 @@ pub(super) struct RawListener {
     pub(super) tls: Option<Spanned<TlsMode>>,
     pub(super) require_tls: Option<Spanned<bool>>,
     pub(super) auth: Option<Spanned<RawAuth>>,
+    pub(super) proxy_protocol: Option<Spanned<super::ProxyVersions>>,
+    pub(super) proxy_trusted: Option<Spanned<Vec<String>>>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub(super) proxy_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]

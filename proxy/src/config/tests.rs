@@ -100,6 +100,36 @@ fn errors_name_the_key_and_the_line() {
             "unknown variant",
         ),
         (
+            &MINIMAL.replace("2525\"\n", "2525\"\nproxy_protocol = \"v2\"\n"),
+            "listener[0].proxy_protocol",
+            Some(4),
+            "needs proxy_trusted",
+        ),
+        (
+            &MINIMAL.replace(
+                "2525\"\n",
+                "2525\"\nproxy_protocol = \"any\"\nproxy_trusted = [\"10.0.0.0/33\"]\n",
+            ),
+            "listener[0].proxy_trusted",
+            Some(5),
+            "not an address or a network",
+        ),
+        (
+            &MINIMAL.replace("2525\"\n", "2525\"\nproxy_trusted = [\"10.0.0.1\"]\n"),
+            "listener[0].proxy_trusted",
+            Some(4),
+            "only used with proxy_protocol",
+        ),
+        (
+            &MINIMAL.replace(
+                "2525\"\n",
+                "2525\"\nproxy_protocol = \"v3\"\nproxy_trusted = [\"10.0.0.1\"]\n",
+            ),
+            "listener[0].proxy_protocol",
+            Some(4),
+            "unknown variant",
+        ),
+        (
             &format!("{MINIMAL}\n[smtp]\ncolour = 1\n"),
             "smtp.colour",
             Some(9),
@@ -317,4 +347,33 @@ fn example_config_is_valid() {
         config.upstream.target,
         UpstreamTarget::Development(_)
     ));
+}
+
+#[test]
+fn a_listener_behind_load_balancers_trusts_only_their_networks() {
+    let text = MINIMAL.replace(
+        "2525\"\n",
+        "2525\"\nproxy_protocol = \"any\"\nproxy_trusted = [\"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\"]\n",
+    );
+    let config = Config::parse(&text).unwrap();
+    let proxy = config.listeners[0].proxy_protocol.clone().unwrap();
+    assert_eq!(proxy.versions, ProxyVersions::Any);
+    assert_eq!(proxy.timeout, Duration::from_secs(5));
+    for (address, trusted) in [
+        ("10.1.2.3", true),
+        ("11.0.0.1", false),
+        ("192.0.2.7", true),
+        ("192.0.2.8", false),
+        ("2001:db8::1", true),
+        ("2001:db9::1", false),
+        // An IPv4 balancer reaching a dual-stack socket.
+        ("::ffff:10.0.0.9", true),
+    ] {
+        assert_eq!(proxy.trusts(address.parse().unwrap()), trusted, "{address}");
+    }
+    assert!(
+        Config::parse(MINIMAL).unwrap().listeners[0]
+            .proxy_protocol
+            .is_none()
+    );
 }

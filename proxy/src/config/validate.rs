@@ -162,6 +162,12 @@ fn validate_listener(
             "AUTH is only offered over TLS and this listener has none: set tls, or allow_plaintext = true",
         ));
     }
+    let proxy_protocol = super::proxy_protocol::RawProxyProtocol {
+        proxy_protocol: raw.proxy_protocol,
+        proxy_trusted: raw.proxy_trusted,
+        proxy_timeout: raw.proxy_timeout,
+    }
+    .validate(error, name_offset)?;
     Ok(ValidListener {
         config: ListenerConfig {
             name: raw.name.into_inner(),
@@ -170,6 +176,7 @@ fn validate_listener(
             tls,
             require_tls: require_tls.is_some_and(|(_, r)| r),
             auth,
+            proxy_protocol,
         },
         name_offset,
     })
