@@ -17,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${SECONDS_EACH:-600}
-targets=${TARGETS:-"command reply data sasl credentials sender_logins"}
+targets=${TARGETS:-"command reply data sasl credentials sender_logins proxy_header"}
 
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 cargo +nightly fuzz --version >/dev/null 2>&1 || cargo install --locked cargo-fuzz

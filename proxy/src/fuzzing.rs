@@ -16,6 +16,7 @@ use crate::{
         sasl::{Exchange, Step, login_of},
         sender_logins::SenderLogins,
     },
+    proxy_protocol::{self, HeaderError, Progress, Version},
     smtp::{
         Command, EnhancedCode, Reply,
         capabilities::Capabilities,
@@ -343,6 +344,72 @@ pub fn sender_logins(data: &[u8]) {
     );
 }
 
+/// The PROXY protocol header reader, driven as the listener drives it (reading
+/// exactly what the parser asks for): it never reads past a header, and a header it
+/// takes, written again, reads back the same.
+pub fn proxy_header(data: &[u8]) {
+    let (header, read) = read_proxy_header(data);
+    let Ok(header) = header else {
+        return;
+    };
+    assert!(read <= data.len());
+    let Some((source, destination)) = header.addresses else {
+        return;
+    };
+    assert_eq!(source.is_ipv4(), destination.is_ipv4(), "mixed families");
+    let again = match header.version {
+        Version::V1 => format!(
+            "PROXY {} {} {} {} {}\r\n",
+            if source.is_ipv4() { "TCP4" } else { "TCP6" },
+            source.ip(),
+            destination.ip(),
+            source.port(),
+            destination.port()
+        )
+        .into_bytes(),
+        Version::V2 => {
+            let mut block = b"\r\n\r\n\0\r\nQUIT\n\x21".to_vec();
+            let addresses: Vec<u8> = match (source.ip(), destination.ip()) {
+                (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) => {
+                    block.push(0x11);
+                    [s.octets().as_slice(), d.octets().as_slice()].concat()
+                }
+                (std::net::IpAddr::V6(s), std::net::IpAddr::V6(d)) => {
+                    block.push(0x21);
+                    [s.octets().as_slice(), d.octets().as_slice()].concat()
+                }
+                _ => unreachable!("checked above"),
+            };
+            block.extend_from_slice(&(addresses.len() as u16 + 4).to_be_bytes());
+            block.extend_from_slice(&addresses);
+            block.extend_from_slice(&source.port().to_be_bytes());
+            block.extend_from_slice(&destination.port().to_be_bytes());
+            block
+        }
+    };
+    let (reparsed, reread) = read_proxy_header(&again);
+    assert_eq!(reparsed, Ok(header), "{again:?}");
+    assert_eq!(reread, again.len());
+}
+
+/// Reads `data` as the listener reads a stream: the outcome and the octets taken.
+fn read_proxy_header(data: &[u8]) -> (Result<proxy_protocol::Header, HeaderError>, usize) {
+    let mut read = 0;
+    loop {
+        match proxy_protocol::parse(&data[..read]) {
+            Ok(Progress::Need(more)) => {
+                assert!(more > 0, "asked for nothing");
+                if read + more > data.len() {
+                    return (Err(HeaderError::Missing), read);
+                }
+                read += more;
+            }
+            Ok(Progress::Done(header)) => return (Ok(header), read),
+            Err(error) => return (Err(error), read),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The CI smoke of the fuzz targets: each body over its seeds (`fuzz/seeds/`) and
@@ -360,6 +427,7 @@ mod tests {
         ("sasl", super::sasl),
         ("credentials", super::credentials),
         ("sender_logins", super::sender_logins),
+        ("proxy_header", super::proxy_header),
     ];
 
     /// Pieces the mutations splice in: what the parsers treat specially.
