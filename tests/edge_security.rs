@@ -249,6 +249,25 @@ fn one_address_cannot_hold_every_session() {
 }
 
 #[test]
+fn a_listener_with_limits_of_its_own_counts_its_clients_by_network() {
+    let upstream = RecordingUpstream::start();
+    let own = table([("max_sessions", 1.into()), ("ipv4_prefix", 24.into())]);
+    let proxy = TestConfig::relaying_to(&upstream.address())
+        .listener("strict")
+        .set_on("strict", "client_limits", own)
+        .start();
+    let strict = proxy.listener("strict");
+    let _held = Client::connect_from("127.0.0.2", strict);
+    // 127.0.0.3 is in the same /24: the same client for this listener.
+    let reply = Client::connect_from_unread("127.0.0.3", strict).read_reply();
+    assert_eq!(reply.code, 421, "{reply:?}");
+    // The other listener counts by the global [client_limits] (50 per address).
+    for source in ["127.0.0.2", "127.0.0.3"] {
+        Client::connect_from(source, proxy.address).expect("QUIT", 221);
+    }
+}
+
+#[test]
 fn new_sessions_per_address_are_limited_per_window() {
     let upstream = RecordingUpstream::start();
     let proxy = TestConfig::relaying_to(&upstream.address())

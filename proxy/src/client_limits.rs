@@ -1,8 +1,10 @@
 //! Per-client connection limits, applied when a connection is accepted and before any
-//! plugin runs: how many sessions one client address may have open at once, and how
-//! many it may open per window (Postfix's `smtpd_client_connection_count_limit` and
+//! plugin runs: how many sessions one client may have open at once, and how many it
+//! may open per window (Postfix's `smtpd_client_connection_count_limit` and
 //! `smtpd_client_connection_rate_limit`). Without them one address can take every
-//! connection slot of the proxy.
+//! connection slot of the proxy. A client is an address, or the network of
+//! `ipv4_prefix` / `ipv6_prefix` bits around it (by default each IPv4 address, and
+//! each IPv6 /64).
 //!
 //! No I/O here: the listener asks [`ClientLimits::admit`] and answers a refusal.
 
@@ -61,6 +63,7 @@ impl ClientLimits {
     }
 
     fn admit_at(self: &Arc<Self>, address: IpAddr, now: Instant) -> Result<ClientSlot, Refusal> {
+        let address = self.client_of(address);
         if self.config.max_new_sessions > 0 && !self.within_rate(address, now) {
             return Err(Refusal::Rate);
         }
@@ -74,6 +77,21 @@ impl ClientLimits {
             limits: self.clone(),
             address,
         })
+    }
+
+    /// The client `address` counts as: its network of the configured prefix length
+    /// (an IPv4 address mapped into IPv6 counts as IPv4).
+    fn client_of(&self, address: IpAddr) -> IpAddr {
+        match address.to_canonical() {
+            IpAddr::V4(v4) => {
+                let bits = u32::from(v4) & mask32(self.config.ipv4_prefix);
+                IpAddr::from(bits.to_be_bytes())
+            }
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6) & mask128(self.config.ipv6_prefix);
+                IpAddr::from(bits.to_be_bytes())
+            }
+        }
     }
 
     /// Counts one new session of `address`; false if that is one too many.
@@ -126,6 +144,18 @@ impl ClientLimits {
     }
 }
 
+fn mask32(prefix: u8) -> u32 {
+    u32::MAX
+        .checked_shl(32 - u32::from(prefix.min(32)))
+        .unwrap_or(0)
+}
+
+fn mask128(prefix: u8) -> u128 {
+    u128::MAX
+        .checked_shl(128 - u32::from(prefix.min(128)))
+        .unwrap_or(0)
+}
+
 /// One open session of a client address; dropping it frees the slot.
 #[derive(Debug)]
 pub(crate) struct ClientSlot {
@@ -148,7 +178,39 @@ mod tests {
             max_sessions,
             max_new_sessions,
             window: Duration::from_secs(60),
+            ipv4_prefix: 32,
+            ipv6_prefix: 128,
         })
+    }
+
+    #[test]
+    fn addresses_of_one_network_count_as_one_client() {
+        let limits = ClientLimits::new(ClientLimitsConfig {
+            max_sessions: 2,
+            ipv4_prefix: 24,
+            ..ClientLimitsConfig::default()
+        });
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        let _a = limits.admit(ip("192.0.2.1")).unwrap();
+        let _b = limits.admit(ip("192.0.2.200")).unwrap();
+        assert_eq!(
+            limits.admit(ip("::ffff:192.0.2.77")).unwrap_err(),
+            Refusal::Sessions,
+            "the same /24, mapped into IPv6"
+        );
+        let _other = limits.admit(ip("192.0.3.1")).expect("another /24");
+        // IPv6 by /64 by default.
+        let _c = limits.admit(ip("2001:db8:1:2::1")).unwrap();
+        let _d = limits.admit(ip("2001:db8:1:2:ffff::9")).unwrap();
+        assert_eq!(
+            limits.admit(ip("2001:db8:1:2:aaaa::1")).unwrap_err(),
+            Refusal::Sessions
+        );
+        let _e = limits.admit(ip("2001:db8:1:3::1")).expect("another /64");
+        assert_eq!(mask32(32), u32::MAX);
+        assert_eq!(mask32(24), 0xffff_ff00);
+        assert_eq!(mask128(64), u128::MAX << 64);
+        assert_eq!(mask128(128), u128::MAX);
     }
 
     #[test]

@@ -87,24 +87,32 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         )),
         dns,
     });
-    let client_limits = ClientLimits::new(config.client_limits.clone());
+    // Listeners without [listener.client_limits] share the global counts; each with
+    // its own has counts of its own.
+    let shared_limits = ClientLimits::new(config.client_limits.clone());
+    let mut all_limits = vec![shared_limits.clone()];
     tokio::spawn(refresh_capabilities(context.clone()));
-    tokio::spawn(housekeeping(
-        client_limits.clone(),
-        signals.stopping.clone(),
-    ));
     let reaper = tokio::spawn(reap_idle_upstream_sessions(context.clone()));
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.server.max_connections));
     for (listener, socket) in listeners {
+        let limits = match &listener.config.client_limits {
+            Some(own) => {
+                let limits = ClientLimits::new(own.clone());
+                all_limits.push(limits.clone());
+                limits
+            }
+            None => shared_limits.clone(),
+        };
         tracker.spawn(listener::accept_loop(
             listener,
             socket,
             context.clone(),
-            Admission::new(permits.clone(), client_limits.clone()),
+            Admission::new(permits.clone(), limits),
             tracker.clone(),
         ));
     }
+    tokio::spawn(housekeeping(all_limits, signals.stopping.clone()));
     shutdown.await;
     info!(drain_timeout = ?config.server.drain_timeout, "shutting down: no new connections, draining transactions");
     signals.stopping.cancel();
@@ -164,13 +172,18 @@ async fn reload_on_sighup(tls: Option<ServerTls>, listeners: Vec<Arc<ListenerCon
 
 /// Now and then: forgets ended rate windows of client addresses, and reports the
 /// warnings a burst left out.
-async fn housekeeping(clients: Arc<ClientLimits>, stopping: CancellationToken) {
-    let mut sweep = tokio::time::interval(clients.sweep_interval());
+async fn housekeeping(clients: Vec<Arc<ClientLimits>>, stopping: CancellationToken) {
+    let interval = clients
+        .iter()
+        .map(|limits| limits.sweep_interval())
+        .min()
+        .unwrap_or(log_limit::INTERVAL);
+    let mut sweep = tokio::time::interval(interval);
     let mut flush = tokio::time::interval(log_limit::INTERVAL);
     loop {
         tokio::select! {
             _ = stopping.cancelled() => return,
-            _ = sweep.tick() => clients.sweep(),
+            _ = sweep.tick() => clients.iter().for_each(|limits| limits.sweep()),
             _ = flush.tick() => log_limit::flush(),
         }
     }

@@ -66,32 +66,6 @@ pub struct Config {
     pub warnings: Vec<ConfigWarning>,
 }
 
-/// `[client_limits]`: what one client address may hold, checked when a connection is
-/// accepted, before any plugin runs; past a limit: 421 4.7.0 and close.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClientLimitsConfig {
-    /// Sessions one address may have open at once (Postfix's
-    /// `smtpd_client_connection_count_limit`, 50); 0: no limit.
-    pub max_sessions: usize,
-    /// New sessions one address may open per `window`, refused attempts included
-    /// (Postfix's `smtpd_client_connection_rate_limit`); 0: no limit, the default.
-    pub max_new_sessions: usize,
-    /// The window `max_new_sessions` counts in.
-    #[serde(with = "humantime_serde")]
-    pub window: Duration,
-}
-
-impl Default for ClientLimitsConfig {
-    fn default() -> Self {
-        Self {
-            max_sessions: 50,
-            max_new_sessions: 0,
-            window: Duration::from_secs(60),
-        }
-    }
-}
-
 /// The default cap on keys (`kv.max_entries`): a million counters keyed by client
 /// address took 206 MiB.
 pub const DEFAULT_MAX_ENTRIES: std::num::NonZeroUsize =
@@ -420,6 +394,9 @@ pub struct ListenerConfig {
     pub auth: AuthConfig,
     /// Behind load balancers: the PROXY protocol header each connection starts with.
     pub proxy_protocol: Option<ProxyProtocolConfig>,
+    /// This listener's own `[client_limits]`, counted apart from the other
+    /// listeners'; `None`: the global ones, whose counts all such listeners share.
+    pub client_limits: Option<ClientLimitsConfig>,
 }
 
 impl Config {
@@ -459,6 +436,7 @@ impl Config {
     }
 }
 
+mod client_limits;
 mod de;
 mod plugins;
 mod proxy_protocol;
@@ -466,6 +444,7 @@ mod raw;
 mod upstream;
 mod validate;
 
+pub use client_limits::ClientLimitsConfig;
 use de::*;
 pub use plugins::{OnError, PluginConfig};
 pub use proxy_protocol::{ProxyProtocolConfig, ProxyVersions};

@@ -52,6 +52,7 @@ pub(super) struct RawListener {
     pub(super) proxy_trusted: Option<Spanned<Vec<String>>>,
     #[serde(default, with = "humantime_serde::option")]
     pub(super) proxy_timeout: Option<Duration>,
+    pub(super) client_limits: Option<Spanned<ClientLimitsConfig>>,
 }
 
 #[derive(Debug, Deserialize)]

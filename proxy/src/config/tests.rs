@@ -130,6 +130,21 @@ fn errors_name_the_key_and_the_line() {
             "unknown variant",
         ),
         (
+            &format!("{MINIMAL}\n[client_limits]\nipv4_prefix = 33\n"),
+            "client_limits.ipv4_prefix",
+            Some(8),
+            "from 8 to 32",
+        ),
+        (
+            &MINIMAL.replace(
+                "2525\"\n",
+                "2525\"\n[listener.client_limits]\nipv6_prefix = 8\n",
+            ),
+            "listener[0].client_limits.ipv6_prefix",
+            Some(4),
+            "from 16 to 128",
+        ),
+        (
             &format!("{MINIMAL}\n[smtp]\ncolour = 1\n"),
             "smtp.colour",
             Some(9),
@@ -374,6 +389,29 @@ fn a_listener_behind_load_balancers_trusts_only_their_networks() {
     assert!(
         Config::parse(MINIMAL).unwrap().listeners[0]
             .proxy_protocol
+            .is_none()
+    );
+}
+
+#[test]
+fn a_listener_may_have_client_limits_of_its_own() {
+    let text = MINIMAL.replace(
+        "2525\"\n",
+        "2525\"\n[listener.client_limits]\nmax_sessions = 3\nipv4_prefix = 24\n",
+    );
+    let config = Config::parse(&text).unwrap();
+    let own = config.listeners[0].client_limits.clone().unwrap();
+    assert_eq!(
+        (own.max_sessions, own.ipv4_prefix, own.ipv6_prefix),
+        (3, 24, 64)
+    );
+    assert_eq!(
+        config.client_limits.max_sessions, 50,
+        "the global ones stay"
+    );
+    assert!(
+        Config::parse(MINIMAL).unwrap().listeners[0]
+            .client_limits
             .is_none()
     );
 }

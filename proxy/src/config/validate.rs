@@ -3,6 +3,7 @@
 //! key and its line.
 
 use super::{
+    client_limits,
     raw::{RawAuth, RawListener, RawUpstream},
     *,
 };
@@ -54,7 +55,8 @@ impl RawConfig {
         let mut warnings = Vec::new();
         let upstream = validate_upstream(self.upstream, line_of, &mut warnings)?;
         let quarantine = validate_quarantine(self.quarantine, line_of)?;
-        let client_limits = validate_client_limits(self.client_limits, line_of)?;
+        let client_limits = client_limits::validate(self.client_limits, "client_limits", line_of)?
+            .unwrap_or_default();
         warn_about_edge_auth(&listeners, &upstream, &mut warnings);
         Ok(Config {
             server: self.server,
@@ -168,6 +170,11 @@ fn validate_listener(
         proxy_timeout: raw.proxy_timeout,
     }
     .validate(error, name_offset)?;
+    let client_limits = client_limits::validate(
+        raw.client_limits,
+        &format!("listener[{index}].client_limits"),
+        line_of,
+    )?;
     Ok(ValidListener {
         config: ListenerConfig {
             name: raw.name.into_inner(),
@@ -177,6 +184,7 @@ fn validate_listener(
             require_tls: require_tls.is_some_and(|(_, r)| r),
             auth,
             proxy_protocol,
+            client_limits,
         },
         name_offset,
     })
@@ -434,27 +442,6 @@ fn validate_upstream_tls(
         server_name,
         line: Some(line_of(span)),
     })
-}
-
-/// Checks `[client_limits]`: a rate needs a window.
-fn validate_client_limits(
-    raw: Option<Spanned<ClientLimitsConfig>>,
-    line_of: LineOf,
-) -> Result<ClientLimitsConfig, ConfigError> {
-    let Some(raw) = raw else {
-        return Ok(ClientLimitsConfig::default());
-    };
-    let offset = raw.span().start;
-    let limits = raw.into_inner();
-    if limits.max_new_sessions > 0 && limits.window.is_zero() {
-        return Err(error_at(
-            line_of,
-            "client_limits.window",
-            offset,
-            "must be longer than 0s when max_new_sessions is set",
-        ));
-    }
-    Ok(limits)
 }
 
 /// Edge AUTH without XCLIENT: the upstream never learns who logged in.
