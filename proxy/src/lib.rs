@@ -11,8 +11,8 @@
 //! configuration, plain data; `client` is who is connected, as the session and the
 //! upstream both see it; `connection` is the shared bytes ↔ lines plumbing; [`dns`]
 //! the resolver that plugins and the client-name lookup share; `devupstream` is the
-//! built-in development upstream for trying things out; `fuzzing` holds the fuzz
-//! targets' bodies (`fuzz/`).
+//! built-in development upstream for trying things out; `service` talks to systemd;
+//! `fuzzing` holds the fuzz targets' bodies (`fuzz/`).
 //!
 //! Each word keeps one meaning: a *session* is one client connection (`session`);
 //! it may have an *upstream session* (`upstream`), holds its *session hooks* (the
@@ -26,7 +26,7 @@
 //! Dependencies point one way. Each module imports only from those listed after it
 //! (a unit test below reads this list and the sources and holds them to it):
 //!
-//! - `server` → startup, listener, session, upstream, auth, client_limits, devupstream, dns, kv, tls, log_limit, config
+//! - `server` → startup, listener, session, upstream, auth, client_limits, devupstream, dns, kv, tls, log_limit, service, config
 //! - `fuzzing` → auth, proxy_protocol, smtp
 //! - `replay` → startup, hooks, plugin_host, message, dns, smtp, config
 //! - `startup` → session, hooks, plugin_host, auth, dns, kv, tls, config
@@ -46,6 +46,7 @@
 //! - `connection` → smtp
 //! - `config` → smtp
 //! - `log_limit` →
+//! - `service` →
 //! - `proxy_protocol` →
 //! - `smtp` →
 
@@ -72,6 +73,7 @@ pub mod plugin_host;
 mod proxy_protocol;
 pub mod replay;
 mod server;
+mod service;
 mod session;
 pub mod smtp;
 pub mod startup;

@@ -18,7 +18,7 @@ use crate::{
     dns::Resolver,
     kv::KvStore,
     listener::{self, Admission},
-    log_limit,
+    log_limit, service,
     session::{ListenerContext, SessionContext, Shutdown},
     startup::{self, Prepared, StartError},
     tls::server::ServerTls,
@@ -113,7 +113,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         ));
     }
     tokio::spawn(housekeeping(all_limits, signals.stopping.clone()));
+    service::ready();
     shutdown.await;
+    service::stopping();
     info!(drain_timeout = ?config.server.drain_timeout, "shutting down: no new connections, draining transactions");
     signals.stopping.cancel();
     tracker.close();
@@ -140,6 +142,7 @@ async fn reload_on_sighup(tls: Option<ServerTls>, listeners: Vec<Arc<ListenerCon
         return;
     };
     while hangups.recv().await.is_some() {
+        service::reloading();
         if let Some(tls) = &tls {
             match tls.reload() {
                 Ok(count) => info!(certificates = count, "reloaded TLS certificates"),
@@ -167,6 +170,7 @@ async fn reload_on_sighup(tls: Option<ServerTls>, listeners: Vec<Arc<ListenerCon
                 }
             }
         }
+        service::ready();
     }
 }
 
