@@ -162,10 +162,14 @@ fn plugin_config(dir: &Path) -> PathBuf {
 /// The next datagram on `socket`, as text.
 fn next_state(socket: &UnixDatagram) -> String {
     let mut buffer = [0u8; 1024];
-    let length = socket
-        .recv(&mut buffer)
-        .expect("a notification within the timeout");
-    String::from_utf8_lossy(&buffer[..length]).into_owned()
+    loop {
+        match socket.recv(&mut buffer) {
+            Ok(length) => return String::from_utf8_lossy(&buffer[..length]).into_owned(),
+            // A signal for this process (the other test's child processes): again.
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => panic!("no notification within the timeout: {error}"),
+        }
+    }
 }
 
 #[test]

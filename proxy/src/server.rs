@@ -4,9 +4,13 @@
 //! accepting, let transactions finish within the drain time, then 421 4.3.2 for whoever
 //! is left.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, task::Poll, time::Duration};
 
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    net::TcpListener,
+    signal::unix::{Signal, SignalKind, signal},
+    sync::Semaphore,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
@@ -28,6 +32,13 @@ use crate::{
 /// Runs the proxy until `shutdown` resolves, then drains. Returns once every session
 /// has ended.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    // The signal handlers go in first (SIGTERM and SIGINT inside `shutdown`, which
+    // installs them when first polled, and SIGHUP): systemd may signal as soon as it
+    // hears READY, and a signal that comes before its handler ends the process.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let stop_requested =
+        std::future::poll_fn(|cx| Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await;
+    let hangups = signal(SignalKind::hangup());
     for warning in &config.warnings {
         warn!("configuration: {warning}");
     }
@@ -66,6 +77,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         listeners.push((listener, socket));
     }
     tokio::spawn(reload_on_sighup(
+        hangups,
         server_tls.clone(),
         listeners.iter().map(|(l, _)| l.clone()).collect(),
     ));
@@ -114,7 +126,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     tokio::spawn(housekeeping(all_limits, signals.stopping.clone()));
     service::ready();
-    shutdown.await;
+    if !stop_requested {
+        shutdown.await;
+    }
     service::stopping();
     info!(drain_timeout = ?config.server.drain_timeout, "shutting down: no new connections, draining transactions");
     signals.stopping.cancel();
@@ -135,9 +149,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
 /// SIGHUP: certificates, credentials files and sender-login maps are read again. A
 /// file that fails keeps its old contents (and says so); sessions carry on.
-async fn reload_on_sighup(tls: Option<ServerTls>, listeners: Vec<Arc<ListenerContext>>) {
-    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-    else {
+async fn reload_on_sighup(
+    hangups: std::io::Result<Signal>,
+    tls: Option<ServerTls>,
+    listeners: Vec<Arc<ListenerContext>>,
+) {
+    let Ok(mut hangups) = hangups else {
         warn!("cannot listen for SIGHUP; reloading is off");
         return;
     };
