@@ -14,7 +14,7 @@ mod verdict;
 use std::sync::Arc;
 
 use crate::{
-    message::Message,
+    message::{Edit, Message},
     plugin_host::{LoadedPlugin, MessageResource, PluginError, PluginInstance, SessionStore, view},
     smtp::{Command, MailCommand, RcptCommand, Reply, capabilities::Capabilities},
 };
@@ -23,7 +23,6 @@ use stage::{Call, Stage, policy_decision};
 pub use trace::TraceEntry;
 use verdict::{
     PathRules, checked_helo, checked_rewrite, describe_command, describe_edit, plugin_params,
-    to_edit,
 };
 
 /// The plugins of one listener, in order.
@@ -295,27 +294,25 @@ impl SessionHooks {
         message: &mut Message,
     ) -> Decision {
         let mut added = Vec::new();
-        let apply = |index,
-                     (_, _, message): &mut DataState<'_>,
-                     edits: Vec<view::MessageEdit>,
-                     tracing: bool| {
-            let described = (tracing && !edits.is_empty()).then(|| {
-                let list: Vec<String> = edits.iter().map(describe_edit).collect();
-                format!("edits: {}", list.join("; "))
-            });
-            let mut edited = (**message).clone();
-            for edit in edits {
-                edited.apply(to_edit(edit))?;
-            }
-            for recipient in &edited.recipients {
-                let known = |r: &String| r.eq_ignore_ascii_case(recipient);
-                if !message.recipients.iter().any(known) {
-                    added.push((recipient.clone(), index));
+        let apply =
+            |index, (_, _, message): &mut DataState<'_>, edits: Vec<Edit>, tracing: bool| {
+                let described = (tracing && !edits.is_empty()).then(|| {
+                    let list: Vec<String> = edits.iter().map(describe_edit).collect();
+                    format!("edits: {}", list.join("; "))
+                });
+                let mut edited = (**message).clone();
+                for edit in edits {
+                    edited.apply(edit)?;
                 }
-            }
-            **message = edited;
-            Ok(described)
-        };
+                for recipient in &edited.recipients {
+                    let known = |r: &String| r.eq_ignore_ascii_case(recipient);
+                    if !message.recipients.iter().any(known) {
+                        added.push((recipient.clone(), index));
+                    }
+                }
+                **message = edited;
+                Ok(described)
+            };
         let mut state = (session, envelope, message);
         let decision = self.run(Stage::Data, &mut state, ask_data, apply).await;
         self.added = added;
@@ -414,7 +411,7 @@ type DataState<'s> = (&'s view::SessionInfo, &'s view::Envelope, &'s mut Message
 fn ask_data<'a>(
     instance: &'a mut PluginInstance,
     (session, envelope, message): &'a DataState<'_>,
-) -> Call<'a, Vec<view::MessageEdit>> {
+) -> Call<'a, Vec<Edit>> {
     let envelope = view::Envelope {
         recipients: message.recipients.clone(),
         ..(*envelope).clone()

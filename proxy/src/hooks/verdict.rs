@@ -163,54 +163,23 @@ pub(super) fn describe_command(command: &Command) -> String {
 }
 
 /// An edit in a few words, for the replay trace.
-pub(super) fn describe_edit(edit: &view::MessageEdit) -> String {
+pub(super) fn describe_edit(edit: &Edit) -> String {
     match edit {
-        view::MessageEdit::AddHeader(h) => format!("add header {}: {}", h.name, h.value),
-        view::MessageEdit::InsertHeader(h) => {
-            format!("insert header at {}: {}: {}", h.index, h.name, h.value)
+        Edit::AddHeader { name, value } => format!("add header {name}: {value}"),
+        Edit::InsertHeader { index, name, value } => {
+            format!("insert header at {index}: {name}: {value}")
         }
-        view::MessageEdit::ChangeHeader(h) => match &h.value {
-            Some(value) => format!("change header {} #{} to {value}", h.name, h.index),
-            None => format!("delete header {} #{}", h.name, h.index),
+        Edit::ChangeHeader { name, index, value } => match value {
+            Some(value) => format!("change header {name} #{index} to {value}"),
+            None => format!("delete header {name} #{index}"),
         },
-        view::MessageEdit::RemoveHeader(name) => format!("remove every {name} header"),
-        view::MessageEdit::ReplaceBody(body) => format!("replace the body ({} octets)", body.len()),
-        view::MessageEdit::AppendBody(text) => {
-            format!("append to the body ({} octets)", text.len())
-        }
-        view::MessageEdit::PrependBody(text) => {
-            format!("prepend to the body ({} octets)", text.len())
-        }
-        view::MessageEdit::AddRecipient(address) => format!("add recipient <{address}>"),
-        view::MessageEdit::RemoveRecipient(address) => format!("remove recipient <{address}>"),
-        view::MessageEdit::Quarantine(reason) => format!("quarantine ({reason})"),
-    }
-}
-
-/// A plugin's message edit as the message layer applies it.
-pub(super) fn to_edit(edit: view::MessageEdit) -> Edit {
-    match edit {
-        view::MessageEdit::AddHeader(h) => Edit::AddHeader {
-            name: h.name,
-            value: h.value,
-        },
-        view::MessageEdit::InsertHeader(h) => Edit::InsertHeader {
-            index: h.index as usize,
-            name: h.name,
-            value: h.value,
-        },
-        view::MessageEdit::ChangeHeader(h) => Edit::ChangeHeader {
-            name: h.name,
-            index: h.index as usize,
-            value: h.value,
-        },
-        view::MessageEdit::RemoveHeader(name) => Edit::RemoveHeader(name),
-        view::MessageEdit::ReplaceBody(body) => Edit::ReplaceBody(body),
-        view::MessageEdit::AppendBody(text) => Edit::AppendBody(text),
-        view::MessageEdit::PrependBody(text) => Edit::PrependBody(text),
-        view::MessageEdit::AddRecipient(address) => Edit::AddRecipient(address),
-        view::MessageEdit::RemoveRecipient(address) => Edit::RemoveRecipient(address),
-        view::MessageEdit::Quarantine(reason) => Edit::Quarantine(reason),
+        Edit::RemoveHeader(name) => format!("remove every {name} header"),
+        Edit::ReplaceBody(body) => format!("replace the body ({} octets)", body.len()),
+        Edit::AppendBody(text) => format!("append to the body ({} octets)", text.len()),
+        Edit::PrependBody(text) => format!("prepend to the body ({} octets)", text.len()),
+        Edit::AddRecipient(address) => format!("add recipient <{address}>"),
+        Edit::RemoveRecipient(address) => format!("remove recipient <{address}>"),
+        Edit::Quarantine(reason) => format!("quarantine ({reason})"),
     }
 }
 

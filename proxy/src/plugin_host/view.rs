@@ -10,6 +10,7 @@ use std::{
 };
 
 use super::abi;
+use crate::message::Edit;
 
 /// A reply a plugin gave with a refusal (checked by `hooks` before use).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,69 +203,13 @@ pub struct PathOutcome {
     pub rewrite: Option<PathRewrite>,
 }
 
-/// One header field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
-    /// The field name.
-    pub name: String,
-    /// The value.
-    pub value: String,
-}
-
-/// A header field to insert before the field at `index`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeaderAt {
-    /// 0-based among all fields.
-    pub index: u32,
-    /// The field name.
-    pub name: String,
-    /// The value.
-    pub value: String,
-}
-
-/// A change to one field of a name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeaderChange {
-    /// The field name.
-    pub name: String,
-    /// 0-based among the fields of this name.
-    pub index: u32,
-    /// The new value; `None` removes the field.
-    pub value: Option<String>,
-}
-
-/// A change to the message or its envelope at the DATA stage.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MessageEdit {
-    /// Append a header field.
-    AddHeader(Header),
-    /// Insert a header field at a position.
-    InsertHeader(HeaderAt),
-    /// Change or remove one field of a name.
-    ChangeHeader(HeaderChange),
-    /// Remove every field of this name.
-    RemoveHeader(String),
-    /// Replace the body.
-    ReplaceBody(Vec<u8>),
-    /// Add text after the body.
-    AppendBody(Vec<u8>),
-    /// Add text before the body.
-    PrependBody(Vec<u8>),
-    /// Add a recipient.
-    AddRecipient(String),
-    /// Remove a recipient.
-    RemoveRecipient(String),
-    /// Quarantine the message, with a reason.
-    Quarantine(String),
-}
-
-/// The DATA hook's answer.
+/// The DATA hook's answer: its edits are the message layer's own ([`Edit`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataOutcome {
     /// The verdict.
     pub verdict: Verdict,
     /// The edits, in order.
-    pub edits: Vec<MessageEdit>,
+    pub edits: Vec<Edit>,
 }
 
 impl From<abi::Reply> for Reply {
@@ -393,30 +338,30 @@ impl From<abi::PathOutcome> for PathOutcome {
     }
 }
 
-impl From<abi::MessageEdit> for MessageEdit {
+impl From<abi::MessageEdit> for Edit {
     fn from(edit: abi::MessageEdit) -> Self {
         match edit {
-            abi::MessageEdit::AddHeader(header) => MessageEdit::AddHeader(Header {
+            abi::MessageEdit::AddHeader(header) => Edit::AddHeader {
                 name: header.name,
                 value: header.value,
-            }),
-            abi::MessageEdit::InsertHeader(at) => MessageEdit::InsertHeader(HeaderAt {
-                index: at.index,
+            },
+            abi::MessageEdit::InsertHeader(at) => Edit::InsertHeader {
+                index: at.index as usize,
                 name: at.name,
                 value: at.value,
-            }),
-            abi::MessageEdit::ChangeHeader(change) => MessageEdit::ChangeHeader(HeaderChange {
+            },
+            abi::MessageEdit::ChangeHeader(change) => Edit::ChangeHeader {
                 name: change.name,
-                index: change.index,
+                index: change.index as usize,
                 value: change.value,
-            }),
-            abi::MessageEdit::RemoveHeader(name) => MessageEdit::RemoveHeader(name),
-            abi::MessageEdit::ReplaceBody(body) => MessageEdit::ReplaceBody(body),
-            abi::MessageEdit::AppendBody(text) => MessageEdit::AppendBody(text),
-            abi::MessageEdit::PrependBody(text) => MessageEdit::PrependBody(text),
-            abi::MessageEdit::AddRecipient(address) => MessageEdit::AddRecipient(address),
-            abi::MessageEdit::RemoveRecipient(address) => MessageEdit::RemoveRecipient(address),
-            abi::MessageEdit::Quarantine(reason) => MessageEdit::Quarantine(reason),
+            },
+            abi::MessageEdit::RemoveHeader(name) => Edit::RemoveHeader(name),
+            abi::MessageEdit::ReplaceBody(body) => Edit::ReplaceBody(body),
+            abi::MessageEdit::AppendBody(text) => Edit::AppendBody(text),
+            abi::MessageEdit::PrependBody(text) => Edit::PrependBody(text),
+            abi::MessageEdit::AddRecipient(address) => Edit::AddRecipient(address),
+            abi::MessageEdit::RemoveRecipient(address) => Edit::RemoveRecipient(address),
+            abi::MessageEdit::Quarantine(reason) => Edit::Quarantine(reason),
         }
     }
 }
