@@ -124,7 +124,7 @@ fn check_rendering(reply: &Reply) -> Vec<u8> {
 
 /// The DATA reader and the dot-stuffer. The first byte picks the bare line ending
 /// policy and the size of the pieces the rest arrives in. The reader ends only at
-/// CRLF "." CRLF, reads the same however the input is split, and yields content
+/// CRLF "." CRLF, comes to the same end however the input is split, and yields content
 /// without bare CR or LF; content stuffed for the upstream reads back unchanged and
 /// ends exactly where the stuffer put the end.
 pub fn data(data: &[u8]) {
@@ -137,12 +137,19 @@ pub fn data(data: &[u8]) {
         BareLineEndings::Normalize
     };
     let piece = usize::from(control >> 1).max(1);
-    let whole = read(input, policy, input.len().max(1), 1000);
+    // Limits small enough that inputs cross both, so which one comes first counts.
+    let whole = read(input, policy, input.len().max(1), 1000, 1500);
+    let pieces = read(input, policy, piece, 1000, 1500);
+    // What is read before a violation goes nowhere (the upstream is abandoned), so
+    // only the outcome must not depend on how the input was split.
     assert_eq!(
-        whole,
-        read(input, policy, piece, 1000),
+        (whole.consumed, whole.finished, whole.violation),
+        (pieces.consumed, pieces.finished, pieces.violation),
         "pieces read differently"
     );
+    if whole.violation.is_none() {
+        assert_eq!(whole.content, pieces.content, "pieces read differently");
+    }
     let Read {
         content,
         consumed,
@@ -176,8 +183,14 @@ struct Read {
     violation: Option<crate::smtp::data::DataViolation>,
 }
 
-fn read(input: &[u8], policy: BareLineEndings, piece: usize, line_limit: usize) -> Read {
-    let mut reader = DataReader::new(policy, line_limit, 1 << 20);
+fn read(
+    input: &[u8],
+    policy: BareLineEndings,
+    piece: usize,
+    line_limit: usize,
+    size_limit: u64,
+) -> Read {
+    let mut reader = DataReader::new(policy, line_limit, size_limit);
     let mut content = Vec::new();
     let mut consumed = 0;
     for chunk in input.chunks(piece) {
@@ -210,7 +223,13 @@ fn round_trip(content: &[u8]) {
         stuffer.stuff(piece, &mut stuffed);
     }
     stuffer.finish(&mut stuffed);
-    let back = read(&stuffed, BareLineEndings::Reject, stuffed.len(), usize::MAX);
+    let back = read(
+        &stuffed,
+        BareLineEndings::Reject,
+        stuffed.len(),
+        usize::MAX,
+        u64::MAX,
+    );
     assert!(back.finished, "the stuffed message has no end");
     assert_eq!(
         back.consumed,

@@ -188,14 +188,23 @@ impl DataReader {
         self.state = State::Text;
     }
 
+    /// Adds `bytes` to the content, unless they cross a limit. A run of text is
+    /// emitted in one piece or byte by byte depending on how the input arrived, so
+    /// when one run crosses both limits the violation is the one a byte-by-byte
+    /// reader would have met first: the reply never depends on the segmentation.
     fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
-        self.size += bytes.len() as u64;
-        self.line_length += bytes.len();
-        if self.line_length > self.line_limit {
-            self.violate(DataViolation::LineTooLong);
-        }
-        if self.size > self.size_limit {
-            self.violate(DataViolation::TooBig);
+        let length = bytes.len();
+        let line_room = self.line_limit.saturating_sub(self.line_length);
+        let size_room = self.size_limit.saturating_sub(self.size);
+        self.size += length as u64;
+        self.line_length += length;
+        let line_crossed = length > line_room;
+        let size_crossed = length as u64 > size_room;
+        match (line_crossed, size_crossed) {
+            (true, true) if size_room < line_room as u64 => self.violate(DataViolation::TooBig),
+            (true, _) => self.violate(DataViolation::LineTooLong),
+            (false, true) => self.violate(DataViolation::TooBig),
+            (false, false) => {}
         }
         if self.violation.is_none() {
             out.extend_from_slice(bytes);
@@ -289,6 +298,32 @@ mod tests {
         stuffer.stuff(content, &mut out);
         stuffer.finish(&mut out);
         out
+    }
+
+    #[test]
+    fn the_limit_met_first_decides_however_the_input_is_split() {
+        // Line limit 10, size limit 15. The second line is one run of text that
+        // crosses the size limit at its 6th octet and the line limit at its 11th.
+        let cases: &[(&[u8], DataViolation)] = &[
+            (b"abcdefgh\r\nijklmnopqrstuvwxyz\r\n.\r\n", DataViolation::TooBig),
+            (b"abc\r\nabcdefghijklmnop\r\n.\r\n", DataViolation::LineTooLong),
+            (b"abcdefghijklmnopqrstuvwxyz\r\n.\r\n", DataViolation::LineTooLong),
+        ];
+        for (input, expected) in cases {
+            for chunk in [1, 2, 3, 7, input.len()] {
+                let mut reader = DataReader::new(BareLineEndings::Reject, 10, 15);
+                let mut out = Vec::new();
+                for piece in input.chunks(chunk) {
+                    reader.feed(piece, &mut out);
+                }
+                assert_eq!(
+                    reader.violation(),
+                    Some(*expected),
+                    "{} in pieces of {chunk}",
+                    String::from_utf8_lossy(input)
+                );
+            }
+        }
     }
 
     #[test]
