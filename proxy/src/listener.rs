@@ -143,25 +143,21 @@ fn behind_balancer(
             return;
         }
     };
-    let (proxy, listener, context, admission) = (
-        proxy.clone(),
-        listener.clone(),
-        context.clone(),
-        admission.clone(),
-    );
+    let (timeout, versions) = (proxy.timeout, proxy.versions);
+    let (listener, context, admission) = (listener.clone(), context.clone(), admission.clone());
     tracker.spawn(async move {
         let mut stream = stream;
         let Ok(local_address) = stream.local_addr() else {
             return;
         };
-        let header = tokio::time::timeout(proxy.timeout, read_header(&mut stream)).await;
+        let header = tokio::time::timeout(timeout, read_header(&mut stream)).await;
         let header = match header {
-            Ok(Ok(header)) if accepts(proxy.versions, header.version) => header,
+            Ok(Ok(header)) if accepts(versions, header.version) => header,
             outcome => {
                 let reason = match outcome {
                     Ok(Ok(header)) => format!("a version {:?} header, not allowed here", header.version),
                     Ok(Err(error)) => error.to_string(),
-                    Err(_) => format!("no PROXY protocol header within {:?}", proxy.timeout),
+                    Err(_) => format!("no PROXY protocol header within {timeout:?}"),
                 };
                 if let Some(suppressed) = log_limit::admit(Event::ProxyHeader) {
                     warn!(listener = %listener.config.name, balancer = %balancer, suppressed, %reason, "connection closed");

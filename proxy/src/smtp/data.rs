@@ -305,9 +305,18 @@ mod tests {
         // Line limit 10, size limit 15. The second line is one run of text that
         // crosses the size limit at its 6th octet and the line limit at its 11th.
         let cases: &[(&[u8], DataViolation)] = &[
-            (b"abcdefgh\r\nijklmnopqrstuvwxyz\r\n.\r\n", DataViolation::TooBig),
-            (b"abc\r\nabcdefghijklmnop\r\n.\r\n", DataViolation::LineTooLong),
-            (b"abcdefghijklmnopqrstuvwxyz\r\n.\r\n", DataViolation::LineTooLong),
+            (
+                b"abcdefgh\r\nijklmnopqrstuvwxyz\r\n.\r\n",
+                DataViolation::TooBig,
+            ),
+            (
+                b"abc\r\nabcdefghijklmnop\r\n.\r\n",
+                DataViolation::LineTooLong,
+            ),
+            (
+                b"abcdefghijklmnopqrstuvwxyz\r\n.\r\n",
+                DataViolation::LineTooLong,
+            ),
         ];
         for (input, expected) in cases {
             for chunk in [1, 2, 3, 7, input.len()] {
