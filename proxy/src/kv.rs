@@ -162,6 +162,16 @@ impl KvStore {
         Some(delta)
     }
 
+    /// How many entries the store holds (expired ones not swept yet included).
+    pub fn len(&self) -> usize {
+        self.entries.lock().expect("lock poisoned").map.len()
+    }
+
+    /// True if the store holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Removes `key`; true if it existed and had not expired.
     pub fn delete(&self, key: &str) -> bool {
         let mut entries = self.entries.lock().expect("lock poisoned");

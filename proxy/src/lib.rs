@@ -26,15 +26,15 @@
 //! Dependencies point one way. Each module imports only from those listed after it
 //! (a unit test below reads this list and the sources and holds them to it):
 //!
-//! - `server` → startup, listener, session, upstream, auth, client_limits, devupstream, dns, kv, tls, log_limit, service, config
+//! - `server` → startup, listener, session, upstream, auth, client_limits, devupstream, dns, exporter, kv, telemetry, tls, log_limit, service, config
 //! - `fuzzing` → auth, proxy_protocol, smtp
 //! - `replay` → startup, hooks, plugin_host, message, dns, smtp, config
-//! - `startup` → session, hooks, plugin_host, auth, dns, kv, tls, config
-//! - `listener` → session, client, client_limits, log_limit, proxy_protocol, smtp, config
-//! - `session` → hooks, plugin_host, upstream, auth, message, client, connection, dns, tls, log_limit, smtp, config
-//! - `hooks` → plugin_host, auth, message, smtp, config
-//! - `plugin_host` → message, dns, kv, config
-//! - `upstream` → client, connection, dns, tls, smtp, config
+//! - `startup` → session, hooks, plugin_host, auth, dns, kv, telemetry, tls, config
+//! - `listener` → session, client, client_limits, log_limit, proxy_protocol, smtp, telemetry, config
+//! - `session` → hooks, plugin_host, upstream, auth, message, client, connection, dns, telemetry, tls, log_limit, smtp, config
+//! - `hooks` → plugin_host, auth, message, smtp, telemetry, config
+//! - `plugin_host` → message, dns, kv, telemetry, config
+//! - `upstream` → client, connection, dns, telemetry, tls, smtp, config
 //! - `auth` → kv, smtp, config
 //! - `devupstream` → connection, smtp
 //! - `message` → smtp
@@ -47,6 +47,8 @@
 //! - `config` → smtp
 //! - `log_limit` →
 //! - `service` →
+//! - `exporter` →
+//! - `telemetry` →
 //! - `proxy_protocol` →
 //! - `smtp` →
 
@@ -62,6 +64,7 @@ pub mod config;
 mod connection;
 mod devupstream;
 pub mod dns;
+mod exporter;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hooks;
@@ -77,6 +80,7 @@ mod service;
 mod session;
 pub mod smtp;
 pub mod startup;
+mod telemetry;
 pub mod tls;
 mod upstream;
 

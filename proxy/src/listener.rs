@@ -22,6 +22,7 @@ use crate::{
     proxy_protocol::{self, HeaderError, Progress, Version},
     session::{ListenerContext, Session, SessionContext},
     smtp::replies,
+    telemetry,
 };
 
 /// What a connection needs to be let in: a place under `server.max_connections`,
@@ -93,6 +94,7 @@ pub(crate) async fn accept_loop(
         let (permit, client_slot) = match admission.admit(address) {
             Ok(slots) => slots,
             Err(event) => {
+                telemetry::refused(&listener.config.name, event.label());
                 if let Some(suppressed) = log_limit::admit(event) {
                     warn!(client = %address, suppressed, limit = ?event, "connection refused");
                 }
@@ -127,6 +129,7 @@ fn behind_balancer(
     tracker: &TaskTracker,
 ) {
     if !proxy.trusts(balancer.ip()) {
+        telemetry::refused(&listener.config.name, Event::ProxyUntrusted.label());
         if let Some(suppressed) = log_limit::admit(Event::ProxyUntrusted) {
             warn!(listener = %listener.config.name, client = %balancer, suppressed, "connection closed: not a trusted load balancer (proxy_trusted)");
         }
@@ -136,6 +139,7 @@ fn behind_balancer(
     let permit = match admission.permit() {
         Ok(permit) => permit,
         Err(event) => {
+            telemetry::refused(&listener.config.name, event.label());
             if let Some(suppressed) = log_limit::admit(event) {
                 warn!(client = %balancer, suppressed, limit = ?event, "connection refused");
             }
@@ -159,6 +163,7 @@ fn behind_balancer(
                     Ok(Err(error)) => error.to_string(),
                     Err(_) => format!("no PROXY protocol header within {timeout:?}"),
                 };
+                telemetry::refused(&listener.config.name, Event::ProxyHeader.label());
                 if let Some(suppressed) = log_limit::admit(Event::ProxyHeader) {
                     warn!(listener = %listener.config.name, balancer = %balancer, suppressed, %reason, "connection closed");
                 }
@@ -170,6 +175,7 @@ fn behind_balancer(
         let client_slot = match admission.client(client) {
             Ok(slot) => slot,
             Err(event) => {
+                telemetry::refused(&listener.config.name, event.label());
                 if let Some(suppressed) = log_limit::admit(event) {
                     warn!(%client, suppressed, limit = ?event, "connection refused");
                 }

@@ -47,6 +47,20 @@ impl Event {
         Event::ProxyHeader,
     ];
 
+    /// Its label in `portcullis_connections_refused_total`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Event::ConnectionLimit => "connection_limit",
+            Event::ClientSessionLimit => "client_sessions",
+            Event::ClientRateLimit => "client_rate",
+            Event::AuthThrottled => "auth_throttled",
+            Event::ThrottleFull => "throttle_full",
+            Event::KvFull => "kv_full",
+            Event::ProxyUntrusted => "proxy_untrusted",
+            Event::ProxyHeader => "proxy_header",
+        }
+    }
+
     /// What the summary line calls it.
     fn name(self) -> &'static str {
         match self {

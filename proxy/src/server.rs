@@ -4,7 +4,14 @@
 //! accepting, let transactions finish within the drain time, then 421 4.3.2 for whoever
 //! is left.
 
-use std::{future::Future, sync::Arc, task::Poll, time::Duration};
+use std::{
+    future::Future,
+    sync::{Arc, atomic::Ordering},
+    task::Poll,
+    time::Duration,
+};
+
+use metrics::{counter, gauge};
 
 use tokio::{
     net::TcpListener,
@@ -20,11 +27,13 @@ use crate::{
     config::{Config, UpstreamTarget},
     devupstream,
     dns::Resolver,
+    exporter::{self, Readiness},
     kv::KvStore,
     listener::{self, Admission},
     log_limit, service,
     session::{ListenerContext, SessionContext, Shutdown},
     startup::{self, Prepared, StartError},
+    telemetry,
     tls::server::ServerTls,
     upstream::{Upstream, capability_cache::CapabilityCache, pool::SessionPool},
 };
@@ -39,6 +48,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let stop_requested =
         std::future::poll_fn(|cx| Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await;
     let hangups = signal(SignalKind::hangup());
+    // The recorder goes in before anything makes a metric handle.
+    let metrics = match &config.metrics {
+        Some(metrics) => Some((
+            telemetry::install().map_err(StartError::Metrics)?,
+            metrics.address,
+        )),
+        None => None,
+    };
+    let readiness = Arc::new(Readiness::default());
     for warning in &config.warnings {
         warn!("configuration: {warning}");
     }
@@ -56,7 +74,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .to_string(),
     };
     let kv = Arc::new(KvStore::new(config.kv.max_entries));
+    if let Some((handle, address)) = metrics {
+        let bind_error = |source| StartError::Bind {
+            listener: "metrics".into(),
+            address,
+            source,
+        };
+        let socket = TcpListener::bind(address).await.map_err(bind_error)?;
+        let bound = socket.local_addr().map_err(bind_error)?;
+        info!(address = %bound, "metrics listening");
+        tokio::spawn(exporter::serve(
+            socket,
+            handle,
+            readiness.clone(),
+            signals.abort.clone(),
+        ));
+    }
     let dns = Arc::new(Resolver::new(&config.dns));
+    let kv_for_metrics = kv.clone();
     let Prepared {
         server_tls,
         upstream_tls,
@@ -103,7 +138,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // its own has counts of its own.
     let shared_limits = ClientLimits::new(config.client_limits.clone());
     let mut all_limits = vec![shared_limits.clone()];
-    tokio::spawn(refresh_capabilities(context.clone()));
+    readiness.listening.store(true, Ordering::Relaxed);
+    tokio::spawn(refresh_capabilities(context.clone(), readiness));
     let reaper = tokio::spawn(reap_idle_upstream_sessions(context.clone()));
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.server.max_connections));
@@ -124,7 +160,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             tracker.clone(),
         ));
     }
-    tokio::spawn(housekeeping(all_limits, signals.stopping.clone()));
+    tokio::spawn(housekeeping(
+        all_limits,
+        kv_for_metrics,
+        signals.stopping.clone(),
+    ));
     service::ready();
     if !stop_requested {
         shutdown.await;
@@ -160,10 +200,14 @@ async fn reload_on_sighup(
     };
     while hangups.recv().await.is_some() {
         service::reloading();
+        let mut failed = false;
         if let Some(tls) = &tls {
             match tls.reload() {
                 Ok(count) => info!(certificates = count, "reloaded TLS certificates"),
-                Err(error) => warn!(%error, "TLS reload failed; keeping the certificates in use"),
+                Err(error) => {
+                    failed = true;
+                    warn!(%error, "TLS reload failed; keeping the certificates in use")
+                }
             }
         }
         for listener in &listeners {
@@ -174,6 +218,7 @@ async fn reload_on_sighup(
                         info!(listener = %name, logins = file.get().len(), "reloaded credentials")
                     }
                     Err(error) => {
+                        failed = true;
                         warn!(listener = %name, %error, "credentials reload failed; keeping the old ones")
                     }
                 }
@@ -182,10 +227,15 @@ async fn reload_on_sighup(
                 match map.reload() {
                     Ok(()) => info!(listener = %name, "reloaded sender logins"),
                     Err(error) => {
+                        failed = true;
                         warn!(listener = %name, %error, "sender-login reload failed; keeping the old map")
                     }
                 }
             }
+        }
+        if telemetry::on() {
+            let outcome = if failed { "failed" } else { "ok" };
+            counter!(telemetry::RELOADS, "outcome" => outcome).increment(1);
         }
         service::ready();
     }
@@ -193,7 +243,12 @@ async fn reload_on_sighup(
 
 /// Now and then: forgets ended rate windows of client addresses, and reports the
 /// warnings a burst left out.
-async fn housekeeping(clients: Vec<Arc<ClientLimits>>, stopping: CancellationToken) {
+async fn housekeeping(
+    clients: Vec<Arc<ClientLimits>>,
+    kv: Arc<KvStore>,
+    stopping: CancellationToken,
+) {
+    let kv_entries = gauge!(telemetry::KV_ENTRIES);
     let interval = clients
         .iter()
         .map(|limits| limits.sweep_interval())
@@ -204,14 +259,19 @@ async fn housekeeping(clients: Vec<Arc<ClientLimits>>, stopping: CancellationTok
     loop {
         tokio::select! {
             _ = stopping.cancelled() => return,
-            _ = sweep.tick() => clients.iter().for_each(|limits| limits.sweep()),
+            _ = sweep.tick() => {
+                clients.iter().for_each(|limits| limits.sweep());
+                if telemetry::on() {
+                    kv_entries.set(kv.len() as f64);
+                }
+            }
             _ = flush.tick() => log_limit::flush(),
         }
     }
 }
 
 /// Keeps the capability cache fresh (see `upstream::capability_cache`).
-async fn refresh_capabilities(context: Arc<SessionContext>) {
+async fn refresh_capabilities(context: Arc<SessionContext>, readiness: Arc<Readiness>) {
     let config = &context.config;
     let interval = config.upstream.capabilities_refresh;
     loop {
@@ -222,9 +282,13 @@ async fn refresh_capabilities(context: Arc<SessionContext>) {
                 .await
             {
                 Ok(capabilities) => {
+                    readiness.upstream.store(true, Ordering::Relaxed);
                     info!(extensions = ?capabilities.ehlo_lines(), "learned the upstream's extensions")
                 }
-                Err(error) => warn!(%error, "upstream capability probe failed"),
+                Err(error) => {
+                    readiness.upstream.store(false, Ordering::Relaxed);
+                    warn!(%error, "upstream capability probe failed")
+                }
             }
         }
         tokio::select! {

@@ -18,6 +18,7 @@ use crate::{
     kv::KvStore,
     plugin_host::{Capacity, LoadError, LoadedPlugin, PluginError, PluginRuntime, view},
     session::ListenerContext,
+    telemetry::ListenerMeters,
     tls::{
         TlsError,
         client::{Trust, UpstreamTls},
@@ -93,6 +94,9 @@ pub enum StartError {
     /// The development upstream cannot start.
     #[error("the development upstream cannot start: {0}")]
     DevelopmentUpstream(#[source] std::io::Error),
+    /// The metrics recorder cannot be installed.
+    #[error("metrics: {0}")]
+    Metrics(String),
 }
 
 /// What start-up made of a configuration.
@@ -214,6 +218,7 @@ fn prepare_listeners(
             credentials,
             verifier,
             sender_logins,
+            meters: ListenerMeters::new(&listener.name),
         }));
     }
     Ok(prepared)

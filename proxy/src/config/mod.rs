@@ -62,8 +62,18 @@ pub struct Config {
     pub kv: KvConfig,
     /// Limits per client address, applied before any plugin runs.
     pub client_limits: ClientLimitsConfig,
+    /// The metrics endpoint, if any.
+    pub metrics: Option<MetricsConfig>,
     /// What validation found doubtful; the proxy runs, and says so.
     pub warnings: Vec<ConfigWarning>,
+}
+
+/// `[metrics]`: Prometheus' text exposition on `/metrics`, with `/health` and `/ready`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where the endpoint listens; keep it on loopback or a management network.
+    pub address: SocketAddr,
 }
 
 /// The default cap on keys (`kv.max_entries`): a million counters keyed by client

@@ -37,6 +37,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) kv: KvConfig,
     pub(super) client_limits: Option<Spanned<ClientLimitsConfig>>,
+    pub(super) metrics: Option<super::MetricsConfig>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -71,6 +71,7 @@ impl RawConfig {
             auth_throttle: self.auth_throttle,
             kv: self.kv,
             client_limits,
+            metrics: self.metrics,
             warnings,
         })
     }

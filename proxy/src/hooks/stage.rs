@@ -1,7 +1,9 @@
 //! The stage runner: one loop for every stage, the check of each plugin's verdict, and
 //! the failure path (`on_error`).
 
-use std::{future::Future, pin::Pin};
+use std::{future::Future, pin::Pin, time::Instant};
+
+use metrics::{counter, histogram};
 
 use tracing::{debug, info, warn};
 
@@ -13,6 +15,7 @@ use crate::{
     config::OnError,
     plugin_host::{PluginError, PluginInstance, view},
     smtp::replies,
+    telemetry,
 };
 
 /// The stage being dispatched, for logs and for which hook flag applies.
@@ -79,10 +82,14 @@ impl SessionHooks {
     ) -> Decision {
         let mut decision = Decision::Continue;
         for index in self.wanting(stage) {
+            let started = Instant::now();
             let outcome = match self.instance(index).await {
                 Ok(instance) => call(instance, state).await,
                 Err(error) => Err(error),
             };
+            if telemetry::on() {
+                self.count_call(index, stage, &outcome, started.elapsed());
+            }
             self.take_store(index);
             let outcome = self.settle(index, stage, outcome);
             let done = self.interpret(index, stage, outcome, &mut decision, |extra, tracing| {
@@ -96,9 +103,32 @@ impl SessionHooks {
         decision
     }
 
+    /// Counts one call for `portcullis_plugin_calls_total` and its time.
+    fn count_call<T>(
+        &self,
+        index: usize,
+        stage: Stage,
+        outcome: &Result<(view::Verdict, T), PluginError>,
+        took: std::time::Duration,
+    ) {
+        let plugin = self.chain.plugins[index].name.to_string();
+        let verdict = match outcome {
+            Ok((verdict, _)) => verdict_label(verdict),
+            Err(_) => "failed",
+        };
+        counter!(telemetry::PLUGIN_CALLS, "plugin" => plugin.clone(), "hook" => stage.name(), "verdict" => verdict)
+            .increment(1);
+        histogram!(telemetry::PLUGIN_CALL, "plugin" => plugin, "hook" => stage.name())
+            .record(took.as_secs_f64());
+    }
+
     /// Logs a failed call, drops that instance, and returns the plugin's policy.
     pub(super) fn failed(&mut self, index: usize, stage: Stage, error: PluginError) -> OnError {
         let plugin = &self.chain.plugins[index];
+        if telemetry::on() {
+            counter!(telemetry::PLUGIN_FAULTS, "plugin" => plugin.name.to_string(), "kind" => error.kind())
+                .increment(1);
+        }
         warn!(plugin = %plugin.name, hook = stage.name(), session = %self.session_id, %error, on_error = ?plugin.on_error, "plugin failed");
         if let Some(backtrace) = error.backtrace() {
             debug!(plugin = %plugin.name, hook = stage.name(), session = %self.session_id, "wasm backtrace:\n{backtrace}");
@@ -187,6 +217,18 @@ impl SessionHooks {
             Ok((verdict, extra)) => Outcome::Verdict(verdict, extra),
             Err(error) => Outcome::Failed(self.failed(index, stage, error)),
         }
+    }
+}
+
+/// A verdict's label in the metrics.
+fn verdict_label(verdict: &view::Verdict) -> &'static str {
+    match verdict {
+        view::Verdict::Continue => "continue",
+        view::Verdict::Accept => "accept",
+        view::Verdict::Reject(_) => "reject",
+        view::Verdict::Tempfail(_) => "tempfail",
+        view::Verdict::Discard => "discard",
+        view::Verdict::Disconnect(_) => "disconnect",
     }
 }
 

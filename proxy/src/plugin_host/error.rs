@@ -75,6 +75,17 @@ pub enum PluginError {
 }
 
 impl PluginError {
+    /// Its kind, as `portcullis_plugin_faults_total` counts it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PluginError::Init(_) => "init",
+            PluginError::Timeout(_) => "timeout",
+            PluginError::MemoryLimit(_) => "memory",
+            PluginError::Panic(_) | PluginError::Trap { .. } => "trap",
+            PluginError::Invalid(_) => "invalid",
+        }
+    }
+
     /// The wasm backtrace of a trap, if there is one (logged at debug level).
     pub fn backtrace(&self) -> Option<&str> {
         match self {

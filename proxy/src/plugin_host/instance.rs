@@ -6,6 +6,8 @@ use std::{sync::Arc, time::Duration};
 use tokio::time::Instant;
 use wasmtime::{Store, Trap, component::Resource};
 
+use metrics::gauge;
+
 use super::{
     MessageResource, Plugin, PluginError, SessionStore, abi,
     engine::PoolSlot,
@@ -14,6 +16,7 @@ use super::{
     ticker::{Running, Ticker},
     view,
 };
+use crate::telemetry;
 
 /// One plugin's instance: a session's own, or lent to it for one call if the plugin
 /// is shared.
@@ -29,6 +32,14 @@ pub struct PluginInstance {
     /// The pool slot of a pooled instance: given back after the store (declared
     /// first) is dropped.
     pub(super) _slot: Option<PoolSlot>,
+}
+
+impl Drop for PluginInstance {
+    fn drop(&mut self) {
+        if telemetry::on() {
+            gauge!(telemetry::PLUGIN_INSTANCES).decrement(1.0);
+        }
+    }
 }
 
 impl PluginInstance {

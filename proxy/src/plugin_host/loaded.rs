@@ -14,7 +14,9 @@ use super::{
     error::{describe, trap},
     host, view,
 };
-use crate::config::OnError;
+use metrics::gauge;
+
+use crate::{config::OnError, telemetry};
 
 /// A compiled, pre-instantiated plugin and its settings.
 pub struct LoadedPlugin {
@@ -240,6 +242,9 @@ impl Settings {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
+        if telemetry::on() {
+            gauge!(telemetry::PLUGIN_INSTANCES).increment(1.0);
+        }
         PluginInstance {
             store,
             bindings: None,

@@ -23,6 +23,7 @@ use crate::{
         capabilities::{Capabilities, Extension},
         line::NextLine,
     },
+    telemetry,
     upstream::Step as UpstreamStep,
 };
 
@@ -101,6 +102,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     fn throttle_refused(&mut self, refused: Refused) -> Flow {
         match refused {
             Refused::Blocked => {
+                telemetry::auth("throttled");
                 if let Some(suppressed) = log_limit::admit(Event::AuthThrottled) {
                     info!(
                         suppressed,
@@ -253,6 +255,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// A failed attempt, already counted: a growing delay before `reply`, or 421
     /// and close past the limit.
     async fn auth_failed(&mut self, reply: Reply, after: AfterFailure) -> Flow {
+        telemetry::auth("failure");
         match after {
             AfterFailure::Delay(delay) => {
                 tokio::select! {
@@ -295,6 +298,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         }
         info!(%login, %mechanism, "authenticated");
+        telemetry::auth("success");
         self.peer.login = Some(Login {
             name: login,
             verified_here,

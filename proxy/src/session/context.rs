@@ -14,6 +14,7 @@ use crate::{
     dns::Resolver,
     hooks::Chain,
     plugin_host::LoadedPlugin,
+    telemetry::ListenerMeters,
     tls::server::ServerTls,
     upstream::{Upstream, capability_cache::CapabilityCache, pool::SessionPool},
 };
@@ -62,12 +63,15 @@ pub struct ListenerContext {
     pub verifier: Option<Arc<LoadedPlugin>>,
     /// Which logins may use which senders.
     pub sender_logins: Option<Reloadable<SenderLogins>>,
+    /// Its metrics.
+    pub(crate) meters: ListenerMeters,
 }
 
 impl ListenerContext {
     /// A listener without TLS, AUTH or plugins (for tests and tools).
     pub fn plain(config: ListenerConfig) -> Self {
         Self {
+            meters: ListenerMeters::new(&config.name),
             chain: Arc::new(Chain {
                 listener: config.name.clone(),
                 plugins: Vec::new(),

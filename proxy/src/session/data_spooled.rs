@@ -22,6 +22,7 @@ use crate::{
     hooks::Decision,
     message::{Message, SpoolWriter, Spooled},
     smtp::{Path, RcptCommand, Reply, data::DataReader, data::DotStuffer},
+    telemetry::MessageOutcome,
 };
 
 /// Body octets read from the spool per upstream write.
@@ -46,7 +47,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let spooled = match self.spool_message(&mut size).await {
             Ok(spooled) => spooled,
             Err(SpoolEnd::Gone(reply)) => return self.client_left(reply),
-            Err(SpoolEnd::Refused(reply)) => return self.finish_spooled(size, reply).await,
+            Err(SpoolEnd::Refused(reply)) => return self.finish_spooled(size, reply, None).await,
         };
         let recipients = self
             .transaction
@@ -57,19 +58,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .collect();
         let mut message = Message::new(spooled, recipients);
         let (info, envelope) = (self.plugin_session(), self.plugin_envelope(None));
-        let reply = match self.hooks.data(&info, &envelope, &mut message).await {
-            Decision::Continue | Decision::Accept => self.deliver(message).await,
-            Decision::Refuse(reply) => reply,
+        let (reply, kept) = match self.hooks.data(&info, &envelope, &mut message).await {
+            Decision::Continue | Decision::Accept => {
+                let kept = if message.quarantine.is_some() {
+                    Some(MessageOutcome::Quarantined)
+                } else if message.recipients.is_empty() {
+                    Some(MessageOutcome::Discarded)
+                } else {
+                    None
+                };
+                (self.deliver(message).await, kept)
+            }
+            Decision::Refuse(reply) => (reply, None),
             Decision::Discard => {
                 info!("message discarded by a plugin");
-                replies::discarded()
+                (replies::discarded(), Some(MessageOutcome::Discarded))
             }
             Decision::Disconnect(reply) => {
-                self.finish_spooled(size, reply).await;
+                self.finish_spooled(size, reply, None).await;
                 return Flow::Close;
             }
         };
-        self.finish_spooled(size, reply).await
+        self.finish_spooled(size, reply, kept).await
     }
 
     /// Reads the message from the client into the spool, checking it as it comes.
@@ -115,8 +125,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// Logs the message, ends the transaction here and upstream, and replies.
-    async fn finish_spooled(&mut self, size: u64, reply: Reply) -> Flow {
-        self.message_ended(size, &reply);
+    async fn finish_spooled(
+        &mut self,
+        size: u64,
+        reply: Reply,
+        kept: Option<MessageOutcome>,
+    ) -> Flow {
+        self.message_ended(size, &reply, kept);
         self.reset_transaction().await;
         self.relay(reply)
     }

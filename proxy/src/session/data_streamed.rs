@@ -22,6 +22,7 @@ use crate::{
         data::{DataReader, DataViolation, DotStuffer},
         trace::Received,
     },
+    telemetry::MessageOutcome,
     upstream::UpstreamError,
 };
 
@@ -123,7 +124,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     .await
             }
         };
-        self.message_ended(reader.size(), &reply);
+        self.message_ended(reader.size(), &reply, None);
         self.transaction = Transaction::Idle;
         self.relay(reply)
     }
@@ -248,8 +249,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// A message got its final reply: its summary line, and a message accepted
     /// starts the count of commands that move no mail again.
-    pub(super) fn message_ended(&mut self, size: u64, reply: &Reply) {
+    /// Logs and counts a message that ended with `reply`; `kept` says a positive
+    /// reply was a discard or a quarantine.
+    pub(super) fn message_ended(&mut self, size: u64, reply: &Reply, kept: Option<MessageOutcome>) {
         self.log_message(size, reply);
+        let meters = &self.listener.meters;
+        meters.bytes.increment(size);
+        meters.message(match (reply.code() / 100, kept) {
+            (2, Some(kept)) => kept,
+            (2, None) => MessageOutcome::Accepted,
+            (4, _) => MessageOutcome::Tempfailed,
+            _ => MessageOutcome::Refused,
+        });
         if reply.is_positive() {
             self.junk_commands = 0;
         }

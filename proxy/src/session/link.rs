@@ -9,9 +9,12 @@ use std::time::Duration;
 use tracing::{debug, warn};
 
 use super::SessionContext;
+use metrics::counter;
+
 use crate::{
     client::{Greeting, Peer},
     smtp::{Reply, capabilities::Capabilities},
+    telemetry,
     upstream::{Step, UpstreamError, UpstreamSession},
 };
 
@@ -91,8 +94,14 @@ impl UpstreamLink {
                     session
                 }
                 None => {
-                    UpstreamSession::open(&context.upstream, &config.server.hostname, client)
-                        .await?
+                    let opened =
+                        UpstreamSession::open(&context.upstream, &config.server.hostname, client)
+                            .await;
+                    if telemetry::on() {
+                        let outcome = if opened.is_ok() { "ok" } else { "failed" };
+                        counter!(telemetry::UPSTREAM_CONNECTS, "outcome" => outcome).increment(1);
+                    }
+                    opened?
                 }
             };
             context.capabilities.update(session.capabilities());
@@ -164,6 +173,9 @@ impl UpstreamLink {
     /// and returns what the client is told.
     pub(super) fn fail(&mut self, error: UpstreamError) -> Reply {
         warn!(%error, "upstream failure");
+        if telemetry::on() {
+            counter!(telemetry::UPSTREAM_ERRORS, "kind" => error.kind()).increment(1);
+        }
         if let Some(open) = self.take()
             && error.leaves_session_usable()
         {

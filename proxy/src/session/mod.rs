@@ -37,6 +37,7 @@ use crate::{
     dns::ClientName,
     hooks::SessionHooks,
     smtp::{Command, CommandError, Reply, capabilities::Capabilities, command, line::NextLine},
+    telemetry,
     tls::MaybeTls,
     upstream::{Step, UpstreamError, UpstreamSession},
 };
@@ -74,6 +75,8 @@ pub(crate) struct Session<S> {
     errors: usize,
     /// Commands that moved no mail since the last message accepted.
     junk_commands: usize,
+    /// The stage the replies being sent answer, for the metrics.
+    stage: &'static str,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -98,6 +101,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             name_lookup: None,
             errors: 0,
             junk_commands: 0,
+            stage: "connect",
         }
     }
 
@@ -109,6 +113,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     async fn serve(mut self) {
         debug!("connected");
+        let meters = self.listener.meters.clone();
+        meters.sessions.increment(1);
+        meters.open.increment(1.0);
         if self.listener.config.tls == TlsMode::Implicit && !self.handshake().await {
             return;
         }
@@ -141,6 +148,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         // Close the downstream socket first: the client sees the end at once, not after
         // the upstream's QUIT round trip.
         drop(self);
+        meters.open.decrement(1.0);
         link.release(&context).await;
         debug!("disconnected");
     }
@@ -197,6 +205,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn handle_command(&mut self, command: Command) -> Flow {
+        self.stage = stage_of(&command);
         if moves_no_mail(&command) {
             self.junk_commands += 1;
             if self.junk_commands > self.context.config.smtp.max_junk_commands {
@@ -286,6 +295,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Queues a reply.
     fn reply(&mut self, reply: Reply) -> Flow {
+        telemetry::reply_sent(self.stage, reply.code());
         self.downstream.queue_reply(&reply);
         Flow::Continue
     }
@@ -332,6 +342,19 @@ fn moves_no_mail(command: &Command) -> bool {
         command,
         Command::Noop | Command::Rset | Command::Help | Command::Vrfy(_) | Command::Expn(_)
     )
+}
+
+/// The stage label of the replies to `command` (`portcullis_replies_total`).
+fn stage_of(command: &Command) -> &'static str {
+    match command {
+        Command::Helo(_) | Command::Ehlo(_) => "helo",
+        Command::Mail(_) => "mail",
+        Command::Rcpt(_) => "rcpt",
+        Command::Data => "data",
+        Command::Auth(_) => "auth",
+        Command::StartTls => "starttls",
+        _ => "other",
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{info, warn};
 
 use super::{Flow, Session, replies};
-use crate::{config::TlsMode, smtp::capabilities::Capabilities, tls::MaybeTls};
+use crate::{config::TlsMode, smtp::capabilities::Capabilities, telemetry, tls::MaybeTls};
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub(super) async fn starttls(&mut self) -> Flow {
@@ -62,15 +62,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 if let Some(info) = &info {
                     info!(version = %info.version, cipher = %info.cipher, sni = ?info.server_name, "TLS established");
                 }
+                telemetry::tls_handshake(Some(
+                    info.as_ref().map_or("other", |i| i.version.as_str()),
+                ));
                 self.peer.tls = info;
                 true
             }
             Ok(Err(error)) => {
                 info!(%error, "TLS handshake failed");
+                telemetry::tls_handshake(None);
                 false
             }
             Err(_) => {
                 info!("TLS handshake timed out");
+                telemetry::tls_handshake(None);
                 false
             }
         }

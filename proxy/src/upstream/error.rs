@@ -72,7 +72,41 @@ pub(crate) enum UpstreamError {
     GreetingRefused(Reply),
 }
 
+impl Step {
+    /// Its label in the metrics.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Step::Connect => "connect",
+            Step::Greeting => "greeting",
+            Step::Ehlo => "ehlo",
+            Step::Xclient => "xclient",
+            Step::Tls => "tls",
+            Step::Command => "command",
+            Step::Data => "data",
+            Step::DataEnd => "data_end",
+        }
+    }
+}
+
 impl UpstreamError {
+    /// Its kind, as `portcullis_upstream_errors_total` counts it.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect(_) => "connect",
+            UpstreamError::Timeout(_) => "timeout",
+            UpstreamError::Closed(_) => "closed",
+            UpstreamError::Io(..) => "io",
+            UpstreamError::Protocol(..) => "protocol",
+            UpstreamError::Refused(..) => "refused",
+            UpstreamError::Tls(_) => "tls",
+            UpstreamError::StarttlsNotOffered => "starttls_not_offered",
+            UpstreamError::TlsInjection => "tls_injection",
+            UpstreamError::Unexpected(..) => "unexpected_reply",
+            UpstreamError::XclientNotOffered => "xclient_not_offered",
+            UpstreamError::GreetingRefused(_) => "greeting_refused",
+        }
+    }
+
     /// True if the upstream is still in step after this error (it answered, just not
     /// as hoped), so the session can be ended with QUIT rather than dropped.
     pub(crate) fn leaves_session_usable(&self) -> bool {

@@ -17,6 +17,8 @@ use std::{io, sync::Arc, time::Duration};
 
 use tokio::{net::TcpStream, time::Instant};
 
+use metrics::histogram;
+
 use crate::{
     client::{Greeting, Peer},
     config::{ClientAddressMode, TlsMode},
@@ -27,6 +29,7 @@ use crate::{
         line::NextLine,
         reply::{ReplyError, ReplyParser},
     },
+    telemetry,
     tls::MaybeTls,
 };
 pub(crate) use error::{Step, UpstreamError};
@@ -444,7 +447,24 @@ impl UpstreamSession {
         self.read_reply_until(stage, Instant::now() + timeout).await
     }
 
+    /// The next reply, timed for `portcullis_upstream_reply_seconds`: from when the
+    /// proxy starts waiting (after its command went out, or after the previous reply
+    /// of a pipelined group) to the reply's last line.
     async fn read_reply_until(
+        &mut self,
+        stage: Step,
+        deadline: Instant,
+    ) -> Result<Reply, UpstreamError> {
+        let started = Instant::now();
+        let reply = self.read_reply_lines(stage, deadline).await;
+        if telemetry::on() && reply.is_ok() {
+            histogram!(telemetry::UPSTREAM_REPLY, "step" => stage.label())
+                .record(started.elapsed().as_secs_f64());
+        }
+        reply
+    }
+
+    async fn read_reply_lines(
         &mut self,
         stage: Step,
         deadline: Instant,

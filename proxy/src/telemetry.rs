@@ -1,0 +1,228 @@
+//! The proxy's metrics: their names, help texts and labels, in one place, recorded
+//! through the `metrics` facade and rendered in Prometheus' text format by
+//! `metrics-exporter-prometheus` (served by `exporter`). Names follow Prometheus'
+//! conventions: `portcullis_` first, counters end in `_total`, base units
+//! (`_seconds`, `_bytes`); labels take values from small fixed sets, or the names of
+//! listeners and plugins from the configuration — never an address or a login.
+//!
+//! Without `[metrics]` no recorder is installed and [`on`] is false: the places that
+//! would build labels skip it, and the handles made at start-up are no-ops.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use metrics::{
+    Counter, Gauge, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static ON: AtomicBool = AtomicBool::new(false);
+
+/// True once the recorder is installed.
+pub(crate) fn on() -> bool {
+    ON.load(Ordering::Relaxed)
+}
+
+/// Latency buckets, in seconds: 100 µs to 30 s.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
+];
+
+pub(crate) const SESSIONS: &str = "portcullis_sessions_total";
+pub(crate) const SESSIONS_OPEN: &str = "portcullis_sessions_open";
+pub(crate) const CONNECTIONS_REFUSED: &str = "portcullis_connections_refused_total";
+pub(crate) const REPLIES: &str = "portcullis_replies_total";
+pub(crate) const MESSAGES: &str = "portcullis_messages_total";
+pub(crate) const MESSAGE_BYTES: &str = "portcullis_message_bytes_total";
+pub(crate) const UPSTREAM_CONNECTS: &str = "portcullis_upstream_connects_total";
+pub(crate) const UPSTREAM_ERRORS: &str = "portcullis_upstream_errors_total";
+pub(crate) const UPSTREAM_REPLY: &str = "portcullis_upstream_reply_seconds";
+pub(crate) const PLUGIN_CALLS: &str = "portcullis_plugin_calls_total";
+pub(crate) const PLUGIN_CALL: &str = "portcullis_plugin_call_seconds";
+pub(crate) const PLUGIN_FAULTS: &str = "portcullis_plugin_faults_total";
+pub(crate) const PLUGIN_INSTANCES: &str = "portcullis_plugin_instances";
+pub(crate) const TLS_HANDSHAKES: &str = "portcullis_tls_handshakes_total";
+pub(crate) const TLS_FAILURES: &str = "portcullis_tls_handshake_failures_total";
+pub(crate) const AUTH: &str = "portcullis_auth_total";
+pub(crate) const KV_ENTRIES: &str = "portcullis_kv_entries";
+pub(crate) const RELOADS: &str = "portcullis_reloads_total";
+
+/// Installs the recorder and describes every metric; the handle renders them.
+pub(crate) fn install() -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+        .map_err(|error| error.to_string())?
+        .install_recorder()
+        .map_err(|error| error.to_string())?;
+    describe();
+    ON.store(true, Ordering::Relaxed);
+    Ok(handle)
+}
+
+fn describe() {
+    describe_counter!(SESSIONS, "Client sessions accepted, per listener.");
+    describe_gauge!(SESSIONS_OPEN, "Client sessions open now, per listener.");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections refused before a session, per listener and reason."
+    );
+    describe_counter!(
+        REPLIES,
+        "Replies sent to clients, per stage and code class (2xx, 3xx, 4xx, 5xx)."
+    );
+    describe_counter!(
+        MESSAGES,
+        "Messages per listener and outcome: accepted, refused, tempfailed, discarded, quarantined."
+    );
+    describe_counter!(
+        MESSAGE_BYTES,
+        Unit::Bytes,
+        "Octets of message content read from clients, per listener."
+    );
+    describe_counter!(
+        UPSTREAM_CONNECTS,
+        "Upstream sessions opened (handshake done) or failed to open."
+    );
+    describe_counter!(UPSTREAM_ERRORS, "Upstream failures, per kind.");
+    describe_histogram!(
+        UPSTREAM_REPLY,
+        Unit::Seconds,
+        "Time from a command to the upstream's reply, per step."
+    );
+    describe_counter!(
+        PLUGIN_CALLS,
+        "Plugin hook calls, per plugin, hook and verdict."
+    );
+    describe_histogram!(
+        PLUGIN_CALL,
+        Unit::Seconds,
+        "Plugin hook call time, per plugin and hook."
+    );
+    describe_counter!(
+        PLUGIN_FAULTS,
+        "Failed plugin calls, per plugin and kind: trap, timeout, memory, invalid."
+    );
+    describe_gauge!(PLUGIN_INSTANCES, "Plugin instances alive now.");
+    describe_counter!(
+        TLS_HANDSHAKES,
+        "TLS handshakes with clients, per protocol version."
+    );
+    describe_counter!(TLS_FAILURES, "TLS handshakes with clients that failed.");
+    describe_counter!(
+        AUTH,
+        "AUTH outcomes: success, failure, throttled (refused for earlier failures)."
+    );
+    describe_gauge!(KV_ENTRIES, "Entries in the plugins' key-value store.");
+    describe_counter!(
+        RELOADS,
+        "SIGHUP reloads, per outcome: ok, failed (a file kept its old contents)."
+    );
+}
+
+/// The outcome of a message, as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MessageOutcome {
+    /// The upstream took it (2xx) and no plugin discarded or quarantined it.
+    Accepted,
+    /// 5xx to the client.
+    Refused,
+    /// 4xx to the client.
+    Tempfailed,
+    /// A plugin discarded it: 250 to the client, nothing upstream.
+    Discarded,
+    /// Delivered into quarantine.
+    Quarantined,
+}
+
+impl MessageOutcome {
+    const ALL: [MessageOutcome; 5] = [
+        MessageOutcome::Accepted,
+        MessageOutcome::Refused,
+        MessageOutcome::Tempfailed,
+        MessageOutcome::Discarded,
+        MessageOutcome::Quarantined,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            MessageOutcome::Accepted => "accepted",
+            MessageOutcome::Refused => "refused",
+            MessageOutcome::Tempfailed => "tempfailed",
+            MessageOutcome::Discarded => "discarded",
+            MessageOutcome::Quarantined => "quarantined",
+        }
+    }
+}
+
+/// One listener's handles, made at start-up so counting a session or a message is
+/// an atomic add.
+#[derive(Debug, Clone)]
+pub(crate) struct ListenerMeters {
+    pub(crate) sessions: Counter,
+    pub(crate) open: Gauge,
+    messages: [Counter; 5],
+    pub(crate) bytes: Counter,
+}
+
+impl ListenerMeters {
+    pub(crate) fn new(listener: &str) -> Self {
+        let name = listener.to_string();
+        Self {
+            sessions: counter!(SESSIONS, "listener" => name.clone()),
+            open: gauge!(SESSIONS_OPEN, "listener" => name.clone()),
+            messages: MessageOutcome::ALL.map(|outcome| {
+                counter!(MESSAGES, "listener" => name.clone(), "outcome" => outcome.label())
+            }),
+            bytes: counter!(MESSAGE_BYTES, "listener" => name),
+        }
+    }
+
+    /// Counts one message.
+    pub(crate) fn message(&self, outcome: MessageOutcome) {
+        self.messages[outcome as usize].increment(1);
+    }
+}
+
+/// The class label of a reply code.
+pub(crate) fn class(code: u16) -> &'static str {
+    match code / 100 {
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Counts a reply sent to a client at `stage`.
+pub(crate) fn reply_sent(stage: &'static str, code: u16) {
+    if on() {
+        counter!(REPLIES, "stage" => stage, "class" => class(code)).increment(1);
+    }
+}
+
+/// Counts a TLS handshake with a client: its version (`"TLSv1.3"`), or a failure.
+pub(crate) fn tls_handshake(version: Option<&str>) {
+    if !on() {
+        return;
+    }
+    match version {
+        Some("TLSv1.3") => counter!(TLS_HANDSHAKES, "version" => "TLSv1.3").increment(1),
+        Some("TLSv1.2") => counter!(TLS_HANDSHAKES, "version" => "TLSv1.2").increment(1),
+        Some(_) => counter!(TLS_HANDSHAKES, "version" => "other").increment(1),
+        None => counter!(TLS_FAILURES).increment(1),
+    }
+}
+
+/// Counts an AUTH outcome: `"success"`, `"failure"` or `"throttled"`.
+pub(crate) fn auth(outcome: &'static str) {
+    if on() {
+        counter!(AUTH, "outcome" => outcome).increment(1);
+    }
+}
+
+/// Counts a connection refused before its session, on `listener`, for `reason`.
+pub(crate) fn refused(listener: &str, reason: &'static str) {
+    if on() {
+        counter!(CONNECTIONS_REFUSED, "listener" => listener.to_string(), "reason" => reason)
+            .increment(1);
+    }
+}
