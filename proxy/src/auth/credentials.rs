@@ -85,11 +85,12 @@ enum Cost {
 impl StoredHash {
     fn parse(text: &str) -> Result<Self, HashError> {
         if text.starts_with("$argon2") {
-            parse_argon2(text)
-                .map(StoredHash::Argon2)
-                .map_err(HashError::Argon2)
+            parse_argon2(text).map(StoredHash::Argon2)
         } else if text.starts_with("$6$") {
             let rounds = sha512_rounds(text).ok_or(HashError::Sha512Crypt)?;
+            if rounds > MAX_SHA512_ROUNDS {
+                return Err(HashError::TooCostly("rounds above 10,000,000"));
+            }
             Ok(StoredHash::Sha512Crypt {
                 text: text.to_string(),
                 rounds,
@@ -163,6 +164,11 @@ impl Cost {
 enum HashError {
     #[error("invalid Argon2 hash: {0}")]
     Argon2(password_hash::Error),
+    /// A cost beyond what the proxy checks: each distinct cost has a decoy hashed
+    /// when the file is read, so such an entry would stall start-up and reloads (or
+    /// exhaust memory) rather than slow one login.
+    #[error("the hash costs more than this proxy checks: {0}")]
+    TooCostly(&'static str),
     #[error("invalid SHA-512-crypt hash")]
     Sha512Crypt,
     #[error(
@@ -171,8 +177,33 @@ enum HashError {
     Unknown,
 }
 
-fn parse_argon2(text: &str) -> Result<Argon2Hash, password_hash::Error> {
-    let hash = PasswordHash::new(text)?;
+/// The most an Argon2 entry may cost: 1 GiB of memory (OWASP suggests 19–64 MiB), 64
+/// passes, 64 lanes. And SHA-512-crypt rounds (the scheme allows 999,999,999: minutes
+/// for one check; 5,000 is the default).
+const MAX_ARGON2_COSTS: [(&str, u32, &str); 3] = [
+    ("m", 1024 * 1024, "m above 1 GiB (1048576)"),
+    ("t", 64, "t above 64"),
+    ("p", 64, "p above 64"),
+];
+const MAX_SHA512_ROUNDS: usize = 10_000_000;
+
+fn parse_argon2(text: &str) -> Result<Argon2Hash, HashError> {
+    let hash = PasswordHash::new(text).map_err(HashError::Argon2)?;
+    // Checked before argon2 sees them: its own check of p overflows on huge values.
+    for (name, max, why) in MAX_ARGON2_COSTS {
+        if hash
+            .params
+            .get_decimal(name)
+            .is_some_and(|value| value > max)
+        {
+            return Err(HashError::TooCostly(why));
+        }
+    }
+    parse_argon2_within_costs(&hash).map_err(HashError::Argon2)
+}
+
+fn parse_argon2_within_costs(hash: &PasswordHash<'_>) -> Result<Argon2Hash, password_hash::Error> {
+    let hash = hash.clone();
     let algorithm = Algorithm::try_from(hash.algorithm)?;
     let version = hash
         .version
@@ -413,6 +444,24 @@ mod tests {
             ("alice:$6$rounds=5$salt$hash\n", 1, "invalid SHA-512-crypt"),
             (&format!("a:{SHA512}\na:{SHA512}\n") as &str, 2, "twice"),
             (&format!("a b:{SHA512}\n"), 1, "spaces"),
+            // Costs that would stall the load (a decoy is hashed per cost) or worse;
+            // the last one overflowed the argon2 crate's own check (found by fuzzing).
+            (
+                "a:$argon2id$v=19$m=4194304,t=2,p=1$c29tZXNhbHQ$WKmXr8lmhjH1m7Rm0ibYyH5mGq+1rH+2R5Ih5F5PHBg\n",
+                1,
+                "m above 1 GiB",
+            ),
+            (
+                "a:$argon2id$v=19$m=65536,t=1000,p=1$c29tZXNhbHQ$WKmXr8lmhjH1m7Rm0ibYyH5mGq+1rH+2R5Ih5F5PHBg\n",
+                1,
+                "t above 64",
+            ),
+            (
+                "a:$argon2id$v=19$m=65536,t=2,p=945694561$c29tZXNhbHQ$WKmXr8lmhjH1m7Rm0ibYyH5mGq+1rH+2R5Ih5F5PHBg\n",
+                1,
+                "p above 64",
+            ),
+            ("a:$6$rounds=999999999$salt$hash\n", 1, "rounds above"),
         ];
         for (text, line, message) in cases {
             let error = CredentialsFile::parse(text).unwrap_err();
