@@ -9,6 +9,7 @@
 #   bench/fuzz.sh                    # every target, 10 minutes each
 #   SECONDS_EACH=60 bench/fuzz.sh    # shorter runs
 #   TARGETS="command data" bench/fuzz.sh
+#   FUZZ_TARGET_DIR=target/fuzz2 bench/fuzz.sh   # a second run beside a first
 #
 # Needs the nightly toolchain (rustup toolchain install nightly) and cargo-fuzz
 # (installed here with cargo install if missing). The corpus grows in
@@ -24,7 +25,7 @@ cargo +nightly fuzz --version >/dev/null 2>&1 || cargo install --locked cargo-fu
 # The fuzz crate's own target dir, next to the workspace's (a target/ link to the
 # build cache keeps it there too).
 fuzz=(cargo +nightly fuzz)
-options=(--fuzz-dir fuzz --target-dir target/fuzz --debug-assertions)
+options=(--fuzz-dir fuzz --target-dir "${FUZZ_TARGET_DIR:-target/fuzz}" --debug-assertions)
 "${fuzz[@]}" build "${options[@]}" >/dev/null 2>&1 || "${fuzz[@]}" build "${options[@]}"
 
 echo "## Fuzzing: $seconds s per target"
