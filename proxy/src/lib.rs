@@ -48,7 +48,7 @@
 //! - `log_limit` →
 //! - `service` →
 //! - `exporter` →
-//! - `telemetry` →
+//! - `telemetry` → smtp
 //! - `proxy_protocol` →
 //! - `smtp` →
 

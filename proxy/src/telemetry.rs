@@ -15,6 +15,8 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::smtp::Command;
+
 static ON: AtomicBool = AtomicBool::new(false);
 
 /// True once the recorder is installed.
@@ -224,5 +226,18 @@ pub(crate) fn refused(listener: &str, reason: &'static str) {
     if on() {
         counter!(CONNECTIONS_REFUSED, "listener" => listener.to_string(), "reason" => reason)
             .increment(1);
+    }
+}
+
+/// The stage label of the replies to `command` (`portcullis_replies_total`).
+pub(crate) fn stage_of(command: &Command) -> &'static str {
+    match command {
+        Command::Helo(_) | Command::Ehlo(_) => "helo",
+        Command::Mail(_) => "mail",
+        Command::Rcpt(_) => "rcpt",
+        Command::Data => "data",
+        Command::Auth(_) => "auth",
+        Command::StartTls => "starttls",
+        _ => "other",
     }
 }

@@ -190,6 +190,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn handle_line(&mut self, line: NextLine) -> Flow {
+        self.stage = "other";
         let line = match line {
             NextLine::Line(line) => line,
             NextLine::BareLf(_) => return self.error(replies::bare_lf_command()),
@@ -205,7 +206,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn handle_command(&mut self, command: Command) -> Flow {
-        self.stage = stage_of(&command);
+        self.stage = telemetry::stage_of(&command);
         if moves_no_mail(&command) {
             self.junk_commands += 1;
             if self.junk_commands > self.context.config.smtp.max_junk_commands {
@@ -342,19 +343,6 @@ fn moves_no_mail(command: &Command) -> bool {
         command,
         Command::Noop | Command::Rset | Command::Help | Command::Vrfy(_) | Command::Expn(_)
     )
-}
-
-/// The stage label of the replies to `command` (`portcullis_replies_total`).
-fn stage_of(command: &Command) -> &'static str {
-    match command {
-        Command::Helo(_) | Command::Ehlo(_) => "helo",
-        Command::Mail(_) => "mail",
-        Command::Rcpt(_) => "rcpt",
-        Command::Data => "data",
-        Command::Auth(_) => "auth",
-        Command::StartTls => "starttls",
-        _ => "other",
-    }
 }
 
 #[cfg(test)]
