@@ -40,6 +40,7 @@ for target in $targets; do
   corpus="target/fuzz-corpus/$target"
   artifacts="target/fuzz-corpus/artifacts/$target/"
   mkdir -p "$corpus" "$artifacts"
+  earlier=$(find "$artifacts" -type f | wc -l)
   log=$(mktemp)
   set +e
   "${fuzz[@]}" run "${options[@]}" "$target" "$corpus" "fuzz/seeds/$target" -- \
@@ -51,7 +52,7 @@ for target in $targets; do
   speed=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
   edges=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2 || echo '?')
   entries=$(find "$corpus" -type f | wc -l)
-  crashes=$(find "$artifacts" -type f | wc -l)
+  crashes=$(( $(find "$artifacts" -type f | wc -l) - earlier ))
   echo "| $target | $runs | $speed | $edges | $entries | $crashes |"
   if [ "$code" -ne 0 ]; then
     status=1
