@@ -16,7 +16,7 @@ use std::{
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use common::{
-    Client, ClientReply, Proxy, RecordingUpstream, component,
+    Client, ClientReply, Proxy, RecordingUpstream,
     config::{TestConfig, table},
     wait_until,
 };
@@ -327,18 +327,8 @@ fn commands_that_move_no_mail_are_limited_between_messages() {
 #[test]
 fn the_epoch_thread_sleeps_while_no_plugin_runs() {
     let upstream = RecordingUpstream::start();
-    let recipients = table([(
-        "config",
-        table([("domains", vec!["example.com"].into())]).into(),
-    )]);
     let proxy = TestConfig::relaying_to(&upstream.address())
-        .listener("plugins")
-        .plugin(
-            "plugins",
-            "recipients",
-            &component("recipients"),
-            recipients,
-        )
+        .recipients_listener("plugins", &["example.com"])
         .start();
     let task = std::fs::read_dir(format!("/proc/{}/task", proxy.pid()))
         .unwrap()

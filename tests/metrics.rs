@@ -11,9 +11,7 @@ use std::{
 };
 
 use common::{
-    Client, Proxy, RecordingUpstream, component,
-    config::{TestConfig, table},
-    json_field, require_program, wait_until,
+    Client, Proxy, RecordingUpstream, config::TestConfig, json_field, require_program, wait_until,
 };
 
 /// GET `path`: the status code and the body.
@@ -60,19 +58,9 @@ fn metrics_address(proxy: &Proxy) -> SocketAddr {
 #[test]
 fn the_endpoint_counts_sessions_messages_the_upstream_and_plugins() {
     let upstream = RecordingUpstream::start();
-    let recipients = table([(
-        "config",
-        table([("domains", vec!["example.com"].into())]).into(),
-    )]);
     let proxy = TestConfig::relaying_to(&upstream.address())
         .set("metrics.address", "127.0.0.1:0")
-        .listener("plugins")
-        .plugin(
-            "plugins",
-            "recipients",
-            &component("recipients"),
-            recipients,
-        )
+        .recipients_listener("plugins", &["example.com"])
         .start();
     let address = metrics_address(&proxy);
     assert_eq!(get(address, "/health"), (200, "ok\n".into()));

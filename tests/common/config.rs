@@ -93,6 +93,21 @@ impl TestConfig {
         self
     }
 
+    /// Adds a listener `name` whose chain is the recipients example plugin taking
+    /// mail for `domains`.
+    pub fn recipients_listener(self, name: &str, domains: &[&str]) -> Self {
+        let settings = table([(
+            "config",
+            table([("domains", domains.to_vec().into())]).into(),
+        )]);
+        self.listener(name).plugin(
+            name,
+            "recipients",
+            &super::component("recipients"),
+            settings,
+        )
+    }
+
     /// The file the binary reads.
     pub fn render(&self) -> String {
         toml::to_string(&self.root).expect("a table renders")
