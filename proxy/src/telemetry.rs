@@ -8,10 +8,14 @@
 //! Without `[metrics]` no recorder is installed and [`on`] is false: the places that
 //! would build labels skip it, and the handles made at start-up are no-ops.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{
+    OnceLock,
+    atomic::{AtomicBool, Ordering},
+};
 
 use metrics::{
-    Counter, Gauge, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -56,8 +60,51 @@ pub(crate) fn install() -> Result<PrometheusHandle, String> {
         .install_recorder()
         .map_err(|error| error.to_string())?;
     describe();
+    let _ = HANDLES.set(Handles::new());
     ON.store(true, Ordering::Relaxed);
     Ok(handle)
+}
+
+/// The stages replies are counted by (`stage` of `portcullis_replies_total`).
+pub(crate) const STAGES: [&str; 8] = [
+    "connect", "helo", "auth", "mail", "rcpt", "data", "starttls", "other",
+];
+
+/// The upstream's steps (`step` of `portcullis_upstream_reply_seconds`).
+const STEPS: [&str; 8] = [
+    "connect", "greeting", "ehlo", "xclient", "tls", "command", "data", "data_end",
+];
+
+const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
+
+/// The handles of the metrics counted once or more per message, made at
+/// installation, so counting is an index and an atomic add rather than a lookup of
+/// the name and labels in the registry.
+struct Handles {
+    replies: [[Counter; 4]; 8],
+    upstream_reply: [Histogram; 8],
+}
+
+impl Handles {
+    fn new() -> Self {
+        Self {
+            replies: STAGES.map(|stage| {
+                CLASSES.map(|class| counter!(REPLIES, "stage" => stage, "class" => class))
+            }),
+            upstream_reply: STEPS.map(|step| histogram!(UPSTREAM_REPLY, "step" => step)),
+        }
+    }
+}
+
+static HANDLES: OnceLock<Handles> = OnceLock::new();
+
+/// Records an upstream reply's time at `step` (one of [`STEPS`]).
+pub(crate) fn upstream_reply(step: &str, seconds: f64) {
+    if let Some(handles) = HANDLES.get()
+        && let Some(index) = STEPS.iter().position(|known| *known == step)
+    {
+        handles.upstream_reply[index].record(seconds);
+    }
 }
 
 fn describe() {
@@ -184,20 +231,11 @@ impl ListenerMeters {
     }
 }
 
-/// The class label of a reply code.
-pub(crate) fn class(code: u16) -> &'static str {
-    match code / 100 {
-        2 => "2xx",
-        3 => "3xx",
-        4 => "4xx",
-        _ => "5xx",
-    }
-}
-
-/// Counts a reply sent to a client at `stage`.
-pub(crate) fn reply_sent(stage: &'static str, code: u16) {
-    if on() {
-        counter!(REPLIES, "stage" => stage, "class" => class(code)).increment(1);
+/// Counts a reply sent to a client at `stage` (an index into [`STAGES`]).
+pub(crate) fn reply_sent(stage: usize, code: u16) {
+    if let Some(handles) = HANDLES.get() {
+        let class = usize::from((code / 100).clamp(2, 5) - 2);
+        handles.replies[stage.min(STAGES.len() - 1)][class].increment(1);
     }
 }
 
@@ -229,15 +267,20 @@ pub(crate) fn refused(listener: &str, reason: &'static str) {
     }
 }
 
-/// The stage label of the replies to `command` (`portcullis_replies_total`).
-pub(crate) fn stage_of(command: &Command) -> &'static str {
+/// The stage of the replies to `command`: an index into [`STAGES`].
+pub(crate) fn stage_of(command: &Command) -> usize {
     match command {
-        Command::Helo(_) | Command::Ehlo(_) => "helo",
-        Command::Mail(_) => "mail",
-        Command::Rcpt(_) => "rcpt",
-        Command::Data => "data",
-        Command::Auth(_) => "auth",
-        Command::StartTls => "starttls",
-        _ => "other",
+        Command::Helo(_) | Command::Ehlo(_) => 1,
+        Command::Auth(_) => 2,
+        Command::Mail(_) => 3,
+        Command::Rcpt(_) => 4,
+        Command::Data => 5,
+        Command::StartTls => 6,
+        _ => OTHER,
     }
 }
+
+/// The stage of a greeting.
+pub(crate) const CONNECT: usize = 0;
+/// The stage of anything else.
+pub(crate) const OTHER: usize = 7;

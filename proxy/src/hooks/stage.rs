@@ -111,7 +111,7 @@ impl SessionHooks {
         outcome: &Result<(view::Verdict, T), PluginError>,
         took: std::time::Duration,
     ) {
-        let plugin = self.chain.plugins[index].name.to_string();
+        let plugin = metrics::SharedString::from_shared(self.chain.plugins[index].name.clone());
         let verdict = match outcome {
             Ok((verdict, _)) => verdict_label(verdict),
             Err(_) => "failed",

@@ -76,7 +76,7 @@ pub(crate) struct Session<S> {
     /// Commands that moved no mail since the last message accepted.
     junk_commands: usize,
     /// The stage the replies being sent answer, for the metrics.
-    stage: &'static str,
+    stage: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -101,7 +101,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             name_lookup: None,
             errors: 0,
             junk_commands: 0,
-            stage: "connect",
+            stage: telemetry::CONNECT,
         }
     }
 
@@ -190,7 +190,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn handle_line(&mut self, line: NextLine) -> Flow {
-        self.stage = "other";
+        self.stage = telemetry::OTHER;
         let line = match line {
             NextLine::Line(line) => line,
             NextLine::BareLf(_) => return self.error(replies::bare_lf_command()),

@@ -17,8 +17,6 @@ use std::{io, sync::Arc, time::Duration};
 
 use tokio::{net::TcpStream, time::Instant};
 
-use metrics::histogram;
-
 use crate::{
     client::{Greeting, Peer},
     config::{ClientAddressMode, TlsMode},
@@ -458,8 +456,7 @@ impl UpstreamSession {
         let started = Instant::now();
         let reply = self.read_reply_lines(stage, deadline).await;
         if telemetry::on() && reply.is_ok() {
-            histogram!(telemetry::UPSTREAM_REPLY, "step" => stage.label())
-                .record(started.elapsed().as_secs_f64());
+            telemetry::upstream_reply(stage.label(), started.elapsed().as_secs_f64());
         }
         reply
     }
