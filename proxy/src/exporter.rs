@@ -47,7 +47,11 @@ pub(crate) async fn serve(
             _ = stop.cancelled() => return,
             accepted = socket.accept() => match accepted {
                 Ok((stream, _)) => stream,
-                Err(_) => continue,
+                Err(_) => {
+                    // Out of file descriptors and the like: back off, do not spin.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
             },
         };
         let (metrics, readiness) = (metrics.clone(), readiness.clone());
