@@ -174,29 +174,12 @@ fn parse_v2(bytes: &[u8]) -> Result<Progress, HeaderError> {
         // LOCAL: the balancer's own connection (a health check): its addresses stand.
         (0x0, _) => None,
         (0x1, 0x00) => None,
-        (0x1, 0x11) => {
-            let block = payload.get(..12).ok_or(HeaderError::Malformed(
-                "TCP over IPv4 needs 12 octets of addresses",
-            ))?;
-            let ip = |at: usize| IpAddr::from(<[u8; 4]>::try_from(&block[at..at + 4]).expect("4"));
-            let port = |at: usize| u16::from_be_bytes([block[at], block[at + 1]]);
-            Some((
-                SocketAddr::new(ip(0), port(8)),
-                SocketAddr::new(ip(4), port(10)),
-            ))
-        }
-        (0x1, 0x21) => {
-            let block = payload.get(..36).ok_or(HeaderError::Malformed(
-                "TCP over IPv6 needs 36 octets of addresses",
-            ))?;
-            let ip =
-                |at: usize| IpAddr::from(<[u8; 16]>::try_from(&block[at..at + 16]).expect("16"));
-            let port = |at: usize| u16::from_be_bytes([block[at], block[at + 1]]);
-            Some((
-                SocketAddr::new(ip(0), port(32)),
-                SocketAddr::new(ip(16), port(34)),
-            ))
-        }
+        (0x1, 0x11) => Some(endpoints::<4>(payload).ok_or(HeaderError::Malformed(
+            "TCP over IPv4 needs 12 octets of addresses",
+        ))?),
+        (0x1, 0x21) => Some(endpoints::<16>(payload).ok_or(HeaderError::Malformed(
+            "TCP over IPv6 needs 36 octets of addresses",
+        ))?),
         (0x1, _) => return Err(HeaderError::Malformed("not a TCP stream over IPv4 or IPv6")),
         _ => return Err(HeaderError::Malformed("unknown command")),
     };
@@ -204,6 +187,21 @@ fn parse_v2(bytes: &[u8]) -> Result<Progress, HeaderError> {
         version: Version::V2,
         addresses,
     }))
+}
+
+/// A v2 address block of one family (`N`-octet addresses): source address,
+/// destination address, source port, destination port; `None` if it is too short.
+fn endpoints<const N: usize>(block: &[u8]) -> Option<(SocketAddr, SocketAddr)>
+where
+    IpAddr: From<[u8; N]>,
+{
+    let block = block.get(..2 * N + 4)?;
+    let ip = |at: usize| IpAddr::from(<[u8; N]>::try_from(&block[at..at + N]).expect("N octets"));
+    let port = |at: usize| u16::from_be_bytes([block[at], block[at + 1]]);
+    Some((
+        SocketAddr::new(ip(0), port(2 * N)),
+        SocketAddr::new(ip(N), port(2 * N + 2)),
+    ))
 }
 
 #[cfg(test)]
