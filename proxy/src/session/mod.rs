@@ -113,9 +113,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     async fn serve(mut self) {
         debug!("connected");
-        let meters = self.listener.meters.clone();
-        meters.sessions.increment(1);
-        meters.open.increment(1.0);
+        let listener = self.listener.clone();
+        listener.meters.sessions.increment(1);
+        listener.meters.open.increment(1.0);
         if self.listener.config.tls == TlsMode::Implicit && !self.handshake().await {
             return;
         }
@@ -148,7 +148,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         // Close the downstream socket first: the client sees the end at once, not after
         // the upstream's QUIT round trip.
         drop(self);
-        meters.open.decrement(1.0);
+        listener.meters.open.decrement(1.0);
         link.release(&context).await;
         debug!("disconnected");
     }
