@@ -16,7 +16,7 @@ use std::{
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use common::{
-    Client, ClientReply, Proxy, RecordingUpstream,
+    Client, ClientReply, Proxy, RecordingUpstream, check_config,
     config::{TestConfig, table},
     wait_until,
 };
@@ -364,36 +364,19 @@ fn the_epoch_thread_sleeps_while_no_plugin_runs() {
 
 #[test]
 fn check_warns_when_the_upstream_sees_only_the_proxy() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("portcullis.toml");
-    std::fs::write(
-        &path,
+    let (passed, output) = check_config(
         "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\n\n[upstream]\naddress = \"127.0.0.1:10025\"\nclient_address = \"none\"\n",
-    )
-    .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    );
+    assert!(passed);
     assert!(
-        stderr.contains("warning: line 7: upstream.client_address")
-            && stderr.contains("relays mail for anyone"),
-        "{stderr}"
+        output.contains("warning: line 7: upstream.client_address")
+            && output.contains("relays mail for anyone"),
+        "{output}"
     );
     // The default in front of a real MTA is XCLIENT: nothing to warn about.
-    std::fs::write(
-        &path,
+    let (passed, output) = check_config(
         "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\n\n[upstream]\naddress = \"127.0.0.1:10025\"\n",
-    )
-    .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    assert!(!String::from_utf8_lossy(&output.stderr).contains("warning"));
+    );
+    assert!(passed);
+    assert!(!output.contains("warning"), "{output}");
 }

@@ -179,7 +179,7 @@ fn the_endpoint_counts_sessions_messages_the_upstream_and_plugins() {
 }
 
 #[test]
-fn without_a_metrics_table_nothing_listens_and_nothing_is_counted() {
+fn without_a_metrics_table_no_endpoint_listens() {
     let upstream = RecordingUpstream::start();
     let proxy = TestConfig::relaying_to(&upstream.address()).start();
     let mut client = proxy.client();

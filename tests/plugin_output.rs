@@ -7,9 +7,9 @@
 
 mod common;
 
-use std::{process::Command, sync::Arc};
+use std::sync::Arc;
 
-use common::{Action, Client, Proxy, RecordingUpstream, component};
+use common::{Action, Client, Proxy, RecordingUpstream, check_config, component};
 
 /// A proxy in front of `upstream` with one listener per `(name, plugin table)`.
 fn proxy(upstream: &RecordingUpstream, listeners: &[(&str, String)]) -> Proxy {
@@ -309,24 +309,10 @@ fn failures_say_what_happened_in_the_plugin_authors_terms() {
 
 /// `portcullis check` on a config with one fault-plugin entry of `table`.
 fn check(table: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("portcullis.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\nplugins = [\"fault\"]\n\n[upstream]\ndevelopment_folder = \"mail\"\n\n[plugins.fault]\npath = {:?}\n{table}\n",
-            component("fault-plugin")
-        ),
-    )
-    .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
+    check_config(&format!(
+        "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\nplugins = [\"fault\"]\n\n[upstream]\ndevelopment_folder = \"mail\"\n\n[plugins.fault]\npath = {:?}\n{table}\n",
+        component("fault-plugin")
+    ))
 }
 
 #[test]
