@@ -31,12 +31,13 @@ pub(crate) enum Refusal {
     Rate,
 }
 
-/// The counts of every client address.
+/// The counts of every client address. The counts are shared with the limits a
+/// reload makes of them ([`Self::reconfigured`]), so a reload forgets no session.
 #[derive(Debug)]
 pub(crate) struct ClientLimits {
     config: ClientLimitsConfig,
-    open: Mutex<HashMap<IpAddr, usize>>,
-    windows: Mutex<HashMap<IpAddr, Window>>,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    windows: Arc<Mutex<HashMap<IpAddr, Window>>>,
 }
 
 /// The new sessions of one address since `start`.
@@ -50,8 +51,17 @@ impl ClientLimits {
     pub(crate) fn new(config: ClientLimitsConfig) -> Arc<Self> {
         Arc::new(Self {
             config,
-            open: Mutex::default(),
-            windows: Mutex::default(),
+            open: Arc::default(),
+            windows: Arc::default(),
+        })
+    }
+
+    /// Limits by `config` over the same counts: the sessions open now still count.
+    pub(crate) fn reconfigured(&self, config: ClientLimitsConfig) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            open: self.open.clone(),
+            windows: self.windows.clone(),
         })
     }
 

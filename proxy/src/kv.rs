@@ -97,6 +97,12 @@ impl KvStore {
         }
     }
 
+    /// Holds at most `max_entries` keys from now on (a reload changed
+    /// `kv.max_entries`); keys past it are not dropped, new ones wait for room.
+    pub fn set_max_entries(&self, max_entries: NonZeroUsize) {
+        self.entries.lock().expect("lock poisoned").max_entries = max_entries.get();
+    }
+
     /// The value of `key`, if set and not expired.
     pub fn get(&self, key: &str) -> Option<Vec<u8>> {
         let entries = self.entries.lock().expect("lock poisoned");

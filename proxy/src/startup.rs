@@ -12,11 +12,13 @@ use crate::{
     auth::{
         PolicyFileError, Reloadable, credentials::CredentialsFile, sender_logins::SenderLogins,
     },
-    config::{Config, TlsMode},
+    config::{Config, PluginConfig, TlsMode},
     dns::Resolver,
     hooks::Chain,
     kv::KvStore,
-    plugin_host::{Capacity, LoadError, LoadedPlugin, PluginError, PluginRuntime, view},
+    plugin_host::{
+        Capacity, LoadError, LoadedPlugin, PluginError, PluginRuntime, SourceDigest, view,
+    },
     session::ListenerContext,
     telemetry::ListenerMeters,
     tls::{
@@ -91,6 +93,9 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The control socket cannot be bound.
+    #[error("server.control_socket: {0}")]
+    ControlSocket(#[source] crate::control::ControlError),
     /// The development upstream cannot start.
     #[error("the development upstream cannot start: {0}")]
     DevelopmentUpstream(#[source] std::io::Error),
@@ -103,6 +108,8 @@ pub enum StartError {
 pub struct Prepared {
     /// Every configured plugin, loaded, by name.
     pub plugins: BTreeMap<String, Arc<LoadedPlugin>>,
+    /// The engines they run on, and what they were set up for.
+    pub(crate) runtime: Option<Engines>,
     /// The certificates for client TLS, if any listener uses TLS.
     pub server_tls: Option<ServerTls>,
     /// The connector for TLS toward the upstream, if `upstream.tls` asks for it.
@@ -111,18 +118,41 @@ pub struct Prepared {
     pub listeners: Vec<Arc<ListenerContext>>,
 }
 
+/// The plugin engines of one configuration, kept so that a reload can load its
+/// plugins into them and keep the plugins that did not change.
+#[derive(Clone)]
+pub(crate) struct Engines {
+    runtime: Arc<PluginRuntime>,
+    capacity: Capacity,
+    dns: Arc<Resolver>,
+    plugins: BTreeMap<String, (PluginConfig, Arc<LoadedPlugin>)>,
+}
+
 /// Loads everything `config` needs before the proxy can serve it.
 pub async fn prepare(
     config: &Config,
     dns: Arc<Resolver>,
     kv: Arc<KvStore>,
 ) -> Result<Prepared, StartError> {
-    let plugins = load_plugins(config, dns, kv).await?;
+    prepare_reusing(config, dns, kv, None).await
+}
+
+/// [`prepare`], for a reload: plugins whose entry and file did not change since
+/// `previous` are kept as they are (not compiled or initialised again) as long as
+/// the engines can stay (same capacity and resolver).
+pub(crate) async fn prepare_reusing(
+    config: &Config,
+    dns: Arc<Resolver>,
+    kv: Arc<KvStore>,
+    previous: Option<&Engines>,
+) -> Result<Prepared, StartError> {
+    let (plugins, runtime) = load_plugins_reusing(config, dns, kv, previous).await?;
     let server_tls = server_tls(config)?;
     let upstream_tls = upstream_tls(config)?;
     let listeners = prepare_listeners(config, &plugins)?;
     Ok(Prepared {
         plugins,
+        runtime,
         server_tls,
         upstream_tls,
         listeners,
@@ -231,9 +261,18 @@ pub async fn load_plugins(
     dns: Arc<Resolver>,
     kv: Arc<KvStore>,
 ) -> Result<BTreeMap<String, Arc<LoadedPlugin>>, StartError> {
+    Ok(load_plugins_reusing(config, dns, kv, None).await?.0)
+}
+
+async fn load_plugins_reusing(
+    config: &Config,
+    dns: Arc<Resolver>,
+    kv: Arc<KvStore>,
+    previous: Option<&Engines>,
+) -> Result<(BTreeMap<String, Arc<LoadedPlugin>>, Option<Engines>), StartError> {
     let mut loaded = BTreeMap::new();
     if config.plugins.is_empty() {
-        return Ok(loaded);
+        return Ok((loaded, None));
     }
     let longest_chain = config.listeners.iter().map(|l| l.plugins.len()).max();
     let sessions = config.server.max_connections + 64;
@@ -248,13 +287,30 @@ pub async fn load_plugins(
             .max()
             .unwrap_or(0),
     };
-    let runtime = PluginRuntime::new(dns, capacity, kv).map_err(StartError::Runtime)?;
-    for (name, plugin) in &config.plugins {
-        let key = match plugin.line {
+    let previous = previous.filter(|p| p.capacity == capacity && Arc::ptr_eq(&p.dns, &dns));
+    let runtime = match previous {
+        Some(previous) => previous.runtime.clone(),
+        None => PluginRuntime::new(dns.clone(), capacity, kv).map_err(StartError::Runtime)?,
+    };
+    let mut engines = Engines {
+        runtime: runtime.clone(),
+        capacity,
+        dns,
+        plugins: BTreeMap::new(),
+    };
+    for (name, entry) in &config.plugins {
+        let key = match entry.line {
             Some(line) => format!("line {line}: plugins.{name}"),
             None => format!("plugins.{name}"),
         };
-        let plugin = match runtime.load(name, plugin).await {
+        if let Some(kept) = previous.and_then(|p| unchanged(p, name, entry)) {
+            engines
+                .plugins
+                .insert(name.clone(), (entry.clone(), kept.clone()));
+            loaded.insert(name.clone(), kept);
+            continue;
+        }
+        let plugin = match runtime.load(name, entry).await {
             Ok(plugin) => plugin,
             Err(LoadError::Start(source @ PluginError::MemoryLimit(_))) => {
                 return Err(StartError::PluginMemory { key, source });
@@ -262,9 +318,25 @@ pub async fn load_plugins(
             Err(source) => return Err(StartError::Plugin { key, source }),
         };
         info!(plugin = %name, hooks = ?plugin.hooks, shared = plugin.is_shared(), "plugin loaded");
+        engines
+            .plugins
+            .insert(name.clone(), (entry.clone(), plugin.clone()));
         loaded.insert(name.clone(), plugin);
     }
-    Ok(loaded)
+    runtime.forget_loaded_sources();
+    Ok((loaded, Some(engines)))
+}
+
+/// The plugin `previous` loaded for `name`, if its entry is the same (apart from
+/// the line it is on) and its file still has the same contents.
+fn unchanged(previous: &Engines, name: &str, entry: &PluginConfig) -> Option<Arc<LoadedPlugin>> {
+    let (was, plugin) = previous.plugins.get(name)?;
+    let same_entry = PluginConfig {
+        line: entry.line,
+        ..was.clone()
+    } == *entry;
+    let same_file = SourceDigest::of_file(&entry.path).ok()? == plugin.source();
+    (same_entry && same_file).then(|| plugin.clone())
 }
 
 #[cfg(test)]

@@ -52,6 +52,17 @@ impl AuthThrottle {
         }
     }
 
+    /// A throttle by `config` over the same counts: a reload forgets no failure.
+    pub(crate) fn reconfigured(&self, config: ThrottleConfig) -> Self {
+        if let Some(room) = std::num::NonZeroUsize::new(config.max_clients) {
+            self.counts.set_max_entries(room);
+        }
+        Self {
+            counts: self.counts.clone(),
+            config,
+        }
+    }
+
     fn key(address: IpAddr) -> String {
         format!("portcullis:auth-failures:{address}")
     }

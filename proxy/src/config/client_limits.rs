@@ -10,7 +10,7 @@ use super::{ConfigError, validate::LineOf};
 
 /// `[client_limits]`: what one client address may hold, checked when a connection is
 /// accepted, before any plugin runs; past a limit: 421 4.7.0 and close.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientLimitsConfig {
     /// Sessions one address may have open at once (Postfix's

@@ -66,6 +66,10 @@ pub struct Config {
     pub metrics: Option<MetricsConfig>,
     /// What validation found doubtful; the proxy runs, and says so.
     pub warnings: Vec<ConfigWarning>,
+    /// The file it was read from, which a reload reads again; `None` when it was
+    /// parsed from text (a reload then prepares the same configuration again, reading
+    /// its certificates, credentials and plugin files anew).
+    pub source: Option<PathBuf>,
 }
 
 /// `[metrics]`: Prometheus' text exposition on `/metrics`, with `/health` and `/ready`.
@@ -134,7 +138,7 @@ impl Default for TlsConfig {
 /// until it succeeds, so concurrent attempts cannot outrun the count. Each failure
 /// waits `delay × failures` (at most `max_delay`) before its 535; at `max_failures`
 /// within `window` the client gets 421 4.7.0.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ThrottleConfig {
     /// Failures allowed per address within the window.
@@ -223,7 +227,7 @@ pub struct AuthConfig {
 }
 
 /// `[dns]`: the resolver behind the plugins' DNS lookups.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
     /// Nameservers as `ip:port`; the system's (resolv.conf) if empty.
@@ -303,6 +307,9 @@ pub struct ServerConfig {
     /// On SIGTERM/SIGINT, how long running transactions may take to finish.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// A Unix socket on which `portcullis reload` asks the running proxy to reload
+    /// and hears the outcome; only the proxy's own user may use it (mode 0600).
+    pub control_socket: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -313,6 +320,7 @@ impl Default for ServerConfig {
             worker_threads: 0,
             plugin_pool_size: 1024,
             drain_timeout: Duration::from_secs(30),
+            control_socket: None,
         }
     }
 }
@@ -442,7 +450,9 @@ impl Config {
             line: None,
             message: format!("cannot read the file: {error}"),
         })?;
-        Config::parse(&text)
+        let mut config = Config::parse(&text)?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
     }
 }
 

@@ -18,7 +18,7 @@ pub enum OnError {
 }
 
 /// One `[plugins.NAME]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     /// The component (`.wasm`, built for wasm32-wasip2), relative to the working directory.

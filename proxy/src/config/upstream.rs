@@ -44,7 +44,7 @@ pub enum UpstreamTarget {
 }
 
 /// `[upstream]`, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     /// Where to connect.
     pub target: UpstreamTarget,
@@ -81,7 +81,7 @@ pub enum Trust {
 
 /// TLS toward the upstream, validated. Start-up reads the trust anchors and builds
 /// the TLS connector; parsing reads no file.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct UpstreamTlsConfig {
     /// None, STARTTLS after EHLO, or TLS from the first byte.
     pub mode: TlsMode,
@@ -97,7 +97,7 @@ pub struct UpstreamTlsConfig {
 /// Postfix's own SMTP connection cache. Off by default: each client session then has
 /// its own upstream session, closed with QUIT when the client leaves. Only possible with
 /// `client_address = "none"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReuseConfig {
     /// How long an idle upstream session is kept; "0s" turns reuse off. Keep it well
@@ -129,7 +129,7 @@ impl ReuseConfig {
 }
 
 /// Timeouts towards the upstream, RFC 5321 §4.5.3.2 defaults.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamTimeouts {
     /// TCP connect.

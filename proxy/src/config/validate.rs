@@ -73,6 +73,7 @@ impl RawConfig {
             client_limits,
             metrics: self.metrics,
             warnings,
+            source: None,
         })
     }
 }

@@ -18,7 +18,7 @@ use super::{LoadError, Plugin, PluginPre, error::describe, host};
 /// How plugin instances get memory and stacks: the first `pooled` instances alive at
 /// once from a pool reserved at start-up (creating one maps nothing, about three times
 /// as fast as mapping), any beyond that on demand.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capacity {
     /// Instances the pool holds; 0 for none (every instance on demand).
     pub pooled: u32,

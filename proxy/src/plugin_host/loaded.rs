@@ -36,6 +36,8 @@ pub struct LoadedPlugin {
     /// The idle instances sessions borrow one call at a time, if the plugin is
     /// shareable and the operator allows it; `None` means one instance per session.
     pub(super) shared: Option<std::sync::Mutex<Vec<PluginInstance>>>,
+    /// The contents of the file it was loaded from.
+    pub(super) source: super::SourceDigest,
 }
 
 /// Idle instances a shared plugin keeps for the next calls. More than this are only
@@ -48,6 +50,11 @@ impl LoadedPlugin {
     /// set `share_instances = false`).
     pub fn is_shared(&self) -> bool {
         self.shared.is_some()
+    }
+
+    /// The contents of the file it was loaded from.
+    pub fn source(&self) -> super::SourceDigest {
+        self.source
     }
 
     /// An instance for one call in session `session_id`: for a shared plugin an idle

@@ -78,12 +78,12 @@ pub struct PluginRuntime {
     /// The first instances alive at once, if the pool is not empty.
     pool: Option<Pool>,
     services: host::Services,
-    /// Instrumented components compiled so far, by path: entries of one file with
-    /// different configurations snapshot the same instrumented component.
-    instrumented: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, Component>>,
-    /// Components made ready so far, by path and configuration: entries that share
-    /// both share the pre-initialised component.
-    prepared: std::sync::Mutex<std::collections::HashMap<(std::path::PathBuf, String), Prepared>>,
+    /// Instrumented components compiled so far, by file contents: entries of one
+    /// file with different configurations snapshot the same instrumented component.
+    instrumented: std::sync::Mutex<std::collections::HashMap<SourceDigest, Component>>,
+    /// Components made ready so far, by file contents and configuration: entries that
+    /// share both share the pre-initialised component.
+    prepared: std::sync::Mutex<std::collections::HashMap<(SourceDigest, String), Prepared>>,
     ticker: Arc<Ticker>,
 }
 
@@ -158,7 +158,12 @@ impl PluginRuntime {
             timeout: Duration::from_millis(config.timeout_ms.max(1)),
             memory: config.memory_mb.saturating_mul(1024 * 1024) as usize,
         };
-        let key = (config.path.clone(), settings.config_text.clone());
+        let bytes = std::fs::read(&config.path).map_err(|source| LoadError::Read {
+            path: config.path.clone(),
+            source,
+        })?;
+        let source = SourceDigest::of(&bytes);
+        let key = (source, settings.config_text.clone());
         let cached = self
             .prepared
             .lock()
@@ -168,7 +173,7 @@ impl PluginRuntime {
         let prepared = match cached {
             Some(prepared) => prepared,
             None => {
-                let prepared = self.prepare(&settings).await?;
+                let prepared = self.prepare(&settings, &bytes, source).await?;
                 let mut all = self.prepared.lock().expect("lock poisoned");
                 all.insert(key, prepared.clone());
                 prepared
@@ -198,6 +203,7 @@ impl PluginRuntime {
             hooks: hooks.unwrap_or(view::Hooks::empty()),
             init_per_instance: hooks.is_none(),
             shared: None,
+            source,
         };
         // One instance now: a plugin that cannot start within its limits (or whose
         // `init` refuses its configuration) stops start-up, not a session.
@@ -212,24 +218,24 @@ impl PluginRuntime {
 
     /// Pre-initialises a plugin's component with its configuration, or, if the
     /// pre-initialiser cannot handle the component, compiles it as it is.
-    async fn prepare(&self, plugin: &Settings) -> Result<Prepared, LoadError> {
-        let path = &plugin.path;
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        let (context, instrumented) = match snapshot::instrument(&bytes) {
+    async fn prepare(
+        &self,
+        plugin: &Settings,
+        bytes: &[u8],
+        source: SourceDigest,
+    ) -> Result<Prepared, LoadError> {
+        let (context, instrumented) = match snapshot::instrument(bytes) {
             Ok(instrumented) => instrumented,
             Err(error) => {
                 let reason = error::describe(&error);
                 tracing::warn!(plugin = &*plugin.name, %reason,
                     "cannot pre-initialise this plugin: it will run init in every session");
-                let component = self.compile(&bytes).map_err(|error| plugin.error(&error))?;
+                let component = self.compile(bytes).map_err(|error| plugin.error(&error))?;
                 return Ok(Prepared::AsIs(component));
             }
         };
         let component = self
-            .compile_instrumented(path, &instrumented)
+            .compile_instrumented(source, &instrumented)
             .map_err(|error| plugin.error(&error))?;
         let pre = self
             .on_demand
@@ -287,16 +293,55 @@ enum Prepared {
 }
 
 impl PluginRuntime {
-    /// Compiles the instrumented component of the file at `path`, once per file.
-    fn compile_instrumented(&self, path: &Path, bytes: &[u8]) -> wasmtime::Result<Component> {
-        if let Some(component) = self.instrumented.lock().expect("lock poisoned").get(path) {
+    /// Compiles the instrumented component of one file's contents, once per contents.
+    fn compile_instrumented(
+        &self,
+        source: SourceDigest,
+        bytes: &[u8],
+    ) -> wasmtime::Result<Component> {
+        if let Some(component) = self
+            .instrumented
+            .lock()
+            .expect("lock poisoned")
+            .get(&source)
+        {
             return Ok(component.clone());
         }
         let component = Component::new(&self.on_demand.engine, bytes)?;
         self.instrumented
             .lock()
             .expect("lock poisoned")
-            .insert(path.to_path_buf(), component.clone());
+            .insert(source, component.clone());
         Ok(component)
+    }
+
+    /// Drops what loading kept to share between entries of one configuration: a
+    /// reload loads only what changed, and would otherwise keep every old version's
+    /// compiled code.
+    pub fn forget_loaded_sources(&self) {
+        self.instrumented.lock().expect("lock poisoned").clear();
+        self.prepared.lock().expect("lock poisoned").clear();
+    }
+}
+
+/// The SHA-256 of a plugin file's contents: what tells a reload that a `.wasm` file
+/// changed, whatever its path and modification time say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SourceDigest([u8; 32]);
+
+impl SourceDigest {
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        use sha2::Digest;
+        Self(sha2::Sha256::digest(bytes).into())
+    }
+
+    /// The digest of the file at `path`.
+    pub fn of_file(path: &Path) -> Result<Self, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Self::of(&bytes))
     }
 }

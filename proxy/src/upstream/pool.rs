@@ -19,6 +19,8 @@ use crate::config::ReuseConfig;
 pub(crate) struct SessionPool {
     idle: Mutex<Vec<(UpstreamSession, Instant)>>,
     reuse: ReuseConfig,
+    /// A reload replaced the upstream: sessions given back are not kept.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl SessionPool {
@@ -27,6 +29,7 @@ impl SessionPool {
         Self {
             idle: Mutex::new(Vec::new()),
             reuse,
+            closed: Default::default(),
         }
     }
 
@@ -45,6 +48,7 @@ impl SessionPool {
     /// does not keep it; the caller then QUITs it.
     pub(crate) fn give_back(&self, session: UpstreamSession) -> Option<UpstreamSession> {
         if !self.reuse.enabled()
+            || self.closed.load(std::sync::atomic::Ordering::Relaxed)
             || session.uses() >= self.reuse.max_uses
             || session.is_identified()
             || session.is_stale()
@@ -68,6 +72,14 @@ impl SessionPool {
             .partition(|(_, since)| everything || since.elapsed() >= self.reuse.idle_timeout);
         *idle = kept;
         expired.into_iter().map(|(session, _)| session).collect()
+    }
+
+    /// Keeps no session from now on (a reload replaced the upstream or its
+    /// settings): the idle ones are returned for the caller to QUIT.
+    pub(crate) fn close(&self) -> Vec<UpstreamSession> {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.remove_expired(true)
     }
 
     /// How often the reaper should look for expired sessions.
