@@ -26,10 +26,10 @@
 //! Dependencies point one way. Each module imports only from those listed after it
 //! (a unit test below reads this list and the sources and holds them to it):
 //!
-//! - `server` → startup, listener, session, upstream, auth, client_limits, devupstream, dns, exporter, kv, telemetry, tls, log_limit, service, config
+//! - `server` → startup, listener, session, upstream, auth, client_limits, control, devupstream, dns, exporter, kv, plugin_host, telemetry, log_limit, service, config
 //! - `fuzzing` → auth, proxy_protocol, smtp
 //! - `replay` → startup, hooks, plugin_host, message, dns, smtp, config
-//! - `startup` → session, hooks, plugin_host, auth, dns, kv, telemetry, tls, config
+//! - `startup` → session, hooks, plugin_host, auth, control, dns, kv, telemetry, tls, config
 //! - `listener` → session, client, client_limits, log_limit, proxy_protocol, smtp, telemetry, config
 //! - `session` → hooks, plugin_host, upstream, auth, message, client, connection, dns, telemetry, tls, log_limit, smtp, config
 //! - `hooks` → plugin_host, auth, message, smtp, telemetry, config
@@ -48,6 +48,7 @@
 //! - `log_limit` →
 //! - `service` →
 //! - `exporter` →
+//! - `control` →
 //! - `telemetry` → smtp
 //! - `proxy_protocol` →
 //! - `smtp` →
@@ -62,6 +63,7 @@ mod client;
 mod client_limits;
 pub mod config;
 mod connection;
+pub mod control;
 mod devupstream;
 pub mod dns;
 mod exporter;

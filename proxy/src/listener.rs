@@ -11,7 +11,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore},
 };
-use tokio_util::task::TaskTracker;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, warn};
 
 use crate::{
@@ -63,18 +63,35 @@ impl Admission {
     }
 }
 
-/// Accepts connections on `socket` until the proxy stops accepting.
+/// What a listener's connections are served with. A reload replaces it whole, and
+/// each connection takes the one that is current when it is accepted.
+#[derive(Clone)]
+pub(crate) struct Serving {
+    pub(crate) listener: Arc<ListenerContext>,
+    pub(crate) context: Arc<SessionContext>,
+    pub(crate) admission: Admission,
+}
+
+/// Accepts connections on `socket` until `stop` (the proxy stops accepting, or a
+/// reload removed the listener), serving each with what `serving` gives then.
 pub(crate) async fn accept_loop(
-    listener: Arc<ListenerContext>,
     socket: TcpListener,
-    context: Arc<SessionContext>,
-    admission: Admission,
+    serving: impl Fn() -> Option<Serving>,
+    stop: CancellationToken,
     tracker: TaskTracker,
 ) {
     loop {
         let accepted = tokio::select! {
-            _ = context.shutdown.stopping.cancelled() => return,
+            _ = stop.cancelled() => return,
             accepted = socket.accept() => accepted,
+        };
+        let Some(Serving {
+            listener,
+            context,
+            admission,
+        }) = serving()
+        else {
+            return;
         };
         let (stream, address) = match accepted {
             Ok(accepted) => accepted,

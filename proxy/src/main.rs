@@ -32,6 +32,14 @@ enum Commands {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Check a configuration file as `check` does, then ask the proxy running with it
+    /// to reload it through `server.control_socket`, and print its answer (non-zero
+    /// when it refused: it then runs on as before).
+    Reload {
+        /// The configuration file the running proxy was started with.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Run a listener's plugin chain over a message file, offline, and print each
     /// plugin's verdict per stage and the resulting envelope and message.
     Replay {
@@ -138,6 +146,13 @@ fn main() -> ExitCode {
             };
             replay(&config, input)
         }
+        Commands::Reload { config: path } => match load(&path) {
+            Ok(config) => match check(&config) {
+                ExitCode::SUCCESS => reload(&path, &config),
+                failed => failed,
+            },
+            Err(code) => code,
+        },
         Commands::HashPassword => hash_password(),
         Commands::Run { config } => {
             let config = match load(&config) {
@@ -196,6 +211,32 @@ fn check(config: &Config) -> ExitCode {
 }
 
 /// Reads one line (the password) from standard input and prints its hash.
+fn reload(path: &std::path::Path, config: &Config) -> ExitCode {
+    use portcullis::control::{ReloadAnswer, ask_reload};
+    let Some(socket) = &config.server.control_socket else {
+        eprintln!(
+            "{}: server.control_socket is not set: set it (and restart), or send the proxy SIGHUP (systemctl reload portcullis), which reloads without an answer",
+            path.display()
+        );
+        return ExitCode::from(2);
+    };
+    match block_on(1, ask_reload(socket)) {
+        Ok(Ok(ReloadAnswer::Done(summary))) => {
+            println!("reloaded: {summary}");
+            ExitCode::SUCCESS
+        }
+        Ok(Ok(ReloadAnswer::Refused(reason))) => {
+            eprintln!("the running proxy refused the reload and runs on as before: {reason}");
+            ExitCode::FAILURE
+        }
+        Ok(Err(error)) => {
+            eprintln!("{error} (is the proxy running with this configuration?)");
+            ExitCode::FAILURE
+        }
+        Err(code) => code,
+    }
+}
+
 fn hash_password() -> ExitCode {
     let mut password = String::new();
     if let Err(error) = std::io::stdin().read_line(&mut password) {

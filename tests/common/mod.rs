@@ -173,6 +173,20 @@ impl Proxy {
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
+    /// Runs `portcullis reload` on the configuration file the proxy was started with
+    /// (in its folder, so a relative `server.control_socket` is found): whether it
+    /// succeeded, and what it printed (standard output, then standard error).
+    pub fn reload(&self) -> (bool, String) {
+        let output = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["reload", "--config", "portcullis.toml"])
+            .current_dir(&self.folder)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), text)
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         self.signal("TERM");

@@ -1,0 +1,203 @@
+//! A generation: everything a session starts with, made from one configuration — its
+//! listeners with their chains and AUTH files, the upstream, the limits. A reload
+//! builds the next generation beside the running one (plugins compiled and
+//! initialised off the accept path) and only then puts it in place; a session keeps
+//! the generation it started in to its end.
+//!
+//! What outlives a generation is carried over, not rebuilt: the plugins whose entry
+//! and file did not change, the engines, the counts of the client and AUTH limits,
+//! the key-value store, the upstream's idle sessions and extensions while the
+//! upstream stays the same.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use tokio::sync::Semaphore;
+
+use crate::{
+    auth::{checks::PasswordChecks, throttle::AuthThrottle},
+    client_limits::ClientLimits,
+    config::{Config, UpstreamTarget},
+    devupstream,
+    dns::Resolver,
+    kv::KvStore,
+    listener::{Admission, Serving},
+    plugin_host::LoadedPlugin,
+    session::{ListenerContext, SessionContext, Shutdown},
+    startup::{self, Engines, Prepared, StartError},
+    upstream::{Upstream, pool::SessionPool},
+};
+
+/// What every generation shares: the process's own state.
+pub(super) struct Lasting {
+    pub(super) signals: Shutdown,
+    /// Places under `server.max_connections`, over all generations.
+    pub(super) permits: Arc<Semaphore>,
+    pub(super) kv: Arc<KvStore>,
+}
+
+/// Everything sessions that start now are served with.
+pub(crate) struct Generation {
+    /// 1 for the configuration the proxy started with, one more for each reload.
+    pub(super) number: u64,
+    pub(super) config: Arc<Config>,
+    pub(super) context: Arc<SessionContext>,
+    /// Each listener, in configuration order.
+    pub(super) listeners: Vec<Serving>,
+    /// Which listener (index in `listeners`) each socket (by id) serves; set when
+    /// the sockets are assigned, before the generation is put in place.
+    pub(super) sockets: Vec<(u64, usize)>,
+    /// The plugins by name.
+    pub(super) plugins: BTreeMap<String, Arc<LoadedPlugin>>,
+    /// Where the upstream is (the development upstream's address when it is that).
+    upstream_address: String,
+    engines: Option<Engines>,
+    /// The global client limits, and the own limits of listeners by name.
+    shared_limits: Arc<ClientLimits>,
+    own_limits: BTreeMap<String, Arc<ClientLimits>>,
+}
+
+impl Generation {
+    /// Makes a generation of `config`, keeping from `previous` what did not change.
+    /// Fails, having changed nothing in use, when any part of it cannot be made.
+    pub(super) async fn build(
+        config: Config,
+        lasting: &Lasting,
+        previous: Option<&Generation>,
+    ) -> Result<Generation, StartError> {
+        let dns = match previous {
+            Some(previous) if previous.config.dns == config.dns => previous.context.dns.clone(),
+            _ => Arc::new(Resolver::new(&config.dns)),
+        };
+        let upstream_address = match (&config.upstream.target, previous) {
+            (UpstreamTarget::Address(address), _) => address.clone(),
+            (UpstreamTarget::Development(_), Some(previous))
+                if previous.config.upstream.target == config.upstream.target =>
+            {
+                previous.upstream_address.clone()
+            }
+            (UpstreamTarget::Development(folder), _) => devupstream::start(
+                folder.clone(),
+                &config.server.hostname,
+                lasting.signals.abort.clone(),
+            )
+            .await
+            .map_err(StartError::DevelopmentUpstream)?
+            .to_string(),
+        };
+        lasting.kv.set_max_entries(config.kv.max_entries);
+        let Prepared {
+            plugins,
+            server_tls,
+            upstream_tls,
+            listeners,
+            runtime: engines,
+        } = startup::prepare_reusing(
+            &config,
+            dns.clone(),
+            lasting.kv.clone(),
+            previous.and_then(|p| p.engines.as_ref()),
+        )
+        .await?;
+        let same_upstream = previous.filter(|p| p.upstream_address == upstream_address);
+        let capabilities = match same_upstream {
+            Some(previous) => previous.context.capabilities.clone(),
+            None => Arc::default(),
+        };
+        let pool = match same_upstream {
+            Some(previous) if previous.config.upstream == config.upstream => {
+                previous.context.pool.clone()
+            }
+            _ => Arc::new(SessionPool::new(config.upstream.reuse.clone())),
+        };
+        let throttle = match previous {
+            Some(previous) => previous
+                .context
+                .throttle
+                .reconfigured(config.auth_throttle.clone()),
+            None => AuthThrottle::new(config.auth_throttle.clone()),
+        };
+        let checks = match previous {
+            Some(previous)
+                if previous.config.auth_throttle.concurrent_checks
+                    == config.auth_throttle.concurrent_checks
+                    && previous.config.auth_throttle.check_timeout
+                        == config.auth_throttle.check_timeout =>
+            {
+                previous.context.checks.clone()
+            }
+            _ => Arc::new(PasswordChecks::new(
+                config.auth_throttle.concurrent_checks,
+                config.auth_throttle.check_timeout,
+            )),
+        };
+        let limits = |kept: Option<&Arc<ClientLimits>>, wanted| match kept {
+            Some(kept) => kept.reconfigured(wanted),
+            None => ClientLimits::new(wanted),
+        };
+        let shared_limits = limits(
+            previous.map(|p| &p.shared_limits),
+            config.client_limits.clone(),
+        );
+        let mut own_limits = BTreeMap::new();
+        for listener in &config.listeners {
+            if let Some(own) = &listener.client_limits {
+                let kept = previous.and_then(|p| p.own_limits.get(&listener.name));
+                own_limits.insert(listener.name.clone(), limits(kept, own.clone()));
+            }
+        }
+        let config = Arc::new(config);
+        let context = Arc::new(SessionContext {
+            config: config.clone(),
+            upstream: Arc::new(Upstream::new(
+                upstream_address.clone(),
+                config.upstream.clone(),
+                upstream_tls,
+            )),
+            capabilities,
+            pool,
+            shutdown: lasting.signals.clone(),
+            server_tls,
+            throttle,
+            checks,
+            dns,
+        });
+        let listeners = listeners
+            .into_iter()
+            .map(|listener: Arc<ListenerContext>| {
+                let clients = own_limits
+                    .get(&listener.config.name)
+                    .unwrap_or(&shared_limits)
+                    .clone();
+                Serving {
+                    listener,
+                    context: context.clone(),
+                    admission: Admission::new(lasting.permits.clone(), clients),
+                }
+            })
+            .collect();
+        Ok(Generation {
+            number: previous.map_or(1, |p| p.number + 1),
+            sockets: Vec::new(),
+            plugins,
+            config,
+            context,
+            listeners,
+            upstream_address,
+            engines,
+            shared_limits,
+            own_limits,
+        })
+    }
+
+    /// What connections on the socket `id` are served with, if a listener of this
+    /// generation uses it.
+    pub(super) fn serving(&self, id: u64) -> Option<Serving> {
+        let (_, index) = self.sockets.iter().find(|(socket, _)| *socket == id)?;
+        Some(self.listeners[*index].clone())
+    }
+
+    /// Every set of client limits in use, for the sweeps of ended rate windows.
+    pub(super) fn client_limits(&self) -> impl Iterator<Item = &Arc<ClientLimits>> {
+        std::iter::once(&self.shared_limits).chain(self.own_limits.values())
+    }
+}
