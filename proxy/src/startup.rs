@@ -10,7 +10,8 @@ use tracing::info;
 
 use crate::{
     auth::{
-        PolicyFileError, Reloadable, credentials::CredentialsFile, sender_logins::SenderLogins,
+        PolicyFileError, credentials::CredentialsFile, read_policy_file,
+        sender_logins::SenderLogins,
     },
     config::{Config, PluginConfig, TlsMode},
     dns::Resolver,
@@ -208,13 +209,13 @@ fn prepare_listeners(
         let credentials = auth
             .credentials
             .as_deref()
-            .map(|path| Reloadable::load(path, CredentialsFile::parse))
+            .map(|path| read_policy_file(path, CredentialsFile::parse).map(Arc::new))
             .transpose()
             .map_err(policy_file("credentials"))?;
         let sender_logins = auth
             .sender_logins
             .as_deref()
-            .map(|path| Reloadable::load(path, SenderLogins::parse))
+            .map(|path| read_policy_file(path, SenderLogins::parse).map(Arc::new))
             .transpose()
             .map_err(policy_file("sender_logins"))?;
         let verifier = match &auth.verifier {

@@ -14,11 +14,7 @@ pub(crate) mod throttle;
 
 pub use crate::smtp::Mechanism;
 
-use std::{
-    fmt,
-    path::{Path, PathBuf},
-    sync::{Arc, RwLock},
-};
+use std::{fmt, path::Path};
 
 /// A password. Its `Debug` and `Display` print a placeholder, so it cannot reach a
 /// log by accident, and its bytes are overwritten when it is dropped.
@@ -129,7 +125,9 @@ pub(crate) fn policy_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
         .map(|(index, line)| (index + 1, line))
 }
 
-fn read_policy_file<T>(path: &Path, parse: Parse<T>) -> Result<T, PolicyFileError> {
+/// Reads and parses a policy file (credentials, sender-login map), naming the file
+/// and the line when it cannot. A reload reads it again into a new generation.
+pub fn read_policy_file<T>(path: &Path, parse: Parse<T>) -> Result<T, PolicyFileError> {
     let text = std::fs::read_to_string(path).map_err(|source| PolicyFileError::Read {
         path: path.display().to_string(),
         source,
@@ -138,38 +136,6 @@ fn read_policy_file<T>(path: &Path, parse: Parse<T>) -> Result<T, PolicyFileErro
         path: path.display().to_string(),
         source,
     })
-}
-
-/// A policy file read at start-up and again on SIGHUP. A reload that fails keeps the
-/// contents in use.
-#[derive(Debug)]
-pub struct Reloadable<T> {
-    path: PathBuf,
-    current: RwLock<Arc<T>>,
-    parse: Parse<T>,
-}
-
-impl<T> Reloadable<T> {
-    /// Reads `path` and parses it with `parse`.
-    pub fn load(path: &Path, parse: Parse<T>) -> Result<Self, PolicyFileError> {
-        Ok(Self {
-            path: path.to_path_buf(),
-            current: RwLock::new(Arc::new(read_policy_file(path, parse)?)),
-            parse,
-        })
-    }
-
-    /// The contents in use.
-    pub fn get(&self) -> Arc<T> {
-        self.current.read().expect("lock poisoned").clone()
-    }
-
-    /// Reads the file again.
-    pub fn reload(&self) -> Result<(), PolicyFileError> {
-        let fresh = read_policy_file(&self.path, self.parse)?;
-        *self.current.write().expect("lock poisoned") = Arc::new(fresh);
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -188,20 +154,17 @@ mod tests {
     }
 
     #[test]
-    fn policy_files_name_file_and_line_and_a_failed_reload_keeps_the_old_contents() {
+    fn policy_files_name_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("policy");
         std::fs::write(&path, "# comment\n\n  one\ntwo\n").unwrap();
-        let file = Reloadable::load(&path, count_entries).unwrap();
-        assert_eq!(*file.get(), 2);
+        assert_eq!(read_policy_file(&path, count_entries).unwrap(), 2);
         std::fs::write(&path, "one\n\nbad\n").unwrap();
-        let error = file.reload().unwrap_err().to_string();
+        let error = read_policy_file(&path, count_entries)
+            .unwrap_err()
+            .to_string();
         assert!(error.ends_with("policy: line 3: bad entry"), "{error}");
-        assert_eq!(*file.get(), 2);
-        std::fs::write(&path, "one\ntwo\nthree\n").unwrap();
-        file.reload().unwrap();
-        assert_eq!(*file.get(), 3);
-        let missing = Reloadable::load(&dir.path().join("missing"), count_entries);
+        let missing = read_policy_file(&dir.path().join("missing"), count_entries);
         assert!(matches!(missing, Err(PolicyFileError::Read { .. })));
     }
 }

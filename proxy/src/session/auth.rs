@@ -217,7 +217,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         };
         if let Some(file) = &self.listener.credentials {
-            let (file, credentials, id) = (file.get(), credentials.clone(), self.id.clone());
+            let (file, credentials, id) = (file.clone(), credentials.clone(), self.id.clone());
             let checked = checks.run(turn, move |scratch| {
                 let check = file.check(&credentials.login, credentials.password.expose(), scratch);
                 debug!(session = %id, ?check, "password checked");
@@ -404,7 +404,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.listener
             .sender_logins
             .as_ref()
-            .is_none_or(|map| map.get().allows(self.login_name(), sender))
+            .is_none_or(|map| map.allows(self.login_name(), sender))
     }
 }
 

@@ -7,8 +7,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::{
-        Reloadable, checks::PasswordChecks, credentials::CredentialsFile,
-        sender_logins::SenderLogins, throttle::AuthThrottle,
+        checks::PasswordChecks, credentials::CredentialsFile, sender_logins::SenderLogins,
+        throttle::AuthThrottle,
     },
     config::{Config, ListenerConfig},
     dns::Resolver,
@@ -58,11 +58,11 @@ pub struct ListenerContext {
     /// Its plugin chain.
     pub chain: Arc<Chain>,
     /// Edge AUTH: logins and password hashes.
-    pub credentials: Option<Reloadable<CredentialsFile>>,
+    pub credentials: Option<Arc<CredentialsFile>>,
     /// Edge AUTH: the plugin that checks passwords instead.
     pub verifier: Option<Arc<LoadedPlugin>>,
     /// Which logins may use which senders.
-    pub sender_logins: Option<Reloadable<SenderLogins>>,
+    pub sender_logins: Option<Arc<SenderLogins>>,
     /// Its metrics.
     pub(crate) meters: ListenerMeters,
 }

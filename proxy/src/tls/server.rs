@@ -1,10 +1,9 @@
 //! The certificates offered to clients. Several certificates may be configured; the
 //! one whose names cover the client's SNI name is chosen (wildcards included), the
-//! first one otherwise. [`ServerTls::reload`] re-reads every file (on SIGHUP): a
-//! handshake after it gets the new certificates, sessions already encrypted carry on,
-//! and a reload that fails keeps the old set.
+//! first one otherwise. A reload loads them anew for its new generation: handshakes
+//! after it get the new certificates, sessions already encrypted carry on.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use rustls::{
     ServerConfig,
@@ -64,12 +63,12 @@ impl Loaded {
 /// Chooses a certificate by SNI from the current set.
 #[derive(Debug)]
 struct SniResolver {
-    current: RwLock<Arc<Vec<Loaded>>>,
+    certificates: Vec<Loaded>,
 }
 
 impl SniResolver {
     fn choose(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        let set = self.current.read().expect("lock poisoned").clone();
+        let set = &self.certificates;
         let chosen = server_name
             .and_then(|name| set.iter().find(|loaded| loaded.covers(name)))
             .or_else(|| set.first())?;
@@ -87,7 +86,6 @@ impl ResolvesServerCert for SniResolver {
 #[derive(Clone)]
 pub struct ServerTls {
     files: Vec<CertificateFiles>,
-    resolver: Arc<SniResolver>,
     acceptor: TlsAcceptor,
 }
 
@@ -103,25 +101,16 @@ impl ServerTls {
     /// Reads every certificate and key; TLS 1.2 is the oldest version offered.
     pub fn load(files: &[CertificateFiles]) -> Result<Self, TlsError> {
         let resolver = Arc::new(SniResolver {
-            current: RwLock::new(Arc::new(read_all(files)?)),
+            certificates: read_all(files)?,
         });
         let config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_no_client_auth()
-            .with_cert_resolver(resolver.clone());
+            .with_cert_resolver(resolver);
         Ok(Self {
             files: files.to_vec(),
-            resolver,
             acceptor: TlsAcceptor::from(Arc::new(config)),
         })
-    }
-
-    /// Re-reads the files. On error the certificates in use stay.
-    pub fn reload(&self) -> Result<usize, TlsError> {
-        let set = read_all(&self.files)?;
-        let count = set.len();
-        *self.resolver.current.write().expect("lock poisoned") = Arc::new(set);
-        Ok(count)
     }
 
     /// Runs server handshakes.
@@ -165,8 +154,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = write_certificate(dir.path(), &["mail.example.org"]);
         let second = write_certificate(dir.path(), &["*.example.net", "smtp.example.com"]);
-        let tls = ServerTls::load(&[first.clone(), second.clone()]).unwrap();
-        let pick = |name: Option<&str>| leaf_of(&tls.resolver.choose(name).unwrap());
+        let resolver = SniResolver {
+            certificates: read_all(&[first.clone(), second.clone()]).unwrap(),
+        };
+        let pick = |name: Option<&str>| leaf_of(&resolver.choose(name).unwrap());
         let first_leaf = pick(Some("mail.example.org"));
         let second_leaf = pick(Some("smtp.example.com"));
         assert_ne!(first_leaf, second_leaf);
@@ -176,7 +167,7 @@ mod tests {
     }
 
     #[test]
-    fn bad_files_name_the_file_and_reload_keeps_the_old_set() {
+    fn bad_files_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let good = write_certificate(dir.path(), &["mail.example.org"]);
         let other = write_certificate(dir.path(), &["other.example.org"]);
@@ -192,15 +183,5 @@ mod tests {
         };
         let error = ServerTls::load(&[missing]).unwrap_err().to_string();
         assert!(error.contains("missing.crt"), "{error}");
-
-        let tls = ServerTls::load(std::slice::from_ref(&good)).unwrap();
-        let before = leaf_of(&tls.resolver.choose(None).unwrap());
-        std::fs::write(&good.cert, "not a certificate").unwrap();
-        assert!(tls.reload().is_err());
-        assert_eq!(leaf_of(&tls.resolver.choose(None).unwrap()), before);
-        let renewed = write_certificate(dir.path(), &["mail.example.org"]);
-        assert_eq!(renewed.cert, good.cert);
-        assert_eq!(tls.reload().unwrap(), 1);
-        assert_ne!(leaf_of(&tls.resolver.choose(None).unwrap()), before);
     }
 }
