@@ -123,9 +123,8 @@ pub struct Prepared {
 /// plugins into them and keep the plugins that did not change.
 #[derive(Clone)]
 pub(crate) struct Engines {
-    runtime: Arc<PluginRuntime>,
+    pub(crate) runtime: Arc<PluginRuntime>,
     capacity: Capacity,
-    dns: Arc<Resolver>,
     plugins: BTreeMap<String, (PluginConfig, Arc<LoadedPlugin>)>,
 }
 
@@ -140,7 +139,9 @@ pub async fn prepare(
 
 /// [`prepare`], for a reload: plugins whose entry and file did not change since
 /// `previous` are kept as they are (not compiled or initialised again) as long as
-/// the engines can stay (same capacity and resolver).
+/// the engines can stay (same capacity). Reused engines go on with the resolver
+/// they have until the caller, once the whole reload succeeded, gives them `dns`
+/// ([`PluginRuntime::use_resolver`]).
 pub(crate) async fn prepare_reusing(
     config: &Config,
     dns: Arc<Resolver>,
@@ -288,17 +289,31 @@ async fn load_plugins_reusing(
             .max()
             .unwrap_or(0),
     };
-    let previous = previous.filter(|p| p.capacity == capacity && Arc::ptr_eq(&p.dns, &dns));
+    let previous = previous.filter(|p| p.capacity == capacity);
     let runtime = match previous {
         Some(previous) => previous.runtime.clone(),
-        None => PluginRuntime::new(dns.clone(), capacity, kv).map_err(StartError::Runtime)?,
+        None => PluginRuntime::new(dns, capacity, kv).map_err(StartError::Runtime)?,
     };
     let mut engines = Engines {
         runtime: runtime.clone(),
         capacity,
-        dns,
         plugins: BTreeMap::new(),
     };
+    let loaded_all = load_each(config, previous, &mut engines, &mut loaded).await;
+    // Kept or not, what this load compiled is in the plugins now, or not needed.
+    runtime.forget_loaded_sources();
+    loaded_all?;
+    Ok((loaded, Some(engines)))
+}
+
+/// Loads each plugin of `config` into `engines` (or keeps it from `previous`).
+async fn load_each(
+    config: &Config,
+    previous: Option<&Engines>,
+    engines: &mut Engines,
+    loaded: &mut BTreeMap<String, Arc<LoadedPlugin>>,
+) -> Result<(), StartError> {
+    let runtime = engines.runtime.clone();
     for (name, entry) in &config.plugins {
         let key = match entry.line {
             Some(line) => format!("line {line}: plugins.{name}"),
@@ -324,8 +339,7 @@ async fn load_plugins_reusing(
             .insert(name.clone(), (entry.clone(), plugin.clone()));
         loaded.insert(name.clone(), plugin);
     }
-    runtime.forget_loaded_sources();
-    Ok((loaded, Some(engines)))
+    Ok(())
 }
 
 /// The plugin `previous` loaded for `name`, if its entry is the same (apart from

@@ -53,13 +53,19 @@ impl AuthThrottle {
     }
 
     /// A throttle by `config` over the same counts: a reload forgets no failure.
+    /// Its `max_clients` applies once [`Self::take_effect`] is called.
     pub(crate) fn reconfigured(&self, config: ThrottleConfig) -> Self {
-        if let Some(room) = std::num::NonZeroUsize::new(config.max_clients) {
-            self.counts.set_max_entries(room);
-        }
         Self {
             counts: self.counts.clone(),
             config,
+        }
+    }
+
+    /// Sizes the shared counts by this throttle's `max_clients` (a reload put it in
+    /// place).
+    pub(crate) fn take_effect(&self) {
+        if let Some(room) = std::num::NonZeroUsize::new(self.config.max_clients) {
+            self.counts.set_max_entries(room);
         }
     }
 

@@ -25,8 +25,9 @@ use hickory_resolver::proto::rr::{RData, RecordType};
 pub(super) struct Services {
     /// The key-value store.
     pub kv: Arc<KvStore>,
-    /// The DNS resolver.
-    pub dns: Arc<Resolver>,
+    /// The DNS resolver: the current generation's, so a reload that reads new
+    /// resolver settings needs no new engines.
+    pub dns: Arc<std::sync::RwLock<Arc<Resolver>>>,
 }
 
 /// An instance's memory cap (`memory_mb`), which remembers having refused to grow the
@@ -275,7 +276,7 @@ impl PluginState {
             .deadline
             .saturating_duration_since(Instant::now())
             .saturating_sub(DNS_MARGIN);
-        let resolver = self.services.dns.clone();
+        let resolver = self.services.dns.read().expect("lock poisoned").clone();
         let result = resolver.lookup(name, kind, budget).await;
         tracing::debug!(plugin = &*self.plugin, session = %self.session, %name, ?kind, ok = result.is_ok(), "DNS lookup");
         result.map_err(|error| match error {
@@ -398,7 +399,7 @@ mod tests {
     fn the_session_version_changes_only_with_the_session() {
         let services = Services {
             kv: Arc::new(KvStore::default()),
-            dns: Arc::new(Resolver::offline()),
+            dns: Arc::new(std::sync::RwLock::new(Arc::new(Resolver::offline()))),
         };
         let mut state = PluginState::new("p".into(), "s1", StoreLimits::default(), services);
         let first = state.session_version(&session(None));

@@ -113,7 +113,10 @@ impl PluginRuntime {
         let runtime = Arc::new(PluginRuntime {
             on_demand: Backend::new(&compiled, None)?,
             pool,
-            services: host::Services { kv, dns },
+            services: host::Services {
+                kv,
+                dns: Arc::new(std::sync::RwLock::new(dns)),
+            },
             instrumented: Default::default(),
             prepared: Default::default(),
             ticker: Arc::default(),
@@ -313,6 +316,12 @@ impl PluginRuntime {
             .expect("lock poisoned")
             .insert(source, component.clone());
         Ok(component)
+    }
+
+    /// Makes plugins look names up through `dns` from now on (a reload read new
+    /// resolver settings).
+    pub fn use_resolver(&self, dns: Arc<Resolver>) {
+        *self.services.dns.write().expect("lock poisoned") = dns;
     }
 
     /// Drops what loading kept to share between entries of one configuration: a

@@ -7,7 +7,8 @@
 //! What outlives a generation is carried over, not rebuilt: the plugins whose entry
 //! and file did not change, the engines, the counts of the client and AUTH limits,
 //! the key-value store, the upstream's idle sessions and extensions while the
-//! upstream stays the same.
+//! upstream stays the same. Building changes nothing in use; what must change
+//! outside the generation waits for [`Generation::take_effect`].
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -64,10 +65,22 @@ impl Generation {
         lasting: &Lasting,
         previous: Option<&Generation>,
     ) -> Result<Generation, StartError> {
-        let dns = match previous {
-            Some(previous) if previous.config.dns == config.dns => previous.context.dns.clone(),
-            _ => Arc::new(Resolver::new(&config.dns)),
-        };
+        // Read anew: the system's resolver settings and the hosts file may have changed.
+        let dns = Arc::new(Resolver::new(&config.dns));
+        let Prepared {
+            plugins,
+            server_tls,
+            upstream_tls,
+            listeners,
+            runtime: engines,
+        } = startup::prepare_reusing(
+            &config,
+            dns.clone(),
+            lasting.kv.clone(),
+            previous.and_then(|p| p.engines.as_ref()),
+        )
+        .await?;
+        // After the plugins: a reload that fails there starts no upstream.
         let upstream_address = match (&config.upstream.target, previous) {
             (UpstreamTarget::Address(address), _) => address.clone(),
             (UpstreamTarget::Development(_), Some(previous))
@@ -84,20 +97,6 @@ impl Generation {
             .map_err(StartError::DevelopmentUpstream)?
             .to_string(),
         };
-        lasting.kv.set_max_entries(config.kv.max_entries);
-        let Prepared {
-            plugins,
-            server_tls,
-            upstream_tls,
-            listeners,
-            runtime: engines,
-        } = startup::prepare_reusing(
-            &config,
-            dns.clone(),
-            lasting.kv.clone(),
-            previous.and_then(|p| p.engines.as_ref()),
-        )
-        .await?;
         let same_upstream = previous.filter(|p| p.upstream_address == upstream_address);
         let capabilities = match same_upstream {
             Some(previous) => previous.context.capabilities.clone(),
@@ -187,6 +186,16 @@ impl Generation {
             shared_limits,
             own_limits,
         })
+    }
+
+    /// What must change outside the generation once it is put in place: the
+    /// store sizes and the resolver the (kept) plugin engines use.
+    pub(super) fn take_effect(&self, lasting: &Lasting) {
+        lasting.kv.set_max_entries(self.config.kv.max_entries);
+        self.context.throttle.take_effect();
+        if let Some(engines) = &self.engines {
+            engines.runtime.use_resolver(self.context.dns.clone());
+        }
     }
 
     /// What connections on the socket `id` are served with, if a listener of this

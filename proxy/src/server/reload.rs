@@ -215,6 +215,7 @@ impl Reloader {
             .assign(&mut next, &self.lasting.signals.stopping)
             .await?;
         // Nothing below fails: the new generation goes in whole.
+        next.take_effect(&self.lasting);
         for warning in &warnings {
             warn!("configuration: {warning}");
         }
