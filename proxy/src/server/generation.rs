@@ -73,11 +73,11 @@ impl Generation {
             upstream_tls,
             listeners,
             runtime: engines,
-        } = startup::prepare_reusing(
-            &config,
+        } = prepare_off_the_workers(
+            config.clone(),
             dns.clone(),
             lasting.kv.clone(),
-            previous.and_then(|p| p.engines.as_ref()),
+            previous.and_then(|p| p.engines.clone()),
         )
         .await?;
         // After the plugins: a reload that fails there starts no upstream.
@@ -208,5 +208,30 @@ impl Generation {
     /// Every set of client limits in use, for the sweeps of ended rate windows.
     pub(super) fn client_limits(&self) -> impl Iterator<Item = &Arc<ClientLimits>> {
         std::iter::once(&self.shared_limits).chain(self.own_limits.values())
+    }
+}
+
+/// Loads what `config` names on a blocking thread: compiling a plugin takes a core
+/// for 50–200 ms, which on a runtime worker would stall every session scheduled
+/// there (and the accept loops). The future still uses the proxy's runtime for its
+/// timers and I/O.
+async fn prepare_off_the_workers(
+    config: Config,
+    dns: Arc<Resolver>,
+    kv: Arc<KvStore>,
+    previous: Option<Engines>,
+) -> Result<Prepared, StartError> {
+    let runtime = tokio::runtime::Handle::current();
+    let loading = tokio::task::spawn_blocking(move || {
+        runtime.block_on(startup::prepare_reusing(
+            &config,
+            dns,
+            kv,
+            previous.as_ref(),
+        ))
+    });
+    match loading.await {
+        Ok(prepared) => prepared,
+        Err(failed) => std::panic::resume_unwind(failed.into_panic()),
     }
 }

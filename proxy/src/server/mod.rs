@@ -199,7 +199,7 @@ async fn refresh_capabilities(mut current: Current, readiness: Arc<Readiness>) {
             _ = context.shutdown.stopping.cancelled() => return,
             _ = tokio::time::sleep(interval.min(Duration::from_secs(60))) => {}
             // A reload may have put another upstream in place: probe it now.
-            _ = current.changed() => {}
+            Ok(()) = current.changed() => {}
         }
     }
 }

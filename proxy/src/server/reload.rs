@@ -339,7 +339,9 @@ pub(super) async fn on_sighup(mut hangups: Signal, reloader: Arc<Mutex<Reloader>
 pub(super) async fn answer(reloader: &Mutex<Reloader>) -> ReloadAnswer {
     let mut reloader = reloader.lock().await;
     service::reloading();
+    let started = std::time::Instant::now();
     let outcome = reloader.reload().await;
+    let elapsed_ms = started.elapsed().as_millis() as u64;
     service::ready();
     let label = if outcome.is_ok() { "ok" } else { "failed" };
     if telemetry::on() {
@@ -347,11 +349,11 @@ pub(super) async fn answer(reloader: &Mutex<Reloader>) -> ReloadAnswer {
     }
     match outcome {
         Ok(summary) => {
-            info!(%summary, "reloaded");
+            info!(%summary, elapsed_ms, "reloaded");
             ReloadAnswer::Done(summary)
         }
         Err(error) => {
-            warn!(%error, "reload failed; nothing changed");
+            warn!(%error, elapsed_ms, "reload failed; nothing changed");
             ReloadAnswer::Refused(error.to_string())
         }
     }
