@@ -202,6 +202,66 @@ impl MessageOutcome {
     }
 }
 
+/// The `hook` labels of `portcullis_plugin_calls_total`, in the order of the hook
+/// stages (connect first).
+pub(crate) const HOOKS: [&str; 7] = [
+    "connect",
+    "helo",
+    "auth",
+    "mail",
+    "rcpt",
+    "data",
+    "session-end",
+];
+/// Its `verdict` labels; `failed` is a call that ended in a fault.
+pub(crate) const VERDICTS: [&str; 7] = [
+    "continue",
+    "accept",
+    "reject",
+    "tempfail",
+    "discard",
+    "disconnect",
+    "failed",
+];
+
+/// One plugin's call counters and latency histograms, each made on its first use
+/// (so only series that happen show up) and kept, so that counting a call is an
+/// atomic add rather than a lookup in the recorder's registry.
+#[derive(Debug)]
+pub(crate) struct PluginMeters {
+    plugin: std::sync::Arc<str>,
+    calls: [[OnceLock<Counter>; VERDICTS.len()]; HOOKS.len()],
+    latency: [OnceLock<Histogram>; HOOKS.len()],
+}
+
+impl PluginMeters {
+    pub(crate) fn new(plugin: std::sync::Arc<str>) -> Self {
+        Self {
+            plugin,
+            calls: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
+            latency: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    /// Counts a call of the hook `hook` (index into [`HOOKS`]) that ended in
+    /// `verdict` (index into [`VERDICTS`]) after `seconds`.
+    pub(crate) fn call(&self, hook: usize, verdict: usize, seconds: f64) {
+        if !on() {
+            return;
+        }
+        let (hook, verdict) = (hook.min(HOOKS.len() - 1), verdict.min(VERDICTS.len() - 1));
+        let plugin = || metrics::SharedString::from_shared(self.plugin.clone());
+        self.calls[hook][verdict]
+            .get_or_init(|| {
+                counter!(PLUGIN_CALLS, "plugin" => plugin(), "hook" => HOOKS[hook], "verdict" => VERDICTS[verdict])
+            })
+            .increment(1);
+        self.latency[hook]
+            .get_or_init(|| histogram!(PLUGIN_CALL, "plugin" => plugin(), "hook" => HOOKS[hook]))
+            .record(seconds);
+    }
+}
+
 /// One listener's handles, made at start-up so counting a session or a message is
 /// an atomic add.
 #[derive(Debug, Clone)]

@@ -3,7 +3,7 @@
 
 use std::{future::Future, pin::Pin, time::Instant};
 
-use metrics::{counter, histogram};
+use metrics::counter;
 
 use tracing::{debug, info, warn};
 
@@ -18,7 +18,8 @@ use crate::{
     telemetry,
 };
 
-/// The stage being dispatched, for logs and for which hook flag applies.
+/// The stage being dispatched, for logs and for which hook flag applies. In the
+/// order of [`telemetry::HOOKS`], which `stage as usize` indexes.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Stage {
     Connect,
@@ -111,15 +112,13 @@ impl SessionHooks {
         outcome: &Result<(view::Verdict, T), PluginError>,
         took: std::time::Duration,
     ) {
-        let plugin = metrics::SharedString::from_shared(self.chain.plugins[index].name.clone());
         let verdict = match outcome {
-            Ok((verdict, _)) => verdict_label(verdict),
-            Err(_) => "failed",
+            Ok((verdict, _)) => verdict_index(verdict),
+            Err(_) => telemetry::VERDICTS.len() - 1,
         };
-        counter!(telemetry::PLUGIN_CALLS, "plugin" => plugin.clone(), "hook" => stage.name(), "verdict" => verdict)
-            .increment(1);
-        histogram!(telemetry::PLUGIN_CALL, "plugin" => plugin, "hook" => stage.name())
-            .record(took.as_secs_f64());
+        self.chain.plugins[index]
+            .meters
+            .call(stage as usize, verdict, took.as_secs_f64());
     }
 
     /// Logs a failed call, drops that instance, and returns the plugin's policy.
@@ -221,14 +220,15 @@ impl SessionHooks {
 }
 
 /// A verdict's label in the metrics.
-fn verdict_label(verdict: &view::Verdict) -> &'static str {
+/// Where `verdict` is in [`telemetry::VERDICTS`].
+fn verdict_index(verdict: &view::Verdict) -> usize {
     match verdict {
-        view::Verdict::Continue => "continue",
-        view::Verdict::Accept => "accept",
-        view::Verdict::Reject(_) => "reject",
-        view::Verdict::Tempfail(_) => "tempfail",
-        view::Verdict::Discard => "discard",
-        view::Verdict::Disconnect(_) => "disconnect",
+        view::Verdict::Continue => 0,
+        view::Verdict::Accept => 1,
+        view::Verdict::Reject(_) => 2,
+        view::Verdict::Tempfail(_) => 3,
+        view::Verdict::Discard => 4,
+        view::Verdict::Disconnect(_) => 5,
     }
 }
 

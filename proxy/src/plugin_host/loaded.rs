@@ -38,6 +38,8 @@ pub struct LoadedPlugin {
     pub(super) shared: Option<std::sync::Mutex<Vec<PluginInstance>>>,
     /// The contents of the file it was loaded from.
     pub(super) source: super::SourceDigest,
+    /// Its calls, counted.
+    pub(crate) meters: telemetry::PluginMeters,
 }
 
 /// Idle instances a shared plugin keeps for the next calls. More than this are only

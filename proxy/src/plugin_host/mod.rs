@@ -207,6 +207,7 @@ impl PluginRuntime {
             init_per_instance: hooks.is_none(),
             shared: None,
             source,
+            meters: crate::telemetry::PluginMeters::new(name.into()),
         };
         // One instance now: a plugin that cannot start within its limits (or whose
         // `init` refuses its configuration) stops start-up, not a session.

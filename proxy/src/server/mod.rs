@@ -84,7 +84,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             signals.abort.clone(),
         ));
     }
-    let control_socket = match &config.server.control_socket {
+    let control_path = config.server.control_socket.clone();
+    let control_socket = match &control_path {
         Some(path) => Some(
             control::bind(path)
                 .await
@@ -139,6 +140,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     signals.abort.cancel();
     let _ = reaper.await;
+    if let Some(path) = control_path {
+        let _ = std::fs::remove_file(path);
+    }
     info!("stopped");
     Ok(())
 }

@@ -17,7 +17,7 @@ use metrics::counter;
 use tokio::{
     net::TcpListener,
     signal::unix::Signal,
-    sync::{Mutex, watch},
+    sync::{Mutex, Semaphore, watch},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
@@ -222,7 +222,8 @@ impl Reloader {
         for key in &restart_only {
             warn!(key = %key, "this setting changes only when the proxy restarts; the rest was reloaded");
         }
-        self.resize_connection_limit(
+        resize_limit(
+            &self.lasting.permits,
             previous.config.server.max_connections,
             next.config.server.max_connections,
         );
@@ -257,25 +258,24 @@ impl Reloader {
         ));
         self.sockets.bound.push(socket);
     }
+}
 
-    /// Makes `server.max_connections` the new limit over all sessions, those of
-    /// earlier generations included: places are added at once, or taken away as
-    /// sessions end.
-    fn resize_connection_limit(&self, was: usize, now: usize) {
-        let permits = &self.lasting.permits;
-        if now > was {
-            permits.add_permits(now - was);
-        } else if now < was {
-            let owed = (was - now) - permits.forget_permits(was - now);
-            if owed > 0 {
-                let permits = permits.clone();
-                let owed = u32::try_from(owed).unwrap_or(u32::MAX);
-                tokio::spawn(async move {
-                    if let Ok(taken) = permits.acquire_many_owned(owed).await {
-                        taken.forget();
-                    }
-                });
-            }
+/// Makes `now` the limit of `permits`, which was `was`, over all holders, those from
+/// before included: places are added at once, or taken away as holders give theirs
+/// back (a place given back goes to the debt first).
+fn resize_limit(permits: &Arc<Semaphore>, was: usize, now: usize) {
+    if now > was {
+        permits.add_permits(now - was);
+    } else if now < was {
+        let owed = (was - now) - permits.forget_permits(was - now);
+        if owed > 0 {
+            let permits = permits.clone();
+            let owed = u32::try_from(owed).unwrap_or(u32::MAX);
+            tokio::spawn(async move {
+                if let Ok(taken) = permits.acquire_many_owned(owed).await {
+                    taken.forget();
+                }
+            });
         }
     }
 }
@@ -356,5 +356,31 @@ pub(super) async fn answer(reloader: &Mutex<Reloader>) -> ReloadAnswer {
             warn!(%error, elapsed_ms, "reload failed; nothing changed");
             ReloadAnswer::Refused(error.to_string())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_lower_connection_limit_counts_the_sessions_already_open() {
+        let permits = Arc::new(Semaphore::new(10));
+        let open: Vec<_> = (0..6)
+            .map(|_| permits.clone().try_acquire_owned().unwrap())
+            .collect();
+        resize_limit(&permits, 10, 2);
+        tokio::task::yield_now().await;
+        assert_eq!(permits.available_permits(), 0);
+        let mut open = open.into_iter();
+        // Four sessions end: they pay the debt; the two left fill the new limit.
+        open.by_ref().take(4).for_each(drop);
+        tokio::task::yield_now().await;
+        assert_eq!(permits.available_permits(), 0);
+        open.for_each(drop);
+        tokio::task::yield_now().await;
+        assert_eq!(permits.available_permits(), 2);
+        resize_limit(&permits, 2, 5);
+        assert_eq!(permits.available_permits(), 5);
     }
 }
