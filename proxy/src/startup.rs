@@ -110,7 +110,7 @@ pub struct Prepared {
     /// Every configured plugin, loaded, by name.
     pub plugins: BTreeMap<String, Arc<LoadedPlugin>>,
     /// The engines they run on, and what they were set up for.
-    pub(crate) runtime: Option<Engines>,
+    pub(crate) engines: Option<Engines>,
     /// The certificates for client TLS, if any listener uses TLS.
     pub server_tls: Option<ServerTls>,
     /// The connector for TLS toward the upstream, if `upstream.tls` asks for it.
@@ -148,13 +148,13 @@ pub(crate) async fn prepare_reusing(
     kv: Arc<KvStore>,
     previous: Option<&Engines>,
 ) -> Result<Prepared, StartError> {
-    let (plugins, runtime) = load_plugins_reusing(config, dns, kv, previous).await?;
+    let (plugins, engines) = load_plugins_reusing(config, dns, kv, previous).await?;
     let server_tls = server_tls(config)?;
     let upstream_tls = upstream_tls(config)?;
     let listeners = prepare_listeners(config, &plugins)?;
     Ok(Prepared {
         plugins,
-        runtime,
+        engines,
         server_tls,
         upstream_tls,
         listeners,

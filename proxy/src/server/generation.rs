@@ -72,7 +72,7 @@ impl Generation {
             server_tls,
             upstream_tls,
             listeners,
-            runtime: engines,
+            engines,
         } = prepare_off_the_workers(
             config.clone(),
             dns.clone(),

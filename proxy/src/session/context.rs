@@ -28,7 +28,8 @@ pub(crate) struct Shutdown {
     pub abort: CancellationToken,
 }
 
-/// What all sessions share.
+/// What the sessions of one generation share (a reload makes the next one; a
+/// session keeps its own to its end).
 #[derive(Debug)]
 pub(crate) struct SessionContext {
     /// The validated configuration.
@@ -43,7 +44,7 @@ pub(crate) struct SessionContext {
     pub shutdown: Shutdown,
     /// The certificates for client TLS (`None` when no listener uses TLS).
     pub server_tls: Option<ServerTls>,
-    /// Failed-AUTH counting, shared by all sessions.
+    /// Failed-AUTH counting, shared by all sessions (its counts outlive reloads).
     pub throttle: AuthThrottle,
     /// The threads that check passwords, and the turns to use them.
     pub checks: Arc<PasswordChecks>,
