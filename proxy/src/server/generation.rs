@@ -73,13 +73,19 @@ impl Generation {
             upstream_tls,
             listeners,
             engines,
-        } = prepare_off_the_workers(
-            config.clone(),
-            dns.clone(),
-            lasting.kv.clone(),
-            previous.and_then(|p| p.engines.clone()),
-        )
-        .await?;
+        } = match previous {
+            // At start-up nothing is served yet: no worker to keep free.
+            None => startup::prepare(&config, dns.clone(), lasting.kv.clone()).await?,
+            Some(previous) => {
+                prepare_off_the_workers(
+                    config.clone(),
+                    dns.clone(),
+                    lasting.kv.clone(),
+                    previous.engines.clone(),
+                )
+                .await?
+            }
+        };
         // After the plugins: a reload that fails there starts no upstream.
         let upstream_address = match (&config.upstream.target, previous) {
             (UpstreamTarget::Address(address), _) => address.clone(),
