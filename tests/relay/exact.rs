@@ -103,12 +103,17 @@ fn a_25_megabyte_message_streams_through_unchanged() {
         body.extend_from_slice(b".dot line\r\n");
     }
     let wire = stuff(&body);
+    let before = proxy.peak_rss_kib();
     let reply = client.send_message("a@example.org", &["b@example.com"], &wire);
     assert_eq!(reply.code, 250, "{reply:?}");
     assert_eq!(upstream.wait_messages(1)[0], wire);
-    // Streamed, not held: the proxy's peak memory stays far below the message size.
+    // Streamed, not held: the message raises the proxy's peak memory by far less
+    // than its size (the peak before it depends on the build, not on the relay).
     let peak = proxy.peak_rss_kib();
-    assert!(peak < 16 * 1024, "peak RSS {peak} KiB for a 25 MB message");
+    assert!(
+        peak - before < 8 * 1024,
+        "peak RSS {before} KiB before, {peak} KiB after a 25 MB message"
+    );
 }
 
 #[test]
