@@ -244,6 +244,12 @@ pub fn dns_answer(kind: &str, name: &str, answer: Result<Vec<String>, DnsError>)
     });
 }
 
+/// Makes every key-value call fail with `error` from now on (a shared store that is
+/// slow or down), or work again with `None`: for testing what a plugin does then.
+pub fn kv_fails(error: Option<crate::kv::KvError>) {
+    host::with(|state| state.kv_down = error);
+}
+
 /// Sets the clock the plugin sees (milliseconds since the epoch).
 pub fn set_now_ms(now: u64) {
     host::with(|state| state.now_ms = now);
@@ -271,6 +277,8 @@ pub mod host {
     #[derive(Default)]
     pub struct State {
         pub kv: HashMap<String, (Vec<u8>, Option<u64>)>,
+        /// Set while the store is "down": every key-value call fails with it.
+        pub kv_down: Option<crate::kv::KvError>,
         /// The current session's store (see `crate::session_store`).
         pub session_store: HashMap<String, Vec<u8>>,
         pub dns: HashMap<(String, String), Result<Vec<String>, DnsError>>,
@@ -331,6 +339,13 @@ pub mod host {
 
     pub mod kv {
         use super::with;
+        pub use crate::kv::KvError;
+
+        /// The failure every call gives while the store is "down" (see
+        /// `crate::testing::kv_fails`).
+        fn down() -> Result<(), KvError> {
+            with(|state| state.kv_down.map_or(Ok(()), Err))
+        }
 
         fn live(state: &mut super::State, key: &str) -> Option<Vec<u8>> {
             let now = state.now_ms;
@@ -344,19 +359,23 @@ pub mod host {
             }
         }
 
-        pub fn get(key: &str) -> Option<Vec<u8>> {
-            with(|state| live(state, key))
+        pub fn get(key: &str) -> Result<Option<Vec<u8>>, KvError> {
+            down()?;
+            Ok(with(|state| live(state, key)))
         }
 
-        pub fn set(key: &str, value: &[u8], ttl_ms: Option<u64>) {
+        pub fn set(key: &str, value: &[u8], ttl_ms: Option<u64>) -> Result<(), KvError> {
+            down()?;
             with(|state| {
                 let expiry = ttl_ms.map(|ttl| state.now_ms + ttl);
                 state.kv.insert(key.to_string(), (value.to_vec(), expiry));
             });
+            Ok(())
         }
 
-        pub fn incr(key: &str, delta: i64, ttl_ms: Option<u64>) -> i64 {
-            with(|state| {
+        pub fn incr(key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, KvError> {
+            down()?;
+            Ok(with(|state| {
                 let current = live(state, key);
                 let number = current
                     .as_deref()
@@ -371,11 +390,14 @@ pub mod host {
                     .kv
                     .insert(key.to_string(), (number.to_string().into_bytes(), expiry));
                 number
-            })
+            }))
         }
 
-        pub fn delete(key: &str) -> bool {
-            with(|state| live(state, key).is_some() && state.kv.remove(key).is_some())
+        pub fn delete(key: &str) -> Result<bool, KvError> {
+            down()?;
+            Ok(with(|state| {
+                live(state, key).is_some() && state.kv.remove(key).is_some()
+            }))
         }
     }
 
@@ -433,15 +455,28 @@ mod tests {
     fn the_test_key_value_store_counts_and_expires() {
         reset();
         set_now_ms(1_000);
-        assert_eq!(crate::kv::incr("k", 1, Some(Duration::from_secs(10))), 1);
-        assert_eq!(crate::kv::incr("k", 2, Some(Duration::from_secs(10))), 3);
+        assert_eq!(
+            crate::kv::incr("k", 1, Some(Duration::from_secs(10))),
+            Ok(1)
+        );
+        assert_eq!(
+            crate::kv::incr("k", 2, Some(Duration::from_secs(10))),
+            Ok(3)
+        );
         set_now_ms(10_999);
-        assert_eq!(crate::kv::get("k"), Some(b"3".to_vec()));
+        assert_eq!(crate::kv::get("k"), Ok(Some(b"3".to_vec())));
         set_now_ms(11_000);
-        assert_eq!(crate::kv::get("k"), None);
-        assert_eq!(crate::kv::incr("k", 1, None), 1);
-        assert!(crate::kv::delete("k"));
-        assert!(!crate::kv::delete("k"));
+        assert_eq!(crate::kv::get("k"), Ok(None));
+        assert_eq!(crate::kv::incr("k", 1, None), Ok(1));
+        assert_eq!(crate::kv::delete("k"), Ok(true));
+        assert_eq!(crate::kv::delete("k"), Ok(false));
+        kv_fails(Some(crate::kv::KvError::Timeout));
+        assert_eq!(
+            crate::kv::incr("k", 1, None),
+            Err(crate::kv::KvError::Timeout)
+        );
+        kv_fails(None);
+        assert_eq!(crate::kv::incr("k", 1, None), Ok(1));
     }
 
     /// Counts the recipients it saw in `self`: per-session state, so not shareable.

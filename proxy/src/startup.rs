@@ -94,6 +94,9 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The key-value store cannot be set up.
+    #[error("kv: {0}")]
+    Kv(#[source] crate::kv::KvError),
     /// The control socket cannot be bound.
     #[error("server.control_socket: {0}")]
     ControlSocket(#[source] crate::control::ControlError),

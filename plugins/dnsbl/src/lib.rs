@@ -87,7 +87,8 @@ impl Dnsbl {
     /// Asks `zone` about `ip`, through the shared cache.
     fn check(&self, ip: &str, zone: &str) -> Listing {
         let key = format!("{zone}/{ip}");
-        if let Some(cached) = kv::get(&key) {
+        // The cache is only a cache: a store that cannot answer means asking DNS.
+        if let Ok(Some(cached)) = kv::get(&key) {
             return match cached.split_first() {
                 Some((b'L', reason)) => Listing::Listed(String::from_utf8_lossy(reason).into()),
                 _ => Listing::Clean,
@@ -114,7 +115,9 @@ impl Dnsbl {
             Listing::Listed(reason) => [b"L", reason.as_bytes()].concat(),
             _ => b"C".to_vec(),
         };
-        kv::set(&key, &value, Some(self.cache));
+        if let Err(error) = kv::set(&key, &value, Some(self.cache)) {
+            log::debug(&format!("{zone} answer for {ip} not cached: {error}"));
+        }
         listing
     }
 }

@@ -6,7 +6,10 @@
 //! - `per_client = { messages = 100, window_seconds = 3600 }`: per client IP address;
 //! - `per_login = { messages = 500, window_seconds = 3600 }`: per authenticated login
 //!   (sessions without a login are not counted here);
-//! - `skip`: client addresses that are never limited.
+//! - `skip`: client addresses that are never limited;
+//! - `on_store_error = "continue" | "tempfail"`: what a message gets when the store
+//!   cannot count it (a shared Redis that is slow or down): let it through uncounted
+//!   (the default: mail keeps flowing) or `451 4.3.0` so the client retries.
 //!
 //! A window starts with the first message counted in it and lasts `window_seconds`
 //! (fixed windows: a counter in the store that expires).
@@ -27,6 +30,19 @@ struct Settings {
     per_login: Option<LimitSetting>,
     #[serde(default)]
     skip: Vec<String>,
+    #[serde(default)]
+    on_store_error: OnStoreError,
+}
+
+/// What a message gets when the store cannot count it.
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+enum OnStoreError {
+    /// Through, uncounted: a store outage does not stop mail.
+    #[default]
+    Continue,
+    /// 451 4.3.0: the client retries once the store is back.
+    Tempfail,
 }
 
 #[derive(Deserialize)]
@@ -57,12 +73,27 @@ pub struct RateLimit {
     per_client: Option<Limit>,
     per_login: Option<Limit>,
     skip: Vec<String>,
+    on_store_error: OnStoreError,
 }
 
 impl RateLimit {
-    /// Counts one message against `limit` under `key`; the reply if it is over.
+    /// Counts one message against `limit` under `key`; the reply if it is over (or
+    /// if it could not be counted and the operator chose to tempfail then).
     fn count(&self, what: impl Fn() -> String, key: &str, limit: Limit) -> Option<Verdict> {
-        let count = kv::incr(key, 1, Some(limit.window));
+        let count = match kv::incr(key, 1, Some(limit.window)) {
+            Ok(count) => count,
+            Err(error) => {
+                log::warn(&format!("{} not counted: {error}", what()));
+                return match self.on_store_error {
+                    OnStoreError::Continue => None,
+                    OnStoreError::Tempfail => Some(Verdict::tempfail(
+                        451,
+                        "4.3.0",
+                        "Cannot check the rate limit now, try again later",
+                    )),
+                };
+            }
+        };
         if count <= limit.messages {
             return None;
         }
@@ -92,6 +123,7 @@ impl Plugin for RateLimit {
             per_client: settings.per_client.map(Limit::from),
             per_login: settings.per_login.map(Limit::from),
             skip: settings.skip,
+            on_store_error: settings.on_store_error,
         };
         Ok((plugin, Hooks::MAIL | Hooks::SHAREABLE))
     }
@@ -125,7 +157,8 @@ portcullis_sdk::export!(RateLimit);
 mod tests {
     use portcullis_sdk::{
         Verdict,
-        testing::{Harness, reset, set_now_ms},
+        kv::KvError,
+        testing::{Harness, kv_fails, reset, set_now_ms},
     };
 
     use super::RateLimit;
@@ -179,12 +212,32 @@ mod tests {
     }
 
     #[test]
+    fn a_store_that_cannot_count_lets_mail_through_or_tempfails_as_configured() {
+        reset();
+        kv_fails(Some(KvError::Unavailable));
+        assert_eq!(send("192.0.2.1", None), Verdict::Continue, "fails open");
+        let mut strict =
+            Harness::<RateLimit>::new(&format!("{CONFIG}\non_store_error = \"tempfail\"")).unwrap();
+        assert_eq!(
+            strict.mail("sender@example.org").verdict,
+            Verdict::tempfail(
+                451,
+                "4.3.0",
+                "Cannot check the rate limit now, try again later"
+            )
+        );
+        kv_fails(None);
+        assert_eq!(strict.mail("sender@example.org").verdict, Verdict::Continue);
+    }
+
+    #[test]
     fn bad_configuration_is_refused() {
         for config in [
             "",
             "per_client = 3",
             "per_client = { messages = 0, window_seconds = 1 }",
             "per_login = { messages = 1 }",
+            "per_client = { messages = 1, window_seconds = 1 }\non_store_error = \"maybe\"",
         ] {
             assert!(Harness::<RateLimit>::new(config).is_err(), "{config}");
         }

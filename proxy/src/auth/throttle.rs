@@ -12,12 +12,12 @@
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
-use crate::{config::ThrottleConfig, kv::KvStore};
+use crate::{config::ThrottleConfig, kv::MemoryStore};
 
 /// The throttle of one proxy.
 #[derive(Debug, Clone)]
 pub(crate) struct AuthThrottle {
-    counts: Arc<KvStore>,
+    counts: Arc<MemoryStore>,
     config: ThrottleConfig,
 }
 
@@ -47,7 +47,7 @@ impl AuthThrottle {
         let room =
             std::num::NonZeroUsize::new(config.max_clients).unwrap_or(std::num::NonZeroUsize::MIN);
         Self {
-            counts: Arc::new(KvStore::new(room)),
+            counts: Arc::new(MemoryStore::new(room)),
             config,
         }
     }

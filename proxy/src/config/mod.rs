@@ -85,23 +85,6 @@ pub struct MetricsConfig {
 pub const DEFAULT_MAX_ENTRIES: std::num::NonZeroUsize =
     std::num::NonZeroUsize::new(1_000_000).unwrap();
 
-/// `[kv]`: the in-memory key-value store that plugins share.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KvConfig {
-    /// Most keys held at once. When it is reached and a sweep finds nothing expired,
-    /// new keys are not stored (existing ones still change) and a warning is logged.
-    pub max_entries: std::num::NonZeroUsize,
-}
-
-impl Default for KvConfig {
-    fn default() -> Self {
-        Self {
-            max_entries: DEFAULT_MAX_ENTRIES,
-        }
-    }
-}
-
 /// One certificate chain and its key, as PEM files.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -458,6 +441,7 @@ impl Config {
 
 mod client_limits;
 mod de;
+mod kv;
 mod plugins;
 mod proxy_protocol;
 mod raw;
@@ -466,6 +450,7 @@ mod validate;
 
 pub use client_limits::ClientLimitsConfig;
 use de::*;
+pub use kv::{KvBackend, KvConfig, RedisConfig};
 pub use plugins::{OnError, PluginConfig};
 pub use proxy_protocol::{ProxyProtocolConfig, ProxyVersions};
 

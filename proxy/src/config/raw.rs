@@ -7,7 +7,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    AuthMode, ClientAddressMode, ClientLimitsConfig, DnsConfig, KvConfig, Mechanism, PluginConfig,
+    AuthMode, ClientAddressMode, ClientLimitsConfig, DnsConfig, Mechanism, PluginConfig,
     QuarantineConfig, ReuseConfig, ServerConfig, SmtpConfig, SpoolConfig, ThrottleConfig,
     TlsConfig, TlsMode, UpstreamTimeouts,
 };
@@ -35,7 +35,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) auth_throttle: ThrottleConfig,
     #[serde(default)]
-    pub(super) kv: KvConfig,
+    pub(super) kv: Option<Spanned<super::kv::RawKv>>,
     pub(super) client_limits: Option<Spanned<ClientLimitsConfig>>,
     pub(super) metrics: Option<super::MetricsConfig>,
 }

@@ -304,6 +304,46 @@ fn errors_name_the_key_and_the_line() {
             Some(9),
             "not both",
         ),
+        (
+            &format!("{MINIMAL}\n[kv]\nbackend = \"redis\"\n"),
+            "kv.url",
+            Some(9),
+            "needs url",
+        ),
+        (
+            &format!("{MINIMAL}\n[kv]\nbackend = \"etcd\"\n"),
+            "kv.backend",
+            Some(9),
+            "not a backend",
+        ),
+        (
+            &format!("{MINIMAL}\n[kv]\nurl = \"redis://127.0.0.1\"\n"),
+            "kv.url",
+            Some(8),
+            "only for backend = \"redis\"",
+        ),
+        (
+            &format!("{MINIMAL}\n[kv]\nbackend = \"redis\"\nurl = \"http://x\"\n"),
+            "kv.url",
+            Some(10),
+            "not a Redis URL",
+        ),
+        (
+            &format!(
+                "{MINIMAL}\n[kv]\nbackend = \"redis\"\nurl = \"redis://a\"\ncluster = [\"redis://b\"]\n"
+            ),
+            "kv.cluster",
+            Some(11),
+            "not both",
+        ),
+        (
+            &format!(
+                "{MINIMAL}\n[kv]\nbackend = \"redis\"\nurl = \"redis://a\"\nmax_entries = 5\n"
+            ),
+            "kv.max_entries",
+            Some(8),
+            "maxmemory",
+        ),
     ];
     for (text, key, line, message) in cases {
         let error = Config::parse(text).unwrap_err();

@@ -69,7 +69,7 @@ impl RawConfig {
             upstream,
             tls: self.tls,
             auth_throttle: self.auth_throttle,
-            kv: self.kv,
+            kv: super::kv::validate(self.kv, line_of)?,
             client_limits,
             metrics: self.metrics,
             warnings,

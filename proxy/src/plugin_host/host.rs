@@ -17,7 +17,10 @@ use super::{
     session_store::SessionStore,
     view,
 };
-use crate::dns::{LookupError, Resolver, to_text};
+use crate::{
+    dns::{LookupError, Resolver, to_text},
+    kv::KvError,
+};
 use hickory_resolver::proto::rr::{RData, RecordType};
 
 /// The services every plugin instance calls, shared by all of them.
@@ -98,8 +101,6 @@ pub(super) struct PluginState {
     known_session: Option<view::SessionInfo>,
     session_version: u32,
     envelope: KnownEnvelope,
-    /// The last key-value key as stored (see `store_and_key`).
-    store_key: String,
     /// The store of the session this call serves, lent for the call.
     pub session_store: SessionStore,
 }
@@ -123,7 +124,6 @@ impl PluginState {
             known_session: None,
             session_version: 0,
             envelope: KnownEnvelope::new(),
-            store_key: String::new(),
             session_store: SessionStore::default(),
         }
     }
@@ -165,15 +165,14 @@ impl PluginState {
         &mut self.table
     }
 
-    /// The store and `key` as stored: keys are per plugin, so two plugins never see
-    /// each other's values. The stored key is built in a buffer the instance keeps.
-    fn store_and_key(&mut self, key: &str) -> (&KvStore, &str) {
-        let stored = &mut self.store_key;
-        stored.clear();
+    /// `key` as stored: keys are per plugin, so two plugins never see each other's
+    /// values.
+    fn stored_key(&self, key: &str) -> String {
+        let mut stored = String::with_capacity(self.plugin.len() + 1 + key.len());
         stored.push_str(&self.plugin);
         stored.push('\0');
         stored.push_str(key);
-        (&self.services.kv, stored)
+        stored
     }
 }
 
@@ -235,26 +234,63 @@ impl log::Host for PluginState {
 /// The longest panic message kept for the failure's log line.
 const MAX_PANIC_MESSAGE: usize = 2000;
 
+type KvResult<T> = Result<std::result::Result<T, kv::KvError>>;
+
+impl PluginState {
+    /// One call to the store, within what is left of the plugin's call (less a
+    /// margin, so the plugin can act on the error itself), logged at debug level
+    /// when it fails.
+    async fn kv_call<T, F>(
+        &mut self,
+        key: &str,
+        call: impl FnOnce(Arc<KvStore>, String) -> F,
+    ) -> KvResult<T>
+    where
+        F: Future<Output = std::result::Result<T, KvError>>,
+    {
+        let budget = self
+            .deadline
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(DNS_MARGIN);
+        let stored = self.stored_key(key);
+        let outcome = tokio::time::timeout(budget, call(self.services.kv.clone(), stored))
+            .await
+            .unwrap_or(Err(KvError::Timeout(budget)));
+        Ok(outcome.map_err(|error| {
+            tracing::debug!(plugin = &*self.plugin, session = %self.session, %error, "key-value call failed");
+            match error {
+                KvError::Timeout(_) => kv::KvError::Timeout,
+                _ => kv::KvError::Unavailable,
+            }
+        }))
+    }
+}
+
 impl kv::Host for PluginState {
-    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>> {
-        let (kv, key) = self.store_and_key(&key);
-        Ok(kv.get(key))
+    async fn get(&mut self, key: String) -> KvResult<Option<Vec<u8>>> {
+        self.kv_call(&key, |kv, key| async move { kv.get(&key).await })
+            .await
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<()> {
-        let (kv, key) = self.store_and_key(&key);
-        kv.set(key, value, ttl_ms);
-        Ok(())
+    async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> KvResult<()> {
+        self.kv_call(
+            &key,
+            |kv, key| async move { kv.set(&key, value, ttl_ms).await },
+        )
+        .await
     }
 
-    fn incr(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> Result<i64> {
-        let (kv, key) = self.store_and_key(&key);
-        Ok(kv.incr(key, delta, ttl_ms))
+    async fn incr(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> KvResult<i64> {
+        self.kv_call(
+            &key,
+            |kv, key| async move { kv.incr(&key, delta, ttl_ms).await },
+        )
+        .await
     }
 
-    fn delete(&mut self, key: String) -> Result<bool> {
-        let (kv, key) = self.store_and_key(&key);
-        Ok(kv.delete(key))
+    async fn delete(&mut self, key: String) -> KvResult<bool> {
+        self.kv_call(&key, |kv, key| async move { kv.delete(&key).await })
+            .await
     }
 }
 

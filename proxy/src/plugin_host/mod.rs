@@ -56,6 +56,7 @@ mod generated {
         // the difference.
         imports: {
             "portcullis:plugin/dns": async | trappable,
+            "portcullis:plugin/kv": async | trappable,
             "portcullis:plugin/types.[method]message.read-body": async | trappable,
             default: trappable,
         },

@@ -197,7 +197,9 @@ impl Generation {
     /// What must change outside the generation once it is put in place: the
     /// store sizes and the resolver the (kept) plugin engines use.
     pub(super) fn take_effect(&self, lasting: &Lasting) {
-        lasting.kv.set_max_entries(self.config.kv.max_entries);
+        if let Some(memory) = lasting.kv.in_memory() {
+            memory.set_max_entries(self.config.kv.max_entries);
+        }
         self.context.throttle.take_effect();
         if let Some(engines) = &self.engines {
             engines.runtime.use_resolver(self.context.dns.clone());

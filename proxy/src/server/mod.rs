@@ -64,7 +64,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let lasting = Lasting {
         signals: Shutdown::default(),
         permits: Arc::new(Semaphore::new(config.server.max_connections)),
-        kv: Arc::new(KvStore::new(config.kv.max_entries)),
+        kv: Arc::new(KvStore::new(&config.kv).map_err(StartError::Kv)?),
     };
     let signals = lasting.signals.clone();
     let kv = lasting.kv.clone();
@@ -166,8 +166,8 @@ async fn housekeeping(current: Current, kv: Arc<KvStore>, stopping: Cancellation
             _ = tokio::time::sleep_until(next_sweep) => {
                 let generation = current.borrow().clone();
                 generation.client_limits().for_each(|limits| limits.sweep());
-                if telemetry::on() {
-                    kv_entries.set(kv.len() as f64);
+                if let Some(memory) = kv.in_memory().filter(|_| telemetry::on()) {
+                    kv_entries.set(memory.len() as f64);
                 }
                 next_sweep = tokio::time::Instant::now() + sweep_interval(&generation);
             }

@@ -292,6 +292,10 @@ fn restart_only(was: &Config, now: &Config) -> Vec<&'static str> {
     if was.server.control_socket != now.server.control_socket {
         keys.push("server.control_socket");
     }
+    // The store outlives generations: its keys must not vanish with a reload.
+    if was.kv.backend != now.kv.backend {
+        keys.push("kv.backend");
+    }
     keys
 }
 

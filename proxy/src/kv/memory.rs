@@ -1,5 +1,5 @@
-//! The key-value store plugins share: in memory, with TTLs and atomic increments. Its
-//! methods are the whole interface a shared backend (Redis) has to provide.
+//! The key-value store in this process's memory, with TTLs, atomic increments and a
+//! cap on its keys. Synchronous: the AUTH throttle's own counts use it directly.
 
 use std::{
     collections::HashMap,
@@ -14,15 +14,15 @@ const SWEEP_AT: usize = 100_000;
 /// How often a full store may sweep for expired keys to make room for a new one.
 const FULL_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
-pub use crate::config::DEFAULT_MAX_ENTRIES;
+use super::DEFAULT_MAX_ENTRIES;
 
 /// An in-memory store with expiry and a cap on its keys.
 #[derive(Debug)]
-pub struct KvStore {
+pub struct MemoryStore {
     entries: Mutex<Entries>,
 }
 
-impl Default for KvStore {
+impl Default for MemoryStore {
     fn default() -> Self {
         Self::new(DEFAULT_MAX_ENTRIES)
     }
@@ -84,7 +84,7 @@ fn expiry(now: Instant, ttl_ms: Option<u64>) -> Option<Instant> {
     ttl_ms.map(|ttl| now + Duration::from_millis(ttl))
 }
 
-impl KvStore {
+impl MemoryStore {
     /// An empty store that holds at most `max_entries` keys.
     pub fn new(max_entries: NonZeroUsize) -> Self {
         Self {
@@ -136,7 +136,7 @@ impl KvStore {
         self.try_incr(key, delta, ttl_ms).unwrap_or(delta)
     }
 
-    /// [`KvStore::incr`], but `None` when a new key could not be stored because the
+    /// [`MemoryStore::incr`], but `None` when a new key could not be stored because the
     /// store is full: for counts that must not be lost (the AUTH throttle's).
     pub fn try_incr(&self, key: &str, delta: i64, ttl_ms: Option<u64>) -> Option<i64> {
         let now = Instant::now();
@@ -204,7 +204,7 @@ mod tests {
 
     #[test]
     fn counts_expires_and_deletes() {
-        let store = KvStore::default();
+        let store = MemoryStore::default();
         assert_eq!(store.incr("n", 1, Some(50)), 1);
         assert_eq!(store.incr("n", 5, Some(50)), 6);
         store.set("text", b"not a number".to_vec(), None);
@@ -224,7 +224,7 @@ mod tests {
 
     #[test]
     fn expired_entries_are_swept_once_the_store_is_large() {
-        let store = KvStore::default();
+        let store = MemoryStore::default();
         for n in 0..SWEEP_AT {
             store.set(&format!("old{n}"), Vec::new(), Some(1));
         }
@@ -237,7 +237,7 @@ mod tests {
 
     #[test]
     fn a_store_of_live_keys_is_not_swept_on_every_insert() {
-        let store = KvStore::default();
+        let store = MemoryStore::default();
         let live = SWEEP_AT + SWEEP_AT / 2;
         for n in 0..live {
             assert_eq!(store.incr(&format!("client{n}"), 1, Some(3_600_000)), 1);
@@ -250,7 +250,7 @@ mod tests {
 
     #[test]
     fn a_full_store_keeps_its_keys_and_stores_no_new_ones() {
-        let store = KvStore::new(NonZeroUsize::new(3).unwrap());
+        let store = MemoryStore::new(NonZeroUsize::new(3).unwrap());
         store.set("a", b"1".to_vec(), None);
         store.incr("b", 1, None);
         store.incr("short", 1, Some(20));
