@@ -7,8 +7,7 @@
 mod common;
 
 use std::{
-    net::{SocketAddr, TcpListener},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -16,9 +15,9 @@ use std::{
 use common::{
     Action, Client, Proxy, RecordingUpstream,
     config::{TestConfig, table},
+    haproxy::Haproxy,
     require_program,
     tls::Pki,
-    wait_until,
 };
 use toml::Value;
 
@@ -44,75 +43,6 @@ fn behind_balancer(upstream: &RecordingUpstream, versions: &str) -> TestConfig {
         .set_on("test", "proxy_protocol", versions)
         .set_on("test", "proxy_trusted", vec!["127.0.0.1/32"])
         .set_on("test", "proxy_timeout", "1s")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// HAProxy in TCP mode: one frontend per `(send option, backend address)`, each on a
-/// loopback port of its own (returned in the same order).
-struct Haproxy {
-    child: Child,
-    frontends: Vec<SocketAddr>,
-    _dir: tempfile::TempDir,
-}
-
-impl Haproxy {
-    fn start(backends: &[(&str, SocketAddr)]) -> Haproxy {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = String::from(
-            "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n",
-        );
-        let mut frontends = Vec::new();
-        for (index, (send, backend)) in backends.iter().enumerate() {
-            let frontend: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            config.push_str(&format!(
-                "frontend f{index}\n  bind {frontend}\n  default_backend b{index}\nbackend b{index}\n  server proxy {backend} {send}\n"
-            ));
-            frontends.push(frontend);
-        }
-        let path = dir.path().join("haproxy.cfg");
-        std::fs::write(&path, &config).unwrap();
-        let check = Command::new("haproxy")
-            .args(["-c", "-f"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(
-            check.status.success(),
-            "{config}\n{}",
-            String::from_utf8_lossy(&check.stderr)
-        );
-        let child = Command::new("haproxy")
-            .args(["-db", "-f"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        for frontend in &frontends {
-            wait_until("HAProxy listens", || {
-                std::net::TcpStream::connect(frontend).is_ok()
-            });
-        }
-        Haproxy {
-            child,
-            frontends,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The ADDR of the XCLIENT the upstream got in the session that carried `sender`.

@@ -35,7 +35,7 @@
 //! - `hooks` → plugin_host, auth, message, smtp, telemetry, config
 //! - `plugin_host` → message, dns, kv, telemetry, config
 //! - `upstream` → client, connection, dns, telemetry, tls, smtp, config
-//! - `auth` → kv, smtp, config
+//! - `auth` → kv, log_limit, smtp, config
 //! - `devupstream` → connection, smtp
 //! - `message` → smtp
 //! - `client_limits` → config

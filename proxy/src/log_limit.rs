@@ -29,6 +29,8 @@ pub(crate) enum Event {
     ThrottleFull,
     /// The key-value store is full of live keys.
     KvFull,
+    /// The shared store could not count an AUTH attempt.
+    ThrottleStoreDown,
     /// A connection to a `proxy_protocol` listener from an address not trusted.
     ProxyUntrusted,
     /// A PROXY protocol header that was missing, malformed or too slow.
@@ -36,13 +38,14 @@ pub(crate) enum Event {
 }
 
 impl Event {
-    const ALL: [Event; 8] = [
+    const ALL: [Event; 9] = [
         Event::ConnectionLimit,
         Event::ClientSessionLimit,
         Event::ClientRateLimit,
         Event::AuthThrottled,
         Event::ThrottleFull,
         Event::KvFull,
+        Event::ThrottleStoreDown,
         Event::ProxyUntrusted,
         Event::ProxyHeader,
     ];
@@ -56,6 +59,7 @@ impl Event {
             Event::AuthThrottled => "auth_throttled",
             Event::ThrottleFull => "throttle_full",
             Event::KvFull => "kv_full",
+            Event::ThrottleStoreDown => "throttle_store_down",
             Event::ProxyUntrusted => "proxy_untrusted",
             Event::ProxyHeader => "proxy_header",
         }
@@ -70,6 +74,7 @@ impl Event {
             Event::AuthThrottled => "AUTH refused: too many failures from this address",
             Event::ThrottleFull => "AUTH refused: the throttle cannot count this client",
             Event::KvFull => "the key-value store is full",
+            Event::ThrottleStoreDown => "AUTH attempts the shared store could not count",
             Event::ProxyUntrusted => "connections from addresses not in proxy_trusted",
             Event::ProxyHeader => "connections without a valid PROXY protocol header",
         }

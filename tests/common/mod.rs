@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod dns;
+pub mod haproxy;
 pub mod redis;
 pub mod tls;
 mod upstream;

@@ -8,17 +8,36 @@
 //! The counts live in a store of their own, with room for `max_clients` addresses, so
 //! plugins filling the shared key-value store cannot make the throttle forget. When
 //! even that is full of live counts, a new address is refused AUTH for now (454)
-//! instead of being let in uncounted.
+//! instead of being let in uncounted. With `[kv] backend = "redis"` they live in
+//! Redis instead, under a key no plugin can write, so every proxy sharing it counts
+//! the same failures; when Redis cannot count an attempt, `on_store_error` says
+//! whether this proxy counts it itself meanwhile or answers 454.
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
-use crate::{config::ThrottleConfig, kv::MemoryStore};
+use tracing::warn;
+
+use crate::{
+    config::{ThrottleConfig, ThrottleStoreError},
+    kv::{KvStore, MemoryStore},
+    log_limit::{self, Event},
+};
 
 /// The throttle of one proxy.
 #[derive(Debug, Clone)]
 pub(crate) struct AuthThrottle {
-    counts: Arc<MemoryStore>,
+    local: Arc<MemoryStore>,
+    /// The store several proxies share, if the key-value store is one.
+    shared: Option<Shared>,
     config: ThrottleConfig,
+}
+
+/// The shared store, and the runtime that gives counts back to it (a check may be
+/// settled on a password-checking thread).
+#[derive(Debug, Clone)]
+struct Shared {
+    store: Arc<KvStore>,
+    runtime: tokio::runtime::Handle,
 }
 
 /// What the throttle says about one more failure.
@@ -39,15 +58,34 @@ pub(crate) enum Refused {
     /// The throttle's store is full, so this attempt could not be counted: 454 4.7.0.
     #[error("the AUTH throttle cannot count this address (auth_throttle.max_clients)")]
     CannotCount,
+    /// The shared store could not count it and `on_store_error = "tempfail"`: 454.
+    #[error("the shared store cannot count AUTH attempts now")]
+    StoreDown,
+}
+
+/// Where a reservation was counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Local,
+    Shared,
 }
 
 impl AuthThrottle {
-    /// A throttle with its own store, sized by `config.max_clients`.
-    pub(crate) fn new(config: ThrottleConfig) -> Self {
+    /// A throttle with its own store, sized by `config.max_clients`; its counts go
+    /// to `store` instead when that is shared by several proxies.
+    pub(crate) fn new(config: ThrottleConfig, store: &Arc<KvStore>) -> Self {
         let room =
             std::num::NonZeroUsize::new(config.max_clients).unwrap_or(std::num::NonZeroUsize::MIN);
+        let shared = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if store.is_shared() => Some(Shared {
+                store: store.clone(),
+                runtime,
+            }),
+            _ => None,
+        };
         Self {
-            counts: Arc::new(MemoryStore::new(room)),
+            local: Arc::new(MemoryStore::new(room)),
+            shared,
             config,
         }
     }
@@ -56,47 +94,86 @@ impl AuthThrottle {
     /// Its `max_clients` applies once [`Self::take_effect`] is called.
     pub(crate) fn reconfigured(&self, config: ThrottleConfig) -> Self {
         Self {
-            counts: self.counts.clone(),
+            local: self.local.clone(),
+            shared: self.shared.clone(),
             config,
         }
     }
 
-    /// Sizes the shared counts by this throttle's `max_clients` (a reload put it in
-    /// place).
+    /// Sizes this proxy's own counts by this throttle's `max_clients` (a reload put
+    /// it in place).
     pub(crate) fn take_effect(&self) {
         if let Some(room) = std::num::NonZeroUsize::new(self.config.max_clients) {
-            self.counts.set_max_entries(room);
+            self.local.set_max_entries(room);
         }
     }
 
+    /// The key of an address's count. It starts with a NUL, which no plugin's keys
+    /// do (theirs start with the plugin's name), so no plugin can change it.
     fn key(address: IpAddr) -> String {
-        format!("portcullis:auth-failures:{address}")
+        format!("\0auth-failures/{address}")
     }
 
-    fn count(&self, address: IpAddr) -> i64 {
-        self.counts
-            .get(&Self::key(address))
+    fn local_count(&self, key: &str) -> i64 {
+        self.local
+            .get(key)
             .and_then(|value| String::from_utf8(value).ok()?.parse().ok())
             .unwrap_or(0)
     }
 
+    /// The failures counted for `address` (in the shared store if there is one and
+    /// it answers; this proxy's own counts otherwise).
+    async fn count(&self, address: IpAddr) -> i64 {
+        let key = Self::key(address);
+        if let Some(shared) = &self.shared
+            && let Ok(value) = shared.store.get(&key).await
+        {
+            return value
+                .and_then(|value| String::from_utf8(value).ok()?.parse().ok())
+                .unwrap_or(0)
+                .max(self.local_count(&key));
+        }
+        self.local_count(&key)
+    }
+
     /// True if this address may not try again now.
-    pub(crate) fn is_blocked(&self, address: IpAddr) -> bool {
-        self.count(address) >= i64::from(self.config.max_failures)
+    pub(crate) async fn is_blocked(&self, address: IpAddr) -> bool {
+        self.count(address).await >= i64::from(self.config.max_failures)
     }
 
     /// Counts an attempt from `address` as a failure until it is settled; an error if
     /// it may not be checked at all.
-    pub(crate) fn reserve(&self, address: IpAddr) -> Result<Reservation, Refused> {
+    pub(crate) async fn reserve(&self, address: IpAddr) -> Result<Reservation, Refused> {
         let key = Self::key(address);
         let window = u64::try_from(self.config.window.as_millis()).unwrap_or(u64::MAX);
-        let number = self
-            .counts
-            .try_incr(&key, 1, Some(window))
-            .ok_or(Refused::CannotCount)?;
+        let shared = match &self.shared {
+            Some(shared) => match shared.store.incr(&key, 1, Some(window)).await {
+                Ok(number) => Some(number),
+                Err(error) => {
+                    if let Some(suppressed) = log_limit::admit(Event::ThrottleStoreDown) {
+                        warn!(%error, suppressed, on_store_error = ?self.config.on_store_error, "the shared store could not count an AUTH attempt");
+                    }
+                    if self.config.on_store_error == ThrottleStoreError::Tempfail {
+                        return Err(Refused::StoreDown);
+                    }
+                    None
+                }
+            },
+            None => None,
+        };
+        let (number, place) = match shared {
+            Some(number) => (number, Place::Shared),
+            None => (
+                self.local
+                    .try_incr(&key, 1, Some(window))
+                    .ok_or(Refused::CannotCount)?,
+                Place::Local,
+            ),
+        };
         let reservation = Reservation {
             throttle: self.clone(),
             key,
+            place,
             number,
             settled: false,
         };
@@ -107,9 +184,21 @@ impl AuthThrottle {
         Ok(reservation)
     }
 
-    fn give_back(&self, key: &str) {
-        if self.counts.try_incr(key, -1, None).is_some_and(|n| n <= 0) {
-            self.counts.delete(key);
+    fn give_back(&self, key: &str, place: Place) {
+        match (place, &self.shared) {
+            (Place::Shared, Some(shared)) => {
+                let (store, key) = (shared.store.clone(), key.to_string());
+                shared.runtime.spawn(async move {
+                    if store.incr(&key, -1, None).await.is_ok_and(|n| n <= 0) {
+                        let _ = store.delete(&key).await;
+                    }
+                });
+            }
+            _ => {
+                if self.local.try_incr(key, -1, None).is_some_and(|n| n <= 0) {
+                    self.local.delete(key);
+                }
+            }
         }
     }
 }
@@ -121,6 +210,7 @@ impl AuthThrottle {
 pub(crate) struct Reservation {
     throttle: AuthThrottle,
     key: String,
+    place: Place,
     /// This attempt's place in the address's count.
     number: i64,
     settled: bool,
@@ -130,7 +220,7 @@ impl Reservation {
     /// The credentials were right: the attempt is not a failure.
     pub(crate) fn succeeded(mut self) {
         self.settled = true;
-        self.throttle.give_back(&self.key);
+        self.throttle.give_back(&self.key, self.place);
     }
 
     /// The credentials were wrong: the count keeps it; what to answer.
@@ -148,7 +238,7 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if !self.settled {
-            self.throttle.give_back(&self.key);
+            self.throttle.give_back(&self.key, self.place);
         }
     }
 }
@@ -158,78 +248,85 @@ mod tests {
     use super::*;
 
     fn throttle(max_failures: u32, max_clients: usize) -> AuthThrottle {
-        AuthThrottle::new(ThrottleConfig {
+        let config = ThrottleConfig {
             max_failures,
             max_clients,
             window: Duration::from_secs(60),
             delay: Duration::from_millis(300),
             max_delay: Duration::from_millis(700),
             ..ThrottleConfig::default()
-        })
+        };
+        AuthThrottle::new(config, &Arc::new(KvStore::default()))
     }
 
-    #[test]
-    fn delays_grow_then_the_address_is_blocked_for_every_session() {
+    #[tokio::test]
+    async fn delays_grow_then_the_address_is_blocked_for_every_session() {
         let throttle = throttle(4, 100);
         let client: IpAddr = "192.0.2.7".parse().unwrap();
         let other: IpAddr = "192.0.2.8".parse().unwrap();
-        let delays: Vec<_> = (0..3)
-            .map(|_| throttle.reserve(client).unwrap().failed())
-            .collect();
+        let mut delays = Vec::new();
+        for _ in 0..3 {
+            delays.push(throttle.reserve(client).await.unwrap().failed());
+        }
         assert_eq!(
             delays,
             [300, 600, 700].map(|ms| AfterFailure::Delay(Duration::from_millis(ms)))
         );
-        assert!(!throttle.is_blocked(client));
+        assert!(!throttle.is_blocked(client).await);
         assert_eq!(
-            throttle.reserve(client).unwrap().failed(),
+            throttle.reserve(client).await.unwrap().failed(),
             AfterFailure::Disconnect
         );
         // A clone (another session) sees the count.
         let shared = throttle.clone();
-        assert!(shared.is_blocked(client));
-        assert_eq!(shared.reserve(client).unwrap_err(), Refused::Blocked);
-        assert!(!shared.is_blocked(other));
+        assert!(shared.is_blocked(client).await);
+        assert_eq!(shared.reserve(client).await.unwrap_err(), Refused::Blocked);
+        assert!(!shared.is_blocked(other).await);
     }
 
-    #[test]
-    fn attempts_in_flight_count_until_they_succeed() {
+    #[tokio::test]
+    async fn attempts_in_flight_count_until_they_succeed() {
         let throttle = throttle(3, 100);
         let client: IpAddr = "192.0.2.7".parse().unwrap();
         // A burst: only max_failures attempts get to be checked.
-        let burst: Vec<_> = (0..10).map(|_| throttle.reserve(client)).collect();
-        let admitted: Vec<_> = burst.into_iter().filter_map(Result::ok).collect();
+        let mut admitted = Vec::new();
+        for _ in 0..10 {
+            admitted.extend(throttle.reserve(client).await.ok());
+        }
         assert_eq!(admitted.len(), 3);
-        assert!(throttle.is_blocked(client), "in flight counts as failed");
+        assert!(
+            throttle.is_blocked(client).await,
+            "in flight counts as failed"
+        );
         let mut admitted = admitted.into_iter();
         admitted.next().unwrap().succeeded();
         assert!(
-            !throttle.is_blocked(client),
+            !throttle.is_blocked(client).await,
             "a success gives its count back"
         );
         drop(admitted.next().unwrap());
         assert_eq!(
-            throttle.count(client),
+            throttle.count(client).await,
             1,
             "so does an attempt never settled"
         );
         admitted.next().unwrap().failed();
-        assert_eq!(throttle.count(client), 1);
-        throttle.reserve(client).unwrap().succeeded();
-        throttle.reserve(client).unwrap().succeeded();
-        assert_eq!(throttle.count(client), 1);
+        assert_eq!(throttle.count(client).await, 1);
+        throttle.reserve(client).await.unwrap().succeeded();
+        throttle.reserve(client).await.unwrap().succeeded();
+        assert_eq!(throttle.count(client).await, 1);
     }
 
-    #[test]
-    fn a_full_throttle_refuses_instead_of_forgetting() {
+    #[tokio::test]
+    async fn a_full_throttle_refuses_instead_of_forgetting() {
         let throttle = throttle(3, 2);
         let [a, b, c]: [IpAddr; 3] =
             ["192.0.2.1", "192.0.2.2", "192.0.2.3"].map(|s| s.parse().unwrap());
-        throttle.reserve(a).unwrap().failed();
-        throttle.reserve(b).unwrap().failed();
-        assert_eq!(throttle.reserve(c).unwrap_err(), Refused::CannotCount);
+        throttle.reserve(a).await.unwrap().failed();
+        throttle.reserve(b).await.unwrap().failed();
+        assert_eq!(throttle.reserve(c).await.unwrap_err(), Refused::CannotCount);
         assert_eq!(
-            throttle.reserve(a).unwrap().failed(),
+            throttle.reserve(a).await.unwrap().failed(),
             AfterFailure::Delay(Duration::from_millis(600)),
             "known addresses are still counted"
         );

@@ -148,6 +148,21 @@ pub struct ThrottleConfig {
     /// Longest delay.
     #[serde(with = "humantime_serde")]
     pub max_delay: Duration,
+    /// With `[kv] backend = "redis"` the failures are counted there, so every proxy
+    /// sharing it sees them; this is what an attempt gets when Redis cannot count it.
+    pub on_store_error: ThrottleStoreError,
+}
+
+/// What an AUTH attempt gets when the shared store cannot count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ThrottleStoreError {
+    /// Counted in this proxy's own memory until the store is back: logins keep
+    /// working, and a guesser gets `max_failures` per proxy meanwhile.
+    #[default]
+    Local,
+    /// 454 4.7.0: no password is checked until the store is back.
+    Tempfail,
 }
 
 impl Default for ThrottleConfig {
@@ -160,6 +175,7 @@ impl Default for ThrottleConfig {
             window: Duration::from_secs(15 * 60),
             delay: Duration::from_secs(1),
             max_delay: Duration::from_secs(10),
+            on_store_error: ThrottleStoreError::Local,
         }
     }
 }

@@ -119,7 +119,7 @@ impl Generation {
                 .context
                 .throttle
                 .reconfigured(config.auth_throttle.clone()),
-            None => AuthThrottle::new(config.auth_throttle.clone()),
+            None => AuthThrottle::new(config.auth_throttle.clone(), &lasting.kv),
         };
         let checks = match previous {
             Some(previous)

@@ -52,7 +52,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     pub(super) async fn auth(&mut self, argument: String) -> Flow {
-        if let Some(refused) = self.auth_refused() {
+        if let Some(refused) = self.auth_refused().await {
             return refused;
         }
         let (name, initial) = match argument.split_once(' ') {
@@ -77,7 +77,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// The checks before any exchange: offered, sequence, TLS, throttling. `Some`
     /// when AUTH may not start (the reply is queued).
-    fn auth_refused(&mut self) -> Option<Flow> {
+    async fn auth_refused(&mut self) -> Option<Flow> {
         let policy = &self.listener.config.auth;
         let refusal = if policy.mode == AuthMode::Off {
             replies::not_offered("AUTH")
@@ -89,7 +89,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             replies::bad_sequence("AUTH is not permitted during a mail transaction")
         } else if self.peer.tls.is_none() && !policy.allow_plaintext {
             return Some(self.reply(replies::encryption_required()));
-        } else if self.context.throttle.is_blocked(self.peer.address.ip()) {
+        } else if self
+            .context
+            .throttle
+            .is_blocked(self.peer.address.ip())
+            .await
+        {
             return Some(self.throttle_refused(Refused::Blocked));
         } else {
             return None;
@@ -122,6 +127,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
                 self.reply(replies::auth_unavailable())
             }
+            // Logged by the throttle, which knows why.
+            Refused::StoreDown => self.reply(replies::auth_unavailable()),
         }
     }
 
@@ -131,7 +138,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(credentials) => credentials,
             Err(flow) => return flow,
         };
-        let reservation = match self.context.throttle.reserve(self.peer.address.ip()) {
+        let reservation = match self.context.throttle.reserve(self.peer.address.ip()).await {
             Ok(reservation) => reservation,
             Err(refused) => return self.throttle_refused(refused),
         };
@@ -325,7 +332,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         let timeout = self.context.config.upstream.timeouts.command;
         // Counted as a failure until the upstream says 235.
-        let mut reservation = match self.context.throttle.reserve(self.peer.address.ip()) {
+        let mut reservation = match self.context.throttle.reserve(self.peer.address.ip()).await {
             Ok(reservation) => Some(reservation),
             Err(refused) => return self.throttle_refused(refused),
         };

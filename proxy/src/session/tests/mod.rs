@@ -50,7 +50,7 @@ fn context_from(config: Config) -> Arc<SessionContext> {
         pool: Arc::new(SessionPool::new(Default::default())),
         shutdown: Shutdown::default(),
         server_tls: None,
-        throttle: AuthThrottle::new(Default::default()),
+        throttle: AuthThrottle::new(Default::default(), &Default::default()),
         checks: Arc::new(crate::auth::checks::PasswordChecks::new(
             1,
             Duration::from_secs(5),
