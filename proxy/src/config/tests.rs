@@ -305,6 +305,18 @@ fn errors_name_the_key_and_the_line() {
             "not both",
         ),
         (
+            &format!("{MINIMAL}\n[plugins.\"\"]\npath = \"p.wasm\"\n"),
+            "plugins.\"\"",
+            Some(8),
+            "1 to 64 letters",
+        ),
+        (
+            &format!("{MINIMAL}\n[plugins.\"a\\u0000b\"]\npath = \"p.wasm\"\n"),
+            "plugins.\"a\\0b\"",
+            Some(8),
+            "1 to 64 letters",
+        ),
+        (
             &format!("{MINIMAL}\n[kv]\nbackend = \"redis\"\n"),
             "kv.url",
             Some(9),

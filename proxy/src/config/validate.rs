@@ -22,16 +22,20 @@ fn error_at(line_of: LineOf, key: &str, offset: usize, message: &str) -> ConfigE
 
 impl RawConfig {
     pub(super) fn validate(self, line_of: LineOf) -> Result<Config, ConfigError> {
-        let plugins: std::collections::BTreeMap<String, PluginConfig> = self
-            .plugins
-            .into_iter()
-            .map(|(name, plugin)| {
-                let line = line_of(plugin.span().start);
-                let mut plugin = plugin.into_inner();
-                plugin.line = Some(line);
-                (name, plugin)
-            })
-            .collect();
+        let mut plugins = std::collections::BTreeMap::new();
+        for (name, plugin) in self.plugins {
+            let line = line_of(plugin.span().start);
+            if !is_plugin_name(&name) {
+                return Err(ConfigError {
+                    key: format!("plugins.{name:?}"),
+                    line: Some(line),
+                    message: "a plugin's name is 1 to 64 letters, digits, '-', '_' or '.' (it names the plugin's keys, metrics and log lines)".into(),
+                });
+            }
+            let mut plugin: PluginConfig = plugin.into_inner();
+            plugin.line = Some(line);
+            plugins.insert(name, plugin);
+        }
         if self.listener.is_empty() {
             return Err(ConfigError {
                 key: "listener".into(),
@@ -467,4 +471,14 @@ fn warn_about_edge_auth(
             });
         }
     }
+}
+
+/// A plugin's name: it becomes the start of the plugin's key-value keys (so it must
+/// not be empty or hold the separator that follows it), a metrics label and a log
+/// field.
+fn is_plugin_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
