@@ -8,7 +8,7 @@ mod common;
 
 use std::{num::NonZeroUsize, sync::Arc, time::Duration};
 
-use common::redis::RedisServer;
+use common::redis::{RedisCluster, RedisServer};
 use portcullis::{
     config::{KvBackend, KvConfig, RedisConfig},
     kv::{KvError, KvStore},
@@ -119,6 +119,25 @@ async fn the_redis_store_keeps_the_same_promises() {
         return;
     };
     suite(Arc::new(redis(&server, "suite:"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_keeps_the_same_promises() {
+    let Some(cluster) = RedisCluster::start() else {
+        eprintln!("skipped: redis-server or redis-cli is not installed");
+        return;
+    };
+    let store = KvStore::new(&KvConfig {
+        max_entries: NonZeroUsize::new(1).unwrap(),
+        backend: KvBackend::Redis(RedisConfig {
+            url: String::new(),
+            cluster: cluster.urls()[..1].to_vec(),
+            prefix: "cluster:".into(),
+            timeout: Duration::from_secs(2),
+        }),
+    })
+    .unwrap();
+    suite(Arc::new(store)).await;
 }
 
 #[tokio::test]
