@@ -25,6 +25,16 @@ use portcullis::{
 };
 
 fn load(runtime: &tokio::runtime::Runtime, crate_name: &str, config: &str) -> Arc<LoadedPlugin> {
+    load_with(runtime, crate_name, config, Default::default())
+}
+
+/// [`load`] with the plugins' key-value store `kv`.
+fn load_with(
+    runtime: &tokio::runtime::Runtime,
+    crate_name: &str,
+    config: &str,
+    kv: Arc<portcullis::kv::KvStore>,
+) -> Arc<LoadedPlugin> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../target/wasm/wasm32-wasip2/plugin")
         .join(format!("{}.wasm", crate_name.replace('-', "_")));
@@ -49,7 +59,7 @@ fn load(runtime: &tokio::runtime::Runtime, crate_name: &str, config: &str) -> Ar
                 },
                 max_memory: 32 << 20,
             },
-            Default::default(),
+            kv,
         )
         .unwrap()
         .load(crate_name, &config)
@@ -200,6 +210,67 @@ fn plugin_calls(c: &mut Criterion) {
             })
         })
     });
+    // With REDIS_URL (bench/kv.sh starts a redis-server): the same call, its
+    // increment a round trip to Redis.
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        return;
+    };
+    // The connection manager starts its task on the runtime it is made in.
+    let _in_runtime = runtime.enter();
+    let kv = portcullis::kv::KvStore::new(&portcullis::config::KvConfig {
+        max_entries: portcullis::kv::DEFAULT_MAX_ENTRIES,
+        backend: portcullis::config::KvBackend::Redis(portcullis::config::RedisConfig {
+            url,
+            cluster: Vec::new(),
+            prefix: "bench:".into(),
+            timeout: std::time::Duration::from_secs(1),
+        }),
+    })
+    .unwrap();
+    let on_redis = load_with(
+        &runtime,
+        "rate-limit",
+        "{ per_client = { messages = 1000000000, window_seconds = 3600 } }",
+        Arc::new(kv),
+    );
+    let mut limiter = runtime.block_on(on_redis.instantiate("bench")).unwrap();
+    c.bench_function(
+        "mail hook call (rate-limit, one kv increment through Redis)",
+        |b| {
+            b.iter_custom(|iterations| {
+                timed(&runtime, iterations, async |_| {
+                    black_box(
+                        limiter
+                            .mail(&session, "alice@example.org", &[])
+                            .await
+                            .unwrap(),
+                    );
+                })
+            })
+        },
+    );
+    // Criterion gives the typical time; the tail needs every call's own.
+    let mut each: Vec<std::time::Duration> = (0..10_000)
+        .map(|_| {
+            runtime.block_on(async {
+                let started = Instant::now();
+                black_box(
+                    limiter
+                        .mail(&session, "alice@example.org", &[])
+                        .await
+                        .unwrap(),
+                );
+                started.elapsed()
+            })
+        })
+        .collect();
+    each.sort_unstable();
+    eprintln!(
+        "rate-limit mail hook through Redis, 10,000 calls one at a time: p50 {:?}, p99 {:?}, max {:?}",
+        each[each.len() / 2],
+        each[each.len() * 99 / 100],
+        each[each.len() - 1]
+    );
 }
 
 /// A 10 KiB message as `smtp-source -l 10240` sends it (seen in an smtp-sink dump):

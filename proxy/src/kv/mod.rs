@@ -55,7 +55,8 @@ impl KvStore {
 
     /// The store `config` asks for. A Redis server that does not answer yet is not
     /// an error here (the calls fail until it does, and the proxy says so); a URL
-    /// that cannot be one is.
+    /// that cannot be one is. Call it within a tokio runtime: the connection to
+    /// Redis is a task of that runtime.
     pub fn new(config: &KvConfig) -> Result<Self, KvError> {
         let backend = match &config.backend {
             KvBackend::Memory => Backend::Memory(MemoryStore::new(config.max_entries)),
