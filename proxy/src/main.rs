@@ -171,14 +171,18 @@ fn check(config: &Config) -> ExitCode {
     for warning in &config.warnings {
         eprintln!("warning: {warning}");
     }
-    let loaded = match block_on(
-        1,
+    // The store as configured (a Redis URL is parsed here, connected to on first
+    // use), so a bad `[kv]` fails here as it would at start.
+    let loaded = match block_on(1, async {
+        let kv = portcullis::kv::KvStore::new(&config.kv)
+            .map_err(portcullis::startup::StartError::Kv)?;
         portcullis::startup::prepare(
             config,
             Arc::new(portcullis::dns::Resolver::new(&config.dns)),
-            Default::default(),
-        ),
-    ) {
+            Arc::new(kv),
+        )
+        .await
+    }) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };

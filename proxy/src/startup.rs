@@ -94,8 +94,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    /// The key-value store cannot be set up.
-    #[error("kv: {0}")]
+    /// The key-value store cannot be set up (the error names the key).
+    #[error("{0}")]
     Kv(#[source] crate::kv::KvError),
     /// The control socket cannot be bound.
     #[error("server.control_socket: {0}")]

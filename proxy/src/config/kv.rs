@@ -40,7 +40,7 @@ pub enum KvBackend {
 /// The Redis server or cluster of `backend = "redis"`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port/db` (or `rediss://` for TLS) of one server.
+    /// `redis://[user:password@]host:port/db` of one server (no TLS yet).
     pub url: String,
     /// The nodes of a Redis Cluster instead (any of them; the rest are found).
     pub cluster: Vec<String>,
@@ -182,12 +182,19 @@ pub(super) fn validate(
     })
 }
 
-/// A Redis URL's scheme (the rest is checked when the store is made).
+/// A Redis URL as the client will read it (host, port, database, credentials).
 fn check_url(url: &str) -> Result<(), String> {
+    use redis::IntoConnectionInfo;
     match url.split_once("://") {
-        Some(("redis" | "rediss" | "redis+unix" | "unix", rest)) if !rest.is_empty() => Ok(()),
+        Some(("rediss", _)) => Err(format!(
+            "{url:?}: TLS to Redis (rediss://) is not supported yet; use redis:// to a Redis on this host or a private network, or a TLS tunnel"
+        )),
+        Some(("redis" | "redis+unix" | "unix", rest)) if !rest.is_empty() => url
+            .into_connection_info()
+            .map(|_| ())
+            .map_err(|error| format!("{url:?} is not a usable Redis URL: {error}")),
         _ => Err(format!(
-            "{url:?} is not a Redis URL (redis://host:port[/db], rediss:// for TLS)"
+            "{url:?} is not a Redis URL (redis://[user:password@]host:port[/db])"
         )),
     }
 }

@@ -341,6 +341,18 @@ fn errors_name_the_key_and_the_line() {
             "not a Redis URL",
         ),
         (
+            &format!("{MINIMAL}\n[kv]\nbackend = \"redis\"\nurl = \"rediss://x:6379\"\n"),
+            "kv.url",
+            Some(10),
+            "not supported yet",
+        ),
+        (
+            &format!("{MINIMAL}\n[kv]\nbackend = \"redis\"\nurl = \"redis://x:port\"\n"),
+            "kv.url",
+            Some(10),
+            "not a usable Redis URL",
+        ),
+        (
             &format!(
                 "{MINIMAL}\n[kv]\nbackend = \"redis\"\nurl = \"redis://a\"\ncluster = [\"redis://b\"]\n"
             ),

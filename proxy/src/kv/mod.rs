@@ -25,6 +25,10 @@ pub enum KvError {
     /// The store cannot be reached or refused the call.
     #[error("the key-value store is unavailable: {0}")]
     Unavailable(String),
+    /// The configuration names no store that can be set up (a URL that does not
+    /// parse, say); the text names the key.
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// The store, in memory or in Redis.

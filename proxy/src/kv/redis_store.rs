@@ -63,8 +63,10 @@ fn unavailable(error: redis::RedisError) -> KvError {
 impl RedisStore {
     /// Checks the URLs; connects on first use.
     pub(super) fn new(config: &RedisConfig) -> Result<Self, KvError> {
+        let setup = |key: &str, error: redis::RedisError| KvError::Setup(format!("{key}: {error}"));
         let connection = if config.cluster.is_empty() {
-            let client = redis::Client::open(config.url.as_str()).map_err(unavailable)?;
+            let client =
+                redis::Client::open(config.url.as_str()).map_err(|error| setup("kv.url", error))?;
             let settings = redis::aio::ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(config.timeout))
                 .set_response_timeout(Some(config.timeout))
@@ -72,7 +74,7 @@ impl RedisStore {
             Connection::Single(
                 client
                     .get_connection_manager_lazy(settings)
-                    .map_err(unavailable)?,
+                    .map_err(|error| setup("kv.url", error))?,
             )
         } else {
             let client =
@@ -80,7 +82,7 @@ impl RedisStore {
                     .connection_timeout(config.timeout)
                     .response_timeout(config.timeout)
                     .build()
-                    .map_err(unavailable)?;
+                    .map_err(|error| setup("kv.cluster", error))?;
             Connection::Cluster(Box::new(Cluster {
                 client,
                 connection: OnceCell::new(),
