@@ -40,7 +40,7 @@
 //! - `message` → smtp
 //! - `client_limits` → config
 //! - `dns` → config
-//! - `kv` → config
+//! - `kv` → telemetry, config
 //! - `client` → dns, tls
 //! - `tls` → config
 //! - `connection` → smtp

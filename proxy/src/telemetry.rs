@@ -50,6 +50,7 @@ pub(crate) const TLS_HANDSHAKES: &str = "portcullis_tls_handshakes_total";
 pub(crate) const TLS_FAILURES: &str = "portcullis_tls_handshake_failures_total";
 pub(crate) const AUTH: &str = "portcullis_auth_total";
 pub(crate) const KV_ENTRIES: &str = "portcullis_kv_entries";
+pub(crate) const KV_ERRORS: &str = "portcullis_kv_errors_total";
 pub(crate) const RELOADS: &str = "portcullis_reloads_total";
 
 /// Installs the recorder and describes every metric; the handle renders them.
@@ -160,10 +161,17 @@ fn describe() {
         AUTH,
         "AUTH outcomes: success, failure, throttled (refused for earlier failures)."
     );
-    describe_gauge!(KV_ENTRIES, "Entries in the plugins' key-value store.");
+    describe_gauge!(
+        KV_ENTRIES,
+        "Entries in the plugins' key-value store (the memory store only)."
+    );
+    describe_counter!(
+        KV_ERRORS,
+        "Calls to the key-value store (Redis) that failed, per kind: timeout, unavailable."
+    );
     describe_counter!(
         RELOADS,
-        "SIGHUP reloads, per outcome: ok, failed (a file kept its old contents)."
+        "Reloads (SIGHUP or portcullis reload), per outcome: ok, failed (nothing changed)."
     );
 }
 

@@ -11,7 +11,10 @@ mod redis_store;
 use std::time::Duration;
 
 pub use crate::config::DEFAULT_MAX_ENTRIES;
-use crate::config::{KvBackend, KvConfig};
+use crate::{
+    config::{KvBackend, KvConfig},
+    telemetry,
+};
 pub use memory::MemoryStore;
 
 /// Why a call to the store did not happen.
@@ -88,7 +91,7 @@ impl KvStore {
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         match &self.backend {
             Backend::Memory(store) => Ok(store.get(key)),
-            Backend::Redis(store) => store.get(key).await,
+            Backend::Redis(store) => counted(store.get(key).await),
         }
     }
 
@@ -99,7 +102,7 @@ impl KvStore {
                 store.set(key, value, ttl_ms);
                 Ok(())
             }
-            Backend::Redis(store) => store.set(key, &value, ttl_ms).await,
+            Backend::Redis(store) => counted(store.set(key, &value, ttl_ms).await),
         }
     }
 
@@ -109,7 +112,7 @@ impl KvStore {
     pub async fn incr(&self, key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, KvError> {
         match &self.backend {
             Backend::Memory(store) => Ok(store.incr(key, delta, ttl_ms)),
-            Backend::Redis(store) => store.incr(key, delta, ttl_ms).await,
+            Backend::Redis(store) => counted(store.incr(key, delta, ttl_ms).await),
         }
     }
 
@@ -117,7 +120,21 @@ impl KvStore {
     pub async fn delete(&self, key: &str) -> Result<bool, KvError> {
         match &self.backend {
             Backend::Memory(store) => Ok(store.delete(key)),
-            Backend::Redis(store) => store.delete(key).await,
+            Backend::Redis(store) => counted(store.delete(key).await),
         }
     }
+}
+
+/// Counts a failed call in `portcullis_kv_errors_total`.
+fn counted<T>(result: Result<T, KvError>) -> Result<T, KvError> {
+    if let Err(error) = &result
+        && telemetry::on()
+    {
+        let kind = match error {
+            KvError::Timeout(_) => "timeout",
+            _ => "unavailable",
+        };
+        metrics::counter!(telemetry::KV_ERRORS, "kind" => kind).increment(1);
+    }
+    result
 }
