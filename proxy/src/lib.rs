@@ -10,9 +10,13 @@
 //! and its edits; [`replay`] runs a chain offline; [`config`] is the validated
 //! configuration, plain data; `client` is who is connected, as the session and the
 //! upstream both see it; `connection` is the shared bytes ↔ lines plumbing; [`dns`]
-//! the resolver that plugins and the client-name lookup share; `devupstream` is the
-//! built-in development upstream for trying things out; `service` talks to systemd;
-//! `fuzzing` holds the fuzz targets' bodies (`fuzz/`).
+//! the resolver that plugins and the client-name lookup share; [`kv`] the key-value
+//! store of the plugins and the AUTH throttle (in memory, or Redis shared by several
+//! proxies); `devupstream` is the built-in development upstream for trying things
+//! out; `service` talks to systemd; [`control`] is the socket `portcullis reload`
+//! asks through (`server` keeps a *generation* — everything one configuration made —
+//! and a reload swaps in the next); `fuzzing` holds the fuzz targets' bodies
+//! (`fuzz/`).
 //!
 //! Each word keeps one meaning: a *session* is one client connection (`session`);
 //! it may have an *upstream session* (`upstream`), holds its *session hooks* (the
