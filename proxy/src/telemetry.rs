@@ -42,6 +42,8 @@ pub(crate) const MESSAGE_BYTES: &str = "portcullis_message_bytes_total";
 pub(crate) const UPSTREAM_CONNECTS: &str = "portcullis_upstream_connects_total";
 pub(crate) const UPSTREAM_ERRORS: &str = "portcullis_upstream_errors_total";
 pub(crate) const UPSTREAM_REPLY: &str = "portcullis_upstream_reply_seconds";
+pub(crate) const UPSTREAM_SERVER_FAILURES: &str = "portcullis_upstream_server_failures_total";
+pub(crate) const UPSTREAM_SERVER_UP: &str = "portcullis_upstream_server_up";
 pub(crate) const PLUGIN_CALLS: &str = "portcullis_plugin_calls_total";
 pub(crate) const PLUGIN_CALL: &str = "portcullis_plugin_call_seconds";
 pub(crate) const PLUGIN_FAULTS: &str = "portcullis_plugin_faults_total";
@@ -133,6 +135,14 @@ fn describe() {
         "Upstream sessions opened (handshake done) or failed to open."
     );
     describe_counter!(UPSTREAM_ERRORS, "Upstream failures, per kind.");
+    describe_counter!(
+        UPSTREAM_SERVER_FAILURES,
+        "Times an upstream server failed before a session's client heard anything (the session went to the next), per server."
+    );
+    describe_gauge!(
+        UPSTREAM_SERVER_UP,
+        "1 while an upstream server takes sessions, 0 while it is passed over after a failure."
+    );
     describe_histogram!(
         UPSTREAM_REPLY,
         Unit::Seconds,

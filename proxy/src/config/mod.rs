@@ -472,8 +472,8 @@ pub use proxy_protocol::{ProxyProtocolConfig, ProxyVersions};
 
 use raw::RawConfig;
 pub use upstream::{
-    ClientAddressMode, ReuseConfig, Trust, UpstreamConfig, UpstreamTarget, UpstreamTimeouts,
-    UpstreamTlsConfig,
+    Balance, ClientAddressMode, ReuseConfig, Trust, UpstreamConfig, UpstreamTarget,
+    UpstreamTimeouts, UpstreamTlsConfig,
 };
 
 #[cfg(test)]

@@ -60,6 +60,11 @@ pub(super) struct RawListener {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawUpstream {
     pub(super) address: Option<Spanned<String>>,
+    pub(super) servers: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    pub(super) balance: super::upstream::Balance,
+    #[serde(default = "default_down_for", with = "humantime_serde")]
+    pub(super) down_for: Duration,
     pub(super) development_folder: Option<Spanned<PathBuf>>,
     pub(super) client_address: Option<Spanned<ClientAddressMode>>,
     pub(super) client_name_lookup: Option<Spanned<bool>>,
@@ -77,6 +82,10 @@ pub(super) struct RawUpstream {
     #[serde(default)]
     pub(super) tls_insecure: bool,
     pub(super) tls_server_name: Option<Spanned<String>>,
+}
+
+pub(super) fn default_down_for() -> Duration {
+    Duration::from_secs(30)
 }
 
 pub(super) fn default_capabilities_refresh() -> Duration {

@@ -64,7 +64,7 @@ fn minimal_config_gets_rfc_defaults() {
     );
     assert_eq!(
         config.upstream.target,
-        UpstreamTarget::Address("127.0.0.1:10025".into())
+        UpstreamTarget::Servers(vec!["127.0.0.1:10025".into()])
     );
     assert_eq!(
         config.listeners[0].address,
@@ -178,7 +178,25 @@ fn errors_name_the_key_and_the_line() {
             &format!("{MINIMAL}development_folder = \"x\"\n"),
             "upstream.address",
             Some(6),
-            "not both",
+            "one of address, servers and development_folder",
+        ),
+        (
+            &MINIMAL.replace(
+                "address = \"127.0.0.1:10025\"",
+                "servers = [\"127.0.0.1:10025\", \"mx2\"]",
+            ),
+            "upstream.servers",
+            Some(6),
+            "\"mx2\": expected host:port",
+        ),
+        (
+            &MINIMAL.replace(
+                "address = \"127.0.0.1:10025\"",
+                "servers = [\"a.example:25\", \"b.example:25\"]\ntls = \"starttls\"",
+            ),
+            "upstream.tls_server_name",
+            Some(7),
+            "several servers",
         ),
         (
             &format!("{MINIMAL}[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:1\"\n"),

@@ -37,8 +37,9 @@ impl ClientAddressMode {
 /// Where the upstream is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpstreamTarget {
-    /// A real MTA at `host:port`.
-    Address(String),
+    /// Real MTAs at `host:port` (`address`, or `servers` for several that take over
+    /// for each other).
+    Servers(Vec<String>),
     /// The built-in development upstream, writing each message to this folder.
     Development(PathBuf),
 }
@@ -63,8 +64,25 @@ pub struct UpstreamConfig {
     pub capabilities_wait: Duration,
     /// Keeping idle upstream sessions for later client sessions.
     pub reuse: ReuseConfig,
+    /// Which of several servers a session tries first.
+    pub balance: Balance,
+    /// How long a server that failed is passed over (tried only when every other
+    /// one is down too).
+    pub down_for: Duration,
     /// TLS toward the upstream.
     pub tls: UpstreamTlsConfig,
+}
+
+/// Which of several servers a session tries first; the others follow in order when
+/// it fails before the client heard anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// The first server that is up, in the order written: the rest are backups.
+    #[default]
+    Primary,
+    /// Each session starts at the next server that is up, in turn.
+    RoundRobin,
 }
 
 /// Where the upstream's certificate is verified against.

@@ -209,44 +209,71 @@ fn validate_upstream(
     let error = |key: &str, offset: usize, message: &str| error_at(line_of, key, offset, message);
     let upstream_offset = raw.span().start;
     let upstream = raw.into_inner();
+    let host_port = |address: &str| {
+        let (host, port) = address.rsplit_once(':').unwrap_or(("", ""));
+        !host.is_empty() && port.parse::<u16>().is_ok()
+    };
     let target = match (
         upstream.address.clone(),
+        upstream.servers.clone(),
         upstream.development_folder.clone(),
     ) {
-        (Some(address), None) => {
-            let (host, port) = address.get_ref().rsplit_once(':').unwrap_or(("", ""));
-            if host.is_empty() || port.parse::<u16>().is_err() {
+        (Some(address), None, None) => {
+            if !host_port(address.get_ref()) {
                 return Err(error(
                     "upstream.address",
                     address.span().start,
                     "expected host:port",
                 ));
             }
-            UpstreamTarget::Address(address.into_inner())
+            UpstreamTarget::Servers(vec![address.into_inner()])
         }
-        (None, Some(folder)) => UpstreamTarget::Development(folder.into_inner()),
-        (Some(address), Some(_)) => {
-            return Err(error(
-                "upstream.address",
-                address.span().start,
-                "set either address or development_folder, not both",
-            ));
+        (None, Some(servers), None) => {
+            let offset = servers.span().start;
+            let servers = servers.into_inner();
+            if servers.is_empty() {
+                return Err(error(
+                    "upstream.servers",
+                    offset,
+                    "name at least one server",
+                ));
+            }
+            if let Some(bad) = servers.iter().find(|server| !host_port(server)) {
+                return Err(error(
+                    "upstream.servers",
+                    offset,
+                    &format!("{bad:?}: expected host:port"),
+                ));
+            }
+            UpstreamTarget::Servers(servers)
         }
-        (None, None) => {
+        (None, None, Some(folder)) => UpstreamTarget::Development(folder.into_inner()),
+        (None, None, None) => {
             return Err(error(
                 "upstream",
                 upstream_offset,
-                "set address (a real MTA) or development_folder (the built-in development upstream)",
+                "set address (a real MTA), servers (several) or development_folder (the built-in development upstream)",
+            ));
+        }
+        (address, servers, _) => {
+            let offset = address
+                .map(|a| a.span().start)
+                .or(servers.map(|s| s.span().start))
+                .unwrap_or(upstream_offset);
+            return Err(error(
+                "upstream.address",
+                offset,
+                "set one of address, servers and development_folder",
             ));
         }
     };
     let client_address = match (&upstream.client_address, &target) {
         (Some(mode), _) => *mode.get_ref(),
-        (None, UpstreamTarget::Address(_)) => ClientAddressMode::Xclient,
+        (None, UpstreamTarget::Servers(_)) => ClientAddressMode::Xclient,
         // The development upstream accepts everything and delivers nothing.
         (None, UpstreamTarget::Development(_)) => ClientAddressMode::None,
     };
-    if let (Some(mode), UpstreamTarget::Address(_)) = (&upstream.client_address, &target)
+    if let (Some(mode), UpstreamTarget::Servers(_)) = (&upstream.client_address, &target)
         && *mode.get_ref() == ClientAddressMode::None
     {
         warnings.push(ConfigWarning {
@@ -291,6 +318,8 @@ fn validate_upstream(
         capabilities_refresh: upstream.capabilities_refresh,
         capabilities_wait: upstream.capabilities_wait,
         reuse: upstream.reuse.map(Spanned::into_inner).unwrap_or_default(),
+        balance: upstream.balance,
+        down_for: upstream.down_for,
         tls,
     })
 }
@@ -418,7 +447,16 @@ fn validate_upstream_tls(
     };
     let server_name = match (&upstream.tls_server_name, target) {
         (Some(name), _) => name.get_ref().clone(),
-        (None, UpstreamTarget::Address(address)) => address
+        (None, UpstreamTarget::Servers(servers))
+            if servers.len() > 1 && *mode.get_ref() != TlsMode::None =>
+        {
+            return Err(error(
+                "tls_server_name",
+                mode.span().start,
+                "several servers: set tls_server_name, the name every one of them has a certificate for",
+            ));
+        }
+        (None, UpstreamTarget::Servers(servers)) => servers[0]
             .rsplit_once(':')
             .map(|(host, _)| host.trim_matches(['[', ']']).to_string())
             .unwrap_or_default(),

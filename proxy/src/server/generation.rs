@@ -49,8 +49,9 @@ pub(crate) struct Generation {
     pub(super) sockets: Vec<(u64, usize)>,
     /// The plugins by name.
     pub(super) plugins: BTreeMap<String, Arc<LoadedPlugin>>,
-    /// Where the upstream is (the development upstream's address when it is that).
-    upstream_address: String,
+    /// Where the upstream's servers are (the development upstream's address when it
+    /// is that).
+    upstream_servers: Vec<String>,
     engines: Option<Engines>,
     /// The global client limits, and the own limits of listeners by name.
     shared_limits: Arc<ClientLimits>,
@@ -87,23 +88,25 @@ impl Generation {
             }
         };
         // After the plugins: a reload that fails there starts no upstream.
-        let upstream_address = match (&config.upstream.target, previous) {
-            (UpstreamTarget::Address(address), _) => address.clone(),
+        let upstream_servers = match (&config.upstream.target, previous) {
+            (UpstreamTarget::Servers(servers), _) => servers.clone(),
             (UpstreamTarget::Development(_), Some(previous))
                 if previous.config.upstream.target == config.upstream.target =>
             {
-                previous.upstream_address.clone()
+                previous.upstream_servers.clone()
             }
-            (UpstreamTarget::Development(folder), _) => devupstream::start(
-                folder.clone(),
-                &config.server.hostname,
-                lasting.signals.abort.clone(),
-            )
-            .await
-            .map_err(StartError::DevelopmentUpstream)?
-            .to_string(),
+            (UpstreamTarget::Development(folder), _) => vec![
+                devupstream::start(
+                    folder.clone(),
+                    &config.server.hostname,
+                    lasting.signals.abort.clone(),
+                )
+                .await
+                .map_err(StartError::DevelopmentUpstream)?
+                .to_string(),
+            ],
         };
-        let same_upstream = previous.filter(|p| p.upstream_address == upstream_address);
+        let same_upstream = previous.filter(|p| p.upstream_servers == upstream_servers);
         let capabilities = match same_upstream {
             Some(previous) => previous.context.capabilities.clone(),
             None => Arc::default(),
@@ -154,7 +157,7 @@ impl Generation {
         let context = Arc::new(SessionContext {
             config: config.clone(),
             upstream: Arc::new(Upstream::new(
-                upstream_address.clone(),
+                upstream_servers.clone(),
                 config.upstream.clone(),
                 upstream_tls,
             )),
@@ -187,7 +190,7 @@ impl Generation {
             config,
             context,
             listeners,
-            upstream_address,
+            upstream_servers,
             engines,
             shared_limits,
             own_limits,

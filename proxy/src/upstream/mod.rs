@@ -61,9 +61,35 @@ impl UpstreamSession {
         hostname: &str,
         client: Option<&Peer>,
     ) -> Result<Self, UpstreamError> {
+        let mut failure = None;
+        for server in upstream.candidates() {
+            match Self::open_on(upstream, &server.address, hostname, client).await {
+                Ok(session) => {
+                    upstream.succeeded(server);
+                    return Ok(session);
+                }
+                // The upstream's answer to the client's own greeting: its policy,
+                // which the client hears, not a failure of this server.
+                Err(error @ UpstreamError::GreetingRefused(_)) => return Err(error),
+                Err(error) => {
+                    upstream.failed(server, &error);
+                    failure = Some(error);
+                }
+            }
+        }
+        Err(failure.expect("an upstream has at least one server"))
+    }
+
+    /// [`Self::open`] on one server at `address`.
+    async fn open_on(
+        upstream: &Arc<Upstream>,
+        address: &str,
+        hostname: &str,
+        client: Option<&Peer>,
+    ) -> Result<Self, UpstreamError> {
         let config = &upstream.config;
         let timeouts = &config.timeouts;
-        let connect = TcpStream::connect(upstream.address.as_str());
+        let connect = TcpStream::connect(address);
         let stream = tokio::time::timeout(timeouts.connect, connect)
             .await
             .map_err(|_| UpstreamError::Timeout(Step::Connect))?

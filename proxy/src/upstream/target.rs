@@ -1,26 +1,123 @@
-//! The upstream as sessions reach it.
+//! The upstream as sessions reach it: its servers, which of them are up, and the
+//! order a session tries them in.
 
-use crate::{config::UpstreamConfig, tls::client::UpstreamTls};
+use std::{
+    sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Instant,
+};
+
+use metrics::{counter, gauge};
+use tracing::{info, warn};
+
+use super::UpstreamError;
+use crate::{
+    config::{Balance, UpstreamConfig},
+    telemetry,
+    tls::client::UpstreamTls,
+};
 
 /// The upstream as every session reaches it: where, how (its configuration), and the
 /// TLS connector start-up built for it.
 #[derive(Debug)]
 pub(crate) struct Upstream {
-    /// `host:port` (the development upstream's address if that is used).
-    pub address: String,
+    /// The servers, in the order configured.
+    servers: Vec<Server>,
+    /// Where round robin starts next.
+    turn: AtomicUsize,
     /// `[upstream]`.
     pub config: UpstreamConfig,
     /// `None` unless `upstream.tls` asks for TLS.
     pub(super) tls: Option<UpstreamTls>,
 }
 
+/// One server of the upstream.
+#[derive(Debug)]
+pub(crate) struct Server {
+    /// `host:port`.
+    pub(crate) address: String,
+    /// Set when it failed: passed over until then.
+    down_until: Mutex<Option<Instant>>,
+}
+
+impl Server {
+    fn is_down(&self, now: Instant) -> bool {
+        self.down_until
+            .lock()
+            .expect("lock poisoned")
+            .is_some_and(|until| until > now)
+    }
+}
+
 impl Upstream {
-    /// The upstream at `address`; `tls` is the connector `config.tls` asks for.
-    pub(crate) fn new(address: String, config: UpstreamConfig, tls: Option<UpstreamTls>) -> Self {
+    /// The upstream of `servers` (`host:port` each); `tls` is the connector
+    /// `config.tls` asks for.
+    pub(crate) fn new(
+        servers: Vec<String>,
+        config: UpstreamConfig,
+        tls: Option<UpstreamTls>,
+    ) -> Self {
         Self {
-            address,
+            servers: servers
+                .into_iter()
+                .map(|address| Server {
+                    address,
+                    down_until: Mutex::new(None),
+                })
+                .collect(),
+            turn: AtomicUsize::new(0),
             config,
             tls,
+        }
+    }
+
+    /// The servers in the order one session tries them: those up, starting where
+    /// `balance` says, then those marked down (as a last resort, soonest back
+    /// first): a session never fails while any server might take it.
+    pub(super) fn candidates(&self) -> Vec<&Server> {
+        let now = Instant::now();
+        let count = self.servers.len();
+        let start = match self.config.balance {
+            Balance::Primary => 0,
+            Balance::RoundRobin => self.turn.fetch_add(1, Ordering::Relaxed) % count.max(1),
+        };
+        let in_turn = (0..count).map(|n| &self.servers[(start + n) % count]);
+        let (up, mut down): (Vec<&Server>, Vec<&Server>) =
+            in_turn.partition(|server| !server.is_down(now));
+        down.sort_by_key(|server| *server.down_until.lock().expect("lock poisoned"));
+        up.into_iter().chain(down).collect()
+    }
+
+    /// `server` failed before the client heard anything: passed over for
+    /// `down_for`, and the session tries the next.
+    pub(super) fn failed(&self, server: &Server, error: &UpstreamError) {
+        let until = Instant::now() + self.config.down_for;
+        let was_down = server
+            .down_until
+            .lock()
+            .expect("lock poisoned")
+            .replace(until)
+            .is_some();
+        if !was_down {
+            warn!(server = %server.address, %error, down_for = ?self.config.down_for, "upstream server down; sessions go to the others");
+        }
+        if telemetry::on() {
+            counter!(telemetry::UPSTREAM_SERVER_FAILURES, "server" => server.address.clone())
+                .increment(1);
+            gauge!(telemetry::UPSTREAM_SERVER_UP, "server" => server.address.clone()).set(0.0);
+        }
+    }
+
+    /// `server` took a session: up again if it was down.
+    pub(super) fn succeeded(&self, server: &Server) {
+        let was_down = server.down_until.lock().expect("lock poisoned").take();
+        if was_down.is_some() {
+            info!(server = %server.address, "upstream server up again");
+        }
+        if telemetry::on() {
+            gauge!(telemetry::UPSTREAM_SERVER_UP, "server" => server.address.clone()).set(1.0);
         }
     }
 }

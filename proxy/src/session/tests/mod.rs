@@ -36,12 +36,12 @@ fn parse_for(upstream: &str, extra: &str) -> Config {
 }
 
 fn context_from(config: Config) -> Arc<SessionContext> {
-    let crate::config::UpstreamTarget::Address(address) = &config.upstream.target else {
+    let crate::config::UpstreamTarget::Servers(servers) = &config.upstream.target else {
         panic!("session tests relay to an address");
     };
     Arc::new(SessionContext {
         upstream: Arc::new(crate::upstream::Upstream::new(
-            address.clone(),
+            servers.clone(),
             config.upstream.clone(),
             None,
         )),
