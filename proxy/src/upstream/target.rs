@@ -91,8 +91,16 @@ impl Upstream {
     }
 
     /// `server` failed before the client heard anything: passed over for
-    /// `down_for`, and the session tries the next.
+    /// `down_for`, and the session tries the next. (A lone server is not marked:
+    /// there is no other to prefer, and the session's own error says enough.)
     pub(super) fn failed(&self, server: &Server, error: &UpstreamError) {
+        if telemetry::on() {
+            counter!(telemetry::UPSTREAM_SERVER_FAILURES, "server" => server.address.clone())
+                .increment(1);
+        }
+        if self.servers.len() < 2 {
+            return;
+        }
         let until = Instant::now() + self.config.down_for;
         let was_down = server
             .down_until
@@ -104,8 +112,6 @@ impl Upstream {
             warn!(server = %server.address, %error, down_for = ?self.config.down_for, "upstream server down; sessions go to the others");
         }
         if telemetry::on() {
-            counter!(telemetry::UPSTREAM_SERVER_FAILURES, "server" => server.address.clone())
-                .increment(1);
             gauge!(telemetry::UPSTREAM_SERVER_UP, "server" => server.address.clone()).set(0.0);
         }
     }
