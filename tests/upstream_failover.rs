@@ -2,7 +2,8 @@
 //! client heard anything — at connect, at its greeting — is passed over for
 //! `down_for` and the session goes to the next; round robin spreads sessions; the
 //! upstream's answer to the client's own greeting is its policy, relayed, not a
-//! failure; a server passed over takes sessions again once `down_for` is over.
+//! failure; a server passed over takes sessions again once `down_for` is over; a
+//! listener relays to the upstream it names (`[upstreams.NAME]`).
 
 mod common;
 
@@ -14,7 +15,9 @@ use std::{
     time::Duration,
 };
 
-use common::{Action, FULL_EHLO, Proxy, RecordingUpstream, closed_port, config::TestConfig};
+use common::{
+    Action, Client, FULL_EHLO, Proxy, RecordingUpstream, closed_port, config::TestConfig,
+};
 
 fn proxy(servers: &[String], extra: &[(&str, &str)]) -> Proxy {
     let mut config = TestConfig::new()
@@ -147,4 +150,31 @@ fn a_server_passed_over_takes_sessions_again_after_down_for() {
     assert_eq!(deliver(&proxy, "third@test"), 250);
     assert_eq!(flaky.wait_messages(1).len(), 1, "the primary again");
     proxy.wait_for_log("upstream server up again");
+}
+
+#[test]
+fn each_listener_relays_to_the_upstream_it_names() {
+    let (mx, submission) = (RecordingUpstream::start(), RecordingUpstream::start());
+    let proxy = TestConfig::new()
+        .set("upstream.address", mx.address())
+        .set("upstream.client_address", "none")
+        .set("upstreams.submission.servers", vec![submission.address()])
+        .set("upstreams.submission.client_address", "none")
+        .listener("submission")
+        .set_on("submission", "upstream", "submission")
+        .start();
+    assert_eq!(deliver(&proxy, "to-mx@test"), 250);
+    let mut client = Client::connect(proxy.listener("submission"));
+    assert_eq!(client.read_reply().code, 220);
+    client.expect("EHLO client.example", 250);
+    let wire = b"Message-ID: <to-submission@test>\r\n\r\nbody\r\n.\r\n";
+    let code = client
+        .send_message("a@example.org", &["b@example.com"], wire)
+        .code;
+    assert_eq!(code, 250);
+    let to_mx = mx.wait_messages(1);
+    let to_submission = submission.wait_messages(1);
+    assert!(String::from_utf8_lossy(&to_mx[0]).contains("to-mx@test"));
+    assert!(String::from_utf8_lossy(&to_submission[0]).contains("to-submission@test"));
+    assert_eq!((mx.messages().len(), submission.messages().len()), (1, 1));
 }

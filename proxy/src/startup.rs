@@ -116,8 +116,8 @@ pub struct Prepared {
     pub(crate) engines: Option<Engines>,
     /// The certificates for client TLS, if any listener uses TLS.
     pub server_tls: Option<ServerTls>,
-    /// The connector for TLS toward the upstream, if `upstream.tls` asks for it.
-    pub upstream_tls: Option<UpstreamTls>,
+    /// The connectors for TLS toward the upstreams that ask for it.
+    pub upstream_tls: UpstreamConnectors,
     /// Each listener with its chain and AUTH files, in configuration order.
     pub listeners: Vec<Arc<ListenerContext>>,
 }
@@ -174,9 +174,35 @@ fn server_tls(config: &Config) -> Result<Option<ServerTls>, StartError> {
         .map_err(StartError::Certificates)
 }
 
-/// The connector for TLS toward the upstream, with its trust anchors read.
-fn upstream_tls(config: &Config) -> Result<Option<UpstreamTls>, StartError> {
-    let tls = &config.upstream.tls;
+/// The connectors for TLS toward the upstreams (`[upstream]`, then each
+/// `[upstreams.NAME]`), with their trust anchors read.
+fn upstream_tls(config: &Config) -> Result<UpstreamConnectors, StartError> {
+    let mut groups = BTreeMap::new();
+    for (name, upstream) in &config.upstreams {
+        groups.insert(
+            name.clone(),
+            connector(&upstream.tls, &format!("upstreams.{name}"))?,
+        );
+    }
+    Ok(UpstreamConnectors {
+        default: connector(&config.upstream.tls, "upstream")?,
+        groups,
+    })
+}
+
+/// The TLS connectors of the upstreams: `None` where an upstream uses no TLS.
+#[derive(Clone, Default)]
+pub struct UpstreamConnectors {
+    /// `[upstream]`'s.
+    pub default: Option<UpstreamTls>,
+    /// Each `[upstreams.NAME]`'s, by name.
+    pub groups: BTreeMap<String, Option<UpstreamTls>>,
+}
+
+fn connector(
+    tls: &crate::config::UpstreamTlsConfig,
+    prefix: &str,
+) -> Result<Option<UpstreamTls>, StartError> {
     if tls.mode == TlsMode::None {
         return Ok(None);
     }
@@ -184,8 +210,8 @@ fn upstream_tls(config: &Config) -> Result<Option<UpstreamTls>, StartError> {
         .map(Some)
         .map_err(|source| {
             let key = match tls.trust {
-                Trust::CaFile(_) => "upstream.tls_ca",
-                _ => "upstream.tls",
+                Trust::CaFile(_) => format!("{prefix}.tls_ca"),
+                _ => format!("{prefix}.tls"),
             };
             StartError::UpstreamTls {
                 key: match tls.line {

@@ -137,11 +137,11 @@ fn describe() {
     describe_counter!(UPSTREAM_ERRORS, "Upstream failures, per kind.");
     describe_counter!(
         UPSTREAM_SERVER_FAILURES,
-        "Times an upstream server failed before a session's client heard anything (the session went to the next), per server."
+        "Times an upstream server failed before a session's client heard anything (the session went to the next), per upstream and server (its place in the list, 1 first)."
     );
     describe_gauge!(
         UPSTREAM_SERVER_UP,
-        "1 while an upstream server takes sessions, 0 while it is passed over after a failure."
+        "1 while an upstream server takes sessions, 0 while it is passed over after a failure; per upstream and server (its place in the list, 1 first)."
     );
     describe_histogram!(
         UPSTREAM_REPLY,

@@ -44,8 +44,11 @@ pub struct Config {
     pub smtp: SmtpConfig,
     /// The ports to listen on (at least one).
     pub listeners: Vec<ListenerConfig>,
-    /// The MTA behind the proxy.
+    /// The MTA behind the proxy: every listener's that names no other.
     pub upstream: UpstreamConfig,
+    /// More upstreams by name (`[upstreams.NAME]`), for listeners that name one:
+    /// port 587 to the submission service, say.
+    pub upstreams: std::collections::BTreeMap<String, UpstreamConfig>,
     /// The plugins by name; listeners refer to them.
     pub plugins: std::collections::BTreeMap<String, PluginConfig>,
     /// Where messages wait while DATA plugins look at them.
@@ -414,6 +417,8 @@ pub struct ListenerConfig {
     /// This listener's own `[client_limits]`, counted apart from the other
     /// listeners'; `None`: the global ones, whose counts all such listeners share.
     pub client_limits: Option<ClientLimitsConfig>,
+    /// The `[upstreams.NAME]` its sessions relay to; `None`: `[upstream]`.
+    pub upstream: Option<String>,
 }
 
 impl Config {

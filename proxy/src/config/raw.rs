@@ -24,6 +24,8 @@ pub(super) struct RawConfig {
     pub(super) listener: Vec<RawListener>,
     pub(super) upstream: Spanned<RawUpstream>,
     #[serde(default)]
+    pub(super) upstreams: std::collections::BTreeMap<String, Spanned<RawUpstream>>,
+    #[serde(default)]
     pub(super) plugins: std::collections::BTreeMap<String, Spanned<PluginConfig>>,
     #[serde(default)]
     pub(super) spool: SpoolConfig,
@@ -54,6 +56,7 @@ pub(super) struct RawListener {
     #[serde(default, with = "humantime_serde::option")]
     pub(super) proxy_timeout: Option<Duration>,
     pub(super) client_limits: Option<Spanned<ClientLimitsConfig>>,
+    pub(super) upstream: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

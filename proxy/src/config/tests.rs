@@ -335,6 +335,18 @@ fn errors_name_the_key_and_the_line() {
             "1 to 64 letters",
         ),
         (
+            &MINIMAL.replace("2525\"\n", "2525\"\nupstream = \"submission\"\n"),
+            "listener[0].upstream",
+            Some(4),
+            "no [upstreams.submission]",
+        ),
+        (
+            &format!("{MINIMAL}\n[upstreams.submission]\naddress = \"nowhere\"\n"),
+            "upstreams.submission.address",
+            Some(9),
+            "host:port",
+        ),
+        (
             &format!("{MINIMAL}\n[kv]\nbackend = \"redis\"\n"),
             "kv.url",
             Some(9),

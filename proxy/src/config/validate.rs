@@ -44,6 +44,7 @@ impl RawConfig {
             });
         }
         let mut listeners: Vec<ListenerConfig> = Vec::new();
+        let mut upstream_offsets = Vec::new();
         for (index, raw) in self.listener.into_iter().enumerate() {
             let listener = validate_listener(index, raw, &plugins, &self.tls, line_of)?;
             if listeners.iter().any(|l| l.name == listener.config.name) {
@@ -54,14 +55,48 @@ impl RawConfig {
                     "another listener has this name",
                 ));
             }
+            upstream_offsets.push(listener.upstream_offset);
             listeners.push(listener.config);
         }
         let mut warnings = Vec::new();
-        let upstream = validate_upstream(self.upstream, line_of, &mut warnings)?;
+        let upstream = validate_upstream(self.upstream, "upstream", line_of, &mut warnings)?;
+        let mut upstreams = std::collections::BTreeMap::new();
+        for (name, raw) in self.upstreams {
+            let prefix = format!("upstreams.{name}");
+            if !is_plugin_name(&name) {
+                return Err(ConfigError {
+                    key: prefix,
+                    line: Some(line_of(raw.span().start)),
+                    message: "an upstream's name is 1 to 64 letters, digits, '-', '_' or '.'"
+                        .into(),
+                });
+            }
+            let group = validate_upstream(raw, &prefix, line_of, &mut warnings)?;
+            if matches!(group.target, UpstreamTarget::Development(_)) {
+                return Err(ConfigError {
+                    key: format!("{prefix}.development_folder"),
+                    line: None,
+                    message: "only [upstream] may be the development upstream".into(),
+                });
+            }
+            upstreams.insert(name, group);
+        }
         let quarantine = validate_quarantine(self.quarantine, line_of)?;
         let client_limits = client_limits::validate(self.client_limits, "client_limits", line_of)?
             .unwrap_or_default();
-        warn_about_edge_auth(&listeners, &upstream, &mut warnings);
+        for (index, (listener, offset)) in listeners.iter().zip(&upstream_offsets).enumerate() {
+            if let (Some(name), Some(offset)) = (&listener.upstream, offset)
+                && !upstreams.contains_key(name)
+            {
+                return Err(error_at(
+                    line_of,
+                    &format!("listener[{index}].upstream"),
+                    *offset,
+                    &format!("no [upstreams.{name}] is configured"),
+                ));
+            }
+        }
+        warn_about_edge_auth(&listeners, &upstream, &upstreams, &mut warnings);
         Ok(Config {
             server: self.server,
             smtp: self.smtp,
@@ -71,6 +106,7 @@ impl RawConfig {
             dns: self.dns,
             listeners,
             upstream,
+            upstreams,
             tls: self.tls,
             auth_throttle: self.auth_throttle,
             kv: super::kv::validate(self.kv, line_of)?,
@@ -86,6 +122,8 @@ impl RawConfig {
 struct ValidListener {
     config: ListenerConfig,
     name_offset: usize,
+    /// Where its `upstream` names a group, checked once the groups are.
+    upstream_offset: Option<usize>,
 }
 
 /// Checks `[[listener]]` number `index`: its name, that its plugins are configured,
@@ -191,7 +229,9 @@ fn validate_listener(
             auth,
             proxy_protocol,
             client_limits,
+            upstream: raw.upstream.as_ref().map(|name| name.get_ref().clone()),
         },
+        upstream_offset: raw.upstream.as_ref().map(|name| name.span().start),
         name_offset,
     })
 }
@@ -203,10 +243,14 @@ fn validate_listener(
 /// about there.
 fn validate_upstream(
     raw: Spanned<RawUpstream>,
+    prefix: &str,
     line_of: LineOf,
     warnings: &mut Vec<ConfigWarning>,
 ) -> Result<UpstreamConfig, ConfigError> {
-    let error = |key: &str, offset: usize, message: &str| error_at(line_of, key, offset, message);
+    let error = |key: &str, offset: usize, message: &str| {
+        let key = key.replacen("upstream", prefix, 1);
+        error_at(line_of, &key, offset, message)
+    };
     let upstream_offset = raw.span().start;
     let upstream = raw.into_inner();
     let host_port = |address: &str| {
@@ -277,7 +321,7 @@ fn validate_upstream(
         && *mode.get_ref() == ClientAddressMode::None
     {
         warnings.push(ConfigWarning {
-            key: "upstream.client_address".into(),
+            key: format!("{prefix}.client_address"),
             line: Some(line_of(mode.span().start)),
             message: "\"none\": the upstream sees this proxy's address for every client. If it trusts that address (Postfix's default mynetworks includes it), it relays mail for anyone who connects here. Use \"xclient\" or a PROXY header, or make sure the upstream grants this address nothing it would not grant any client".into(),
         });
@@ -308,7 +352,7 @@ fn validate_upstream(
         Some(lookup) => *lookup.get_ref(),
         None => names_used,
     };
-    let tls = validate_upstream_tls(&upstream, &target, line_of)?;
+    let tls = validate_upstream_tls(&upstream, &target, prefix, line_of)?;
     Ok(UpstreamConfig {
         target,
         client_address,
@@ -423,13 +467,14 @@ fn validate_auth(
 fn validate_upstream_tls(
     upstream: &RawUpstream,
     target: &UpstreamTarget,
+    prefix: &str,
     line_of: LineOf,
 ) -> Result<UpstreamTlsConfig, ConfigError> {
     let Some(mode) = &upstream.tls else {
         return Ok(UpstreamTlsConfig::default());
     };
     let error = |key: &str, span: usize, message: &str| ConfigError {
-        key: format!("upstream.{key}"),
+        key: format!("{prefix}.{key}"),
         line: Some(line_of(span)),
         message: message.into(),
     };
@@ -492,13 +537,18 @@ fn validate_upstream_tls(
 fn warn_about_edge_auth(
     listeners: &[ListenerConfig],
     upstream: &UpstreamConfig,
+    upstreams: &std::collections::BTreeMap<String, UpstreamConfig>,
     warnings: &mut Vec<ConfigWarning>,
 ) {
-    if upstream.client_address == ClientAddressMode::Xclient {
-        return;
-    }
     for (index, listener) in listeners.iter().enumerate() {
-        if listener.auth.mode == AuthMode::Edge {
+        let group = listener
+            .upstream
+            .as_ref()
+            .and_then(|name| upstreams.get(name))
+            .unwrap_or(upstream);
+        if listener.auth.mode == AuthMode::Edge
+            && group.client_address != ClientAddressMode::Xclient
+        {
             warnings.push(ConfigWarning {
                 key: format!("listener[{index}].auth.mode"),
                 line: None,

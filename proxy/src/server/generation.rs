@@ -24,8 +24,8 @@ use crate::{
     listener::{Admission, Serving},
     plugin_host::LoadedPlugin,
     session::{ListenerContext, SessionContext, Shutdown},
-    startup::{self, Engines, Prepared, StartError},
-    upstream::{Upstream, pool::SessionPool},
+    startup::{self, Engines, Prepared, StartError, UpstreamConnectors},
+    upstream::{Upstream, capability_cache::CapabilityCache, pool::SessionPool},
 };
 
 /// What every generation shares: the process's own state.
@@ -41,7 +41,9 @@ pub(crate) struct Generation {
     /// 1 for the configuration the proxy started with, one more for each reload.
     pub(super) number: u64,
     pub(super) config: Arc<Config>,
-    pub(super) context: Arc<SessionContext>,
+    /// What the sessions of each upstream share: `[upstream]`'s under `None`, each
+    /// `[upstreams.NAME]`'s under its name.
+    groups: BTreeMap<Option<String>, Upstreams>,
     /// Each listener, in configuration order.
     pub(super) listeners: Vec<Serving>,
     /// Which listener (index in `listeners`) each socket (by id) serves; set when
@@ -49,9 +51,6 @@ pub(crate) struct Generation {
     pub(super) sockets: Vec<(u64, usize)>,
     /// The plugins by name.
     pub(super) plugins: BTreeMap<String, Arc<LoadedPlugin>>,
-    /// Where the upstream's servers are (the development upstream's address when it
-    /// is that).
-    upstream_servers: Vec<String>,
     engines: Option<Engines>,
     /// The global client limits, and the own limits of listeners by name.
     shared_limits: Arc<ClientLimits>,
@@ -87,39 +86,9 @@ impl Generation {
                 .await?
             }
         };
-        // After the plugins: a reload that fails there starts no upstream.
-        let upstream_servers = match (&config.upstream.target, previous) {
-            (UpstreamTarget::Servers(servers), _) => servers.clone(),
-            (UpstreamTarget::Development(_), Some(previous))
-                if previous.config.upstream.target == config.upstream.target =>
-            {
-                previous.upstream_servers.clone()
-            }
-            (UpstreamTarget::Development(folder), _) => vec![
-                devupstream::start(
-                    folder.clone(),
-                    &config.server.hostname,
-                    lasting.signals.abort.clone(),
-                )
-                .await
-                .map_err(StartError::DevelopmentUpstream)?
-                .to_string(),
-            ],
-        };
-        let same_upstream = previous.filter(|p| p.upstream_servers == upstream_servers);
-        let capabilities = match same_upstream {
-            Some(previous) => previous.context.capabilities.clone(),
-            None => Arc::default(),
-        };
-        let pool = match same_upstream {
-            Some(previous) if previous.config.upstream == config.upstream => {
-                previous.context.pool.clone()
-            }
-            _ => Arc::new(SessionPool::new(config.upstream.reuse.clone())),
-        };
         let throttle = match previous {
             Some(previous) => previous
-                .context
+                .context()
                 .throttle
                 .reconfigured(config.auth_throttle.clone()),
             None => AuthThrottle::new(config.auth_throttle.clone(), &lasting.kv),
@@ -131,7 +100,7 @@ impl Generation {
                     && previous.config.auth_throttle.check_timeout
                         == config.auth_throttle.check_timeout =>
             {
-                previous.context.checks.clone()
+                previous.context().checks.clone()
             }
             _ => Arc::new(PasswordChecks::new(
                 config.auth_throttle.concurrent_checks,
@@ -154,21 +123,38 @@ impl Generation {
             }
         }
         let config = Arc::new(config);
-        let context = Arc::new(SessionContext {
-            config: config.clone(),
-            upstream: Arc::new(Upstream::new(
-                upstream_servers.clone(),
-                config.upstream.clone(),
-                upstream_tls,
-            )),
-            capabilities,
-            pool,
-            shutdown: lasting.signals.clone(),
-            server_tls,
-            throttle,
-            checks,
-            dns,
-        });
+        // One context per upstream: `[upstream]` (None), then each named one.
+        let names = std::iter::once(None).chain(config.upstreams.keys().cloned().map(Some));
+        let mut groups = BTreeMap::new();
+        for name in names {
+            let group = Group::build(
+                &config,
+                name.as_deref(),
+                &upstream_tls,
+                lasting,
+                previous.and_then(|p| p.groups.get(&name)),
+                previous.map(|p| &p.config),
+            )
+            .await?;
+            let context = Arc::new(SessionContext {
+                config: config.clone(),
+                upstream: group.upstream,
+                capabilities: group.capabilities,
+                pool: group.pool,
+                shutdown: lasting.signals.clone(),
+                server_tls: server_tls.clone(),
+                throttle: throttle.clone(),
+                checks: checks.clone(),
+                dns: dns.clone(),
+            });
+            groups.insert(
+                name,
+                Upstreams {
+                    servers: group.servers,
+                    context,
+                },
+            );
+        }
         let listeners = listeners
             .into_iter()
             .map(|listener: Arc<ListenerContext>| {
@@ -176,9 +162,10 @@ impl Generation {
                     .get(&listener.config.name)
                     .unwrap_or(&shared_limits)
                     .clone();
+                let context = groups[&listener.config.upstream].context.clone();
                 Serving {
                     listener,
-                    context: context.clone(),
+                    context,
                     admission: Admission::new(lasting.permits.clone(), clients),
                 }
             })
@@ -188,9 +175,8 @@ impl Generation {
             sockets: Vec::new(),
             plugins,
             config,
-            context,
+            groups,
             listeners,
-            upstream_servers,
             engines,
             shared_limits,
             own_limits,
@@ -203,10 +189,22 @@ impl Generation {
         if let Some(memory) = lasting.kv.in_memory() {
             memory.set_max_entries(self.config.kv.max_entries);
         }
-        self.context.throttle.take_effect();
+        let context = self.context();
+        context.throttle.take_effect();
         if let Some(engines) = &self.engines {
-            engines.runtime.use_resolver(self.context.dns.clone());
+            engines.runtime.use_resolver(context.dns.clone());
         }
+    }
+
+    /// What `[upstream]`'s sessions share (and what all share: throttle, checks, the
+    /// resolver, the certificates).
+    pub(super) fn context(&self) -> &Arc<SessionContext> {
+        &self.groups[&None].context
+    }
+
+    /// What the sessions of each upstream share.
+    pub(super) fn contexts(&self) -> impl Iterator<Item = &Arc<SessionContext>> {
+        self.groups.values().map(|group| &group.context)
     }
 
     /// What connections on the socket `id` are served with, if a listener of this
@@ -244,5 +242,86 @@ async fn prepare_off_the_workers(
     match loading.await {
         Ok(prepared) => prepared,
         Err(failed) => std::panic::resume_unwind(failed.into_panic()),
+    }
+}
+
+/// One upstream's part of a generation.
+struct Upstreams {
+    /// Where its servers are (the development upstream's address when it is that).
+    servers: Vec<String>,
+    context: Arc<SessionContext>,
+}
+
+/// What one upstream's sessions are served with, before the context is made.
+struct Group {
+    servers: Vec<String>,
+    upstream: Arc<Upstream>,
+    capabilities: Arc<CapabilityCache>,
+    pool: Arc<SessionPool>,
+}
+
+impl Group {
+    /// The upstream `name` (`None`: `[upstream]`), keeping from `previous` (the
+    /// same upstream in the generation before, configured as `was`) its known
+    /// extensions while its servers stay, and its kept sessions while its settings
+    /// stay too. The development upstream is started here when it is new.
+    async fn build(
+        config: &Config,
+        name: Option<&str>,
+        connectors: &UpstreamConnectors,
+        lasting: &Lasting,
+        previous: Option<&Upstreams>,
+        was: Option<&Arc<Config>>,
+    ) -> Result<Group, StartError> {
+        let settings = match name {
+            Some(name) => &config.upstreams[name],
+            None => &config.upstream,
+        };
+        let old_settings = was.and_then(|was| match name {
+            Some(name) => was.upstreams.get(name),
+            None => Some(&was.upstream),
+        });
+        let servers = match (&settings.target, previous) {
+            (UpstreamTarget::Servers(servers), _) => servers.clone(),
+            (UpstreamTarget::Development(_), Some(previous))
+                if old_settings.is_some_and(|old| old.target == settings.target) =>
+            {
+                previous.servers.clone()
+            }
+            (UpstreamTarget::Development(folder), _) => vec![
+                devupstream::start(
+                    folder.clone(),
+                    &config.server.hostname,
+                    lasting.signals.abort.clone(),
+                )
+                .await
+                .map_err(StartError::DevelopmentUpstream)?
+                .to_string(),
+            ],
+        };
+        let same_servers = previous.filter(|p| p.servers == servers);
+        let capabilities = match same_servers {
+            Some(previous) => previous.context.capabilities.clone(),
+            None => Arc::default(),
+        };
+        let pool = match same_servers {
+            Some(previous) if old_settings == Some(settings) => previous.context.pool.clone(),
+            _ => Arc::new(SessionPool::new(settings.reuse.clone())),
+        };
+        let connector = match name {
+            Some(name) => connectors.groups.get(name).cloned().flatten(),
+            None => connectors.default.clone(),
+        };
+        Ok(Group {
+            upstream: Arc::new(Upstream::new(
+                name.unwrap_or("default"),
+                servers.clone(),
+                settings.clone(),
+                connector,
+            )),
+            servers,
+            capabilities,
+            pool,
+        })
     }
 }

@@ -176,51 +176,67 @@ async fn housekeeping(current: Current, kv: Arc<KvStore>, stopping: Cancellation
     }
 }
 
-/// Keeps the capability cache of the current upstream fresh (see
-/// `upstream::capability_cache`).
+/// Keeps the capability caches of the current upstreams fresh (see
+/// `upstream::capability_cache`); ready while every upstream answered its last probe.
 async fn refresh_capabilities(mut current: Current, readiness: Arc<Readiness>) {
     loop {
-        let context = current.borrow_and_update().context.clone();
-        let config = &context.config;
-        let interval = config.upstream.capabilities_refresh;
-        if context.capabilities.is_stale(interval) {
+        let generation = current.borrow_and_update().clone();
+        let mut interval = Duration::from_secs(60);
+        let mut all_answered = true;
+        for context in generation.contexts() {
+            let config = &context.upstream.config;
+            interval = interval.min(config.capabilities_refresh);
+            if !context.capabilities.is_stale(config.capabilities_refresh) {
+                continue;
+            }
             match context
                 .capabilities
-                .probe(&context.upstream, &config.server.hostname)
+                .probe(&context.upstream, &context.config.server.hostname)
                 .await
             {
                 Ok(capabilities) => {
-                    readiness.upstream.store(true, Ordering::Relaxed);
                     info!(extensions = ?capabilities.ehlo_lines(), "learned the upstream's extensions")
                 }
                 Err(error) => {
-                    readiness.upstream.store(false, Ordering::Relaxed);
+                    all_answered = false;
                     warn!(%error, "upstream capability probe failed")
                 }
             }
         }
+        readiness.upstream.store(all_answered, Ordering::Relaxed);
+        let stopping = generation.context().shutdown.stopping.clone();
+        drop(generation);
         tokio::select! {
-            _ = context.shutdown.stopping.cancelled() => return,
-            _ = tokio::time::sleep(interval.min(Duration::from_secs(60))) => {}
-            // A reload may have put another upstream in place: probe it now.
+            _ = stopping.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+            // A reload may have put other upstreams in place: probe them now.
             Ok(()) = current.changed() => {}
         }
     }
 }
 
 /// QUITs kept upstream sessions once they idled past `upstream.reuse.idle_timeout`,
-/// and all of them when the proxy stops. (A reload that replaces the pool QUITs the
+/// and all of them when the proxy stops. (A reload that replaces a pool QUITs the
 /// old one's sessions itself.)
 async fn reap_idle_upstream_sessions(current: Current) {
     loop {
-        let context = current.borrow().context.clone();
-        let pool = &context.pool;
+        let generation = current.borrow().clone();
+        let context = generation.context().clone();
+        let interval = generation
+            .contexts()
+            .map(|context| context.pool.reap_interval())
+            .min()
+            .unwrap_or(Duration::from_secs(5));
         let stopping = tokio::select! {
             _ = context.shutdown.stopping.cancelled() => true,
-            _ = tokio::time::sleep(pool.reap_interval()) => false,
+            _ = tokio::time::sleep(interval) => false,
         };
-        for session in pool.remove_expired(stopping) {
-            session.quit().await;
+        // The pools in use now (a reload closed the ones it replaced).
+        let generation = current.borrow().clone();
+        for context in generation.contexts() {
+            for session in context.pool.remove_expired(stopping) {
+                session.quit().await;
+            }
         }
         if stopping {
             return;

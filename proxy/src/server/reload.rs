@@ -227,13 +227,19 @@ impl Reloader {
             previous.config.server.max_connections,
             next.config.server.max_connections,
         );
-        if !Arc::ptr_eq(&previous.context.pool, &next.context.pool) {
-            let idle = previous.context.pool.close();
-            tokio::spawn(async move {
-                for session in idle {
-                    session.quit().await;
-                }
-            });
+        // Pools the new generation does not keep take no more sessions.
+        for old in previous.contexts() {
+            if next
+                .contexts()
+                .all(|new| !Arc::ptr_eq(&old.pool, &new.pool))
+            {
+                let idle = old.pool.close();
+                tokio::spawn(async move {
+                    for session in idle {
+                        session.quit().await;
+                    }
+                });
+            }
         }
         let next = Arc::new(next);
         self.current.send_replace(next.clone());

@@ -330,7 +330,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Some(initial) => format!("AUTH {mechanism} {initial}"),
             None => format!("AUTH {mechanism}"),
         };
-        let timeout = self.context.config.upstream.timeouts.command;
+        let timeout = self.context.upstream.config.timeouts.command;
         // Counted as a failure until the upstream says 235.
         let mut reservation = match self.context.throttle.reserve(self.peer.address.ip()).await {
             Ok(reservation) => Some(reservation),
@@ -390,7 +390,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Ends an exchange the upstream is in the middle of.
     async fn cancel_upstream_auth(&mut self) {
-        let timeout = self.context.config.upstream.timeouts.command;
+        let timeout = self.context.upstream.config.timeouts.command;
         if let Some(upstream) = self.link.session()
             && upstream
                 .command(UpstreamStep::Command, "*", timeout)

@@ -146,7 +146,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if let Err(reply) = self.sync_recipients(&message).await {
             return reply;
         }
-        let timeout = self.context.config.upstream.timeouts.data_init;
+        let timeout = self.context.upstream.config.timeouts.data_init;
         let Some(upstream) = self.link.session() else {
             return replies::upstream_lost();
         };
@@ -213,7 +213,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if lines.is_empty() {
             return Ok(());
         }
-        let timeout = self.context.config.upstream.timeouts.command;
+        let timeout = self.context.upstream.config.timeouts.command;
         let Some(upstream) = self.link.session() else {
             return Err(replies::upstream_lost());
         };

@@ -52,7 +52,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if self.hooks.wants_data() {
             return self.spooled_data().await;
         }
-        let timeout = self.context.config.upstream.timeouts.data_init;
+        let timeout = self.context.upstream.config.timeouts.data_init;
         let Some(upstream) = self.link.session() else {
             return self.reply(replies::upstream_lost());
         };
@@ -220,7 +220,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// The Received field for the message being relayed, if `upstream.received_header`
     /// asks for one; `recipient` is its only recipient, if it has exactly one.
     pub(super) fn received_field(&self, recipient: Option<&str>) -> Option<String> {
-        if !self.context.config.upstream.received_header {
+        if !self.context.upstream.config.received_header {
             return None;
         }
         let client_name = self

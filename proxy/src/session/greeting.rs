@@ -68,7 +68,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let probe = context.capabilities.wait_for(
             &context.upstream,
             &config.server.hostname,
-            config.upstream.capabilities_wait,
+            context.upstream.config.capabilities_wait,
         );
         // Reading on meanwhile only buffers what the client pipelined; it ends the
         // wait when the client has gone.

@@ -277,7 +277,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Ends the current transaction here and upstream (RSET, EHLO, after DATA).
     async fn reset_transaction(&mut self) {
         self.transaction = Transaction::Idle;
-        let timeout = self.context.config.upstream.timeouts.command;
+        let timeout = self.context.upstream.config.timeouts.command;
         self.link.reset(timeout).await;
     }
 

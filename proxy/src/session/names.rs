@@ -14,7 +14,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// the answer. Done once the connect hook let the client in, so a refused connection
     /// costs no DNS.
     pub(super) fn start_name_lookup(&mut self) {
-        if self.context.config.upstream.client_name_lookup {
+        if self.context.upstream.config.client_name_lookup {
             let (dns, ip) = (self.context.dns.clone(), self.peer.address.ip());
             let lookup = tokio::spawn(async move { dns.client_name(ip).await });
             self.name_lookup = Some(AbortOnDropHandle::new(lookup));

@@ -205,7 +205,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             PendingRcpt::Relay(rcpt) => Some(rcpt.to_string()),
             PendingRcpt::Local { .. } => None,
         }));
-        let timeout = self.context.config.upstream.timeouts.command;
+        let timeout = self.context.upstream.config.timeouts.command;
         let result = match (lines.is_empty(), self.link.session()) {
             (true, _) => Ok(Vec::new()),
             (false, Some(upstream)) => upstream.envelope(&lines, timeout).await,

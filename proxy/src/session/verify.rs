@@ -20,7 +20,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 _ => self.error(replies::expn_disabled()),
             };
         }
-        let timeout = self.context.config.upstream.timeouts.command;
+        let timeout = self.context.upstream.config.timeouts.command;
         let line = format!("{verb} {argument}");
         match self.upstream_command(&line, timeout).await {
             Ok(reply) => self.relay(reply),

@@ -23,6 +23,8 @@ use crate::{
 /// TLS connector start-up built for it.
 #[derive(Debug)]
 pub(crate) struct Upstream {
+    /// Its name in metrics: `default` for `[upstream]`, NAME for `[upstreams.NAME]`.
+    name: String,
     /// The servers, in the order configured.
     servers: Vec<Server>,
     /// Where round robin starts next.
@@ -38,6 +40,8 @@ pub(crate) struct Upstream {
 pub(crate) struct Server {
     /// `host:port`.
     pub(crate) address: String,
+    /// Its place in the list, 1 first: its label in metrics (an address never is).
+    position: String,
     /// Set when it failed: passed over until then.
     down_until: Mutex<Option<Instant>>,
 }
@@ -52,18 +56,22 @@ impl Server {
 }
 
 impl Upstream {
-    /// The upstream of `servers` (`host:port` each); `tls` is the connector
+    /// The upstream `name` of `servers` (`host:port` each); `tls` is the connector
     /// `config.tls` asks for.
     pub(crate) fn new(
+        name: &str,
         servers: Vec<String>,
         config: UpstreamConfig,
         tls: Option<UpstreamTls>,
     ) -> Self {
         Self {
+            name: name.into(),
             servers: servers
                 .into_iter()
-                .map(|address| Server {
+                .enumerate()
+                .map(|(index, address)| Server {
                     address,
+                    position: (index + 1).to_string(),
                     down_until: Mutex::new(None),
                 })
                 .collect(),
@@ -95,7 +103,7 @@ impl Upstream {
     /// there is no other to prefer, and the session's own error says enough.)
     pub(super) fn failed(&self, server: &Server, error: &UpstreamError) {
         if telemetry::on() {
-            counter!(telemetry::UPSTREAM_SERVER_FAILURES, "server" => server.address.clone())
+            counter!(telemetry::UPSTREAM_SERVER_FAILURES, "upstream" => self.name.clone(), "server" => server.position.clone())
                 .increment(1);
         }
         if self.servers.len() < 2 {
@@ -112,7 +120,7 @@ impl Upstream {
             warn!(server = %server.address, %error, down_for = ?self.config.down_for, "upstream server down; sessions go to the others");
         }
         if telemetry::on() {
-            gauge!(telemetry::UPSTREAM_SERVER_UP, "server" => server.address.clone()).set(0.0);
+            gauge!(telemetry::UPSTREAM_SERVER_UP, "upstream" => self.name.clone(), "server" => server.position.clone()).set(0.0);
         }
     }
 
@@ -123,7 +131,7 @@ impl Upstream {
             info!(server = %server.address, "upstream server up again");
         }
         if telemetry::on() {
-            gauge!(telemetry::UPSTREAM_SERVER_UP, "server" => server.address.clone()).set(1.0);
+            gauge!(telemetry::UPSTREAM_SERVER_UP, "upstream" => self.name.clone(), "server" => server.position.clone()).set(1.0);
         }
     }
 }

@@ -41,6 +41,7 @@ fn context_from(config: Config) -> Arc<SessionContext> {
     };
     Arc::new(SessionContext {
         upstream: Arc::new(crate::upstream::Upstream::new(
+            "default",
             servers.clone(),
             config.upstream.clone(),
             None,
