@@ -102,7 +102,7 @@ impl KvStore {
                 store.set(key, value, ttl_ms);
                 Ok(())
             }
-            Backend::Redis(store) => counted(store.set(key, &value, ttl_ms).await),
+            Backend::Redis(store) => counted(store.set(key, value, ttl_ms).await),
         }
     }
 

@@ -135,11 +135,10 @@ impl RedisStore {
     pub(super) async fn set(
         &self,
         key: &str,
-        value: &[u8],
+        value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> Result<(), KvError> {
         let key = self.key(key);
-        let value = value.to_vec();
         self.call(|mut c| async move {
             match ttl_ms {
                 Some(ttl) => c.pset_ex(key, value, ttl.max(1)).await,
