@@ -219,7 +219,6 @@ impl SessionHooks {
     }
 }
 
-/// A verdict's label in the metrics.
 /// Where `verdict` is in [`telemetry::VERDICTS`].
 fn verdict_index(verdict: &view::Verdict) -> usize {
     match verdict {
