@@ -47,6 +47,7 @@ pub(crate) const UPSTREAM_SERVER_UP: &str = "portcullis_upstream_server_up";
 pub(crate) const PLUGIN_CALLS: &str = "portcullis_plugin_calls_total";
 pub(crate) const PLUGIN_CALL: &str = "portcullis_plugin_call_seconds";
 pub(crate) const PLUGIN_FAULTS: &str = "portcullis_plugin_faults_total";
+pub(crate) const PLUGIN_SHADOW: &str = "portcullis_plugin_shadow_verdicts_total";
 pub(crate) const PLUGIN_INSTANCES: &str = "portcullis_plugin_instances";
 pub(crate) const TLS_HANDSHAKES: &str = "portcullis_tls_handshakes_total";
 pub(crate) const TLS_FAILURES: &str = "portcullis_tls_handshake_failures_total";
@@ -160,6 +161,10 @@ fn describe() {
     describe_counter!(
         PLUGIN_FAULTS,
         "Failed plugin calls, per plugin and kind: trap, timeout, memory, invalid."
+    );
+    describe_counter!(
+        PLUGIN_SHADOW,
+        "What plugins in shadow would have decided, per plugin, hook and verdict (never applied)."
     );
     describe_gauge!(PLUGIN_INSTANCES, "Plugin instances alive now.");
     describe_counter!(

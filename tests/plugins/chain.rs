@@ -189,3 +189,89 @@ fn data_verdicts_and_envelope_edits_reach_the_upstream() {
         data_edits_reach_the_upstream(pipelining);
     }
 }
+
+/// A chain with plugins in shadow beside an enforcing one: recipients in shadow
+/// would refuse the recipient and headers in shadow would add a field, but only the
+/// enforcing headers entry's field reaches the upstream; what the shadow entries
+/// would have done is logged and counted.
+#[test]
+fn plugins_in_shadow_are_called_logged_and_counted_but_never_applied() {
+    use common::config::{TestConfig, table};
+    let upstream = RecordingUpstream::start();
+    let add = |value: &str| {
+        let config: toml::Table = toml::from_str(&format!(
+            "add = [{{ name = \"X-Stamp\", value = \"{value}\" }}]"
+        ))
+        .unwrap();
+        toml::Value::Table(config)
+    };
+    let refuse: toml::Table = toml::from_str("domains = [\"elsewhere.test\"]").unwrap();
+    let proxy = TestConfig::relaying_to(&upstream.address())
+        .set("metrics.address", "127.0.0.1:0")
+        .plugin(
+            "test",
+            "recipients-next",
+            &component("recipients"),
+            table([
+                ("mode", "shadow".into()),
+                ("config", toml::Value::Table(refuse)),
+            ]),
+        )
+        .plugin(
+            "test",
+            "headers-next",
+            &component("headers"),
+            table([("mode", "shadow".into()), ("config", add("next"))]),
+        )
+        .plugin(
+            "test",
+            "headers",
+            &component("headers"),
+            table([("config", add("live"))]),
+        )
+        .start();
+    let mut client = proxy.client();
+    client.expect("EHLO client.test", 250);
+    let reply = client.send_message(
+        "a@origin.test",
+        &["bob@example.com"],
+        b"Subject: shadow\r\n\r\nhi\r\n.\r\n",
+    );
+    assert_eq!(reply.code, 250, "{reply:?}");
+    let message = String::from_utf8(upstream.wait_messages(1)[0].clone()).unwrap();
+    assert!(message.contains("X-Stamp: live\r\n"), "{message}");
+    assert!(
+        !message.contains("X-Stamp: next"),
+        "a shadow edit was applied: {message}"
+    );
+    let rcpt = proxy.wait_for_log("\"plugin\":\"recipients-next\",\"hook\":\"rcpt\"");
+    assert!(
+        rcpt.contains("shadow plugin") && rcpt.contains("would_have"),
+        "{rcpt}"
+    );
+    assert!(rcpt.contains("reject"), "{rcpt}");
+    let data = proxy.wait_for_log("\"plugin\":\"headers-next\",\"hook\":\"data\"");
+    assert!(
+        data.contains("X-Stamp"),
+        "the edit it would have made: {data}"
+    );
+    let line = proxy.wait_for_log("\"message\":\"metrics listening\"");
+    let address: std::net::SocketAddr = common::json_field(&line, "address")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    std::io::Write::write_all(
+        &mut stream,
+        b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut metrics = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut metrics).unwrap();
+    assert!(
+        metrics.contains(
+            "portcullis_plugin_shadow_verdicts_total{plugin=\"recipients-next\",hook=\"rcpt\",verdict=\"reject\"} 1"
+        ),
+        "{metrics}"
+    );
+}

@@ -472,7 +472,7 @@ mod validate;
 pub use client_limits::ClientLimitsConfig;
 use de::*;
 pub use kv::{KvBackend, KvConfig, RedisConfig};
-pub use plugins::{OnError, PluginConfig};
+pub use plugins::{OnError, PluginConfig, PluginMode};
 pub use proxy_protocol::{ProxyProtocolConfig, ProxyVersions};
 
 use raw::RawConfig;

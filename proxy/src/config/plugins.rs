@@ -17,6 +17,18 @@ pub enum OnError {
     Reject,
 }
 
+/// Whether a plugin's verdicts and edits count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginMode {
+    /// They apply.
+    #[default]
+    Enforce,
+    /// The plugin is called as usual, and what it would have done is logged and
+    /// counted, never applied: a new rule or version tried beside the enforcing one.
+    Shadow,
+}
+
 /// One `[plugins.NAME]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,6 +48,9 @@ pub struct PluginConfig {
     /// What the session gets when the plugin fails.
     #[serde(default)]
     pub on_error: OnError,
+    /// Enforcing, or in shadow (logged and counted as "would have", never applied).
+    #[serde(default)]
+    pub mode: PluginMode,
     /// The plugin's own configuration, handed to its `init` as TOML text.
     #[serde(default)]
     pub config: toml::Table,

@@ -19,7 +19,7 @@ use crate::{
     smtp::{Command, MailCommand, RcptCommand, Reply, capabilities::Capabilities},
 };
 use portcullis_syntax::param::Verb;
-use stage::{Call, Stage, policy_decision};
+use stage::{Apply, Call, Stage, policy_decision};
 pub use trace::TraceEntry;
 use verdict::{
     PathRules, checked_helo, checked_rewrite, describe_command, describe_edit, plugin_params,
@@ -186,12 +186,18 @@ impl SessionHooks {
         let apply = |_,
                      (_, current): &mut (&view::SessionInfo, String),
                      rewrite: Option<String>,
-                     tracing: bool| {
+                     how: Apply| {
             let Some(new) = rewrite else {
                 return Ok(None);
             };
-            *current = checked_helo(&new)?;
-            Ok(tracing.then(|| format!("HELO name for the upstream: {current}")))
+            let checked = checked_helo(&new)?;
+            let described = how
+                .describes()
+                .then(|| format!("HELO name for the upstream: {checked}"));
+            if how.commits() {
+                *current = checked;
+            }
+            Ok(described)
         };
         let decision = self.run(Stage::Helo, &mut state, ask_helo, apply).await;
         let current = state.1;
@@ -267,17 +273,20 @@ impl SessionHooks {
             _ => Verb::Rcpt,
         };
         let apply =
-            |_, path: &mut PathState<'_>, rewrite: Option<view::PathRewrite>, tracing: bool| {
+            |_, path: &mut PathState<'_>, rewrite: Option<view::PathRewrite>, how: Apply| {
                 let Some(rewrite) = rewrite else {
                     return Ok(None);
                 };
                 let address = rewrite.address.unwrap_or_else(|| path.address.clone());
                 let params = rewrite.params.unwrap_or_else(|| path.params.clone());
                 let command = checked_rewrite(verb, &address, &params, rules)?;
-                let described =
-                    tracing.then(|| format!("rewrote it to {}", describe_command(&command)));
-                (path.address, path.params) = (address, params);
-                path.rewritten = Some(command);
+                let described = how
+                    .describes()
+                    .then(|| format!("rewrote it to {}", describe_command(&command)));
+                if how.commits() {
+                    (path.address, path.params) = (address, params);
+                    path.rewritten = Some(command);
+                }
                 Ok(described)
             };
         let decision = self.run(stage, &mut path, ask_path, apply).await;
@@ -294,25 +303,27 @@ impl SessionHooks {
         message: &mut Message,
     ) -> Decision {
         let mut added = Vec::new();
-        let apply =
-            |index, (_, _, message): &mut DataState<'_>, edits: Vec<Edit>, tracing: bool| {
-                let described = (tracing && !edits.is_empty()).then(|| {
-                    let list: Vec<String> = edits.iter().map(describe_edit).collect();
-                    format!("edits: {}", list.join("; "))
-                });
-                let mut edited = (**message).clone();
-                for edit in edits {
-                    edited.apply(edit)?;
+        let apply = |index, (_, _, message): &mut DataState<'_>, edits: Vec<Edit>, how: Apply| {
+            let described = (how.describes() && !edits.is_empty()).then(|| {
+                let list: Vec<String> = edits.iter().map(describe_edit).collect();
+                format!("edits: {}", list.join("; "))
+            });
+            let mut edited = (**message).clone();
+            for edit in edits {
+                edited.apply(edit)?;
+            }
+            if !how.commits() {
+                return Ok(described);
+            }
+            for recipient in &edited.recipients {
+                let known = |r: &String| r.eq_ignore_ascii_case(recipient);
+                if !message.recipients.iter().any(known) {
+                    added.push((recipient.clone(), index));
                 }
-                for recipient in &edited.recipients {
-                    let known = |r: &String| r.eq_ignore_ascii_case(recipient);
-                    if !message.recipients.iter().any(known) {
-                        added.push((recipient.clone(), index));
-                    }
-                }
-                **message = edited;
-                Ok(described)
-            };
+            }
+            **message = edited;
+            Ok(described)
+        };
         let mut state = (session, envelope, message);
         let decision = self.run(Stage::Data, &mut state, ask_data, apply).await;
         self.added = added;

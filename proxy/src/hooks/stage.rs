@@ -57,6 +57,25 @@ impl Stage {
     }
 }
 
+/// What a stage's `apply` does with one plugin's changes (a rewrite, edits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Apply {
+    /// Check and apply them; describe them too when the chain is traced.
+    Commit { describe: bool },
+    /// Check and describe them, change nothing: a plugin in shadow.
+    Preview,
+}
+
+impl Apply {
+    pub(super) fn describes(self) -> bool {
+        matches!(self, Apply::Preview | Apply::Commit { describe: true })
+    }
+
+    pub(super) fn commits(self) -> bool {
+        matches!(self, Apply::Commit { .. })
+    }
+}
+
 /// One plugin call of a stage: its verdict and what else the hook returns (a rewrite,
 /// edits). Boxed, as the calls of all stages go through one runner.
 pub(super) type Call<'a, T> =
@@ -73,13 +92,14 @@ impl SessionHooks {
     /// given the stage's state as the plugins before it left it; `apply` checks and
     /// applies what it changed (after `continue` or `accept` only); the first verdict
     /// that is not `continue` decides. A failed call, or an invalid result, applies
-    /// the plugin's `on_error`.
+    /// the plugin's `on_error`. A plugin in shadow is called the same way, but what it
+    /// would have done is only logged and counted ([`Self::shadow`]).
     pub(super) async fn run<S, T>(
         &mut self,
         stage: Stage,
         state: &mut S,
         mut call: impl for<'a> FnMut(&'a mut PluginInstance, &'a S) -> Call<'a, T>,
-        mut apply: impl FnMut(usize, &mut S, T, bool) -> Result<Option<String>, InvalidResult>,
+        mut apply: impl FnMut(usize, &mut S, T, Apply) -> Result<Option<String>, InvalidResult>,
     ) -> Decision {
         let mut decision = Decision::Continue;
         for index in self.wanting(stage) {
@@ -92,9 +112,17 @@ impl SessionHooks {
                 self.count_call(index, stage, &outcome, started.elapsed());
             }
             self.take_store(index);
+            if self.chain.plugins[index].shadow {
+                self.shadow(index, stage, outcome, |extra| {
+                    apply(index, state, extra, Apply::Preview)
+                });
+                self.release(index);
+                continue;
+            }
             let outcome = self.settle(index, stage, outcome);
-            let done = self.interpret(index, stage, outcome, &mut decision, |extra, tracing| {
-                apply(index, state, extra, tracing)
+            let describe = self.trace.is_some();
+            let done = self.interpret(index, stage, outcome, &mut decision, |extra| {
+                apply(index, state, extra, Apply::Commit { describe })
             });
             self.release(index);
             if let Some(done) = done {
@@ -151,14 +179,14 @@ impl SessionHooks {
         stage: Stage,
         outcome: Outcome<T>,
         decision: &mut Decision,
-        rewrite: impl FnOnce(T, bool) -> Result<Option<String>, InvalidResult>,
+        rewrite: impl FnOnce(T) -> Result<Option<String>, InvalidResult>,
     ) -> Option<Decision> {
         let (verdict, extra) = match outcome {
             Outcome::Failed(policy) => return policy_decision(policy),
             Outcome::Verdict(verdict, extra) => (verdict, extra),
         };
         let changes = match verdict {
-            view::Verdict::Continue | view::Verdict::Accept => rewrite(extra, self.trace.is_some()),
+            view::Verdict::Continue | view::Verdict::Accept => rewrite(extra),
             _ => Ok(None),
         };
         match changes {
@@ -196,6 +224,51 @@ impl SessionHooks {
             info!(%plugin, hook = stage.name(), session = %self.session_id, decision = ?decided, "plugin decided");
         }
         decided
+    }
+
+    /// What a plugin in shadow would have done: its verdict and its changes (checked
+    /// and described by `preview`, never applied), logged, counted in
+    /// `portcullis_plugin_shadow_verdicts_total` and traced. A failure drops the
+    /// instance, as for any plugin, but its `on_error` does not apply.
+    fn shadow<T>(
+        &mut self,
+        index: usize,
+        stage: Stage,
+        result: Result<(view::Verdict, T), PluginError>,
+        preview: impl FnOnce(T) -> Result<Option<String>, InvalidResult>,
+    ) {
+        let checked =
+            result.and_then(|(verdict, extra)| validate(&verdict).map(|()| (verdict, extra)));
+        let (label, would) = match checked {
+            Ok((verdict, extra)) => {
+                let changes = match verdict {
+                    view::Verdict::Continue | view::Verdict::Accept => preview(extra),
+                    _ => Ok(None),
+                };
+                let would = match changes {
+                    Ok(Some(changes)) => format!("{}; {changes}", describe(&verdict)),
+                    Ok(None) => describe(&verdict),
+                    Err(reason) => {
+                        format!(
+                            "{}; changes refused as invalid: {reason}",
+                            describe(&verdict)
+                        )
+                    }
+                };
+                (telemetry::VERDICTS[verdict_index(&verdict)], would)
+            }
+            Err(error) => {
+                self.instances[index] = None;
+                ("failed", format!("failed ({error})"))
+            }
+        };
+        let plugin = &self.chain.plugins[index];
+        info!(plugin = %plugin.name, hook = stage.name(), session = %self.session_id, would_have = %would, "shadow plugin");
+        if telemetry::on() {
+            counter!(telemetry::PLUGIN_SHADOW, "plugin" => plugin.name.to_string(), "hook" => stage.name(), "verdict" => label)
+                .increment(1);
+        }
+        self.note(index, stage, format!("shadow, would have: {would}"));
     }
 
     /// Indexes of the plugins that asked for this stage.

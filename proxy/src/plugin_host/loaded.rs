@@ -29,6 +29,8 @@ pub struct LoadedPlugin {
     pub(super) pooled: Option<PluginPre<host::PluginState>>,
     /// What the session gets when this plugin fails.
     pub on_error: OnError,
+    /// In shadow: called, its verdicts and edits logged and counted, never applied.
+    pub shadow: bool,
     /// The hooks the plugin asked for.
     pub hooks: view::Hooks,
     /// The component could not be pre-initialised: each instance runs `init` itself.

@@ -204,6 +204,7 @@ impl PluginRuntime {
             pooled,
             settings,
             on_error: config.on_error,
+            shadow: config.mode == crate::config::PluginMode::Shadow,
             hooks: hooks.unwrap_or(view::Hooks::empty()),
             init_per_instance: hooks.is_none(),
             shared: None,
