@@ -1,7 +1,7 @@
 //! Telling systemd where the proxy is (a `Type=notify` unit, see
 //! packaging/portcullis.service): ready once every listener is bound, reloading while
-//! SIGHUP's work runs, stopping when the drain begins. Started by anything else (no
-//! `NOTIFY_SOCKET`), each call does nothing.
+//! a reload runs (SIGHUP or the control socket), stopping when the drain begins.
+//! Started by anything else (no `NOTIFY_SOCKET`), each call does nothing.
 
 use sd_notify::NotifyState;
 use tracing::debug;

@@ -1,5 +1,5 @@
 //! TLS on both legs of the relay, with rustls: `server` holds the certificates
-//! offered to clients (chosen by SNI, re-read on SIGHUP), `client` verifies the
+//! offered to clients (chosen by SNI, read again by each reload), `client` verifies the
 //! upstream's. [`MaybeTls`] is the stream both sides read and write, so a session can
 //! switch to TLS after STARTTLS without changing type.
 
