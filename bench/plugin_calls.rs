@@ -198,18 +198,13 @@ fn plugin_calls(c: &mut Criterion) {
         },
     );
     let mut limiter = runtime.block_on(rate_limit.instantiate("bench")).unwrap();
-    c.bench_function("mail hook call (rate-limit, one kv increment)", |b| {
-        b.iter_custom(|iterations| {
-            timed(&runtime, iterations, async |_| {
-                black_box(
-                    limiter
-                        .mail(&session, "alice@example.org", &[])
-                        .await
-                        .unwrap(),
-                );
-            })
-        })
-    });
+    bench_mail(
+        c,
+        "mail hook call (rate-limit, one kv increment)",
+        &runtime,
+        &mut limiter,
+        &session,
+    );
     // With REDIS_URL (bench/kv.sh starts a redis-server): the same call, its
     // increment a round trip to Redis.
     let Ok(url) = std::env::var("REDIS_URL") else {
@@ -234,20 +229,12 @@ fn plugin_calls(c: &mut Criterion) {
         Arc::new(kv),
     );
     let mut limiter = runtime.block_on(on_redis.instantiate("bench")).unwrap();
-    c.bench_function(
+    bench_mail(
+        c,
         "mail hook call (rate-limit, one kv increment through Redis)",
-        |b| {
-            b.iter_custom(|iterations| {
-                timed(&runtime, iterations, async |_| {
-                    black_box(
-                        limiter
-                            .mail(&session, "alice@example.org", &[])
-                            .await
-                            .unwrap(),
-                    );
-                })
-            })
-        },
+        &runtime,
+        &mut limiter,
+        &session,
     );
     // Criterion gives the typical time; the tail needs every call's own.
     let mut each: Vec<std::time::Duration> = (0..10_000)
@@ -271,6 +258,28 @@ fn plugin_calls(c: &mut Criterion) {
         each[each.len() * 99 / 100],
         each[each.len() - 1]
     );
+}
+
+/// A criterion row `name` of one MAIL hook call on `instance`.
+fn bench_mail(
+    c: &mut Criterion,
+    name: &str,
+    runtime: &tokio::runtime::Runtime,
+    instance: &mut portcullis::plugin_host::PluginInstance,
+    session: &view::SessionInfo,
+) {
+    c.bench_function(name, |b| {
+        b.iter_custom(|iterations| {
+            timed(runtime, iterations, async |_| {
+                black_box(
+                    instance
+                        .mail(session, "alice@example.org", &[])
+                        .await
+                        .unwrap(),
+                );
+            })
+        })
+    });
 }
 
 /// A 10 KiB message as `smtp-source -l 10240` sends it (seen in an smtp-sink dump):

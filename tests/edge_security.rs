@@ -32,10 +32,7 @@ struct Users {
 impl Users {
     fn new() -> Users {
         let dir = tempfile::tempdir().unwrap();
-        let argon = output_of(
-            Command::new(env!("CARGO_BIN_EXE_portcullis")).arg("hash-password"),
-            PASSWORD,
-        );
+        let argon = common::hash_password(PASSWORD);
         let sha512 = output_of(
             Command::new("openssl").args(["passwd", "-6", "-stdin"]),
             PASSWORD,

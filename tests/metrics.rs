@@ -5,35 +5,13 @@
 mod common;
 
 use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    io::Write,
     process::{Command, Stdio},
 };
 
 use common::{
-    Client, Proxy, RecordingUpstream, config::TestConfig, json_field, require_program, wait_until,
+    Client, RecordingUpstream, config::TestConfig, http_get, require_program, wait_until,
 };
-
-/// GET `path`: the status code and the body.
-fn get(address: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: metrics.test\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
 
 /// The value of the sample of `name` whose labels include each of `labels`.
 fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
@@ -50,11 +28,6 @@ fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
     })
 }
 
-fn metrics_address(proxy: &Proxy) -> SocketAddr {
-    let line = proxy.wait_for_log("\"message\":\"metrics listening\"");
-    json_field(&line, "address").unwrap().parse().unwrap()
-}
-
 #[test]
 fn the_endpoint_counts_sessions_messages_the_upstream_and_plugins() {
     let upstream = RecordingUpstream::start();
@@ -62,12 +35,12 @@ fn the_endpoint_counts_sessions_messages_the_upstream_and_plugins() {
         .set("metrics.address", "127.0.0.1:0")
         .recipients_listener("plugins", &["example.com"])
         .start();
-    let address = metrics_address(&proxy);
-    assert_eq!(get(address, "/health"), (200, "ok\n".into()));
+    let address = proxy.metrics_address();
+    assert_eq!(http_get(address, "/health"), (200, "ok\n".into()));
     wait_until("ready once the upstream answered its probe", || {
-        get(address, "/ready").0 == 200
+        http_get(address, "/ready").0 == 200
     });
-    assert_eq!(get(address, "/nothing").0, 404);
+    assert_eq!(http_get(address, "/nothing").0, 404);
 
     let mut client = proxy.client();
     client.expect("EHLO client.example", 250);
@@ -87,7 +60,7 @@ fn the_endpoint_counts_sessions_messages_the_upstream_and_plugins() {
     upstream.wait_messages(1);
 
     wait_until("the sessions have ended", || {
-        let metrics = get(address, "/metrics").1;
+        let metrics = http_get(address, "/metrics").1;
         sample(&metrics, "portcullis_sessions_open", &["listener=\"test\""]) == Some(0.0)
             && sample(
                 &metrics,
@@ -95,7 +68,7 @@ fn the_endpoint_counts_sessions_messages_the_upstream_and_plugins() {
                 &["listener=\"plugins\""],
             ) == Some(0.0)
     });
-    let metrics = get(address, "/metrics").1;
+    let metrics = http_get(address, "/metrics").1;
     let expect = |name: &str, labels: &[&str], value: f64| {
         assert_eq!(
             sample(&metrics, name, labels),

@@ -8,7 +8,7 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader, Write},
     net::{SocketAddr, TcpStream},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
@@ -20,9 +20,7 @@ use std::{
     time::Duration,
 };
 
-use common::{
-    Client, Proxy, RecordingUpstream, component, config::TestConfig, json_field, wait_until,
-};
+use common::{Client, Proxy, RecordingUpstream, component, config::TestConfig, wait_until};
 use toml::{Table, Value};
 
 /// A copy of the headers plugin the test can replace, in a folder of its own.
@@ -75,6 +73,21 @@ fn configuration(upstream: &str, plugin: &Path, version: &str, extra: &[&str]) -
     config.render()
 }
 
+/// A proxy started with [`configuration`].
+fn start(
+    upstream: &RecordingUpstream,
+    plugin: &PluginFile,
+    version: &str,
+    extra: &[&str],
+) -> Proxy {
+    Proxy::start_file(&configuration(
+        &upstream.address(),
+        &plugin.path,
+        version,
+        extra,
+    ))
+}
+
 fn rewrite(proxy: &Proxy, text: &str) {
     std::fs::write(proxy.dir().join("portcullis.toml"), text).unwrap();
 }
@@ -112,33 +125,11 @@ fn version_of(upstream: &RecordingUpstream, id: &str) -> String {
         .to_string()
 }
 
-fn metrics(proxy: &Proxy) -> String {
-    let line = proxy.wait_for_log("\"message\":\"metrics listening\"");
-    let address: SocketAddr = json_field(&line, "address").unwrap().parse().unwrap();
-    let mut stream = TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: metrics.test\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
 #[test]
 fn reloads_under_load_drop_no_connection_and_lose_or_duplicate_no_message() {
     let upstream = RecordingUpstream::start();
     let plugin = PluginFile::new();
-    let proxy = Proxy::start_file(&configuration(
-        &upstream.address(),
-        &plugin.path,
-        "one",
-        &[],
-    ));
+    let proxy = start(&upstream, &plugin, "one", &[]);
     let address = proxy.address;
     let stop = Arc::new(AtomicBool::new(false));
     let senders: Vec<_> = (0..4)
@@ -207,7 +198,7 @@ fn reloads_under_load_drop_no_connection_and_lose_or_duplicate_no_message() {
     // The last reload (round 8) stamps "two".
     deliver(address, "after@reload.test");
     assert_eq!(version_of(&upstream, "after@reload.test"), "two");
-    let metrics = metrics(&proxy);
+    let metrics = proxy.metrics();
     assert!(
         metrics.contains("portcullis_reloads_total{outcome=\"ok\"} 9"),
         "{metrics}"
@@ -218,12 +209,7 @@ fn reloads_under_load_drop_no_connection_and_lose_or_duplicate_no_message() {
 fn a_session_keeps_the_plugin_version_it_started_with() {
     let upstream = RecordingUpstream::start();
     let plugin = PluginFile::new();
-    let proxy = Proxy::start_file(&configuration(
-        &upstream.address(),
-        &plugin.path,
-        "one",
-        &[],
-    ));
+    let proxy = start(&upstream, &plugin, "one", &[]);
     // Opened on version one, in the middle of a transaction when the reload comes.
     let mut open = proxy.client();
     open.expect("EHLO client.test", 250);
@@ -265,12 +251,7 @@ fn a_session_keeps_the_plugin_version_it_started_with() {
 fn listeners_come_and_go_without_disturbing_the_others() {
     let upstream = RecordingUpstream::start();
     let plugin = PluginFile::new();
-    let proxy = Proxy::start_file(&configuration(
-        &upstream.address(),
-        &plugin.path,
-        "one",
-        &["second"],
-    ));
+    let proxy = start(&upstream, &plugin, "one", &["second"]);
     let second = proxy.listener("second");
     let mut open = Client::connect(second);
     assert_eq!(open.read_reply().code, 220);
@@ -368,7 +349,7 @@ fn a_broken_configuration_or_plugin_changes_nothing_and_says_why() {
     // Nothing changed: still version one, and the failures are counted.
     assert_eq!(deliver(proxy.address, "still@reload.test"), 250);
     assert_eq!(version_of(&upstream, "still@reload.test"), "one");
-    let metrics = metrics(&proxy);
+    let metrics = proxy.metrics();
     assert!(
         metrics.contains("portcullis_reloads_total{outcome=\"failed\"} 4"),
         "{metrics}"

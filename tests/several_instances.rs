@@ -5,11 +5,7 @@
 
 mod common;
 
-use std::{
-    io::Write,
-    net::SocketAddr,
-    process::{Command, Stdio},
-};
+use std::net::SocketAddr;
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use common::{
@@ -24,20 +20,11 @@ use toml::Value;
 const PASSWORD: &str = "correct horse battery";
 const LIMIT: i64 = 3;
 
-/// A credentials file with alice (Argon2id, from `portcullis hash-password`).
+/// A credentials file with alice.
 fn users() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
-    let hash = child.wait_with_output().unwrap();
-    assert!(hash.status.success());
-    let hash = String::from_utf8(hash.stdout).unwrap();
-    std::fs::write(dir.path().join("users"), format!("alice:{}\n", hash.trim())).unwrap();
+    let hash = common::hash_password(PASSWORD);
+    std::fs::write(dir.path().join("users"), format!("alice:{hash}\n")).unwrap();
     dir
 }
 
@@ -115,6 +102,49 @@ fn login(front: SocketAddr, password: &str) -> u16 {
     client.command(&line).code
 }
 
+/// Two proxies behind HAProxy (round robin, PROXY v2) sharing one redis-server, in
+/// front of one upstream, with these `on_store_error` choices for rate-limit and the
+/// AUTH throttle; `None` when a program is missing outside CI.
+struct Deployment {
+    redis: RedisServer,
+    upstream: RecordingUpstream,
+    first: Proxy,
+    second: Proxy,
+    front: SocketAddr,
+    _haproxy: Haproxy,
+    _users: tempfile::TempDir,
+}
+
+impl Deployment {
+    fn start(rate_limit_on_error: &str, throttle_on_error: &str) -> Option<Deployment> {
+        if !require_program("haproxy") {
+            return None;
+        }
+        let redis = RedisServer::start()?;
+        let upstream = RecordingUpstream::start();
+        let users = users();
+        let [first, second] = [(); 2].map(|()| {
+            instance(
+                &upstream,
+                &redis,
+                &users,
+                rate_limit_on_error,
+                throttle_on_error,
+            )
+        });
+        let haproxy = Haproxy::round_robin(&[first.address, second.address], "send-proxy-v2");
+        Some(Deployment {
+            front: haproxy.frontends[0],
+            redis,
+            upstream,
+            first,
+            second,
+            _haproxy: haproxy,
+            _users: users,
+        })
+    }
+}
+
 /// How many sessions each proxy has served.
 fn sessions(proxy: &Proxy) -> usize {
     proxy
@@ -126,18 +156,18 @@ fn sessions(proxy: &Proxy) -> usize {
 
 #[test]
 fn limits_hold_across_instances_and_the_configured_choices_apply_when_redis_is_down() {
-    if !require_program("haproxy") {
-        return;
-    }
-    let Some(mut redis) = RedisServer::start() else {
+    let Some(mut deployment) = Deployment::start("tempfail", "tempfail") else {
         return;
     };
-    let upstream = RecordingUpstream::start();
-    let users = users();
-    let first = instance(&upstream, &redis, &users, "tempfail", "tempfail");
-    let second = instance(&upstream, &redis, &users, "tempfail", "tempfail");
-    let haproxy = Haproxy::round_robin(&[first.address, second.address], "send-proxy-v2");
-    let front = haproxy.frontends[0];
+    let Deployment {
+        redis,
+        upstream,
+        first,
+        second,
+        front,
+        ..
+    } = &mut deployment;
+    let front = *front;
 
     // The limit is per client across both: message LIMIT + 1 is tempfailed by
     // whichever instance takes it.
@@ -151,7 +181,7 @@ fn limits_hold_across_instances_and_the_configured_choices_apply_when_redis_is_d
     );
     assert_eq!(send(front, "m-again@test"), 450);
     wait_until("both instances served sessions", || {
-        sessions(&first) >= 2 && sessions(&second) >= 2
+        sessions(first) >= 2 && sessions(second) >= 2
     });
     assert_eq!(upstream.messages().len(), LIMIT as usize);
 
@@ -183,18 +213,16 @@ fn limits_hold_across_instances_and_the_configured_choices_apply_when_redis_is_d
 
 #[test]
 fn failing_open_lets_mail_and_logins_through_while_redis_is_down() {
-    if !require_program("haproxy") {
-        return;
-    }
-    let Some(mut redis) = RedisServer::start() else {
+    let Some(mut deployment) = Deployment::start("continue", "local") else {
         return;
     };
-    let upstream = RecordingUpstream::start();
-    let users = users();
-    let first = instance(&upstream, &redis, &users, "continue", "local");
-    let second = instance(&upstream, &redis, &users, "continue", "local");
-    let haproxy = Haproxy::round_robin(&[first.address, second.address], "send-proxy-v2");
-    let front = haproxy.frontends[0];
+    let Deployment {
+        redis,
+        upstream,
+        front,
+        ..
+    } = &mut deployment;
+    let front = *front;
     redis.stop();
     // Uncounted but delivered: a store outage does not stop mail.
     for n in 0..=LIMIT {

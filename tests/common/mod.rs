@@ -175,6 +175,17 @@ impl Proxy {
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
+    /// Where the metrics endpoint listens (the proxy must have `[metrics]`).
+    pub fn metrics_address(&self) -> SocketAddr {
+        let line = self.wait_for_log("\"message\":\"metrics listening\"");
+        json_field(&line, "address").unwrap().parse().unwrap()
+    }
+
+    /// The text of `/metrics` now.
+    pub fn metrics(&self) -> String {
+        http_get(self.metrics_address(), "/metrics").1
+    }
+
     /// Runs `portcullis reload` on the configuration file the proxy was started with
     /// (in its folder, so a relative `server.control_socket` is found): whether it
     /// succeeded, and what it printed (standard output, then standard error).
@@ -345,6 +356,39 @@ impl Client {
         let mut byte = [0u8; 1];
         matches!(self.reader.read(&mut byte), Ok(0) | Err(_))
     }
+}
+
+/// A hash for a credentials file, from `portcullis hash-password` (Argon2id).
+pub fn hash_password(password: &str) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+/// GET `path` over HTTP/1.1: the status code and the body.
+pub fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: metrics.test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
 
 /// `portcullis check` on a configuration `text`: whether it passed, and what it

@@ -255,19 +255,7 @@ fn plugins_in_shadow_are_called_logged_and_counted_but_never_applied() {
         data.contains("X-Stamp"),
         "the edit it would have made: {data}"
     );
-    let line = proxy.wait_for_log("\"message\":\"metrics listening\"");
-    let address: std::net::SocketAddr = common::json_field(&line, "address")
-        .unwrap()
-        .parse()
-        .unwrap();
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    std::io::Write::write_all(
-        &mut stream,
-        b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
-    let mut metrics = String::new();
-    std::io::Read::read_to_string(&mut stream, &mut metrics).unwrap();
+    let metrics = proxy.metrics();
     assert!(
         metrics.contains(
             "portcullis_plugin_shadow_verdicts_total{plugin=\"recipients-next\",hook=\"rcpt\",verdict=\"reject\"} 1"
