@@ -52,12 +52,25 @@ fn downs(proxy: &Proxy) -> usize {
 #[test]
 fn a_server_that_is_down_is_passed_over_before_the_client_hears_anything() {
     let up = RecordingUpstream::start();
-    let proxy = proxy(&[closed_port(), up.address()], &[]);
+    let proxy = proxy(
+        &[closed_port(), up.address()],
+        &[("metrics.address", "127.0.0.1:0")],
+    );
+    // The start-up probe meets the closed port first and marks it down.
+    proxy.wait_for_log("learned the upstream's extensions");
     for n in 0..3 {
         assert_eq!(deliver(&proxy, &format!("m{n}@test")), 250);
     }
     assert_eq!(up.wait_messages(3).len(), 3);
     assert_eq!(downs(&proxy), 1, "marked down once, then passed over");
+    let metrics = proxy.metrics();
+    for line in [
+        "portcullis_upstream_server_up{upstream=\"default\",server=\"1\"} 0",
+        "portcullis_upstream_server_up{upstream=\"default\",server=\"2\"} 1",
+        "portcullis_upstream_server_failures_total{upstream=\"default\",server=\"1\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 }
 
 #[test]

@@ -64,7 +64,7 @@ impl Upstream {
         config: UpstreamConfig,
         tls: Option<UpstreamTls>,
     ) -> Self {
-        Self {
+        let upstream = Self {
             name: name.into(),
             servers: servers
                 .into_iter()
@@ -78,7 +78,12 @@ impl Upstream {
             turn: AtomicUsize::new(0),
             config,
             tls,
+        };
+        // Up until one fails.
+        for server in &upstream.servers {
+            upstream.show_up(server, true);
         }
+        upstream
     }
 
     /// The servers in the order one session tries them: those up, starting where
@@ -118,9 +123,7 @@ impl Upstream {
             .is_some();
         if !was_down {
             warn!(server = %server.address, %error, down_for = ?self.config.down_for, "upstream server down; sessions go to the others");
-        }
-        if telemetry::on() {
-            gauge!(telemetry::UPSTREAM_SERVER_UP, "upstream" => self.name.clone(), "server" => server.position.clone()).set(0.0);
+            self.show_up(server, false);
         }
     }
 
@@ -129,9 +132,16 @@ impl Upstream {
         let was_down = server.down_until.lock().expect("lock poisoned").take();
         if was_down.is_some() {
             info!(server = %server.address, "upstream server up again");
+            self.show_up(server, true);
         }
+    }
+
+    /// Sets `portcullis_upstream_server_up` for `server` (when it changes, not per
+    /// session).
+    fn show_up(&self, server: &Server, up: bool) {
         if telemetry::on() {
-            gauge!(telemetry::UPSTREAM_SERVER_UP, "upstream" => self.name.clone(), "server" => server.position.clone()).set(1.0);
+            gauge!(telemetry::UPSTREAM_SERVER_UP, "upstream" => self.name.clone(), "server" => server.position.clone())
+                .set(if up { 1.0 } else { 0.0 });
         }
     }
 }
