@@ -18,7 +18,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use portcullis::{
     config::PluginConfig,
     dns::Resolver,
-    hooks::{Chain, Decision, SessionHooks},
+    hooks::{Chain, Decision, Member, SessionHooks},
     message::{Message, SpoolWriter},
     plugin_host::{Capacity, LoadedPlugin, PluginRuntime, view},
     smtp::{Command, capabilities::Capabilities, command, data::DotStuffer},
@@ -310,7 +310,7 @@ fn ten_kib_message() -> Vec<u8> {
 fn message_through_the_chain(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
     let chain = Arc::new(Chain {
         listener: "bench".into(),
-        plugins: vec![
+        members: [
             load(
                 runtime,
                 "recipients",
@@ -326,7 +326,10 @@ fn message_through_the_chain(c: &mut Criterion, runtime: &tokio::runtime::Runtim
                 "rate-limit",
                 "{ per_client = { messages = 1000000000, window_seconds = 3600 } }",
             ),
-        ],
+        ]
+        .into_iter()
+        .map(Member::Plugin)
+        .collect(),
     });
     let mut sessions: Vec<(view::SessionInfo, SessionHooks)> = (0..10)
         .map(|n| {
@@ -402,7 +405,7 @@ async fn one_message(
     let spooled = writer.finish().await.unwrap();
     let mut message = Message::new(spooled, envelope.recipients.clone());
     assert_eq!(
-        hooks.data(session, &envelope, &mut message).await,
+        hooks.data(session, &envelope, &mut message, &offered).await,
         Decision::Continue
     );
     let mut stuffer = DotStuffer::default();

@@ -6,7 +6,8 @@
 //! [`smtp`] (no I/O), the client side of the relay in `upstream`, AUTH at the edge in
 //! [`auth`], the plugin chains in [`hooks`], which run [`plugin_host`] (the only
 //! module naming wasmtime or the bindings generated from the WIT file; the others
-//! speak [`plugin_host::view`]). [`message`] is the spooled message of the DATA hook
+//! speak [`plugin_host::view`]) and [`milter`] (the milters a chain calls beside its
+//! plugins, through the Sendmail milter protocol). [`message`] is the spooled message of the DATA hook
 //! and its edits; [`replay`] runs a chain offline; [`config`] is the validated
 //! configuration, plain data; `client` is who is connected, as the session and the
 //! upstream both see it; `connection` is the shared bytes ↔ lines plumbing; [`dns`]
@@ -33,10 +34,11 @@
 //! - `server` → startup, listener, session, upstream, auth, client_limits, control, devupstream, dns, exporter, kv, plugin_host, telemetry, log_limit, service, config
 //! - `fuzzing` → auth, proxy_protocol, smtp
 //! - `replay` → startup, hooks, plugin_host, message, dns, smtp, config
-//! - `startup` → session, hooks, plugin_host, auth, control, dns, kv, telemetry, tls, config
+//! - `startup` → session, hooks, milter, plugin_host, auth, control, dns, kv, telemetry, tls, config
 //! - `listener` → session, client, client_limits, log_limit, proxy_protocol, smtp, telemetry, config
 //! - `session` → hooks, plugin_host, upstream, auth, message, client, connection, dns, telemetry, tls, log_limit, smtp, config
-//! - `hooks` → plugin_host, auth, message, smtp, telemetry, config
+//! - `hooks` → milter, plugin_host, auth, message, smtp, telemetry, config
+//! - `milter` → message, telemetry, config
 //! - `plugin_host` → message, dns, kv, telemetry, config
 //! - `upstream` → client, connection, dns, telemetry, tls, smtp, config
 //! - `auth` → kv, log_limit, smtp, config
@@ -78,6 +80,7 @@ pub mod kv;
 mod listener;
 mod log_limit;
 pub mod message;
+pub mod milter;
 pub mod plugin_host;
 mod proxy_protocol;
 pub mod replay;

@@ -200,8 +200,23 @@ fn check(config: &Config) -> ExitCode {
                     plugin.hooks
                 );
             }
+            for (name, milter) in &config.milters {
+                let action = match milter.default_action {
+                    portcullis::config::OnError::Continue => "accept",
+                    portcullis::config::OnError::Tempfail => "tempfail",
+                    portcullis::config::OnError::Reject => "reject",
+                };
+                println!(
+                    "milter {name}: {}, default_action {action} (check does not connect to it)",
+                    milter.address
+                );
+            }
+            let milters = match config.milters.len() {
+                0 => String::new(),
+                count => format!(", {count} milter(s)"),
+            };
             println!(
-                "configuration ok: {} listener(s), {} plugin(s)",
+                "configuration ok: {} listener(s), {} plugin(s){milters}",
                 config.listeners.len(),
                 plugins.len()
             );

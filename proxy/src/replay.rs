@@ -12,7 +12,7 @@ use crate::{
     message::{EditError, Message, SpoolWriter},
     plugin_host::view,
     smtp::{Command, MailCommand, capabilities::Capabilities, command},
-    startup::{StartError, load_plugins},
+    startup::{StartError, chain_members, load_plugins},
 };
 
 /// Why a replay cannot run. A plugin refusing a stage is not an error: it is the
@@ -101,11 +101,7 @@ impl Replay {
             load_plugins(&config, Arc::new(Resolver::offline()), Default::default()).await?;
         let chain = Chain {
             listener: listener.name.clone(),
-            plugins: listener
-                .plugins
-                .iter()
-                .map(|n| plugins[n].clone())
-                .collect(),
+            members: chain_members(&listener.plugins, &plugins, &config.milters),
         };
         let mut hooks = SessionHooks::new(Arc::new(chain), "replay");
         hooks.record_trace();
@@ -139,7 +135,7 @@ impl Replay {
         if self.hooks.wants_data() {
             let decision = self
                 .hooks
-                .data(&self.session, &envelope.abi, &mut message)
+                .data(&self.session, &envelope.abi, &mut message, &self.offered)
                 .await;
             if self.report.stage(&mut self.hooks, "data", &decision) {
                 return Ok(());

@@ -13,10 +13,11 @@ use crate::{
         PolicyFileError, credentials::CredentialsFile, read_policy_file,
         sender_logins::SenderLogins,
     },
-    config::{Config, PluginConfig, TlsMode},
+    config::{Config, MilterConfig, PluginConfig, TlsMode},
     dns::Resolver,
-    hooks::Chain,
+    hooks::{Chain, Member},
     kv::KvStore,
+    milter::Milter,
     plugin_host::{
         Capacity, LoadError, LoadedPlugin, PluginError, PluginRuntime, SourceDigest, view,
     },
@@ -270,11 +271,7 @@ fn prepare_listeners(
             config: listener.clone(),
             chain: Arc::new(Chain {
                 listener: listener.name.clone(),
-                plugins: listener
-                    .plugins
-                    .iter()
-                    .map(|name| plugins[name].clone())
-                    .collect(),
+                members: chain_members(&listener.plugins, plugins, &config.milters),
             }),
             credentials,
             verifier,
@@ -283,6 +280,22 @@ fn prepare_listeners(
         }));
     }
     Ok(prepared)
+}
+
+/// A listener's chain: each name is a loaded plugin or a configured milter (the
+/// configuration was checked for that).
+pub(crate) fn chain_members(
+    names: &[String],
+    plugins: &BTreeMap<String, Arc<LoadedPlugin>>,
+    milters: &BTreeMap<String, MilterConfig>,
+) -> Vec<Member> {
+    names
+        .iter()
+        .map(|name| match plugins.get(name) {
+            Some(plugin) => Member::Plugin(plugin.clone()),
+            None => Member::Milter(Arc::new(Milter::new(name, milters[name].clone()))),
+        })
+        .collect()
 }
 
 /// Compiles, pre-instantiates and initialises every configured plugin. The plugins

@@ -51,6 +51,8 @@ pub struct Config {
     pub upstreams: std::collections::BTreeMap<String, UpstreamConfig>,
     /// The plugins by name; listeners refer to them.
     pub plugins: std::collections::BTreeMap<String, PluginConfig>,
+    /// The milters by name; listeners' chains name them beside plugins.
+    pub milters: std::collections::BTreeMap<String, MilterConfig>,
     /// Where messages wait while DATA plugins look at them.
     pub spool: SpoolConfig,
     /// What a plugin's quarantine mark does.
@@ -404,7 +406,8 @@ pub struct ListenerConfig {
     pub name: String,
     /// The address to bind (`127.0.0.1:0` picks a free port).
     pub address: SocketAddr,
-    /// The plugin chain of this listener, in order (names of `[plugins.NAME]`).
+    /// The chain of this listener, in order: names of `[plugins.NAME]` and
+    /// `[milters.NAME]`.
     pub plugins: Vec<String>,
     /// TLS toward clients.
     pub tls: TlsMode,
@@ -463,6 +466,7 @@ impl Config {
 mod client_limits;
 mod de;
 mod kv;
+mod milters;
 mod plugins;
 mod proxy_protocol;
 mod raw;
@@ -472,6 +476,7 @@ mod validate;
 pub use client_limits::ClientLimitsConfig;
 use de::*;
 pub use kv::{KvBackend, KvConfig, RedisConfig};
+pub use milters::{MilterAddress, MilterConfig};
 pub use plugins::{OnError, PluginConfig, PluginMode};
 pub use proxy_protocol::{ProxyProtocolConfig, ProxyVersions};
 

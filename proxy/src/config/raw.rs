@@ -28,6 +28,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) plugins: std::collections::BTreeMap<String, Spanned<PluginConfig>>,
     #[serde(default)]
+    pub(super) milters: std::collections::BTreeMap<String, Spanned<super::milters::RawMilter>>,
+    #[serde(default)]
     pub(super) spool: SpoolConfig,
     pub(super) quarantine: Option<Spanned<QuarantineConfig>>,
     #[serde(default)]

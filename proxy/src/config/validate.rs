@@ -36,6 +36,28 @@ impl RawConfig {
             plugin.line = Some(line);
             plugins.insert(name, plugin);
         }
+        let mut milters = std::collections::BTreeMap::new();
+        for (name, milter) in self.milters {
+            let line = line_of(milter.span().start);
+            if !is_plugin_name(&name) {
+                return Err(ConfigError {
+                    key: format!("milters.{name:?}"),
+                    line: Some(line),
+                    message: "a milter's name is 1 to 64 letters, digits, '-', '_' or '.'".into(),
+                });
+            }
+            if plugins.contains_key(&name) {
+                return Err(ConfigError {
+                    key: format!("milters.{name}"),
+                    line: Some(line),
+                    message: format!(
+                        "[plugins.{name}] has this name too: a chain names each member once"
+                    ),
+                });
+            }
+            let milter = super::milters::validate(&name, milter, line_of)?;
+            milters.insert(name, milter);
+        }
         if self.listener.is_empty() {
             return Err(ConfigError {
                 key: "listener".into(),
@@ -46,7 +68,7 @@ impl RawConfig {
         let mut listeners: Vec<ListenerConfig> = Vec::new();
         let mut upstream_offsets = Vec::new();
         for (index, raw) in self.listener.into_iter().enumerate() {
-            let listener = validate_listener(index, raw, &plugins, &self.tls, line_of)?;
+            let listener = validate_listener(index, raw, &plugins, &milters, &self.tls, line_of)?;
             if listeners.iter().any(|l| l.name == listener.config.name) {
                 return Err(error_at(
                     line_of,
@@ -101,6 +123,7 @@ impl RawConfig {
             server: self.server,
             smtp: self.smtp,
             plugins,
+            milters,
             spool: self.spool,
             quarantine,
             dns: self.dns,
@@ -132,6 +155,7 @@ fn validate_listener(
     index: usize,
     raw: RawListener,
     plugin_configs: &std::collections::BTreeMap<String, PluginConfig>,
+    milter_configs: &std::collections::BTreeMap<String, MilterConfig>,
     tls_config: &TlsConfig,
     line_of: LineOf,
 ) -> Result<ValidListener, ConfigError> {
@@ -153,12 +177,12 @@ fn validate_listener(
         .unwrap_or_default();
     if let Some(missing) = plugins
         .iter()
-        .find(|name| !plugin_configs.contains_key(*name))
+        .find(|name| !plugin_configs.contains_key(*name) && !milter_configs.contains_key(*name))
     {
         return Err(error(
             "plugins",
             plugins_offset,
-            &format!("no [plugins.{missing}] is configured"),
+            &format!("no [plugins.{missing}] or [milters.{missing}] is configured"),
         ));
     }
     let (tls_offset, tls) = raw

@@ -7,17 +7,21 @@
 //! how to apply its changes; `verdict.rs` checks what plugins return, `trace.rs`
 //! records it for `portcullis replay`.
 
+mod member;
 mod stage;
 mod trace;
 mod verdict;
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc};
 
 use crate::{
     message::{Edit, Message},
-    plugin_host::{LoadedPlugin, MessageResource, PluginError, PluginInstance, SessionStore, view},
+    milter::{Conversation, Facts},
+    plugin_host::{MessageResource, SessionStore, view},
     smtp::{Command, MailCommand, RcptCommand, Reply, capabilities::Capabilities},
 };
+pub use member::Member;
+use member::{CallError, Callee, Link, Slot, milter_verdict};
 use portcullis_syntax::param::Verb;
 use stage::{Apply, Call, Stage, policy_decision};
 pub use trace::TraceEntry;
@@ -25,13 +29,13 @@ use verdict::{
     PathRules, checked_helo, checked_rewrite, describe_command, describe_edit, plugin_params,
 };
 
-/// The plugins of one listener, in order.
+/// The plugins and milters of one listener, in order.
 #[derive(Default)]
 pub struct Chain {
     /// The listener's name (plugins see it in their session info).
     pub listener: String,
-    /// The loaded plugins.
-    pub plugins: Vec<Arc<LoadedPlugin>>,
+    /// The members, in the order they are asked.
+    pub members: Vec<Member>,
 }
 
 /// What the chain decided for a stage.
@@ -49,18 +53,19 @@ pub enum Decision {
     Disconnect(Reply),
 }
 
-/// One session's plugin instances, created at each plugin's first wanted hook; a
-/// shared plugin's instance is only here during a call.
+/// One session's plugin instances and milter connections, created at each member's
+/// first stage; a shared plugin's instance is only here during a call.
 pub struct SessionHooks {
     chain: Arc<Chain>,
-    instances: Vec<Option<PluginInstance>>,
+    slots: Vec<Slot>,
     /// Which plugins this session has called (a shared plugin gets the session-end
     /// hook only if so).
     called: Vec<bool>,
     /// What each plugin keeps for this session (`session-store`), lent to the
     /// instance serving each call; dropped with the session.
     stores: Vec<SessionStore>,
-    session_id: String,
+    /// What milters are told in macros.
+    facts: Facts,
     trace: Option<Vec<TraceEntry>>,
     /// The recipients plugins added at the current DATA stage, with the plugin that
     /// added each: if the upstream refuses one, that plugin's `on_error` applies.
@@ -85,28 +90,50 @@ struct Login<'s>(&'s view::SessionInfo, &'s str, &'s str);
 impl SessionHooks {
     /// The hooks of `chain` for session `session_id`.
     pub fn new(chain: Arc<Chain>, session_id: &str) -> Self {
-        let instances = chain.plugins.iter().map(|_| None).collect();
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
         Self {
-            called: vec![false; chain.plugins.len()],
+            slots: chain.members.iter().map(Slot::for_member).collect(),
+            called: vec![false; chain.members.len()],
             stores: chain
-                .plugins
+                .members
                 .iter()
                 .map(|_| SessionStore::default())
                 .collect(),
+            facts: Facts {
+                session_id: session_id.to_string(),
+                hostname: String::new(),
+                listener: chain.listener.clone(),
+                client: unspecified,
+                local: unspecified,
+                client_name: None,
+                tls: None,
+                auth: None,
+            },
             chain,
-            instances,
-            session_id: session_id.to_string(),
             trace: None,
             added: Vec::new(),
         }
     }
 
-    /// True if any plugin of the chain exists (so callers can skip building inputs).
-    pub fn is_empty(&self) -> bool {
-        self.chain.plugins.is_empty()
+    /// Tells the milters who connected where, and the proxy's host name (before the
+    /// connect stage).
+    pub(crate) fn connection(&mut self, hostname: &str, client: SocketAddr, local: SocketAddr) {
+        self.facts.hostname = hostname.to_string();
+        (self.facts.client, self.facts.local) = (client, local);
     }
 
-    /// True if a plugin of the chain wants the DATA hook (the message is then spooled).
+    /// Tells the milters the TLS version and cipher once the session is encrypted.
+    pub(crate) fn tls_started(&mut self, version: &str, cipher: &str) {
+        self.facts.tls = Some((version.to_string(), cipher.to_string()));
+    }
+
+    /// True if the chain has no member (so callers can skip building inputs).
+    pub fn is_empty(&self) -> bool {
+        self.chain.members.is_empty()
+    }
+
+    /// True if a member of the chain wants the DATA stage (the message is then
+    /// spooled).
     pub fn wants_data(&self) -> bool {
         !self.wanting(Stage::Data).is_empty()
     }
@@ -116,40 +143,70 @@ impl SessionHooks {
         &self.chain.listener
     }
 
-    /// The instance of plugin `index` for a call, holding this session's store of
-    /// that plugin until [`Self::release`]: the session's own instance, created on
-    /// first use, or for a shared plugin one lent until then.
-    async fn instance(&mut self, index: usize) -> Result<&mut PluginInstance, PluginError> {
-        if self.instances[index].is_none() {
-            let plugin = &self.chain.plugins[index];
-            let instance = if plugin.is_shared() {
-                plugin.lend(&self.session_id).await?
-            } else {
-                plugin.instantiate(&self.session_id).await?
-            };
-            self.instances[index] = Some(instance);
-        }
+    fn session_id(&self) -> &str {
+        &self.facts.session_id
+    }
+
+    /// Who answers member `index`'s call at `stage`: a plugin's instance, holding
+    /// this session's store of that plugin until [`Self::release`] (the session's
+    /// own, created on first use, or for a shared plugin one lent until then); or
+    /// the milter's connection, opened on first use. `None`: a milter that failed
+    /// earlier in this session.
+    async fn callee(
+        &mut self,
+        index: usize,
+        stage: Stage,
+    ) -> Result<Option<Callee<'_>>, CallError> {
+        let member = self.chain.members[index].clone();
         self.called[index] = true;
-        let instance = self.instances[index].as_mut().expect("just created");
-        instance.lend_store(std::mem::take(&mut self.stores[index]));
-        Ok(instance)
+        match (&member, &mut self.slots[index]) {
+            (Member::Plugin(plugin), Slot::Plugin(slot)) => {
+                if slot.is_none() {
+                    *slot = Some(if plugin.is_shared() {
+                        plugin.lend(&self.facts.session_id).await?
+                    } else {
+                        plugin.instantiate(&self.facts.session_id).await?
+                    });
+                }
+                let instance = slot.as_mut().expect("just created");
+                instance.lend_store(std::mem::take(&mut self.stores[index]));
+                Ok(Some(Callee::Plugin(instance)))
+            }
+            (Member::Milter(milter), Slot::Milter(link)) => {
+                if matches!(link, Link::Closed) {
+                    let mut conversation = Conversation::open(milter.clone()).await?;
+                    if !matches!(stage, Stage::Connect) {
+                        // Opened after the connect stage (a replay starting later):
+                        // it still hears of the connection first.
+                        conversation.connect(&self.facts).await?;
+                    }
+                    *link = Link::Open(Box::new(conversation));
+                }
+                match link {
+                    Link::Open(conversation) => Ok(Some(Callee::Milter(conversation, &self.facts))),
+                    _ => Ok(None),
+                }
+            }
+            _ => unreachable!("a slot is made for its member"),
+        }
     }
 
     /// Takes this session's store of plugin `index` back from its instance, after a
     /// call (also one that failed, before the instance is dropped).
     fn take_store(&mut self, index: usize) {
-        if let Some(instance) = self.instances[index].as_mut() {
+        if let Slot::Plugin(Some(instance)) = &mut self.slots[index] {
             self.stores[index] = instance.take_store();
         }
     }
 
-    /// After a call to plugin `index` has been dealt with: a lent instance goes back
+    /// After a call to member `index` has been dealt with: a lent instance goes back
     /// to its plugin for other sessions (one that failed was dropped already). If the
     /// session ends during a call, its lent instance is dropped with it instead.
     fn release(&mut self, index: usize) {
-        let plugin = &self.chain.plugins[index];
-        if plugin.is_shared()
-            && let Some(instance) = self.instances[index].take()
+        if let (Member::Plugin(plugin), Slot::Plugin(slot)) =
+            (&self.chain.members[index], &mut self.slots[index])
+            && plugin.is_shared()
+            && let Some(instance) = slot.take()
         {
             plugin.give_back(instance);
         }
@@ -170,6 +227,7 @@ impl SessionHooks {
         mechanism: &str,
         login: &str,
     ) -> Decision {
+        self.facts.auth = Some((mechanism.to_string(), login.to_string()));
         let mut state = Login(session, mechanism, login);
         let no_changes = |_, _: &mut _, (), _| Ok(None);
         self.run(Stage::Auth, &mut state, ask_auth, no_changes)
@@ -293,16 +351,22 @@ impl SessionHooks {
         (decision, path.rewritten)
     }
 
-    /// The DATA hook over the chain. Each plugin sees the message and the recipients as
-    /// the plugins before it left them; a plugin's edits apply all together, and if one
-    /// of them is invalid none does and the plugin has failed.
+    /// The DATA hook over the chain. Each member sees the message and the recipients
+    /// as the members before it left them; a member's edits apply all together, and
+    /// if one of them is invalid none does and the member has failed. A new sender
+    /// (a milter's) may only use the extensions in `offered`, as a MAIL rewrite.
     pub async fn data(
         &mut self,
         session: &view::SessionInfo,
         envelope: &view::Envelope,
         message: &mut Message,
+        offered: &Capabilities,
     ) -> Decision {
         let mut added = Vec::new();
+        let rules = PathRules {
+            offered,
+            smtputf8: false,
+        };
         let apply = |index, (_, _, message): &mut DataState<'_>, edits: Vec<Edit>, how: Apply| {
             let described = (how.describes() && !edits.is_empty()).then(|| {
                 let list: Vec<String> = edits.iter().map(describe_edit).collect();
@@ -310,6 +374,16 @@ impl SessionHooks {
             });
             let mut edited = (**message).clone();
             for edit in edits {
+                if let Edit::ChangeSender { address, params } = &edit {
+                    let params: Vec<view::Param> = params
+                        .iter()
+                        .map(|(keyword, value)| view::Param {
+                            keyword: keyword.clone(),
+                            value: value.clone(),
+                        })
+                        .collect();
+                    checked_rewrite(Verb::Mail, address, &params, &rules)?;
+                }
                 edited.apply(edit)?;
             }
             if !how.commits() {
@@ -338,26 +412,33 @@ impl SessionHooks {
             .added
             .iter()
             .find(|(added, _)| added.eq_ignore_ascii_case(recipient))?;
-        let plugin = &self.chain.plugins[*index];
-        let decision = policy_decision(plugin.on_error)?;
-        Some((plugin.name.clone(), decision))
+        let member = &self.chain.members[*index];
+        let decision = policy_decision(member.on_error())?;
+        Some((member.name().clone(), decision))
     }
 
     /// The session-end hook, for plugins whose instance this session still has, and
-    /// shared plugins it has called.
+    /// shared plugins it has called; milters hear QUIT and are disconnected.
     pub async fn session_end(&mut self, session: &view::SessionInfo) {
         for index in self.wanting(Stage::SessionEnd) {
-            let shared = self.chain.plugins[index].is_shared();
-            let ends = if shared {
-                self.called[index]
-            } else {
-                self.instances[index].is_some()
+            let ends = match (&self.chain.members[index], &mut self.slots[index]) {
+                (Member::Milter(_), Slot::Milter(link)) => {
+                    if let Link::Open(conversation) = std::mem::replace(link, Link::Closed) {
+                        conversation.close().await;
+                    }
+                    continue;
+                }
+                (Member::Plugin(plugin), _) if plugin.is_shared() => self.called[index],
+                (_, slot) => matches!(slot, Slot::Plugin(Some(_))),
             };
             if !ends {
                 continue;
             }
-            let result = match self.instance(index).await {
-                Ok(instance) => instance.session_end(session).await,
+            let result = match self.callee(index, Stage::SessionEnd).await {
+                Ok(Some(Callee::Plugin(instance))) => {
+                    instance.session_end(session).await.map_err(CallError::from)
+                }
+                Ok(_) => Ok(()),
                 Err(error) => Err(error),
             };
             self.take_store(index);
@@ -369,36 +450,69 @@ impl SessionHooks {
     }
 }
 
-// One plugin call per stage, for the runner: what the plugin is asked with, taken from
-// the stage's state as the plugins before it left it.
+// One call per stage, for the runner: what a plugin or a milter is asked with, taken
+// from the stage's state as the members before it left it.
 
-fn ask_connect<'a>(
-    instance: &'a mut PluginInstance,
-    session: &'a &view::SessionInfo,
-) -> Call<'a, ()> {
-    Box::pin(async move { Ok((instance.connect(session).await?, ())) })
+fn ask_connect<'a>(callee: Callee<'a>, session: &'a &view::SessionInfo) -> Call<'a, ()> {
+    Box::pin(async move {
+        let verdict = match callee {
+            Callee::Plugin(instance) => instance.connect(session).await?,
+            Callee::Milter(milter, facts) => milter_verdict(milter.connect(facts).await?),
+        };
+        Ok((verdict, ()))
+    })
 }
 
-fn ask_auth<'a>(instance: &'a mut PluginInstance, login: &'a Login<'_>) -> Call<'a, ()> {
+fn ask_auth<'a>(callee: Callee<'a>, login: &'a Login<'_>) -> Call<'a, ()> {
     let Login(session, mechanism, login) = *login;
-    Box::pin(async move { Ok((instance.auth(session, mechanism, login).await?, ())) })
+    Box::pin(async move {
+        let verdict = match callee {
+            Callee::Plugin(instance) => instance.auth(session, mechanism, login).await?,
+            // Milters are not asked at AUTH; they see the login in MAIL's macros.
+            Callee::Milter(..) => view::Verdict::Continue,
+        };
+        Ok((verdict, ()))
+    })
 }
 
 fn ask_helo<'a>(
-    instance: &'a mut PluginInstance,
+    callee: Callee<'a>,
     (session, current): &'a (&view::SessionInfo, String),
 ) -> Call<'a, Option<String>> {
     Box::pin(async move {
-        let outcome = instance.helo(session, current).await?;
-        Ok((outcome.verdict, outcome.rewrite_name))
+        match callee {
+            Callee::Plugin(instance) => {
+                let outcome = instance.helo(session, current).await?;
+                Ok((outcome.verdict, outcome.rewrite_name))
+            }
+            Callee::Milter(milter, facts) => {
+                Ok((milter_verdict(milter.helo(current, facts).await?), None))
+            }
+        }
     })
 }
 
 fn ask_path<'a>(
-    instance: &'a mut PluginInstance,
+    callee: Callee<'a>,
     path: &'a PathState<'_>,
 ) -> Call<'a, Option<view::PathRewrite>> {
     Box::pin(async move {
+        let instance = match callee {
+            Callee::Plugin(instance) => instance,
+            Callee::Milter(milter, facts) => {
+                // The path in angle brackets, then each parameter, as Postfix sends them.
+                let mut args = vec![format!("<{}>", path.address)];
+                args.extend(path.params.iter().map(|p| match &p.value {
+                    Some(value) => format!("{}={value}", p.keyword),
+                    None => p.keyword.clone(),
+                }));
+                let verdict = match path.envelope {
+                    None => milter.mail(&args, facts).await?,
+                    Some(_) => milter.rcpt(&args).await?,
+                };
+                return Ok((milter_verdict(verdict), None));
+            }
+        };
         let outcome = match path.envelope {
             None => {
                 instance
@@ -420,16 +534,25 @@ fn ask_path<'a>(
 type DataState<'s> = (&'s view::SessionInfo, &'s view::Envelope, &'s mut Message);
 
 fn ask_data<'a>(
-    instance: &'a mut PluginInstance,
+    callee: Callee<'a>,
     (session, envelope, message): &'a DataState<'_>,
 ) -> Call<'a, Vec<Edit>> {
-    let envelope = view::Envelope {
-        recipients: message.recipients.clone(),
-        ..(*envelope).clone()
-    };
-    let resource = MessageResource::new(message.header_pairs(), message.body.clone());
-    Box::pin(async move {
-        let outcome = instance.data(session, &envelope, resource).await?;
-        Ok((outcome.verdict, outcome.edits))
-    })
+    match callee {
+        Callee::Plugin(instance) => {
+            let envelope = view::Envelope {
+                recipients: message.recipients.clone(),
+                ..(*envelope).clone()
+            };
+            let resource = MessageResource::new(message.header_pairs(), message.body.clone());
+            Box::pin(async move {
+                let outcome = instance.data(session, &envelope, resource).await?;
+                Ok((outcome.verdict, outcome.edits))
+            })
+        }
+        Callee::Milter(milter, facts) => Box::pin(async move {
+            let headers = message.header_values();
+            let (verdict, edits) = milter.message(&headers, &message.body, facts).await?;
+            Ok((milter_verdict(verdict), edits))
+        }),
+    }
 }

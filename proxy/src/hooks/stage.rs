@@ -9,11 +9,12 @@ use tracing::{debug, info, warn};
 
 use super::{
     Decision, SessionHooks,
+    member::{CallError, Callee},
     verdict::{InvalidResult, describe, to_reply, validate},
 };
 use crate::{
     config::OnError,
-    plugin_host::{PluginError, PluginInstance, view},
+    plugin_host::{PluginError, view},
     smtp::replies,
     telemetry,
 };
@@ -76,10 +77,10 @@ impl Apply {
     }
 }
 
-/// One plugin call of a stage: its verdict and what else the hook returns (a rewrite,
-/// edits). Boxed, as the calls of all stages go through one runner.
+/// One call of a stage to a plugin or a milter: its verdict and what else it returns
+/// (a rewrite, edits). Boxed, as the calls of all stages go through one runner.
 pub(super) type Call<'a, T> =
-    Pin<Box<dyn Future<Output = Result<(view::Verdict, T), PluginError>> + Send + 'a>>;
+    Pin<Box<dyn Future<Output = Result<(view::Verdict, T), CallError>> + Send + 'a>>;
 
 /// What one plugin call produced, before the chain interprets it.
 pub(super) enum Outcome<T> {
@@ -88,31 +89,41 @@ pub(super) enum Outcome<T> {
 }
 
 impl SessionHooks {
-    /// Runs `stage` over the plugins that want it, in order: `call` asks one plugin,
-    /// given the stage's state as the plugins before it left it; `apply` checks and
-    /// applies what it changed (after `continue` or `accept` only); the first verdict
-    /// that is not `continue` decides. A failed call, or an invalid result, applies
-    /// the plugin's `on_error`. A plugin in shadow is called the same way, but what it
+    /// Runs `stage` over the members that want it, in order: `call` asks one plugin
+    /// or milter, given the stage's state as the members before it left it; `apply`
+    /// checks and applies what it changed (after `continue` or `accept` only); the
+    /// first verdict that is not `continue` decides. A failed call, or an invalid
+    /// result, applies the member's `on_error` (a milter's `default_action`), and a
+    /// milter that failed is not asked again in the session: each later stage gets
+    /// its default action. A member in shadow is called the same way, but what it
     /// would have done is only logged and counted ([`Self::shadow`]).
     pub(super) async fn run<S, T>(
         &mut self,
         stage: Stage,
         state: &mut S,
-        mut call: impl for<'a> FnMut(&'a mut PluginInstance, &'a S) -> Call<'a, T>,
+        mut call: impl for<'a> FnMut(Callee<'a>, &'a S) -> Call<'a, T>,
         mut apply: impl FnMut(usize, &mut S, T, Apply) -> Result<Option<String>, InvalidResult>,
     ) -> Decision {
         let mut decision = Decision::Continue;
         for index in self.wanting(stage) {
             let started = Instant::now();
-            let outcome = match self.instance(index).await {
-                Ok(instance) => call(instance, state).await,
+            let outcome = match self.callee(index, stage).await {
+                Ok(Some(callee)) => call(callee, state).await,
+                Ok(None) => {
+                    self.note(index, stage, "failed earlier in this session".into());
+                    let member = &self.chain.members[index];
+                    match policy_decision(member.on_error()) {
+                        Some(done) if !member.shadow() => return done,
+                        _ => continue,
+                    }
+                }
                 Err(error) => Err(error),
             };
             if telemetry::on() {
                 self.count_call(index, stage, &outcome, started.elapsed());
             }
             self.take_store(index);
-            if self.chain.plugins[index].shadow {
+            if self.chain.members[index].shadow() {
                 self.shadow(index, stage, outcome, |extra| {
                     apply(index, state, extra, Apply::Preview)
                 });
@@ -137,31 +148,32 @@ impl SessionHooks {
         &self,
         index: usize,
         stage: Stage,
-        outcome: &Result<(view::Verdict, T), PluginError>,
+        outcome: &Result<(view::Verdict, T), CallError>,
         took: std::time::Duration,
     ) {
         let verdict = match outcome {
             Ok((verdict, _)) => verdict_index(verdict),
             Err(_) => telemetry::VERDICTS.len() - 1,
         };
-        self.chain.plugins[index]
-            .meters
+        self.chain.members[index]
+            .meters()
             .call(stage as usize, verdict, took.as_secs_f64());
     }
 
-    /// Logs a failed call, drops that instance, and returns the plugin's policy.
-    pub(super) fn failed(&mut self, index: usize, stage: Stage, error: PluginError) -> OnError {
-        let plugin = &self.chain.plugins[index];
+    /// Logs a failed call, drops that instance (or milter connection), and returns
+    /// the member's policy.
+    pub(super) fn failed(&mut self, index: usize, stage: Stage, error: CallError) -> OnError {
+        let member = &self.chain.members[index];
+        let (name, policy) = (member.name(), member.on_error());
         if telemetry::on() {
-            counter!(telemetry::PLUGIN_FAULTS, "plugin" => plugin.name.to_string(), "kind" => error.kind())
+            counter!(telemetry::PLUGIN_FAULTS, "plugin" => name.to_string(), "kind" => error.kind())
                 .increment(1);
         }
-        warn!(plugin = %plugin.name, hook = stage.name(), session = %self.session_id, %error, on_error = ?plugin.on_error, "plugin failed");
+        warn!(plugin = %name, hook = stage.name(), session = %self.session_id(), %error, on_error = ?policy, "plugin failed");
         if let Some(backtrace) = error.backtrace() {
-            debug!(plugin = %plugin.name, hook = stage.name(), session = %self.session_id, "wasm backtrace:\n{backtrace}");
+            debug!(plugin = %name, hook = stage.name(), session = %self.session_id(), "wasm backtrace:\n{backtrace}");
         }
-        let policy = plugin.on_error;
-        self.instances[index] = None;
+        self.slots[index].drop_failed();
         self.note(
             index,
             stage,
@@ -196,12 +208,12 @@ impl SessionHooks {
             Ok(None) => self.note(index, stage, describe(&verdict)),
             Err(reason) => {
                 self.note(index, stage, describe(&verdict));
-                let invalid = PluginError::Invalid(reason.to_string());
+                let invalid = CallError::Plugin(PluginError::Invalid(reason.to_string()));
                 let policy = self.failed(index, stage, invalid);
                 return policy_decision(policy);
             }
         }
-        let plugin = &self.chain.plugins[index].name;
+        let plugin = self.chain.members[index].name();
         let decided = match verdict {
             view::Verdict::Continue => None,
             view::Verdict::Discard if matches!(stage, Stage::Data) => Some(Decision::Discard),
@@ -221,7 +233,7 @@ impl SessionHooks {
             )),
         };
         if let Some(decided) = &decided {
-            info!(%plugin, hook = stage.name(), session = %self.session_id, decision = ?decided, "plugin decided");
+            info!(%plugin, hook = stage.name(), session = %self.session_id(), decision = ?decided, "plugin decided");
         }
         decided
     }
@@ -234,11 +246,14 @@ impl SessionHooks {
         &mut self,
         index: usize,
         stage: Stage,
-        result: Result<(view::Verdict, T), PluginError>,
+        result: Result<(view::Verdict, T), CallError>,
         preview: impl FnOnce(T) -> Result<Option<String>, InvalidResult>,
     ) {
-        let checked =
-            result.and_then(|(verdict, extra)| validate(&verdict).map(|()| (verdict, extra)));
+        let checked = result.and_then(|(verdict, extra)| {
+            validate(&verdict)
+                .map(|()| (verdict, extra))
+                .map_err(CallError::from)
+        });
         let (label, would) = match checked {
             Ok((verdict, extra)) => {
                 let changes = match verdict {
@@ -258,23 +273,23 @@ impl SessionHooks {
                 (telemetry::VERDICTS[verdict_index(&verdict)], would)
             }
             Err(error) => {
-                self.instances[index] = None;
+                self.slots[index].drop_failed();
                 ("failed", format!("failed ({error})"))
             }
         };
-        let plugin = &self.chain.plugins[index];
-        info!(plugin = %plugin.name, hook = stage.name(), session = %self.session_id, would_have = %would, "shadow plugin");
+        let name = self.chain.members[index].name();
+        info!(plugin = %name, hook = stage.name(), session = %self.session_id(), would_have = %would, "shadow plugin");
         if telemetry::on() {
-            counter!(telemetry::PLUGIN_SHADOW, "plugin" => plugin.name.to_string(), "hook" => stage.name(), "verdict" => label)
+            counter!(telemetry::PLUGIN_SHADOW, "plugin" => name.to_string(), "hook" => stage.name(), "verdict" => label)
                 .increment(1);
         }
         self.note(index, stage, format!("shadow, would have: {would}"));
     }
 
-    /// Indexes of the plugins that asked for this stage.
+    /// Indexes of the members called at this stage.
     pub(super) fn wanting(&self, stage: Stage) -> Vec<usize> {
-        (0..self.chain.plugins.len())
-            .filter(|&i| self.chain.plugins[i].hooks.contains(stage.flag()))
+        (0..self.chain.members.len())
+            .filter(|&i| self.chain.members[i].wants(stage))
             .collect()
     }
 
@@ -283,9 +298,14 @@ impl SessionHooks {
         &mut self,
         index: usize,
         stage: Stage,
-        result: Result<(view::Verdict, T), PluginError>,
+        result: Result<(view::Verdict, T), CallError>,
     ) -> Outcome<T> {
-        match result.and_then(|(verdict, extra)| validate(&verdict).map(|()| (verdict, extra))) {
+        let checked = result.and_then(|(verdict, extra)| {
+            validate(&verdict)
+                .map(|()| (verdict, extra))
+                .map_err(CallError::from)
+        });
+        match checked {
             Ok((verdict, extra)) => Outcome::Verdict(verdict, extra),
             Err(error) => Outcome::Failed(self.failed(index, stage, error)),
         }

@@ -30,7 +30,7 @@ impl SessionHooks {
         if let Some(trace) = self.trace.as_mut() {
             trace.push(TraceEntry {
                 stage: stage.name(),
-                plugin: self.chain.plugins[index].name.clone(),
+                plugin: self.chain.members[index].name().clone(),
                 outcome,
             });
         }

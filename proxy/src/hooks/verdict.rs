@@ -3,6 +3,8 @@
 //! command follows (`portcullis_syntax`), then survive rendering and parsing back
 //! unchanged.
 
+use std::fmt::Write;
+
 use portcullis_syntax::{
     Violation, address,
     param::{self, Verb},
@@ -180,6 +182,17 @@ pub(super) fn describe_edit(edit: &Edit) -> String {
         Edit::AddRecipient(address) => format!("add recipient <{address}>"),
         Edit::RemoveRecipient(address) => format!("remove recipient <{address}>"),
         Edit::Quarantine(reason) => format!("quarantine ({reason})"),
+        Edit::ChangeSender { address, params } => {
+            let mut text = format!("change the sender to <{address}>");
+            for (keyword, value) in params {
+                match value {
+                    Some(value) => write!(text, " {keyword}={value}"),
+                    None => write!(text, " {keyword}"),
+                }
+                .expect("writing to a String");
+            }
+            text
+        }
     }
 }
 

@@ -71,6 +71,13 @@ impl HeaderField {
             .to_string()
     }
 
+    /// The exact text after the colon (leading space and folding kept), without the
+    /// CRLF that ends the field.
+    pub fn raw_value(&self) -> &[u8] {
+        let value = &self.raw[self.name_len + 1..];
+        value.strip_suffix(b"\r\n").unwrap_or(value)
+    }
+
     /// The exact bytes, CRLF included.
     pub fn raw(&self) -> &[u8] {
         &self.raw

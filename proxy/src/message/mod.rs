@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use portcullis_syntax::{Violation, body};
 
-use crate::smtp::{Command, Path, RcptCommand, command};
+use crate::smtp::{Command, MailCommand, Param, Path, RcptCommand, command};
 
 /// A change a plugin asked for at the DATA stage. Header positions count from 0.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +58,15 @@ pub enum Edit {
     RemoveRecipient(String),
     /// Mark the message for quarantine, with a reason.
     Quarantine(String),
+    /// A new envelope sender and MAIL parameters (a milter's `SMFIR_CHGFROM`); the
+    /// upstream transaction starts over with it. The chain checks the parameters
+    /// against what the client was offered before this applies.
+    ChangeSender {
+        /// The mailbox without angle brackets; empty for the null path.
+        address: String,
+        /// ESMTP keywords and values.
+        params: Vec<(String, Option<String>)>,
+    },
 }
 
 /// Why an edit was refused (which rule it breaks); the plugin that asked for it has
@@ -70,8 +79,8 @@ pub enum EditError {
     /// A recipient, body text or reason that breaks its rule.
     #[error(transparent)]
     Rule(#[from] Violation),
-    /// A recipient that does not render and parse back to itself.
-    #[error("recipient {0:?} does not parse back to itself")]
+    /// A recipient or sender that does not render and parse back to itself.
+    #[error("address {0:?} does not parse back to itself")]
     Recipient(String),
 }
 
@@ -88,6 +97,8 @@ pub struct Message {
     pub recipients: Vec<String>,
     /// Set when a plugin marked the message for quarantine: the reason.
     pub quarantine: Option<String>,
+    /// A new MAIL for the upstream, if a milter changed the envelope sender.
+    pub sender: Option<MailCommand>,
 }
 
 impl Message {
@@ -99,6 +110,7 @@ impl Message {
             body: spooled.body,
             recipients,
             quarantine: None,
+            sender: None,
         }
     }
 
@@ -125,6 +137,15 @@ impl Message {
     /// Header fields as plugins see them: name and unfolded value.
     pub fn header_pairs(&self) -> Vec<(String, String)> {
         self.headers.iter().map(|f| (f.name(), f.value())).collect()
+    }
+
+    /// Header fields as milters are sent them: name and the exact text after the
+    /// colon.
+    pub fn header_values(&self) -> Vec<(String, Vec<u8>)> {
+        self.headers
+            .iter()
+            .map(|f| (f.name(), f.raw_value().to_vec()))
+            .collect()
     }
 
     /// The header block as it goes upstream, empty line included.
@@ -192,6 +213,9 @@ impl Message {
                 body::check_text("quarantine reason", &reason)?;
                 self.quarantine = Some(reason);
             }
+            Edit::ChangeSender { address, params } => {
+                self.sender = Some(valid_sender(&address, params)?);
+            }
         }
         Ok(())
     }
@@ -235,6 +259,30 @@ fn valid_recipient(address: &str) -> Result<String, EditError> {
     }
 }
 
+/// A new sender's MAIL command, checked by the rules of a client's MAIL FROM and by
+/// rendering and parsing back.
+fn valid_sender(
+    address: &str,
+    params: Vec<(String, Option<String>)>,
+) -> Result<MailCommand, EditError> {
+    portcullis_syntax::address::check_reverse_path(address)?;
+    portcullis_syntax::param::check_params(
+        portcullis_syntax::param::Verb::Mail,
+        params.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
+    )?;
+    let mail = MailCommand {
+        reverse_path: Path::bracketed(address),
+        params: params
+            .into_iter()
+            .map(|(keyword, value)| Param { keyword, value })
+            .collect(),
+    };
+    match command::parse(mail.to_string().as_bytes()) {
+        Ok(Command::Mail(parsed)) if parsed == mail => Ok(mail),
+        _ => Err(EditError::Recipient(address.into())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +295,7 @@ mod tests {
             body: Body::Memory(Arc::new(b"body\r\n".to_vec())),
             recipients: vec!["a@example.com".into()],
             quarantine: None,
+            sender: None,
         }
     }
 

@@ -75,7 +75,7 @@ impl ListenerContext {
             meters: ListenerMeters::new(&config.name),
             chain: Arc::new(Chain {
                 listener: config.name.clone(),
-                plugins: Vec::new(),
+                members: Vec::new(),
             }),
             config,
             credentials: None,

@@ -58,7 +58,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .collect();
         let mut message = Message::new(spooled, recipients);
         let (info, envelope) = (self.plugin_session(), self.plugin_envelope(None));
-        let (reply, kept) = match self.hooks.data(&info, &envelope, &mut message).await {
+        let decision = self
+            .hooks
+            .data(&info, &envelope, &mut message, &self.offered)
+            .await;
+        let (reply, kept) = match decision {
             Decision::Continue | Decision::Accept => {
                 let kept = if message.quarantine.is_some() {
                     Some(MessageOutcome::Quarantined)
@@ -172,9 +176,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    /// Makes the upstream's recipients those of the message: added ones get a RCPT;
-    /// if any was removed, the upstream transaction starts over (RSET, MAIL, RCPTs),
-    /// since SMTP cannot take back an accepted recipient. `Err` is the final reply.
+    /// Makes the upstream's envelope that of the message: added recipients get a
+    /// RCPT; if any was removed, or a milter changed the sender, the upstream
+    /// transaction starts over (RSET, MAIL, RCPTs), since SMTP cannot take back an
+    /// accepted recipient or sender. `Err` is the final reply.
     async fn sync_recipients(&mut self, message: &Message) -> Result<(), Reply> {
         let Some(envelope) = self.transaction.envelope() else {
             return Err(replies::upstream_lost());
@@ -190,11 +195,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .iter()
             .map(|r| r.forward_path.mailbox().to_string())
             .collect();
-        let restart = kept.len() < original.len();
+        let restart = kept.len() < original.len() || message.sender.is_some();
         let mut lines = Vec::new();
         if restart {
             lines.push("RSET".to_string());
-            lines.push(envelope.mail.to_string());
+            lines.push(
+                message
+                    .sender
+                    .as_ref()
+                    .unwrap_or(&envelope.mail)
+                    .to_string(),
+            );
             lines.extend(kept.iter().map(|r| r.to_string()));
         }
         let first_added = lines.len();

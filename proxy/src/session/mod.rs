@@ -120,6 +120,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return;
         }
         let hostname = self.context.config.server.hostname.clone();
+        self.hooks
+            .connection(&hostname, self.peer.address, self.peer.local_address);
         let mut flow = self.connect_hook().await;
         if flow == Flow::Continue {
             self.start_name_lookup();

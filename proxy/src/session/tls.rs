@@ -61,6 +61,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 let info = self.downstream.stream().info();
                 if let Some(info) = &info {
                     info!(version = %info.version, cipher = %info.cipher, sni = ?info.server_name, "TLS established");
+                    self.hooks.tls_started(&info.version, &info.cipher);
                 }
                 telemetry::tls_handshake(Some(
                     info.as_ref().map_or("other", |i| i.version.as_str()),
