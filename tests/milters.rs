@@ -1,0 +1,597 @@
+//! Milters in the chain, against the real ones sites run (Debian's OpenDKIM and
+//! rspamd) and against milters that misbehave on purpose: down, silent, or answering
+//! garbage or forbidden edits.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{Client, Proxy, RecordingUpstream, closed_port, require_program};
+
+/// A message as a client sends it: a folded header, a line that needs dot-stuffing.
+const MESSAGE: &[u8] = b"From: Alice <alice@example.com>\r\nTo: bob@example.org\r\nSubject: a subject\r\n  folded onto a second line\r\nDate: Sat, 05 Dec 2026 03:00:00 +0000\r\nMessage-ID: <m1@example.com>\r\n\r\nHello Bob.\r\n..a line that starts with a dot\r\n.\r\n";
+
+const GTUBE: &[u8] = b"From: Alice <alice@example.com>\r\nTo: bob@example.org\r\nSubject: spam\r\n\r\nXJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\r\n.\r\n";
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    closed_port().rsplit_once(':').unwrap().1.parse().unwrap()
+}
+
+fn wait_for_port(port: u16, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start listening");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process killed when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Debian's OpenDKIM, signing for example.com with a key made for the test.
+struct OpenDkim {
+    port: u16,
+    dir: tempfile::TempDir,
+    _process: Running,
+}
+
+impl OpenDkim {
+    fn start(canonicalization: &str) -> Option<OpenDkim> {
+        if !require_program("opendkim") || !require_program("opendkim-genkey") {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("opendkim-genkey")
+            .args(["-d", "example.com", "-s", "test", "-D"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "opendkim-genkey failed");
+        let port = free_port();
+        let config = dir.path().join("opendkim.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "Syslog no\nMode sv\nDomain example.com\nSelector test\nKeyFile {}\n\
+                 Socket inet:{port}@127.0.0.1\nCanonicalization {canonicalization}\n\
+                 InternalHosts 127.0.0.1\nRequireSafeKeys no\nPidFile {}\n",
+                dir.path().join("test.private").display(),
+                dir.path().join("opendkim.pid").display(),
+            ),
+        )
+        .unwrap();
+        let child = Command::new("opendkim")
+            .arg("-f")
+            .arg("-x")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start opendkim");
+        let process = Running(child);
+        wait_for_port(port, Duration::from_secs(20), "opendkim");
+        Some(OpenDkim {
+            port,
+            dir,
+            _process: process,
+        })
+    }
+
+    /// The public key's TXT record, as DNS would serve it.
+    fn key_record(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("test.txt")).unwrap();
+        text.split('"').skip(1).step_by(2).collect()
+    }
+}
+
+/// Verifies `message` with Python's `dkim` module (python3-dkim), an implementation
+/// independent of OpenDKIM's, serving `record` for test._domainkey.example.com.
+fn verified_by_dkimpy(message: &[u8], record: &str) -> bool {
+    const SCRIPT: &str = r#"
+import sys, dkim
+record = sys.argv[1].encode()
+def dns(name, timeout=5):
+    return record if name == b"test._domainkey.example.com." else None
+print(dkim.verify(sys.stdin.buffer.read(), dnsfunc=dns))
+"#;
+    // Debian's python3 (where python3-dkim is), not one a version manager put first.
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", SCRIPT, record])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run /usr/bin/python3");
+    child.stdin.take().unwrap().write_all(message).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let answer = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    assert!(
+        answer == "True" || answer == "False",
+        "the verifier did not answer: {answer:?} (is python3-dkim installed?)"
+    );
+    answer == "True"
+}
+
+/// The message as the upstream got it, without the dot-stuffing and terminator.
+fn unstuffed(wire: &[u8]) -> Vec<u8> {
+    let body = wire.strip_suffix(b".\r\n").unwrap_or(wire);
+    let mut out = Vec::with_capacity(body.len());
+    for line in body.split_inclusive(|&b| b == b'\n') {
+        out.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+    }
+    out
+}
+
+fn proxy_with(upstream: &RecordingUpstream, chain: &[&str], milters: &str) -> Proxy {
+    let chain: Vec<String> = chain.iter().map(|m| format!("{m:?}")).collect();
+    Proxy::start_with(&format!(
+        "plugins = [{}]\n\n{milters}\n[upstream]\naddress = \"{}\"\nclient_address = \"none\"\n",
+        chain.join(", "),
+        upstream.address()
+    ))
+}
+
+#[test]
+fn opendkim_signs_what_passes_and_an_independent_verifier_accepts_it() {
+    for canonicalization in ["simple/simple", "relaxed/relaxed"] {
+        let Some(dkim) = OpenDkim::start(canonicalization) else {
+            return;
+        };
+        let upstream = RecordingUpstream::start();
+        let proxy = proxy_with(
+            &upstream,
+            &["dkim"],
+            &format!(
+                "[milters.dkim]\naddress = \"inet:127.0.0.1:{}\"\n",
+                dkim.port
+            ),
+        );
+        let mut client = proxy.client();
+        client.expect("EHLO client.example", 250);
+        let reply = client.send_message("alice@example.com", &["bob@example.org"], MESSAGE);
+        assert_eq!(reply.code, 250, "{reply:?}");
+        client.expect("QUIT", 221);
+        let delivered = unstuffed(&upstream.wait_messages(1)[0]);
+        let text = String::from_utf8_lossy(&delivered);
+        assert!(
+            text.starts_with("DKIM-Signature: v=1;"),
+            "no signature first: {text}"
+        );
+        assert!(text.contains(&format!("c={canonicalization};")), "{text}");
+        // Everything the client sent is there, byte for byte, after the signature.
+        let sent = unstuffed(MESSAGE);
+        assert!(delivered.ends_with(&sent), "{text}");
+        let record = dkim.key_record();
+        assert!(
+            verified_by_dkimpy(&delivered, &record),
+            "{canonicalization}: dkimpy refused the signature:\n{text}"
+        );
+        let tampered = String::from_utf8_lossy(&delivered).replace("Hello Bob", "Hello Bop");
+        assert!(!verified_by_dkimpy(tampered.as_bytes(), &record));
+    }
+}
+
+/// Debian's rspamd with its proxy worker in milter mode (self-scan), its headers on.
+struct Rspamd {
+    port: u16,
+    _dir: tempfile::TempDir,
+    _process: Running,
+}
+
+impl Rspamd {
+    fn start() -> Option<Rspamd> {
+        if !require_program("rspamd") {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (port, controller) = (free_port(), free_port());
+        let local = dir.path().join("local.d");
+        std::fs::create_dir_all(&local).unwrap();
+        let files = [
+            (
+                "worker-proxy.inc",
+                format!(
+                    "bind_socket = \"127.0.0.1:{port}\";\nmilter = yes;\ntimeout = 60s;\ncount = 1;\n\
+                     upstream \"local\" {{ default = yes; self_scan = yes; }}\n"
+                ),
+            ),
+            ("worker-normal.inc", "enabled = false;\n".into()),
+            ("worker-fuzzy.inc", "enabled = false;\n".into()),
+            (
+                "worker-controller.inc",
+                format!("bind_socket = \"127.0.0.1:{controller}\";\n"),
+            ),
+            (
+                "logging.inc",
+                "type = \"console\";\nlevel = \"warning\";\n".into(),
+            ),
+            // No network here: DNS answers nothing at once rather than timing out.
+            (
+                "options.inc",
+                "dns { timeout = 0.2s; retransmits = 1; nameserver = [\"127.0.0.1:1\"]; }\n".into(),
+            ),
+            (
+                "milter_headers.conf",
+                "extended_spam_headers = true;\nskip_local = false;\nskip_authenticated = false;\n"
+                    .into(),
+            ),
+        ];
+        for (name, text) in files {
+            std::fs::write(local.join(name), text).unwrap();
+        }
+        // Its compiled regular expressions are kept between runs (they take seconds).
+        let db = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rspamd-db");
+        std::fs::create_dir_all(&db).unwrap();
+        let var = |name: &str, path: &Path| format!("--var={name}={}", path.display());
+        let child = Command::new("rspamd")
+            .args([
+                "-f",
+                "-i",
+                "-u",
+                "root",
+                "-g",
+                "root",
+                "-c",
+                "/etc/rspamd/rspamd.conf",
+            ])
+            .arg(var("LOCAL_CONFDIR", dir.path()))
+            .arg(var("DBDIR", &db))
+            .arg(var("RUNDIR", dir.path()))
+            .arg(var("LOGDIR", dir.path()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start rspamd");
+        let process = Running(child);
+        wait_for_port(port, Duration::from_secs(90), "rspamd");
+        Some(Rspamd {
+            port,
+            _dir: dir,
+            _process: process,
+        })
+    }
+}
+
+#[test]
+fn rspamd_refuses_gtube_with_its_own_reply_marks_clean_mail_and_only_logs_in_shadow() {
+    let Some(rspamd) = Rspamd::start() else {
+        return;
+    };
+    let upstream = RecordingUpstream::start();
+    let milter = format!("address = \"inet:127.0.0.1:{}\"\n", rspamd.port);
+    let proxy = proxy_with(
+        &upstream,
+        &["rspamd"],
+        &format!("[milters.rspamd]\n{milter}"),
+    );
+    let mut client = proxy.client();
+    client.expect("EHLO client.example", 250);
+    let reply = client.send_message("alice@example.com", &["bob@example.org"], GTUBE);
+    assert_eq!(reply.code, 554, "{reply:?}");
+    assert!(reply.text().contains("5.7.1 Gtube pattern"), "{reply:?}");
+    let reply = client.send_message("alice@example.com", &["bob@example.org"], MESSAGE);
+    assert_eq!(reply.code, 250, "{reply:?}");
+    client.expect("QUIT", 221);
+    let delivered = upstream.wait_messages(1);
+    assert_eq!(delivered.len(), 1, "GTUBE must not reach the upstream");
+    let text = String::from_utf8_lossy(&delivered[0]);
+    assert!(text.contains("X-Rspamd-Action: no action"), "{text}");
+    assert!(text.contains("X-Spamd-Result: default: False"), "{text}");
+    assert!(text.contains("Hello Bob."), "{text}");
+
+    // The same rspamd in shadow: GTUBE is delivered; what rspamd would have done
+    // is logged and counted.
+    let upstream = RecordingUpstream::start();
+    let proxy = proxy_with(
+        &upstream,
+        &["rspamd"],
+        &format!("[milters.rspamd]\n{milter}mode = \"shadow\"\n"),
+    );
+    let mut client = proxy.client();
+    client.expect("EHLO client.example", 250);
+    let reply = client.send_message("alice@example.com", &["bob@example.org"], GTUBE);
+    assert_eq!(reply.code, 250, "{reply:?}");
+    client.expect("QUIT", 221);
+    let delivered = upstream.wait_messages(1);
+    let text = String::from_utf8_lossy(&delivered[0]);
+    assert!(!text.contains("X-Rspamd"), "shadow edits applied: {text}");
+    let line = proxy.wait_for_log("shadow plugin");
+    let line = if line.contains("\"hook\":\"data\"") {
+        line
+    } else {
+        proxy
+            .logs()
+            .into_iter()
+            .find(|l| l.contains("shadow plugin") && l.contains("\"hook\":\"data\""))
+            .expect("a shadow line for the message")
+    };
+    assert!(line.contains("reject 554 5.7.1 Gtube pattern"), "{line}");
+}
+
+/// A milter's packet: its command octet and its data.
+type Packet = (u8, Vec<u8>);
+
+/// A milter written for these tests: it negotiates (nothing left out), answers
+/// continue to every step, and behaves as told at one point.
+#[derive(Clone)]
+enum Behaviour {
+    /// Answers nothing after the negotiation.
+    Silent,
+    /// Answers the connect with a packet no milter may send.
+    Garbage,
+    /// At the end of the message sends these packets (command octet and data),
+    /// then continue.
+    EndOfMessage(Vec<Packet>),
+}
+
+struct FakeMilter {
+    port: u16,
+}
+
+fn packet(command: u8, data: &[u8]) -> Vec<u8> {
+    let mut out = ((data.len() + 1) as u32).to_be_bytes().to_vec();
+    out.push(command);
+    out.extend_from_slice(data);
+    out
+}
+
+fn read_packet(stream: &mut TcpStream) -> Option<Packet> {
+    let mut length = [0u8; 4];
+    stream.read_exact(&mut length).ok()?;
+    let mut data = vec![0u8; u32::from_be_bytes(length) as usize];
+    stream.read_exact(&mut data).ok()?;
+    let command = *data.first()?;
+    Some((command, data[1..].to_vec()))
+}
+
+impl FakeMilter {
+    fn start(actions: u32, behaviour: Behaviour) -> FakeMilter {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let behaviour = behaviour.clone();
+                thread::spawn(move || serve(&mut stream, actions, behaviour));
+            }
+        });
+        FakeMilter { port }
+    }
+}
+
+fn serve(stream: &mut TcpStream, actions: u32, behaviour: Behaviour) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    while let Some((command, _)) = read_packet(stream) {
+        let answer = match (command, &behaviour) {
+            (b'O', _) => {
+                let mut data = 6u32.to_be_bytes().to_vec();
+                data.extend_from_slice(&actions.to_be_bytes());
+                data.extend_from_slice(&0u32.to_be_bytes());
+                packet(b'O', &data)
+            }
+            (b'D' | b'A', _) => continue,
+            (b'Q', _) => return,
+            (_, Behaviour::Silent) => continue,
+            (b'C', Behaviour::Garbage) => packet(b'?', b"not a milter reply"),
+            (b'E', Behaviour::EndOfMessage(packets)) => {
+                let mut out: Vec<u8> = packets
+                    .iter()
+                    .flat_map(|(command, data)| packet(*command, data))
+                    .collect();
+                out.extend_from_slice(&packet(b'c', b""));
+                out
+            }
+            _ => packet(b'c', b""),
+        };
+        if stream.write_all(&answer).is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_milter_that_is_down_silent_or_garbled_gets_its_default_action_and_others_carry_on() {
+    let upstream = RecordingUpstream::start();
+    let silent = FakeMilter::start(0, Behaviour::Silent);
+    let garbage = FakeMilter::start(0, Behaviour::Garbage);
+    let config = format!(
+        "[[listener]]\nname = \"down-tempfail\"\naddress = \"127.0.0.1:0\"\nplugins = [\"down\"]\n\n\
+         [[listener]]\nname = \"down-accept\"\naddress = \"127.0.0.1:0\"\nplugins = [\"down_accept\"]\n\n\
+         [[listener]]\nname = \"silent\"\naddress = \"127.0.0.1:0\"\nplugins = [\"silent\"]\n\n\
+         [[listener]]\nname = \"garbage\"\naddress = \"127.0.0.1:0\"\nplugins = [\"garbage\"]\n\n\
+         [milters.down]\naddress = \"inet:{down}\"\n\n\
+         [milters.down_accept]\naddress = \"inet:{down}\"\ndefault_action = \"accept\"\n\n\
+         [milters.silent]\naddress = \"inet:127.0.0.1:{silent}\"\ncommand_timeout = \"300ms\"\ndefault_action = \"accept\"\n\n\
+         [milters.garbage]\naddress = \"inet:127.0.0.1:{garbage}\"\ndefault_action = \"reject\"\n\n\
+         [upstream]\naddress = \"{upstream}\"\nclient_address = \"none\"\n",
+        down = closed_port(),
+        silent = silent.port,
+        garbage = garbage.port,
+        upstream = upstream.address(),
+    );
+    let proxy = Proxy::start_with(&config);
+
+    // Down, tempfail (the default): the client hears 451 in place of the greeting.
+    let mut client = Client::connect_from_unread("127.0.0.1", proxy.listener("down-tempfail"));
+    let reply = client.read_reply();
+    assert_eq!(reply.code, 451, "{reply:?}");
+
+    // While a silent milter holds one session, a session on the plain listener
+    // goes through at once.
+    let silent_address = proxy.listener("silent");
+    let slow = thread::spawn(move || {
+        let started = Instant::now();
+        let mut client = Client::connect_from_unread("127.0.0.1", silent_address);
+        let greeting = client.read_reply();
+        (greeting.code, started.elapsed())
+    });
+    let started = Instant::now();
+    let mut client = proxy.client();
+    client.expect("EHLO client.example", 250);
+    let reply = client.send_message("alice@example.com", &["bob@example.org"], MESSAGE);
+    assert_eq!(reply.code, 250, "{reply:?}");
+    client.expect("QUIT", 221);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "another session waited on the silent milter"
+    );
+    // The silent milter's own session: its command timeout, then accept (carry on).
+    let (code, took) = slow.join().unwrap();
+    assert_eq!(code, 220);
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+
+    // Down, accept: the message goes through without it.
+    let mut client = Client::connect_from_unread("127.0.0.1", proxy.listener("down-accept"));
+    assert_eq!(client.read_reply().code, 220);
+    client.expect("EHLO client.example", 250);
+    let reply = client.send_message("alice@example.com", &["bob@example.org"], MESSAGE);
+    assert_eq!(reply.code, 250, "{reply:?}");
+    client.expect("QUIT", 221);
+
+    // Garbage, reject: 550 in place of the greeting.
+    let mut client = Client::connect_from_unread("127.0.0.1", proxy.listener("garbage"));
+    let reply = client.read_reply();
+    assert_eq!(reply.code, 550, "{reply:?}");
+
+    assert_eq!(upstream.wait_messages(2).len(), 2);
+    // Each failure is logged with its cause (the log reader may lag the replies).
+    for cause in ["cannot connect to", "no answer while", "protocol error"] {
+        let line = proxy.wait_for_log(cause);
+        assert!(line.contains("plugin failed"), "{line}");
+    }
+}
+
+fn str_packet(parts: &[&str]) -> Vec<u8> {
+    let mut data = Vec::new();
+    for part in parts {
+        data.extend_from_slice(part.as_bytes());
+        data.push(0);
+    }
+    data
+}
+
+fn indexed(index: u32, parts: &[&str]) -> Vec<u8> {
+    let mut data = index.to_be_bytes().to_vec();
+    data.extend_from_slice(&str_packet(parts));
+    data
+}
+
+#[test]
+fn a_milters_edits_apply_as_a_plugins_do() {
+    let upstream = RecordingUpstream::start();
+    let all_actions = 0x01 | 0x02 | 0x04 | 0x08 | 0x10 | 0x40;
+    let edits = FakeMilter::start(
+        all_actions,
+        Behaviour::EndOfMessage(vec![
+            (b'h', str_packet(&["X-Milter", "added\n\tfolded"])),
+            (b'i', indexed(0, &["X-First", "inserted"])),
+            (b'm', indexed(1, &["Subject", "changed"])),
+            (b'e', str_packet(&["<bounce@example.com>"])),
+            (b'+', str_packet(&["<carol@example.org>"])),
+            (b'-', str_packet(&["<bob@example.org>"])),
+            (b'b', b"New body.\r\n".to_vec()),
+        ]),
+    );
+    let proxy = proxy_with(
+        &upstream,
+        &["edits"],
+        &format!(
+            "[milters.edits]\naddress = \"inet:127.0.0.1:{}\"\n",
+            edits.port
+        ),
+    );
+    let mut client = proxy.client();
+    client.expect("EHLO client.example", 250);
+    let reply = client.send_message("alice@example.com", &["bob@example.org"], MESSAGE);
+    assert_eq!(reply.code, 250, "{reply:?}");
+    client.expect("QUIT", 221);
+    let delivered = upstream.wait_messages(1);
+    let text = String::from_utf8_lossy(&delivered[0]);
+    assert_eq!(
+        text,
+        "X-First: inserted\r\nFrom: Alice <alice@example.com>\r\nTo: bob@example.org\r\n\
+         Subject: changed\r\nDate: Sat, 05 Dec 2026 03:00:00 +0000\r\nMessage-ID: <m1@example.com>\r\n\
+         X-Milter: added\r\n\tfolded\r\n\r\nNew body.\r\n.\r\n"
+    );
+    let commands = upstream.all_commands();
+    let last_mail = commands
+        .iter()
+        .rposition(|c| c.starts_with("MAIL"))
+        .unwrap();
+    assert_eq!(commands[last_mail], "MAIL FROM:<bounce@example.com>");
+    assert_eq!(&commands[last_mail + 1], "RCPT TO:<carol@example.org>");
+    assert_eq!(&commands[last_mail + 2], "DATA");
+}
+
+#[test]
+fn a_milter_cannot_smuggle_commands_or_edits_it_did_not_negotiate() {
+    let attempts: Vec<(&str, u32, Packet)> = vec![
+        (
+            "a header value that ends the message",
+            0x01,
+            (
+                b'h',
+                str_packet(&["X-Evil", "x\r\n.\r\nMAIL FROM:<a@evil>"]),
+            ),
+        ),
+        (
+            "a sender with a command after it",
+            0x40,
+            (b'e', str_packet(&["<a@example.com>\r\nRCPT TO:<b@evil>"])),
+        ),
+        (
+            "a recipient with a space",
+            0x04,
+            (b'+', str_packet(&["<b@evil> NOTIFY=NEVER"])),
+        ),
+        (
+            "a sender parameter the client was not offered",
+            0x40,
+            (b'e', str_packet(&["<a@example.com>", "XFORWARD=yes"])),
+        ),
+        (
+            "an edit it did not negotiate",
+            0x01,
+            (b'+', str_packet(&["<c@example.org>"])),
+        ),
+    ];
+    for (what, actions, attempt) in attempts {
+        let upstream = RecordingUpstream::start();
+        let milter = FakeMilter::start(actions, Behaviour::EndOfMessage(vec![attempt]));
+        let proxy = proxy_with(
+            &upstream,
+            &["evil"],
+            &format!(
+                "[milters.evil]\naddress = \"inet:127.0.0.1:{}\"\ndefault_action = \"reject\"\n",
+                milter.port
+            ),
+        );
+        let mut client = proxy.client();
+        client.expect("EHLO client.example", 250);
+        let reply = client.send_message("alice@example.com", &["bob@example.org"], MESSAGE);
+        assert_eq!(reply.code, 550, "{what}: {reply:?}");
+        client.expect("QUIT", 221);
+        let commands = upstream.all_commands();
+        assert!(upstream.messages().is_empty(), "{what}: delivered");
+        assert!(
+            commands.iter().all(|c| !c.contains("evil")),
+            "{what}: {commands:?}"
+        );
+    }
+}
