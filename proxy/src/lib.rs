@@ -4,19 +4,20 @@
 //! `server` runs what [`startup`] prepared: `listener` admits connections, and a
 //! `session` (the only place that decides) drives each one — the protocol as data in
 //! [`smtp`] (no I/O), the client side of the relay in `upstream`, AUTH at the edge in
-//! [`auth`], the plugin chains in [`hooks`], which run [`plugin_host`] (the only
-//! module naming wasmtime or the bindings generated from the WIT file; the others
-//! speak [`plugin_host::view`]) and [`milter`] (the milters a chain calls beside its
-//! plugins, through the Sendmail milter protocol). [`message`] is the spooled message of the DATA hook
-//! and its edits; [`replay`] runs a chain offline; [`config`] is the validated
-//! configuration, plain data; `client` is who is connected, as the session and the
-//! upstream both see it; `connection` is the shared bytes ↔ lines plumbing; [`dns`]
-//! the resolver that plugins and the client-name lookup share; [`kv`] the key-value
-//! store of the plugins and the AUTH throttle (in memory, or Redis shared by several
-//! proxies); `devupstream` is the built-in development upstream for trying things
-//! out; `service` talks to systemd; [`control`] is the socket `portcullis reload`
-//! asks through (`server` keeps a *generation* — everything one configuration made —
-//! and a reload swaps in the next); `fuzzing` holds the fuzz targets' bodies
+//! [`auth`], the plugin chains in [`hooks`], which run [`plugin_host`] (the only module
+//! naming wasmtime or the bindings generated from the WIT file; the others speak
+//! [`plugin_host::view`]) and [`milter`] (the milters a chain calls beside its plugins,
+//! through the Sendmail milter protocol). [`message`] is the spooled message of the
+//! DATA hook and its edits; [`replay`] runs a chain offline (over a message, or over
+//! the records of the [`audit`] trail, which sessions write one per message);
+//! [`config`] is the validated configuration, plain data; `client` is who is connected,
+//! as the session and the upstream both see it; `connection` is the shared bytes ↔
+//! lines plumbing; [`dns`] the resolver that plugins and the client-name lookup share;
+//! [`kv`] the key-value store of the plugins and the AUTH throttle (in memory, or Redis
+//! shared by several proxies); `devupstream` is the built-in development upstream for
+//! trying things out; `service` talks to systemd; [`control`] is the socket `portcullis
+//! reload` asks through (`server` keeps a *generation* — everything one configuration
+//! made — and a reload swaps in the next); `fuzzing` holds the fuzz targets' bodies
 //! (`fuzz/`).
 //!
 //! Each word keeps one meaning: a *session* is one client connection (`session`);
@@ -31,12 +32,12 @@
 //! Dependencies point one way. Each module imports only from those listed after it
 //! (a unit test below reads this list and the sources and holds them to it):
 //!
-//! - `server` → startup, listener, session, upstream, auth, client_limits, control, devupstream, dns, exporter, kv, plugin_host, telemetry, log_limit, service, config
+//! - `server` → startup, listener, session, upstream, audit, auth, client_limits, control, devupstream, dns, exporter, kv, plugin_host, telemetry, log_limit, service, config
 //! - `fuzzing` → auth, proxy_protocol, smtp
-//! - `replay` → startup, hooks, plugin_host, message, dns, smtp, config
+//! - `replay` → startup, hooks, plugin_host, message, audit, dns, smtp, config
 //! - `startup` → session, hooks, milter, plugin_host, auth, control, dns, kv, telemetry, tls, config
 //! - `listener` → session, client, client_limits, log_limit, proxy_protocol, smtp, telemetry, config
-//! - `session` → hooks, plugin_host, upstream, auth, message, client, connection, dns, telemetry, tls, log_limit, smtp, config
+//! - `session` → hooks, plugin_host, upstream, audit, auth, message, client, connection, dns, telemetry, tls, log_limit, smtp, config
 //! - `hooks` → milter, plugin_host, auth, message, smtp, telemetry, config
 //! - `milter` → message, telemetry, config
 //! - `plugin_host` → message, dns, kv, telemetry, config
@@ -45,6 +46,7 @@
 //! - `devupstream` → connection, smtp
 //! - `message` → smtp
 //! - `client_limits` → config
+//! - `audit` → log_limit, config
 //! - `dns` → config
 //! - `kv` → telemetry, config
 //! - `client` → dns, tls
@@ -64,6 +66,7 @@
 // integration tests use; everything else is `pub(crate)`, and this lint keeps it so.
 #![warn(unreachable_pub)]
 
+pub mod audit;
 pub mod auth;
 mod client;
 mod client_limits;

@@ -35,10 +35,12 @@ pub(crate) enum Event {
     ProxyUntrusted,
     /// A PROXY protocol header that was missing, malformed or too slow.
     ProxyHeader,
+    /// An audit record could not be written to `[audit] path`.
+    AuditWrite,
 }
 
 impl Event {
-    const ALL: [Event; 9] = [
+    const ALL: [Event; 10] = [
         Event::ConnectionLimit,
         Event::ClientSessionLimit,
         Event::ClientRateLimit,
@@ -48,6 +50,7 @@ impl Event {
         Event::ThrottleStoreDown,
         Event::ProxyUntrusted,
         Event::ProxyHeader,
+        Event::AuditWrite,
     ];
 
     /// Its label in `portcullis_connections_refused_total`.
@@ -62,6 +65,7 @@ impl Event {
             Event::ThrottleStoreDown => "throttle_store_down",
             Event::ProxyUntrusted => "proxy_untrusted",
             Event::ProxyHeader => "proxy_header",
+            Event::AuditWrite => "audit_write",
         }
     }
 
@@ -77,6 +81,7 @@ impl Event {
             Event::ThrottleStoreDown => "AUTH attempts the shared store could not count",
             Event::ProxyUntrusted => "connections from addresses not in proxy_trusted",
             Event::ProxyHeader => "connections without a valid PROXY protocol header",
+            Event::AuditWrite => "audit records not written to the file",
         }
     }
 

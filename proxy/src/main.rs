@@ -41,20 +41,26 @@ enum Commands {
         config: PathBuf,
     },
     /// Run a listener's plugin chain over a message file, offline, and print each
-    /// plugin's verdict per stage and the resulting envelope and message.
+    /// plugin's verdict per stage and the resulting envelope and message; or, with
+    /// --record, run audit records through the chains configured now and print where
+    /// the verdicts differ (exit status 1 if any does).
     Replay {
         /// The configuration file.
         #[arg(long, short)]
         config: PathBuf,
-        /// The listener whose chain runs.
-        #[arg(long)]
-        listener: String,
+        /// The listener whose chain runs (with --record: instead of each record's).
+        #[arg(long, required_unless_present = "record")]
+        listener: Option<String>,
         /// The envelope sender ("" for the null reverse-path).
-        #[arg(long)]
-        from: String,
+        #[arg(long, required_unless_present = "record", conflicts_with = "record")]
+        from: Option<String>,
         /// An envelope recipient (repeat for several).
-        #[arg(long, required = true)]
+        #[arg(long, required_unless_present = "record", conflicts_with = "record")]
         to: Vec<String>,
+        /// A file of audit records (`[audit] path`, one JSON record per line) to
+        /// replay instead of one message.
+        #[arg(long)]
+        record: Option<PathBuf>,
         /// The client address the plugins see.
         #[arg(long, default_value = "192.0.2.1")]
         client_ip: std::net::IpAddr,
@@ -64,8 +70,10 @@ enum Commands {
         /// Replay as a client authenticated with this login (runs the AUTH hook).
         #[arg(long)]
         login: Option<String>,
-        /// The message, as an .eml file.
-        message: PathBuf,
+        /// The message, as an .eml file (with --record: optional, replayed as each
+        /// record's message, which records do not keep).
+        #[arg(required_unless_present = "record")]
+        message: Option<PathBuf>,
     },
     /// Read a password on standard input and print an Argon2id hash of it for a
     /// credentials file line (`login:HASH`).
@@ -118,6 +126,7 @@ fn main() -> ExitCode {
             listener,
             from,
             to,
+            record,
             client_ip,
             helo,
             login,
@@ -128,21 +137,25 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             init_logging(cli.log_format);
-            let message = match std::fs::read(&message) {
-                Ok(message) => message,
-                Err(error) => {
-                    eprintln!("{}: {error}", message.display());
+            let message = match message.map(|path| std::fs::read(&path).map_err(|e| (path, e))) {
+                None => None,
+                Some(Ok(message)) => Some(message),
+                Some(Err((path, error))) => {
+                    eprintln!("{}: {error}", path.display());
                     return ExitCode::from(2);
                 }
             };
+            if let Some(records) = record {
+                return replay_records(&config, &records, listener.as_deref(), message.as_deref());
+            }
             let input = portcullis::replay::ReplayInput {
-                listener,
+                listener: listener.expect("required without --record"),
                 client_ip,
                 helo,
                 login,
-                from,
+                from: from.expect("required without --record"),
                 to,
-                message,
+                message: message.expect("required without --record"),
             };
             replay(&config, input)
         }
@@ -294,6 +307,56 @@ fn replay(config: &Config, input: portcullis::replay::ReplayInput) -> ExitCode {
             eprintln!("{error}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// `portcullis replay --record FILE`: exit status 0 if every record's verdicts are
+/// the same now, 1 if any differs, 2 on errors (as diff(1)).
+fn replay_records(
+    config: &Config,
+    path: &std::path::Path,
+    listener: Option<&str>,
+    message: Option<&[u8]>,
+) -> ExitCode {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) => {
+            eprintln!("{}: {error}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let mut records = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<portcullis::audit::Record>(line) {
+            Ok(record) => records.push(record),
+            Err(error) => {
+                eprintln!(
+                    "{} line {}: not an audit record: {error}",
+                    path.display(),
+                    number + 1
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let future = portcullis::replay::replay_records(config, &records, listener, message);
+    match block_on(1, future) {
+        Ok(Ok(report)) => {
+            print!("{}", report.text);
+            if report.differing == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Ok(Err(error)) => {
+            eprintln!("{error}");
+            ExitCode::from(2)
+        }
+        Err(code) => code,
     }
 }
 

@@ -1,14 +1,17 @@
 //! `portcullis replay`: runs one listener's plugin chain over a message from a file,
 //! offline — no client, no upstream, and DNS lookups fail instead of going out — and
 //! reports what each plugin said at each stage and what would go upstream: the
-//! envelope and the message after every rewrite and edit.
+//! envelope and the message after every rewrite and edit. Given audit records
+//! instead ([`replay_records`]), it runs each record's envelope through the chains
+//! configured now and reports where the verdicts differ from the recorded ones.
 
 use std::{fmt::Write, net::IpAddr, sync::Arc};
 
 use crate::{
     Config,
+    audit::{RECORD_VERSION, Record, VerdictRecord},
     dns::Resolver,
-    hooks::{Chain, Decision, SessionHooks},
+    hooks::{Chain, Decision, SessionHooks, TraceEntry},
     message::{EditError, Message, SpoolWriter},
     plugin_host::view,
     smtp::{Command, MailCommand, capabilities::Capabilities, command},
@@ -38,6 +41,12 @@ pub enum ReplayError {
     /// The message cannot be spooled or read back.
     #[error("spooling the message: {0}")]
     Spool(#[from] std::io::Error),
+    /// An audit record of a format this version does not read.
+    #[error("an audit record of version {0}; this proxy reads version {RECORD_VERSION}")]
+    RecordVersion(u32),
+    /// An audit record whose client address is not an IP address.
+    #[error("an audit record's client address {0:?} is not an IP address")]
+    RecordClient(String),
 }
 
 /// What to replay.
@@ -63,8 +72,142 @@ pub struct ReplayInput {
 /// cannot load; refusals are part of the report.
 pub async fn replay(config: &Config, input: ReplayInput) -> Result<String, ReplayError> {
     let mut run = Replay::start(config, &input).await?;
-    run.stages(config, &input).await?;
+    run.stages(config, &input, true).await?;
     Ok(run.report.finish())
+}
+
+/// What [`replay_records`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordsReport {
+    /// The report, one paragraph per record.
+    pub text: String,
+    /// How many records had a verdict that differs now.
+    pub differing: usize,
+}
+
+/// Runs audit records through the chains configured now and reports, per record,
+/// where a member's verdict differs from the recorded one. Each record replays its
+/// client's envelope as received (the listener given, or the record's); the DATA
+/// stage runs only with `message` (records do not keep messages).
+pub async fn replay_records(
+    config: &Config,
+    records: &[Record],
+    listener: Option<&str>,
+    message: Option<&[u8]>,
+) -> Result<RecordsReport, ReplayError> {
+    let mut chains = std::collections::BTreeMap::new();
+    let mut report = RecordsReport {
+        text: String::new(),
+        differing: 0,
+    };
+    for record in records {
+        if record.version != RECORD_VERSION {
+            return Err(ReplayError::RecordVersion(record.version));
+        }
+        let name = listener.unwrap_or(&record.listener).to_string();
+        if !chains.contains_key(&name) {
+            chains.insert(name.clone(), load_chain(config, &name).await?);
+        }
+        let input = ReplayInput {
+            listener: name.clone(),
+            client_ip: record
+                .client
+                .ip
+                .parse()
+                .map_err(|_| ReplayError::RecordClient(record.client.ip.clone()))?,
+            helo: record
+                .client
+                .helo
+                .clone()
+                .unwrap_or_else(|| "replay.invalid".into()),
+            login: record.client.login.clone(),
+            from: record.received.from.clone(),
+            to: record.received.to.clone(),
+            message: message.map(<[u8]>::to_vec).unwrap_or_default(),
+        };
+        let mut run = Replay::new(chains[&name].clone(), &input);
+        run.stages(config, &input, message.is_some()).await?;
+        let now: Vec<VerdictRecord> = run
+            .report
+            .entries
+            .iter()
+            .map(|entry| VerdictRecord {
+                stage: entry.stage.to_string(),
+                member: entry.plugin.to_string(),
+                outcome: entry.outcome.clone(),
+            })
+            .collect();
+        let found = differences(&record.chain, &now, message.is_some());
+        let to = record.received.to.join(">, <");
+        let _ = write!(
+            report.text,
+            "record {} ({}, <{}> to <{to}>, {}): ",
+            record.session, name, record.received.from, record.reply
+        );
+        if found.is_empty() {
+            report.text.push_str("same verdicts\n");
+        } else {
+            report.differing += 1;
+            let _ = writeln!(report.text, "{} difference(s)", found.len());
+            for line in found {
+                let _ = writeln!(report.text, "  {line}");
+            }
+        }
+    }
+    let _ = writeln!(
+        report.text,
+        "{} record(s) replayed, {} with verdicts that differ now{}",
+        records.len(),
+        report.differing,
+        if message.is_none() {
+            " (DATA not replayed: no message given)"
+        } else {
+            ""
+        }
+    );
+    Ok(report)
+}
+
+/// Where the verdicts `now` differ from the `recorded` ones, pairing entries by
+/// stage and member in order. Stages a record does not cover (connect and HELO are
+/// in a session's first record only; DATA without a message) are not differences.
+fn differences(recorded: &[VerdictRecord], now: &[VerdictRecord], data: bool) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut paired = vec![false; now.len()];
+    for old in recorded {
+        if old.stage == "data" && !data {
+            continue;
+        }
+        let partner = (0..now.len())
+            .find(|&i| !paired[i] && now[i].stage == old.stage && now[i].member == old.member);
+        match partner {
+            Some(i) => {
+                paired[i] = true;
+                if now[i].outcome != old.outcome {
+                    found.push(format!(
+                        "{:<8} {:<16} was: {}\n  {:<8} {:<16} now: {}",
+                        old.stage, old.member, old.outcome, "", "", now[i].outcome
+                    ));
+                }
+            }
+            None => found.push(format!(
+                "{:<8} {:<16} was: {}; not asked now",
+                old.stage, old.member, old.outcome
+            )),
+        }
+    }
+    let covered = |stage: &str| recorded.iter().any(|r| r.stage == stage);
+    for (entry, _) in now.iter().zip(&paired).filter(|(_, paired)| !**paired) {
+        let session_stage = matches!(entry.stage.as_str(), "connect" | "helo" | "auth");
+        if session_stage && !covered(&entry.stage) {
+            continue;
+        }
+        found.push(format!(
+            "{:<8} {:<16} not recorded; now: {}",
+            entry.stage, entry.member, entry.outcome
+        ));
+    }
+    found
 }
 
 /// One offline session through a listener's chain, and the report on it.
@@ -83,53 +226,76 @@ struct AcceptedEnvelope {
     abi: view::Envelope,
 }
 
+/// Loads a listener's plugins and no others (no pool: one session only needs one
+/// instance), as its chain.
+async fn load_chain(config: &Config, name: &str) -> Result<Arc<Chain>, ReplayError> {
+    let listener = config
+        .listeners
+        .iter()
+        .find(|l| l.name == name)
+        .ok_or_else(|| ReplayError::NoListener(name.to_string()))?;
+    let mut config = config.clone();
+    config.server.plugin_pool_size = 0;
+    config
+        .plugins
+        .retain(|name, _| listener.plugins.contains(name));
+    let plugins = load_plugins(&config, Arc::new(Resolver::offline()), Default::default()).await?;
+    Ok(Arc::new(Chain {
+        listener: listener.name.clone(),
+        members: chain_members(&listener.plugins, &plugins, &config.milters),
+    }))
+}
+
 impl Replay {
-    /// Loads the listener's plugins and no others (no pool: one session only needs
-    /// one instance).
     async fn start(config: &Config, input: &ReplayInput) -> Result<Replay, ReplayError> {
-        let listener = config
-            .listeners
-            .iter()
-            .find(|l| l.name == input.listener)
-            .ok_or_else(|| ReplayError::NoListener(input.listener.clone()))?;
-        let mut config = config.clone();
-        config.server.plugin_pool_size = 0;
-        config
-            .plugins
-            .retain(|name, _| listener.plugins.contains(name));
-        let plugins =
-            load_plugins(&config, Arc::new(Resolver::offline()), Default::default()).await?;
-        let chain = Chain {
-            listener: listener.name.clone(),
-            members: chain_members(&listener.plugins, &plugins, &config.milters),
-        };
-        let mut hooks = SessionHooks::new(Arc::new(chain), "replay");
+        Ok(Replay::new(
+            load_chain(config, &input.listener).await?,
+            input,
+        ))
+    }
+
+    /// One offline session of `chain` for `input`.
+    fn new(chain: Arc<Chain>, input: &ReplayInput) -> Replay {
+        let listener = chain.listener.clone();
+        let mut hooks = SessionHooks::new(chain, "replay");
         hooks.record_trace();
+        let client = std::net::SocketAddr::new(input.client_ip, 0);
+        let local = std::net::SocketAddr::from(([127, 0, 0, 1], 25));
+        hooks.connection("replay.invalid", client, local);
         let session = view::SessionInfo {
             id: "replay".into(),
-            listener: listener.name.clone(),
+            listener,
             client_ip: input.client_ip.to_string(),
             client_port: 0,
             helo: None,
             tls: false,
             login: None,
         };
-        Ok(Replay {
+        Replay {
             hooks,
             session,
             offered: Capabilities::relayable(),
             report: Report::default(),
-        })
+        }
     }
 
-    /// Runs every stage until the chain refuses one, writing the report.
-    async fn stages(&mut self, config: &Config, input: &ReplayInput) -> Result<(), ReplayError> {
+    /// Runs every stage until the chain refuses one, writing the report; DATA only
+    /// if `data`.
+    async fn stages(
+        &mut self,
+        config: &Config,
+        input: &ReplayInput,
+        data: bool,
+    ) -> Result<(), ReplayError> {
         let Some(helo_rewrite) = self.greet(input).await else {
             return Ok(());
         };
         let Some(envelope) = self.envelope(input).await? else {
             return Ok(());
         };
+        if !data {
+            return Ok(());
+        }
         let mut message = spool(&input.message).await?;
         message.recipients = envelope.abi.recipients.clone();
         if self.hooks.wants_data() {
@@ -243,10 +409,11 @@ async fn spool(raw: &[u8]) -> Result<Message, ReplayError> {
     Ok(Message::new(writer.finish().await?, Vec::new()))
 }
 
-/// The report being written.
+/// The report being written, and the verdicts it shows.
 #[derive(Default)]
 struct Report {
     text: String,
+    entries: Vec<TraceEntry>,
 }
 
 impl Report {
@@ -264,6 +431,7 @@ impl Report {
                 "{stage:<24} {:<16} {}",
                 entry.plugin, entry.outcome
             );
+            self.entries.push(entry);
         }
         let (ends, summary) = match decision {
             Decision::Continue => (false, "continue".to_string()),
@@ -295,5 +463,51 @@ impl Report {
 
     fn finish(self) -> String {
         self.text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(stage: &str, member: &str, outcome: &str) -> VerdictRecord {
+        VerdictRecord {
+            stage: stage.into(),
+            member: member.into(),
+            outcome: outcome.into(),
+        }
+    }
+
+    #[test]
+    fn differences_pair_verdicts_by_stage_and_member() {
+        let recorded = vec![
+            verdict("mail", "rate", "continue"),
+            verdict("rcpt", "recipients", "continue"),
+            verdict("rcpt", "recipients", "continue"),
+            verdict("data", "headers", "continue; edits: add header X: y"),
+        ];
+        let now = vec![
+            verdict("connect", "dnsbl", "continue"),
+            verdict("helo", "dnsbl", "continue"),
+            verdict("mail", "rate", "continue"),
+            verdict("rcpt", "recipients", "continue"),
+            verdict("rcpt", "recipients", "reject 550 5.1.1 no such user"),
+            verdict("rcpt", "next", "continue"),
+        ];
+        // Connect and HELO are not in this record (not its session's first message),
+        // DATA was not replayed: neither is a difference.
+        let found = differences(&recorded, &now, false);
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert!(found[0].contains("was: continue") && found[0].contains("now: reject 550"));
+        assert!(found[1].contains("next") && found[1].contains("not recorded"));
+        // With DATA replayed, a DATA verdict that is missing now is one.
+        let found = differences(&recorded, &now, true);
+        assert!(
+            found
+                .iter()
+                .any(|f| f.contains("headers") && f.contains("not asked now"))
+        );
+        // Nothing changed: nothing found.
+        assert!(differences(&recorded, &recorded, true).is_empty());
     }
 }

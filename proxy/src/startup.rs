@@ -107,6 +107,9 @@ pub enum StartError {
     /// The metrics recorder cannot be installed.
     #[error("metrics: {0}")]
     Metrics(String),
+    /// The audit file cannot be opened (the message names `audit.path`).
+    #[error("{0}")]
+    Audit(String),
 }
 
 /// What start-up made of a configuration.

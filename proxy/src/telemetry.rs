@@ -214,7 +214,7 @@ impl MessageOutcome {
         MessageOutcome::Quarantined,
     ];
 
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             MessageOutcome::Accepted => "accepted",
             MessageOutcome::Refused => "refused",

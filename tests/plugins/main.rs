@@ -2,6 +2,7 @@
 //! command into target/wasm) loaded by the proxy, with mail flowing through them to
 //! the recording upstream, and misbehaving plugins contained to their own call.
 
+mod audit;
 mod chain;
 #[path = "../common/mod.rs"]
 mod common;

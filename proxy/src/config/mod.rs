@@ -69,6 +69,8 @@ pub struct Config {
     pub client_limits: ClientLimitsConfig,
     /// The metrics endpoint, if any.
     pub metrics: Option<MetricsConfig>,
+    /// The audit trail, if on.
+    pub audit: Option<AuditConfig>,
     /// What validation found doubtful; the proxy runs, and says so.
     pub warnings: Vec<ConfigWarning>,
     /// The file it was read from, which a reload reads again; `None` when it was
@@ -83,6 +85,47 @@ pub struct Config {
 pub struct MetricsConfig {
     /// Where the endpoint listens; keep it on loopback or a management network.
     pub address: SocketAddr,
+}
+
+/// `[audit]`: one record per message, as a log event and, with `path`, in a file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The file records are appended to, one JSON object per line; without it the
+    /// records are only log events (target `portcullis::audit`).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// The file is rotated (to `path.1`, `path.2` …) once it passes this size, in
+    /// MiB: 1 to 100,000 (default 100).
+    #[serde(default = "default_audit_size", deserialize_with = "audit_size")]
+    pub max_size_mb: u64,
+    /// How many rotated files are kept: 1 to 1,000 (default 10).
+    #[serde(default = "default_audit_keep", deserialize_with = "audit_keep")]
+    pub keep: usize,
+}
+
+fn default_audit_size() -> u64 {
+    100
+}
+
+fn default_audit_keep() -> usize {
+    10
+}
+
+fn audit_size<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let value = u64::deserialize(deserializer)?;
+    if !(1..=100_000).contains(&value) {
+        return Err(serde::de::Error::custom("must be 1 to 100000 (MiB)"));
+    }
+    Ok(value)
+}
+
+fn audit_keep<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    let value = usize::deserialize(deserializer)?;
+    if !(1..=1000).contains(&value) {
+        return Err(serde::de::Error::custom("must be 1 to 1000"));
+    }
+    Ok(value)
 }
 
 /// The default cap on keys (`kv.max_entries`): a million counters keyed by client

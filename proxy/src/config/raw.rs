@@ -42,6 +42,7 @@ pub(super) struct RawConfig {
     pub(super) kv: Option<Spanned<super::kv::RawKv>>,
     pub(super) client_limits: Option<Spanned<ClientLimitsConfig>>,
     pub(super) metrics: Option<super::MetricsConfig>,
+    pub(super) audit: Option<super::AuditConfig>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -135,6 +135,7 @@ impl RawConfig {
             kv: super::kv::validate(self.kv, line_of)?,
             client_limits,
             metrics: self.metrics,
+            audit: self.audit,
             warnings,
             source: None,
         })

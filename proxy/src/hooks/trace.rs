@@ -26,6 +26,14 @@ impl SessionHooks {
         self.trace.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
+    /// Drops what was recorded at MAIL, RCPT and DATA (a transaction that ended
+    /// before its message), keeping the session's connect, HELO and AUTH.
+    pub fn forget_transaction_trace(&mut self) {
+        if let Some(trace) = self.trace.as_mut() {
+            trace.retain(|entry| matches!(entry.stage, "connect" | "helo" | "auth"));
+        }
+    }
+
     pub(super) fn note(&mut self, index: usize, stage: Stage, outcome: String) {
         if let Some(trace) = self.trace.as_mut() {
             trace.push(TraceEntry {

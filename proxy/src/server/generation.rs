@@ -107,6 +107,16 @@ impl Generation {
                 config.auth_throttle.check_timeout,
             )),
         };
+        // The same trail keeps its file across a reload.
+        let audit = match (&config.audit, previous) {
+            (None, _) => None,
+            (Some(wanted), Some(previous)) if previous.config.audit.as_ref() == Some(wanted) => {
+                previous.context().audit.clone()
+            }
+            (Some(wanted), _) => Some(Arc::new(
+                crate::audit::Auditor::open(wanted).map_err(StartError::Audit)?,
+            )),
+        };
         let limits = |kept: Option<&Arc<ClientLimits>>, wanted| match kept {
             Some(kept) => kept.reconfigured(wanted),
             None => ClientLimits::new(wanted),
@@ -146,6 +156,7 @@ impl Generation {
                 throttle: throttle.clone(),
                 checks: checks.clone(),
                 dns: dns.clone(),
+                audit: audit.clone(),
             });
             groups.insert(
                 name,

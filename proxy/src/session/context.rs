@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    audit::Auditor,
     auth::{
         checks::PasswordChecks, credentials::CredentialsFile, sender_logins::SenderLogins,
         throttle::AuthThrottle,
@@ -50,6 +51,8 @@ pub(crate) struct SessionContext {
     pub checks: Arc<PasswordChecks>,
     /// The resolver for the client's host names (shared with the plugins).
     pub dns: Arc<Resolver>,
+    /// Where each message's audit record goes, if `[audit]` is on.
+    pub audit: Option<Arc<Auditor>>,
 }
 
 /// What a session knows about the listener it came in on.

@@ -150,6 +150,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if let Err(reply) = self.sync_recipients(&message).await {
             return reply;
         }
+        if let Some(envelope) = self.transaction.envelope() {
+            let mail = message.sender.as_ref().unwrap_or(&envelope.mail);
+            let from = mail.reverse_path.mailbox().to_string();
+            self.audit_sent(&from, &message.recipients);
+        }
         let timeout = self.context.upstream.config.timeouts.data_init;
         let Some(upstream) = self.link.session() else {
             return replies::upstream_lost();

@@ -255,12 +255,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.log_message(size, reply);
         let meters = &self.listener.meters;
         meters.bytes.increment(size);
-        meters.message(match (reply.code() / 100, kept) {
+        let outcome = match (reply.code() / 100, kept) {
             (2, Some(kept)) => kept,
             (2, None) => MessageOutcome::Accepted,
             (4, _) => MessageOutcome::Tempfailed,
             _ => MessageOutcome::Refused,
-        });
+        };
+        meters.message(outcome);
+        self.audit_message(size, reply, outcome);
         if reply.is_positive() {
             self.junk_commands = 0;
         }

@@ -9,6 +9,7 @@
 //! (`transaction.rs`) and DATA (`data_streamed.rs` streams the message when no plugin
 //! wants it, `data_spooled.rs` spools it for them).
 
+mod audit;
 mod auth;
 mod context;
 mod data_spooled;
@@ -77,6 +78,8 @@ pub(crate) struct Session<S> {
     junk_commands: usize,
     /// The stage the replies being sent answer, for the metrics.
     stage: usize,
+    /// The current transaction as its audit record will tell it (`[audit]` on).
+    audit: Option<audit::Draft>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -88,9 +91,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         listener: Arc<ListenerContext>,
     ) -> Self {
         let id = next_session_id();
+        let mut hooks = SessionHooks::new(listener.chain.clone(), &id);
+        if context.audit.is_some() {
+            hooks.record_trace();
+        }
         Self {
             context,
-            hooks: SessionHooks::new(listener.chain.clone(), &id),
+            hooks,
             listener,
             id,
             downstream: Connection::new(MaybeTls::Plain(stream)),
@@ -102,6 +109,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             errors: 0,
             junk_commands: 0,
             stage: telemetry::CONNECT,
+            audit: None,
         }
     }
 

@@ -77,6 +77,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         let edge = self.listener.config.auth.mode == AuthMode::Edge;
         let authenticated = self.peer.login.is_some();
+        self.audit_mail(mail.reverse_path.mailbox());
         let mut mail = match self.mail_hook(mail).await {
             Ok(mail) => mail,
             Err(flow) => return flow,
@@ -199,6 +200,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Sends MAIL (if given) and the relayable RCPTs upstream in one write, then
     /// answers every command in the order the client sent them.
     async fn relay_envelope(&mut self, mail: Option<MailCommand>, rcpts: Vec<PendingRcpt>) -> Flow {
+        for pending in &rcpts {
+            if let PendingRcpt::Relay(rcpt) = pending {
+                self.audit_rcpt(rcpt.forward_path.mailbox());
+            }
+        }
         let (rcpts, after) = self.rcpt_hooks(mail.as_ref(), rcpts).await;
         let mut lines: Vec<String> = mail.iter().map(MailCommand::to_string).collect();
         lines.extend(rcpts.iter().filter_map(|pending| match pending {

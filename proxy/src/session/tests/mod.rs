@@ -57,6 +57,7 @@ fn context_from(config: Config) -> Arc<SessionContext> {
             Duration::from_secs(5),
         )),
         dns: Arc::new(crate::dns::Resolver::offline()),
+        audit: None,
     })
 }
 
