@@ -9,6 +9,7 @@ use std::{
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
@@ -322,13 +323,13 @@ fn rspamd_refuses_gtube_with_its_own_reply_marks_clean_mail_and_only_logs_in_sha
     assert!(line.contains("reject 554 5.7.1 Gtube pattern"), "{line}");
 }
 
-/// A milter's packet: its command octet and its data.
-type Packet = (u8, Vec<u8>);
-
-/// A milter written for these tests: it negotiates (nothing left out), answers
-/// continue to every step, and behaves as told at one point.
+/// A milter written for these tests: it negotiates what it is told, answers continue
+/// to every step it has to answer (or what `answers` says, in order, for a command),
+/// writes down every packet it hears, and behaves as told at one point.
 #[derive(Clone)]
 enum Behaviour {
+    /// Answers as scripted.
+    Scripted,
     /// Answers nothing after the negotiation.
     Silent,
     /// Answers the connect with a packet no milter may send.
@@ -338,8 +339,21 @@ enum Behaviour {
     EndOfMessage(Vec<Packet>),
 }
 
+/// A milter's packet: its command octet and its data.
+type Packet = (u8, Vec<u8>);
+
+#[derive(Clone)]
+struct Script {
+    actions: u32,
+    protocol: u32,
+    /// Replies in place of continue: the first unused one for a command.
+    answers: Vec<(u8, Packet)>,
+    behaviour: Behaviour,
+}
+
 struct FakeMilter {
     port: u16,
+    heard: Arc<Mutex<Vec<Packet>>>,
 }
 
 fn packet(command: u8, data: &[u8]) -> Vec<u8> {
@@ -360,29 +374,90 @@ fn read_packet(stream: &mut TcpStream) -> Option<Packet> {
 
 impl FakeMilter {
     fn start(actions: u32, behaviour: Behaviour) -> FakeMilter {
+        FakeMilter::scripted(Script {
+            actions,
+            protocol: 0,
+            answers: Vec::new(),
+            behaviour,
+        })
+    }
+
+    fn scripted(script: Script) -> FakeMilter {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let log = heard.clone();
         thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { return };
-                let behaviour = behaviour.clone();
-                thread::spawn(move || serve(&mut stream, actions, behaviour));
+                let (script, log) = (script.clone(), log.clone());
+                thread::spawn(move || serve(&mut stream, script, &log));
             }
         });
-        FakeMilter { port }
+        FakeMilter { port, heard }
+    }
+
+    /// The commands heard so far, macros left out.
+    fn commands(&self) -> String {
+        let heard = self.heard.lock().unwrap();
+        heard
+            .iter()
+            .filter(|(c, _)| *c != b'D')
+            .map(|(c, _)| char::from(*c))
+            .collect()
+    }
+
+    /// The macros sent before `command`, as text (NULs shown as `=` and `;`).
+    fn macros_before(&self, command: u8) -> String {
+        let heard = self.heard.lock().unwrap();
+        let packet = heard
+            .iter()
+            .find(|(c, data)| *c == b'D' && data.first() == Some(&command))
+            .unwrap_or_else(|| panic!("no macros for {}", char::from(command)));
+        let fields: Vec<String> = packet.1[1..]
+            .split(|&b| b == 0)
+            .map(|f| String::from_utf8_lossy(f).to_string())
+            .collect();
+        fields
+            .chunks(2)
+            .map(|pair| pair.join("="))
+            .collect::<Vec<_>>()
+            .join(";")
     }
 }
 
-fn serve(stream: &mut TcpStream, actions: u32, behaviour: Behaviour) {
+/// Whether a milter that negotiated `protocol` answers `command`.
+fn is_answered(protocol: u32, command: u8) -> bool {
+    let no_reply = match command {
+        b'C' => 0x1000,
+        b'H' => 0x2000,
+        b'M' => 0x4000,
+        b'R' => 0x8000,
+        b'T' => 0x10000,
+        b'L' => 0x80,
+        b'N' => 0x40000,
+        b'B' => 0x80000,
+        _ => 0,
+    };
+    protocol & no_reply == 0
+}
+
+fn serve(stream: &mut TcpStream, script: Script, heard: &Mutex<Vec<Packet>>) {
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    while let Some((command, _)) = read_packet(stream) {
-        let answer = match (command, &behaviour) {
+    let mut answers = script.answers.clone();
+    while let Some((command, data)) = read_packet(stream) {
+        heard.lock().unwrap().push((command, data));
+        let scripted = answers
+            .iter()
+            .position(|(on, _)| *on == command)
+            .map(|i| answers.remove(i).1);
+        let answer = match (command, &script.behaviour) {
             (b'O', _) => {
                 let mut data = 6u32.to_be_bytes().to_vec();
-                data.extend_from_slice(&actions.to_be_bytes());
-                data.extend_from_slice(&0u32.to_be_bytes());
+                data.extend_from_slice(&script.actions.to_be_bytes());
+                data.extend_from_slice(&script.protocol.to_be_bytes());
                 packet(b'O', &data)
             }
             (b'D' | b'A', _) => continue,
@@ -397,12 +472,134 @@ fn serve(stream: &mut TcpStream, actions: u32, behaviour: Behaviour) {
                 out.extend_from_slice(&packet(b'c', b""));
                 out
             }
-            _ => packet(b'c', b""),
+            _ if !is_answered(script.protocol, command) => continue,
+            _ => match scripted {
+                Some((reply, data)) => packet(reply, &data),
+                None => packet(b'c', b""),
+            },
         };
         if stream.write_all(&answer).is_err() {
             return;
         }
     }
+}
+
+#[test]
+fn a_milter_hears_the_steps_it_negotiated_with_postfixs_macros() {
+    let upstream = RecordingUpstream::start();
+    // No HELO, no body; RCPT and header fields are not answered.
+    let milter = FakeMilter::scripted(Script {
+        actions: 0,
+        protocol: 0x02 | 0x10 | 0x8000 | 0x80,
+        answers: Vec::new(),
+        behaviour: Behaviour::Scripted,
+    });
+    let proxy = proxy_with(
+        &upstream,
+        &["watch"],
+        &format!(
+            "[milters.watch]\naddress = \"inet:127.0.0.1:{}\"\n",
+            milter.port
+        ),
+    );
+    let mut client = proxy.client();
+    client.expect("EHLO client.example", 250);
+    let reply = client.send_message("alice@example.com", &["bob@example.org"], MESSAGE);
+    assert_eq!(reply.code, 250, "{reply:?}");
+    client.expect("QUIT", 221);
+    assert_eq!(upstream.wait_messages(1).len(), 1);
+    common::wait_until("the milter heard QUIT", || milter.commands().ends_with('Q'));
+    // Negotiation, connect, MAIL, RCPT, DATA, five header fields, their end, the end
+    // of the message, QUIT: no HELO, no body.
+    assert_eq!(milter.commands(), "OCMRTLLLLLNEQ");
+    let connect = milter.macros_before(b'C');
+    for expected in [
+        "j=",
+        "{daemon_name}=test",
+        "{client_addr}=127.0.0.1",
+        "{if_addr}=127.0.0.1",
+        "_=unknown [127.0.0.1]",
+    ] {
+        assert!(connect.contains(expected), "{expected} in {connect}");
+    }
+    let mail = milter.macros_before(b'M');
+    assert!(mail.contains("{mail_addr}=alice@example.com"), "{mail}");
+    assert!(mail.contains("{mail_host}=example.com"), "{mail}");
+    assert!(mail.contains("i="), "{mail}");
+    let rcpt = milter.macros_before(b'R');
+    assert!(rcpt.contains("{rcpt_addr}=bob@example.org"), "{rcpt}");
+    // The header fields as Postfix sends them: the one leading space taken off, the
+    // folding kept with LF.
+    let heard = milter.heard.lock().unwrap();
+    let subject = heard
+        .iter()
+        .find(|(c, d)| *c == b'L' && d.starts_with(b"Subject\0"))
+        .unwrap();
+    assert_eq!(
+        subject.1,
+        b"Subject\0a subject\n  folded onto a second line\0".to_vec()
+    );
+}
+
+#[test]
+fn a_milters_own_replies_and_its_discard_at_rcpt() {
+    let upstream = RecordingUpstream::start();
+    let milter = FakeMilter::scripted(Script {
+        actions: 0,
+        protocol: 0,
+        answers: vec![
+            (
+                b'R',
+                (b'y', b"451 4.7.1 Greylisted, come back later\0".to_vec()),
+            ),
+            (b'R', (b'c', Vec::new())),
+            (b'R', (b'd', Vec::new())),
+        ],
+        behaviour: Behaviour::Scripted,
+    });
+    let proxy = proxy_with(
+        &upstream,
+        &["grey"],
+        &format!(
+            "[milters.grey]\naddress = \"inet:127.0.0.1:{}\"\n",
+            milter.port
+        ),
+    );
+    let mut client = proxy.client();
+    client.expect("EHLO client.example", 250);
+    client.expect("MAIL FROM:<alice@example.com>", 250);
+    let reply = client.expect("RCPT TO:<bob@example.org>", 451);
+    assert!(
+        reply.text().contains("4.7.1 Greylisted, come back later"),
+        "{reply:?}"
+    );
+    client.expect("RCPT TO:<carol@example.org>", 250);
+    client.expect("DATA", 354);
+    client.send(MESSAGE);
+    assert_eq!(client.read_reply().code, 250);
+    // The next message: the milter discards it at RCPT; the client hears 250 and
+    // nothing goes upstream.
+    client.expect("MAIL FROM:<alice@example.com>", 250);
+    client.expect("RCPT TO:<dave@example.org>", 250);
+    client.expect("DATA", 354);
+    client.send(MESSAGE);
+    assert_eq!(client.read_reply().code, 250);
+    client.expect("QUIT", 221);
+    common::wait_until("the milter heard QUIT", || milter.commands().ends_with('Q'));
+    let delivered = upstream.wait_messages(1);
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        upstream.messages().len(),
+        1,
+        "the discarded one went upstream"
+    );
+    assert_eq!(delivered.len(), 1);
+    // The envelope went upstream in lock step; the message did not.
+    let commands = upstream.all_commands();
+    let dave = commands.iter().position(|c| c.contains("dave")).unwrap();
+    assert_eq!(commands[dave + 1], "RSET", "{commands:?}");
+    // The discarded message was aborted, not sent: MAIL, RCPT, then abort and QUIT.
+    assert!(milter.commands().ends_with("MRAQ"), "{}", milter.commands());
 }
 
 #[test]

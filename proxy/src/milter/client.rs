@@ -81,6 +81,14 @@ enum MessageState {
     Discarding,
 }
 
+/// How sending a message to a milter ended.
+enum Sent {
+    /// It saw the end of the message: its verdict and modifications.
+    Whole(MilterVerdict, Vec<Edit>),
+    /// It decided before the end (the message is then aborted).
+    Ended(MilterVerdict),
+}
+
 /// One session's connection to one milter.
 pub(crate) struct Conversation {
     milter: Arc<Milter>,
@@ -281,15 +289,35 @@ impl Conversation {
         body: &Body,
         facts: &Facts,
     ) -> Result<(MilterVerdict, Vec<Edit>), MilterError> {
-        let discarding = self.message == MessageState::Discarding;
-        self.message = MessageState::None;
-        if discarding {
+        let skipped = match (self.message, self.listening) {
             // It asked at MAIL or RCPT; it does not hear the rest.
-            return Ok((MilterVerdict::Discard, Vec::new()));
-        }
-        if self.listening != Listening::All {
-            return Ok((MilterVerdict::Continue, Vec::new()));
-        }
+            (MessageState::Discarding, _) => Some(MilterVerdict::Discard),
+            (_, Listening::All) => None,
+            _ => Some(MilterVerdict::Continue),
+        };
+        let ended = match skipped {
+            Some(verdict) => Some(verdict),
+            None => match self.send_message(headers, body, facts).await? {
+                Sent::Whole(verdict, edits) => {
+                    self.message = MessageState::None;
+                    return Ok((verdict, edits));
+                }
+                Sent::Ended(verdict) => Some(verdict),
+            },
+        };
+        // A message the milter did not see to its end is aborted, so it is ready for
+        // the next one.
+        self.abort_message().await?;
+        Ok((ended.unwrap_or(MilterVerdict::Continue), Vec::new()))
+    }
+
+    /// Sends the message step by step: `Ended` if the milter decided before its end.
+    async fn send_message(
+        &mut self,
+        headers: &[(String, Vec<u8>)],
+        body: &Body,
+        facts: &Facts,
+    ) -> Result<Sent, MilterError> {
         let id = vec![("i", self.queue_id(facts))];
         let content = "the message";
         let answer = self
@@ -303,7 +331,7 @@ impl Conversation {
             )
             .await?;
         if let Some(verdict) = self.early_verdict(answer)? {
-            return Ok((verdict, Vec::new()));
+            return Ok(Sent::Ended(verdict));
         }
         let leading_space = self.wants(protocol::HEADER_LEADING_SPACE);
         if !self.wants(protocol::NO_HEADERS) {
@@ -317,7 +345,7 @@ impl Conversation {
                     .step_content(None, &[], packet, protocol::NO_REPLY_HEADER, content)
                     .await?;
                 if let Some(verdict) = self.early_verdict(answer)? {
-                    return Ok((verdict, Vec::new()));
+                    return Ok(Sent::Ended(verdict));
                 }
             }
         }
@@ -332,7 +360,7 @@ impl Conversation {
                 )
                 .await?;
             if let Some(verdict) = self.early_verdict(answer)? {
-                return Ok((verdict, Vec::new()));
+                return Ok(Sent::Ended(verdict));
             }
         }
         if !self.wants(protocol::NO_BODY) {
@@ -356,7 +384,7 @@ impl Conversation {
                     break;
                 }
                 if let Some(verdict) = self.early_verdict(answer)? {
-                    return Ok((verdict, Vec::new()));
+                    return Ok(Sent::Ended(verdict));
                 }
             }
         }
@@ -368,7 +396,8 @@ impl Conversation {
             limit,
         )
         .await?;
-        self.end_of_message(leading_space).await
+        let (verdict, edits) = self.end_of_message(leading_space).await?;
+        Ok(Sent::Whole(verdict, edits))
     }
 
     /// Reads the modifications and the verdict that follow the end of the message.
