@@ -792,3 +792,41 @@ fn a_milter_cannot_smuggle_commands_or_edits_it_did_not_negotiate() {
         );
     }
 }
+
+#[test]
+fn a_milter_that_accepts_the_connection_hears_nothing_more_of_it() {
+    let upstream = RecordingUpstream::start();
+    let milter = FakeMilter::scripted(Script {
+        actions: 0,
+        protocol: 0,
+        answers: vec![(b'C', (b'a', Vec::new()))],
+        behaviour: Behaviour::Scripted,
+    });
+    let after = FakeMilter::start(0, Behaviour::Scripted);
+    let proxy = proxy_with(
+        &upstream,
+        &["trusting", "after"],
+        &format!(
+            "[milters.trusting]\naddress = \"inet:127.0.0.1:{}\"\n\n\
+             [milters.after]\naddress = \"inet:127.0.0.1:{}\"\n",
+            milter.port, after.port
+        ),
+    );
+    let mut client = proxy.client();
+    client.expect("EHLO client.example", 250);
+    let reply = client.send_message("alice@example.com", &["bob@example.org"], MESSAGE);
+    assert_eq!(reply.code, 250, "{reply:?}");
+    client.expect("QUIT", 221);
+    common::wait_until("the milter heard QUIT", || milter.commands().ends_with('Q'));
+    assert_eq!(milter.commands(), "OCQ");
+    // Its accept is its own: the milter after it still hears the whole session.
+    common::wait_until("the next milter heard QUIT", || {
+        after.commands().ends_with('Q')
+    });
+    assert!(
+        after.commands().starts_with("OCHMRTL"),
+        "{}",
+        after.commands()
+    );
+    assert!(after.commands().ends_with("NBEQ"), "{}", after.commands());
+}

@@ -215,6 +215,9 @@ impl Conversation {
         name: &str,
         facts: &Facts,
     ) -> Result<MilterVerdict, MilterError> {
+        if self.listening == Listening::Done {
+            return Ok(MilterVerdict::Continue);
+        }
         let macros = facts.helo_macros();
         let answer = self
             .step(
