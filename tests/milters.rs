@@ -692,7 +692,7 @@ fn indexed(index: u32, parts: &[&str]) -> Vec<u8> {
 #[test]
 fn a_milters_edits_apply_as_a_plugins_do() {
     let upstream = RecordingUpstream::start();
-    let all_actions = 0x01 | 0x02 | 0x04 | 0x08 | 0x10 | 0x40;
+    let all_actions = 0x01 | 0x02 | 0x04 | 0x08 | 0x10 | 0x20 | 0x40;
     let edits = FakeMilter::start(
         all_actions,
         Behaviour::EndOfMessage(vec![
@@ -703,6 +703,7 @@ fn a_milters_edits_apply_as_a_plugins_do() {
             (b'+', str_packet(&["<carol@example.org>"])),
             (b'-', str_packet(&["<bob@example.org>"])),
             (b'b', b"New body.\r\n".to_vec()),
+            (b'q', str_packet(&["held for review"])),
         ]),
     );
     let proxy = proxy_with(
@@ -724,7 +725,7 @@ fn a_milters_edits_apply_as_a_plugins_do() {
         text,
         "X-First: inserted\r\nFrom: Alice <alice@example.com>\r\nTo: bob@example.org\r\n\
          Subject: changed\r\nDate: Sat, 05 Dec 2026 03:00:00 +0000\r\nMessage-ID: <m1@example.com>\r\n\
-         X-Milter: added\r\n\tfolded\r\n\r\nNew body.\r\n.\r\n"
+         X-Milter: added\r\n\tfolded\r\nX-Portcullis-Quarantine: held for review\r\n\r\nNew body.\r\n.\r\n"
     );
     let commands = upstream.all_commands();
     let last_mail = commands
