@@ -176,3 +176,68 @@ fn an_upstream_that_refuses_ehlo_gets_helo() {
         "{commands:?}"
     );
 }
+
+/// The connections that greeted as this client (the capability probe greets as the
+/// proxy).
+fn client_sessions(upstream: &RecordingUpstream, name: &str) -> Vec<common::Recorded> {
+    upstream
+        .recorded()
+        .into_iter()
+        .filter(|r| r.commands.iter().any(|c| c == &format!("EHLO {name}")))
+        .collect()
+}
+
+#[test]
+fn the_upstream_session_opens_at_ehlo_by_default_and_at_mail_when_asked() {
+    let upstream = RecordingUpstream::start();
+    let proxy = Proxy::start(&upstream.address(), "");
+    let mut client = proxy.client();
+    client.expect("EHLO early.test", 250);
+    // Before any MAIL, the upstream has been greeted as the client.
+    common::wait_until("the upstream session opened after EHLO", || {
+        client_sessions(&upstream, "early.test").len() == 1
+    });
+    client.expect("MAIL FROM:<a@example.org>", 250);
+    client.expect("RCPT TO:<b@example.com>", 250);
+    client.expect("DATA", 354);
+    client.send(b"Subject: early\r\n\r\nhi\r\n.\r\n");
+    assert_eq!(client.read_reply().code, 250);
+    client.expect("QUIT", 221);
+    let sessions = client_sessions(&upstream, "early.test");
+    assert_eq!(sessions.len(), 1, "one upstream session for the client");
+    assert_eq!(sessions[0].messages.len(), 1);
+
+    // A client that greets and leaves: the opened session ends with QUIT.
+    let mut client = proxy.client();
+    client.expect("EHLO leaving.test", 250);
+    client.expect("QUIT", 221);
+    common::wait_until("the unused upstream session ended with QUIT", || {
+        client_sessions(&upstream, "leaving.test")
+            .first()
+            .is_some_and(|r| r.commands.last().is_some_and(|c| c == "QUIT"))
+    });
+
+    // open = "mail": nothing upstream until MAIL.
+    let upstream = RecordingUpstream::start();
+    let proxy = Proxy::start(&upstream.address(), "open = \"mail\"\n");
+    let mut client = proxy.client();
+    client.expect("EHLO late.test", 250);
+    thread::sleep(Duration::from_millis(300));
+    assert!(client_sessions(&upstream, "late.test").is_empty());
+    client.expect("MAIL FROM:<a@example.org>", 250);
+    assert_eq!(client_sessions(&upstream, "late.test").len(), 1);
+    client.expect("QUIT", 221);
+}
+
+#[test]
+fn an_upstream_that_fails_while_opening_early_is_a_451_at_mail() {
+    // Nothing listens upstream: EHLO still answers (offering what it can), the
+    // session opened behind it fails, and MAIL hears so, as without the early open.
+    let proxy = Proxy::start(&closed_port(), "capabilities_wait = \"100ms\"\n");
+    let mut client = proxy.client();
+    client.expect("EHLO early.test", 250);
+    proxy.wait_for_log("opening the upstream session in the background");
+    let reply = client.expect("MAIL FROM:<a@example.org>", 451);
+    assert!(reply.lines[0].starts_with("451 4."), "{reply:?}");
+    client.expect("QUIT", 221);
+}

@@ -525,7 +525,7 @@ pub use proxy_protocol::{ProxyProtocolConfig, ProxyVersions};
 
 use raw::RawConfig;
 pub use upstream::{
-    Balance, ClientAddressMode, ReuseConfig, Trust, UpstreamConfig, UpstreamTarget,
+    Balance, ClientAddressMode, OpenAt, ReuseConfig, Trust, UpstreamConfig, UpstreamTarget,
     UpstreamTimeouts, UpstreamTlsConfig,
 };
 

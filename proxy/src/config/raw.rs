@@ -88,6 +88,8 @@ pub(super) struct RawUpstream {
     #[serde(default)]
     pub(super) tls_insecure: bool,
     pub(super) tls_server_name: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) open: super::upstream::OpenAt,
 }
 
 pub(super) fn default_down_for() -> Duration {

@@ -71,6 +71,23 @@ pub struct UpstreamConfig {
     pub down_for: Duration,
     /// TLS toward the upstream.
     pub tls: UpstreamTlsConfig,
+    /// When a client's upstream session starts opening.
+    pub open: OpenAt,
+}
+
+/// When a client's upstream session starts opening.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpenAt {
+    /// In the background once the client's HELO or EHLO was accepted, so connect,
+    /// greeting, EHLO, STARTTLS and XCLIENT overlap the client's own round trips and
+    /// MAIL pays only its own. Not at an EHLO that offered STARTTLS to a client in
+    /// plain text, nor before an AUTH the proxy checks itself: the session would
+    /// have to start over after them.
+    #[default]
+    Ehlo,
+    /// When MAIL arrives: no upstream session for a client that sends none.
+    Mail,
 }
 
 /// Which of several servers a session tries first; the others follow in order when

@@ -390,6 +390,7 @@ fn validate_upstream(
         balance: upstream.balance,
         down_for: upstream.down_for,
         tls,
+        open: upstream.open,
     })
 }
 

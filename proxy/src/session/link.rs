@@ -4,8 +4,9 @@
 //! carries the client's own AUTH, so no flag elsewhere can disagree with the session
 //! it describes.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, warn};
 
 use super::SessionContext;
@@ -13,10 +14,15 @@ use metrics::counter;
 
 use crate::{
     client::{Greeting, Peer},
+    dns::ClientName,
     smtp::{Reply, capabilities::Capabilities},
     telemetry,
     upstream::{Step, UpstreamError, UpstreamSession},
 };
+
+/// An upstream session opening in the background, and the client's host names it
+/// waited for (they were needed for XCLIENT).
+type Opening = AbortOnDropHandle<Result<(UpstreamSession, Option<ClientName>), UpstreamError>>;
 
 /// A client session's link to the upstream.
 #[derive(Debug, Default)]
@@ -29,6 +35,8 @@ enum LinkState {
     /// No upstream session.
     #[default]
     Closed,
+    /// One being opened in the background (`upstream.open = "ehlo"`).
+    Opening(Opening),
     /// An upstream session between transactions.
     Idle(Open),
     /// MAIL went upstream and that transaction is not finished.
@@ -47,7 +55,7 @@ impl UpstreamLink {
     /// The open upstream session, if there is one.
     pub(super) fn session(&mut self) -> Option<&mut UpstreamSession> {
         match &mut self.state {
-            LinkState::Closed => None,
+            LinkState::Closed | LinkState::Opening(_) => None,
             LinkState::Idle(open) | LinkState::InTransaction(open) => Some(&mut open.session),
         }
     }
@@ -55,11 +63,56 @@ impl UpstreamLink {
     /// The open upstream session's extensions, if there is one.
     pub(super) fn capabilities(&self) -> Option<&Capabilities> {
         match &self.state {
-            LinkState::Closed => None,
+            LinkState::Closed | LinkState::Opening(_) => None,
             LinkState::Idle(open) | LinkState::InTransaction(open) => {
                 Some(open.session.capabilities())
             }
         }
+    }
+
+    /// True if there is no upstream session and none is being opened.
+    pub(super) fn is_closed(&self) -> bool {
+        matches!(self.state, LinkState::Closed)
+    }
+
+    /// Starts opening the upstream session for `client` in the background: the
+    /// client's host names (`lookup`, if under way) are waited for first, as XCLIENT
+    /// tells them; a kept session is taken if there is one.
+    pub(super) fn start_opening(
+        &mut self,
+        context: Arc<SessionContext>,
+        mut client: Peer,
+        lookup: Option<AbortOnDropHandle<ClientName>>,
+    ) {
+        debug!("opening the upstream session in the background");
+        let task = tokio::spawn(async move {
+            if let Some(lookup) = lookup {
+                client.name = Some(super::names::finished(lookup).await);
+            }
+            let session = open_session(&context, Some(&client)).await?;
+            Ok((session, client.name))
+        });
+        self.state = LinkState::Opening(AbortOnDropHandle::new(task));
+    }
+
+    /// Waits for a session opening in the background: the client's host names if it
+    /// looked them up, or why it failed (the link is then closed, and the failure is
+    /// the next command's, as if it had been opened for it).
+    pub(super) async fn opened(&mut self) -> Result<Option<ClientName>, UpstreamError> {
+        let LinkState::Opening(task) = &mut self.state else {
+            return Ok(None);
+        };
+        let result = task.await;
+        self.state = LinkState::Closed;
+        let (session, name) = match result {
+            Ok(result) => result?,
+            Err(error) => return Err(UpstreamError::Connect(std::io::Error::other(error))),
+        };
+        self.state = LinkState::Idle(Open {
+            session,
+            authenticated: false,
+        });
+        Ok(name)
     }
 
     /// True if an upstream session must be opened before the next command: there is
@@ -86,25 +139,7 @@ impl UpstreamLink {
         greeting: Option<&Greeting>,
     ) -> Result<&mut UpstreamSession, UpstreamError> {
         if let LinkState::Closed = self.state {
-            let config = &context.config;
-            let session = match context.pool.take() {
-                Some(mut session) => {
-                    session.reuse();
-                    debug!(uses = session.uses(), "reusing an idle upstream session");
-                    session
-                }
-                None => {
-                    let opened =
-                        UpstreamSession::open(&context.upstream, &config.server.hostname, client)
-                            .await;
-                    if telemetry::on() {
-                        let outcome = if opened.is_ok() { "ok" } else { "failed" };
-                        counter!(telemetry::UPSTREAM_CONNECTS, "outcome" => outcome).increment(1);
-                    }
-                    opened?
-                }
-            };
-            context.capabilities.update(session.capabilities());
+            let session = open_session(context, client).await?;
             self.state = LinkState::Idle(Open {
                 session,
                 authenticated: false,
@@ -192,10 +227,13 @@ impl UpstreamLink {
     }
 
     /// Ends the upstream session now, with QUIT (STARTTLS, a login the proxy verified:
-    /// the upstream was told about a client that is no longer the one talking).
+    /// the upstream was told about a client that is no longer the one talking). One
+    /// still opening is let finish and then quit, not cut off mid-handshake.
     pub(super) async fn quit(&mut self) {
-        if let Some(open) = self.take() {
-            open.session.quit().await;
+        match std::mem::take(&mut self.state) {
+            LinkState::Closed => {}
+            LinkState::Opening(task) => quit_when_open(task),
+            LinkState::Idle(open) | LinkState::InTransaction(open) => open.session.quit().await,
         }
     }
 
@@ -204,6 +242,7 @@ impl UpstreamLink {
     pub(super) async fn release(mut self, context: &SessionContext) {
         let (keep, open) = match std::mem::take(&mut self.state) {
             LinkState::Closed => return,
+            LinkState::Opening(task) => return quit_when_open(task),
             LinkState::Idle(open) => (!open.authenticated, open),
             LinkState::InTransaction(open) => (false, open),
         };
@@ -218,10 +257,48 @@ impl UpstreamLink {
         }
     }
 
+    /// Takes the open session out, leaving the link closed (one still opening is
+    /// dropped, which cuts its connection).
     fn take(&mut self) -> Option<Open> {
         match std::mem::take(&mut self.state) {
-            LinkState::Closed => None,
+            LinkState::Closed | LinkState::Opening(_) => None,
             LinkState::Idle(open) | LinkState::InTransaction(open) => Some(open),
         }
     }
+}
+
+/// An upstream session for `client`: a kept one if reuse is on and one is idle, else
+/// a new one. Either way its extensions refresh the cache.
+async fn open_session(
+    context: &SessionContext,
+    client: Option<&Peer>,
+) -> Result<UpstreamSession, UpstreamError> {
+    let session = match context.pool.take() {
+        Some(mut session) => {
+            session.reuse();
+            debug!(uses = session.uses(), "reusing an idle upstream session");
+            session
+        }
+        None => {
+            let hostname = &context.config.server.hostname;
+            let opened = UpstreamSession::open(&context.upstream, hostname, client).await;
+            if telemetry::on() {
+                let outcome = if opened.is_ok() { "ok" } else { "failed" };
+                counter!(telemetry::UPSTREAM_CONNECTS, "outcome" => outcome).increment(1);
+            }
+            opened?
+        }
+    };
+    context.capabilities.update(session.capabilities());
+    Ok(session)
+}
+
+/// A session opened for a client that no longer needs it: QUIT once it is open, in
+/// the background (the upstream then logs a clean end, not a lost connection).
+fn quit_when_open(task: Opening) {
+    tokio::spawn(async move {
+        if let Ok(Ok((session, _))) = task.await {
+            session.quit().await;
+        }
+    });
 }

@@ -263,6 +263,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// The upstream session, opened (or taken from the pool) if there is none yet, and
     /// greeted as the client greeted.
     async fn upstream_session(&mut self) -> Result<&mut UpstreamSession, UpstreamError> {
+        if let Some(name) = self.link.opened().await? {
+            self.peer.name = Some(name);
+        }
         let opening = self.link.needs_opening();
         if opening {
             self.await_client_name().await;

@@ -25,11 +25,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// twice `dns.timeout`), so the upstream is told them.
     pub(super) async fn await_client_name(&mut self) {
         if let Some(lookup) = self.name_lookup.take() {
-            let name = lookup
-                .await
-                .unwrap_or_else(|_| ClientName::neither(HostName::TemporarilyUnavailable));
-            debug!(?name, "client host name");
-            self.peer.name = Some(name);
+            self.peer.name = Some(finished(lookup).await);
         }
     }
+}
+
+/// The client's host names once `lookup` is done (a lookup that died counts as a
+/// temporary failure).
+pub(super) async fn finished(lookup: AbortOnDropHandle<ClientName>) -> ClientName {
+    let name = lookup
+        .await
+        .unwrap_or_else(|_| ClientName::neither(HostName::TemporarilyUnavailable));
+    debug!(?name, "client host name");
+    name
 }
