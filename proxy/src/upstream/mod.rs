@@ -95,7 +95,15 @@ impl UpstreamSession {
             .map_err(|_| UpstreamError::Timeout(Step::Connect))?
             .map_err(UpstreamError::Connect)?;
         stream.set_nodelay(true).map_err(UpstreamError::Connect)?;
-        let endpoints = (stream.local_addr(), stream.peer_addr());
+        // Only a PROXY v1 header for no client names the connection's own ends: two
+        // system calls no other session needs.
+        let endpoints = match (config.client_address, client) {
+            (ClientAddressMode::ProxyV1, None) => Some((
+                stream.local_addr().map_err(UpstreamError::Connect)?,
+                stream.peer_addr().map_err(UpstreamError::Connect)?,
+            )),
+            _ => None,
+        };
         let mut session = UpstreamSession {
             connection: Connection::new(MaybeTls::Plain(stream)),
             capabilities: Capabilities::default(),
@@ -104,11 +112,7 @@ impl UpstreamSession {
             identified: client.is_some() && config.client_address != ClientAddressMode::None,
             greeted: None,
         };
-        let header = match endpoints {
-            (Ok(local), Ok(peer)) => session.proxy_header(client, local, peer),
-            (Err(error), _) | (_, Err(error)) => return Err(UpstreamError::Connect(error)),
-        };
-        if let Some(header) = header {
+        if let Some(header) = session.proxy_header(client, endpoints) {
             let deadline = Instant::now() + timeouts.connect;
             session
                 .connection
@@ -269,17 +273,19 @@ impl UpstreamSession {
     }
 
     /// The PROXY header, if configured. A session without a client (the capability
-    /// probe) describes its own connection, `local` to `peer`, in v1 (every receiver
+    /// probe) describes its own connection, `endpoints` (local, peer), in v1 (every receiver
     /// accepts TCP4/TCP6; Postfix refuses UNKNOWN) and sends LOCAL in v2.
     fn proxy_header(
         &self,
         client: Option<&Peer>,
-        local: std::net::SocketAddr,
-        peer: std::net::SocketAddr,
+        endpoints: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
     ) -> Option<Vec<u8>> {
         Some(match (self.upstream.config.client_address, client) {
             (ClientAddressMode::ProxyV1, Some(client)) => client_address::proxy_v1_header(client),
-            (ClientAddressMode::ProxyV1, None) => client_address::proxy_v1_line(local, peer),
+            (ClientAddressMode::ProxyV1, None) => {
+                let (local, peer) = endpoints.expect("read for a PROXY v1 line");
+                client_address::proxy_v1_line(local, peer)
+            }
             (ClientAddressMode::ProxyV2, Some(client)) => client_address::proxy_v2_header(client),
             (ClientAddressMode::ProxyV2, None) => client_address::proxy_v2_local(),
             (ClientAddressMode::None | ClientAddressMode::Xclient, _) => return None,

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# The one-message session, side by side in one run (issue 27): what a session with one
+# message costs through Portcullis, with its logs at their default level (info: a
+# line per message), against sending straight to smtp-sink.
+#
+#  1. Throughput and proxy CPU, 10 KiB, 10 and 100 at once, a session per message.
+#  2. Time per one-message session, one at a time: direct vs through the proxy.
+#  3. The same with the sink DELAY_MS (default 2) round trip away (bench/delay.py):
+#     direct to the delayed sink, through Portcullis (upstream.open = "ehlo", the
+#     default, and "mail"), and through Postfix's smtpd with the delayed sink as its
+#     before-queue proxy filter (smtpd_proxy_filter).
+#
+#   bench/session.sh            # MESSAGES=5000 per throughput run
+#   QUICK=1 bench/session.sh    # fewer messages
+#
+# Needs postfix (smtp-source, smtp-sink) and python3; run as root (Postfix's private
+# instance).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v smtp-source >/dev/null || { echo "install postfix (smtp-source/smtp-sink)"; exit 1; }
+ulimit -n "$(ulimit -Hn)"
+
+cargo build --release --locked -p portcullis >/dev/null 2>&1
+binary=$PWD/target/release/portcullis
+work=$(mktemp -d)
+chmod 755 "$work"
+cleanup() {
+  postfix -c "$work/etc" stop >/dev/null 2>&1 || true
+  kill $(jobs -p) 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+quick=${QUICK:-0}
+messages=$(( quick ? 1000 : 5000 ))
+serial=$(( quick ? 300 : 1000 ))
+delay=${DELAY_MS:-2}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+sink=$(free_port); far=$(free_port); near_proxy=$(free_port); far_proxy=$(free_port)
+far_proxy_mail=$(free_port); postfix_far=$(free_port)
+
+smtp-sink -u nobody -m 1000 127.0.0.1:$sink 1000 &
+sink_pid=$!
+python3 bench/delay.py $far $sink "$delay" &
+
+# One proxy per upstream, logging at the default level into a file, as under systemd.
+start_proxy() {
+  local name=$1 port=$2 upstream=$3 open=$4
+  cat > "$work/$name.toml" <<TOML
+[server]
+hostname = "bench.test"
+max_connections = 20000
+[client_limits]
+max_sessions = 0
+[[listener]]
+name = "bench"
+address = "127.0.0.1:$port"
+[upstream]
+address = "127.0.0.1:$upstream"
+client_address = "none"
+open = "$open"
+TOML
+  "$binary" run --config "$work/$name.toml" >/dev/null 2>"$work/$name.log" &
+  echo $!
+}
+near_pid=$(start_proxy near $near_proxy $sink ehlo)
+start_proxy far $far_proxy $far ehlo >/dev/null
+start_proxy far-mail $far_proxy_mail $far mail >/dev/null
+
+# Postfix's smtpd with the delayed sink as its before-queue content filter.
+mkdir -p "$work/etc" "$work/queue" "$work/data"
+chown postfix "$work/data"
+cat > "$work/etc/main.cf" <<CONF
+compatibility_level = 3.6
+queue_directory = $work/queue
+data_directory = $work/data
+maillog_file = $work/maillog
+maillog_file_prefixes = $work
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = postfix.bench
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+alias_maps =
+alias_database =
+default_process_limit = 200
+smtpd_client_connection_count_limit = 0
+smtpd_client_connection_rate_limit = 0
+CONF
+cat > "$work/etc/master.cf" <<CONF
+127.0.0.1:$postfix_far inet n - n - - smtpd -o smtpd_proxy_filter=127.0.0.1:$far
+cleanup unix n - n - 0 cleanup
+qmgr unix n - n 300 1 qmgr
+rewrite unix - - n - - trivial-rewrite
+bounce unix - - n - 0 bounce
+defer unix - - n - 0 bounce
+trace unix - - n - 0 bounce
+proxymap unix - - n - - proxymap
+anvil unix - - n - 1 anvil
+scache unix - - n - 1 scache
+postlog unix-dgram n - n - 1 postlogd
+CONF
+postfix -c "$work/etc" start >/dev/null 2>&1
+for port in $far $near_proxy $far_proxy $far_proxy_mail $postfix_far; do
+  for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+done
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+ticks_per_second=$(getconf CLK_TCK)
+# run PORT MESSAGES CONCURRENCY PID -> "msg/s cpu_ms_per_message ms_per_session"
+run() {
+  local port=$1 count=$2 concurrency=$3 pid=$4 before after start end
+  before=$(cpu_ticks "$pid")
+  start=$(date +%s.%N)
+  smtp-source -s "$concurrency" -l 10240 -m "$count" -f from@bench.test -t to@bench.test 127.0.0.1:$port
+  end=$(date +%s.%N)
+  after=$(cpu_ticks "$pid")
+  python3 -c "
+elapsed = $end - $start
+print(f'{$count / elapsed:.0f} {($after - $before) * 1000 / $ticks_per_second / $count:.3f} {elapsed * 1000 * $concurrency / $count:.3f}')"
+}
+median() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
+
+echo "## One-message sessions (\`bench/session.sh\`)"
+echo
+echo "Machine: $(nproc) cores, load average before the run: $(cut -d' ' -f1-3 /proc/loadavg). Release build, logs at the default level (info) into a file; 10 KiB messages, a session per message; median of three alternating runs."
+echo
+echo "| concurrency | direct msg/s | proxy msg/s | ratio | proxy CPU ms/msg |"
+echo "|---|---|---|---|---|"
+for concurrency in 10 100; do
+  d=(); p=(); c=()
+  for _ in 1 2 3; do
+    read -r rate _ _ < <(run $sink $messages $concurrency $sink_pid); d+=("$rate")
+    read -r rate cpu _ < <(run $near_proxy $messages $concurrency $near_pid); p+=("$rate"); c+=("$cpu")
+  done
+  dm=$(median "${d[@]}"); pm=$(median "${p[@]}")
+  echo "| $concurrency | $dm | $pm | $(python3 -c "print(f'{$pm / $dm:.2f}')") | $(median "${c[@]}") |"
+done
+echo
+echo "One session at a time ($serial sessions per run), time per session:"
+echo
+echo "| path | ms per session | added to direct |"
+echo "|---|---|---|"
+row() {
+  local label=$1 port=$2 reference=$3 t=()
+  for _ in 1 2 3; do read -r _ _ ms < <(run $port $serial 1 $sink_pid); t+=("$ms"); done
+  local m; m=$(median "${t[@]}")
+  echo "| $label | $m | $(python3 -c "print(f'{$m - $reference:+.3f}')") |" >&2
+  echo "$m"
+}
+direct=$(row "direct to smtp-sink" $sink 0 2>/dev/null)
+echo "| direct to smtp-sink | $direct | |"
+row "through Portcullis" $near_proxy "$direct" 2>&1 >/dev/null
+far_direct=$(row "direct to the sink $delay ms away" $far 0 2>/dev/null)
+echo "| direct to the sink $delay ms away | $far_direct | |"
+row "Portcullis, upstream $delay ms away, open = ehlo" $far_proxy "$far_direct" 2>&1 >/dev/null
+row "Portcullis, upstream $delay ms away, open = mail" $far_proxy_mail "$far_direct" 2>&1 >/dev/null
+row "Postfix smtpd_proxy_filter, filter $delay ms away" $postfix_far "$far_direct" 2>&1 >/dev/null
