@@ -38,6 +38,7 @@ delay=${DELAY_MS:-2}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 sink=$(free_port); far=$(free_port); near_proxy=$(free_port); far_proxy=$(free_port)
 far_proxy_mail=$(free_port); postfix_far=$(free_port)
+remote_ehlo=$(free_port); remote_mail=$(free_port)
 
 smtp-sink -u nobody -m 1000 127.0.0.1:$sink 1000 &
 sink_pid=$!
@@ -66,6 +67,10 @@ TOML
 near_pid=$(start_proxy near $near_proxy $sink ehlo)
 start_proxy far $far_proxy $far ehlo >/dev/null
 start_proxy far-mail $far_proxy_mail $far mail >/dev/null
+# The client DELAY_MS away too, as clients on the internet are: the case the early
+# open is for (its set-up overlaps the client's greeting and EHLO).
+python3 bench/delay.py $remote_ehlo $far_proxy "$delay" &
+python3 bench/delay.py $remote_mail $far_proxy_mail "$delay" &
 
 # Postfix's smtpd with the delayed sink as its before-queue content filter.
 mkdir -p "$work/etc" "$work/queue" "$work/data"
@@ -103,7 +108,7 @@ scache unix - - n - 1 scache
 postlog unix-dgram n - n - 1 postlogd
 CONF
 postfix -c "$work/etc" start >/dev/null 2>&1
-for port in $far $near_proxy $far_proxy $far_proxy_mail $postfix_far; do
+for port in $far $near_proxy $far_proxy $far_proxy_mail $postfix_far $remote_ehlo $remote_mail; do
   for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 done
 
@@ -158,3 +163,6 @@ echo "| direct to the sink $delay ms away | $far_direct | |"
 row "Portcullis, upstream $delay ms away, open = ehlo" $far_proxy "$far_direct" 2>&1 >/dev/null
 row "Portcullis, upstream $delay ms away, open = mail" $far_proxy_mail "$far_direct" 2>&1 >/dev/null
 row "Postfix smtpd_proxy_filter, filter $delay ms away" $postfix_far "$far_direct" 2>&1 >/dev/null
+remote=$(row "client and upstream $delay ms away, open = mail" $remote_mail 0 2>/dev/null)
+echo "| client and upstream $delay ms away, open = mail | $remote | |"
+row "client and upstream $delay ms away, open = ehlo" $remote_ehlo "$remote" 2>&1 >/dev/null

@@ -102,7 +102,7 @@ impl SessionHooks {
             facts: Facts {
                 session_id: session_id.to_string(),
                 hostname: String::new(),
-                listener: chain.listener.clone(),
+                listener: String::new(),
                 client: unspecified,
                 local: unspecified,
                 client_name: None,
@@ -116,9 +116,13 @@ impl SessionHooks {
     }
 
     /// Tells the milters who connected where, and the proxy's host name (before the
-    /// connect stage).
+    /// connect stage). Nothing to keep for a chain without milters.
     pub(crate) fn connection(&mut self, hostname: &str, client: SocketAddr, local: SocketAddr) {
+        if !self.chain.members.iter().any(|m| matches!(m, Member::Milter(_))) {
+            return;
+        }
         self.facts.hostname = hostname.to_string();
+        self.facts.listener = self.chain.listener.clone();
         (self.facts.client, self.facts.local) = (client, local);
     }
 
@@ -157,9 +161,8 @@ impl SessionHooks {
         index: usize,
         stage: Stage,
     ) -> Result<Option<Callee<'_>>, CallError> {
-        let member = self.chain.members[index].clone();
         self.called[index] = true;
-        match (&member, &mut self.slots[index]) {
+        match (&self.chain.members[index], &mut self.slots[index]) {
             (Member::Plugin(plugin), Slot::Plugin(slot)) => {
                 if slot.is_none() {
                     *slot = Some(if plugin.is_shared() {
