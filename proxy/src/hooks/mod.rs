@@ -118,7 +118,12 @@ impl SessionHooks {
     /// Tells the milters who connected where, and the proxy's host name (before the
     /// connect stage). Nothing to keep for a chain without milters.
     pub(crate) fn connection(&mut self, hostname: &str, client: SocketAddr, local: SocketAddr) {
-        if !self.chain.members.iter().any(|m| matches!(m, Member::Milter(_))) {
+        if !self
+            .chain
+            .members
+            .iter()
+            .any(|m| matches!(m, Member::Milter(_)))
+        {
             return;
         }
         self.facts.hostname = hostname.to_string();
