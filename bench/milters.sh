@@ -15,6 +15,7 @@
 # (Postfix's private instance needs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 for program in smtp-source smtp-sink postfix opendkim opendkim-genkey; do
   command -v $program >/dev/null || { echo "install $program (scripts/test installs them)"; exit 1; }
 done
@@ -25,13 +26,12 @@ binary=$PWD/target/release/portcullis
 work=$(mktemp -d)
 chmod 755 "$work"
 cleanup() {
-  postfix -c "$work/etc" stop >/dev/null 2>&1 || true
+  stop_postfix
   kill $(jobs -p) 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 sink_port=$(free_port); dkim_port=$(free_port); proxy_port=$(free_port); postfix_port=$(free_port)
 proxy_unix_port=$(free_port); postfix_unix_port=$(free_port)
 messages=${MESSAGES:-2000}
@@ -62,53 +62,13 @@ sed "s|^Socket .*|Socket local:$work/dkim.sock|; s|opendkim.pid|opendkim-unix.pi
 opendkim -f -x "$work/opendkim-unix.conf" &
 
 # A private Postfix: smtpd with the milter, relaying everything to the sink.
-mkdir -p "$work/etc" "$work/queue" "$work/data"
-chown postfix "$work/data"
-cat > "$work/etc/main.cf" <<CONF
-compatibility_level = 3.6
-queue_directory = $work/queue
-data_directory = $work/data
-maillog_file = $work/maillog
-maillog_file_prefixes = $work
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = postfix.bench
-mydestination =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-relayhost = [127.0.0.1]:$sink_port
+start_postfix "relayhost = [127.0.0.1]:$sink_port
 default_transport = smtp
-alias_maps =
-alias_database =
 smtpd_milters = inet:127.0.0.1:$dkim_port
 milter_default_action = tempfail
-smtp_connection_cache_on_demand = yes
-default_process_limit = 200
-smtpd_client_connection_count_limit = 0
-smtpd_client_message_rate_limit = 0
-smtpd_client_connection_rate_limit = 0
-CONF
-cat > "$work/etc/master.cf" <<CONF
-127.0.0.1:$postfix_port inet n - n - - smtpd
-127.0.0.1:$postfix_unix_port inet n - n - - smtpd -o smtpd_milters=unix:$work/dkim.sock
-cleanup unix n - n - 0 cleanup
-qmgr unix n - n 300 1 qmgr
-rewrite unix - - n - - trivial-rewrite
-bounce unix - - n - 0 bounce
-defer unix - - n - 0 bounce
-trace unix - - n - 0 bounce
-verify unix - - n - 1 verify
-proxymap unix - - n - - proxymap
-smtp unix - - n - - smtp
-error unix - - n - - error
-retry unix - - n - - error
-discard unix - - n - - discard
-anvil unix - - n - 1 anvil
-scache unix - - n - 1 scache
-postlog unix-dgram n - n - 1 postlogd
-CONF
-postfix -c "$work/etc" start >/dev/null 2>&1
+smtp_connection_cache_on_demand = yes" \
+  "127.0.0.1:$postfix_port inet n - n - - smtpd
+127.0.0.1:$postfix_unix_port inet n - n - - smtpd -o smtpd_milters=unix:$work/dkim.sock"
 
 cat > "$work/portcullis.toml" <<TOML
 [server]
@@ -133,9 +93,7 @@ address = "127.0.0.1:$sink_port"
 client_address = "none"
 TOML
 RUST_LOG=warn "$binary" run --config "$work/portcullis.toml" 2>"$work/proxy.log" &
-for port in $dkim_port $postfix_port $proxy_port $postfix_unix_port $proxy_unix_port; do
-  for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-done
+wait_ports $dkim_port $postfix_port $proxy_port $postfix_unix_port $proxy_unix_port
 
 queue_empty() { postqueue -c "$work/etc" -p 2>/dev/null | grep -q "Mail queue is empty"; }
 
@@ -154,7 +112,6 @@ run() {
   python3 -c "print(f'{$messages / ($end - $start):.0f}')"
 }
 
-median() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
 
 echo "## OpenDKIM as a milter: Postfix smtpd_milters vs Portcullis"
 echo

@@ -17,6 +17,7 @@
 # instance).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 command -v smtp-source >/dev/null || { echo "install postfix (smtp-source/smtp-sink)"; exit 1; }
 ulimit -n "$(ulimit -Hn)"
 
@@ -25,7 +26,7 @@ binary=$PWD/target/release/portcullis
 work=$(mktemp -d)
 chmod 755 "$work"
 cleanup() {
-  postfix -c "$work/etc" stop >/dev/null 2>&1 || true
+  stop_postfix
   kill $(jobs -p) 2>/dev/null || true
   rm -rf "$work"
 }
@@ -35,7 +36,6 @@ quick=${QUICK:-0}
 messages=$(( quick ? 1000 : 5000 ))
 serial=$(( quick ? 300 : 1000 ))
 delay=${DELAY_MS:-2}
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 sink=$(free_port); far=$(free_port); near_proxy=$(free_port); far_proxy=$(free_port)
 far_proxy_mail=$(free_port); postfix_far=$(free_port)
 remote_ehlo=$(free_port); remote_mail=$(free_port)
@@ -73,46 +73,10 @@ python3 bench/delay.py $remote_ehlo $far_proxy "$delay" &
 python3 bench/delay.py $remote_mail $far_proxy_mail "$delay" &
 
 # Postfix's smtpd with the delayed sink as its before-queue content filter.
-mkdir -p "$work/etc" "$work/queue" "$work/data"
-chown postfix "$work/data"
-cat > "$work/etc/main.cf" <<CONF
-compatibility_level = 3.6
-queue_directory = $work/queue
-data_directory = $work/data
-maillog_file = $work/maillog
-maillog_file_prefixes = $work
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = postfix.bench
-mydestination =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-alias_maps =
-alias_database =
-default_process_limit = 200
-smtpd_client_connection_count_limit = 0
-smtpd_client_connection_rate_limit = 0
-CONF
-cat > "$work/etc/master.cf" <<CONF
-127.0.0.1:$postfix_far inet n - n - - smtpd -o smtpd_proxy_filter=127.0.0.1:$far
-cleanup unix n - n - 0 cleanup
-qmgr unix n - n 300 1 qmgr
-rewrite unix - - n - - trivial-rewrite
-bounce unix - - n - 0 bounce
-defer unix - - n - 0 bounce
-trace unix - - n - 0 bounce
-proxymap unix - - n - - proxymap
-anvil unix - - n - 1 anvil
-scache unix - - n - 1 scache
-postlog unix-dgram n - n - 1 postlogd
-CONF
-postfix -c "$work/etc" start >/dev/null 2>&1
-for port in $far $near_proxy $far_proxy $far_proxy_mail $postfix_far $remote_ehlo $remote_mail; do
-  for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-done
+start_postfix "" \
+  "127.0.0.1:$postfix_far inet n - n - - smtpd -o smtpd_proxy_filter=127.0.0.1:$far"
+wait_ports $far $near_proxy $far_proxy $far_proxy_mail $postfix_far $remote_ehlo $remote_mail
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 ticks_per_second=$(getconf CLK_TCK)
 # run PORT MESSAGES CONCURRENCY PID -> "msg/s cpu_ms_per_message ms_per_session"
 run() {
@@ -126,7 +90,6 @@ run() {
 elapsed = $end - $start
 print(f'{$count / elapsed:.0f} {($after - $before) * 1000 / $ticks_per_second / $count:.3f} {elapsed * 1000 * $concurrency / $count:.3f}')"
 }
-median() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
 
 echo "## One-message sessions (\`bench/session.sh\`)"
 echo
