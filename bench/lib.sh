@@ -1,5 +1,20 @@
-# Helpers the benchmark scripts share; sourced, not run. The caller sets `work` (a
-# temporary directory, removed by its EXIT trap, which calls stop_postfix first).
+# Helpers the benchmark scripts share; sourced, not run.
+
+# setup PROGRAM...: fails unless each program is installed, raises the open-files
+# limit, builds the release binary (`binary`) and makes `work`, a directory removed
+# on exit with everything the script started in the background (Postfix included).
+setup() {
+  local program
+  for program in "$@"; do
+    command -v "$program" >/dev/null || { echo "install $program (scripts/test installs it)"; exit 1; }
+  done
+  ulimit -n "$(ulimit -Hn)"
+  cargo build --release --locked -p portcullis >/dev/null 2>&1
+  binary=$PWD/target/release/portcullis
+  work=$(mktemp -d)
+  chmod 755 "$work"
+  trap 'stop_postfix; kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+}
 
 # A free loopback port.
 free_port() {

@@ -16,21 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
-for program in smtp-source smtp-sink postfix opendkim opendkim-genkey; do
-  command -v $program >/dev/null || { echo "install $program (scripts/test installs them)"; exit 1; }
-done
-ulimit -n "$(ulimit -Hn)"
-
-cargo build --release --locked -p portcullis >/dev/null 2>&1
-binary=$PWD/target/release/portcullis
-work=$(mktemp -d)
-chmod 755 "$work"
-cleanup() {
-  stop_postfix
-  kill $(jobs -p) 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+setup smtp-source smtp-sink postfix opendkim opendkim-genkey
 
 sink_port=$(free_port); dkim_port=$(free_port); proxy_port=$(free_port); postfix_port=$(free_port)
 proxy_unix_port=$(free_port); postfix_unix_port=$(free_port)

@@ -18,19 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
-command -v smtp-source >/dev/null || { echo "install postfix (smtp-source/smtp-sink)"; exit 1; }
-ulimit -n "$(ulimit -Hn)"
-
-cargo build --release --locked -p portcullis >/dev/null 2>&1
-binary=$PWD/target/release/portcullis
-work=$(mktemp -d)
-chmod 755 "$work"
-cleanup() {
-  stop_postfix
-  kill $(jobs -p) 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+setup smtp-source smtp-sink postfix python3
 
 quick=${QUICK:-0}
 messages=$(( quick ? 1000 : 5000 ))
@@ -62,11 +50,11 @@ client_address = "none"
 open = "$open"
 TOML
   "$binary" run --config "$work/$name.toml" >/dev/null 2>"$work/$name.log" &
-  echo $!
 }
-near_pid=$(start_proxy near $near_proxy $sink ehlo)
-start_proxy far $far_proxy $far ehlo >/dev/null
-start_proxy far-mail $far_proxy_mail $far mail >/dev/null
+start_proxy near $near_proxy $sink ehlo
+near_pid=$!
+start_proxy far $far_proxy $far ehlo
+start_proxy far-mail $far_proxy_mail $far mail
 # The client DELAY_MS away too, as clients on the internet are: the case the early
 # open is for (its set-up overlaps the client's greeting and EHLO).
 python3 bench/delay.py $remote_ehlo $far_proxy "$delay" &
