@@ -776,7 +776,7 @@ fn postfix_takes_the_proxy_protocol_probes_and_the_first_client_gets_its_extensi
     let Some(postfix) = Postfix::start() else {
         return;
     };
-    for mode in ["proxy-v1", "proxy-v2"] {
+    for (index, mode) in ["proxy-v1", "proxy-v2"].into_iter().enumerate() {
         let proxy = proxy_in_front(&postfix, &postfix.helo_proxy_port, mode);
         let mut client = Client::connect_from("127.0.0.2", proxy.address);
         let ehlo = client.expect("EHLO client.test", 250);
@@ -791,6 +791,16 @@ fn postfix_takes_the_proxy_protocol_probes_and_the_first_client_gets_its_extensi
                 .any(|l| l.contains("capability probe failed")),
             "{mode}"
         );
+        // The upstream session opened at EHLO for a client that leaves ends with
+        // QUIT too (Postfix knows the client by the PROXY header).
+        client.expect("QUIT", 221);
+        wait_until("the client's upstream session ended with QUIT", || {
+            let log = postfix.log();
+            let ended = log.lines().filter(|l| {
+                l.contains("disconnect from unknown[127.0.0.2]") && l.contains("quit=1")
+            });
+            ended.count() == index + 1
+        });
     }
     let log = postfix.log();
     assert!(

@@ -37,8 +37,9 @@ pub struct Record {
     pub listener: String,
     /// Who sent it.
     pub client: ClientRecord,
-    /// The envelope as the client gave it (recipients the chain or the upstream
-    /// refused included).
+    /// The envelope as the client gave it: recipients the chain or the upstream
+    /// refused included, ones the proxy refused for their syntax or past the
+    /// recipient limit not.
     pub received: EnvelopeRecord,
     /// The envelope as the upstream got it, after every rewrite and edit; absent if
     /// nothing went upstream.
