@@ -34,12 +34,21 @@ fn wait_for_port(port: u16, within: Duration, what: &str) {
     }
 }
 
-/// A child process killed when dropped.
+/// A daemon started in a process group of its own, which is killed whole when this
+/// is dropped: rspamd's workers would outlive their main process otherwise.
 struct Running(Child);
+
+impl Running {
+    fn spawn(command: &mut Command) -> Running {
+        use std::os::unix::process::CommandExt;
+        Running(command.process_group(0).spawn().expect("start the daemon"))
+    }
+}
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.0.wait();
     }
 }
@@ -76,15 +85,14 @@ impl OpenDkim {
             ),
         )
         .unwrap();
-        let child = Command::new("opendkim")
-            .arg("-f")
-            .arg("-x")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start opendkim");
-        let process = Running(child);
+        let process = Running::spawn(
+            Command::new("opendkim")
+                .arg("-f")
+                .arg("-x")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
         wait_for_port(port, Duration::from_secs(20), "opendkim");
         Some(OpenDkim {
             port,
@@ -238,26 +246,25 @@ impl Rspamd {
         let db = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rspamd-db");
         std::fs::create_dir_all(&db).unwrap();
         let var = |name: &str, path: &Path| format!("--var={name}={}", path.display());
-        let child = Command::new("rspamd")
-            .args([
-                "-f",
-                "-i",
-                "-u",
-                "root",
-                "-g",
-                "root",
-                "-c",
-                "/etc/rspamd/rspamd.conf",
-            ])
-            .arg(var("LOCAL_CONFDIR", dir.path()))
-            .arg(var("DBDIR", &db))
-            .arg(var("RUNDIR", dir.path()))
-            .arg(var("LOGDIR", dir.path()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start rspamd");
-        let process = Running(child);
+        let process = Running::spawn(
+            Command::new("rspamd")
+                .args([
+                    "-f",
+                    "-i",
+                    "-u",
+                    "root",
+                    "-g",
+                    "root",
+                    "-c",
+                    "/etc/rspamd/rspamd.conf",
+                ])
+                .arg(var("LOCAL_CONFDIR", dir.path()))
+                .arg(var("DBDIR", &db))
+                .arg(var("RUNDIR", dir.path()))
+                .arg(var("LOGDIR", dir.path()))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
         wait_for_port(port, Duration::from_secs(90), "rspamd");
         Some(Rspamd {
             port,
