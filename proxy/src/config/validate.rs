@@ -25,13 +25,8 @@ impl RawConfig {
         let mut plugins = std::collections::BTreeMap::new();
         for (name, plugin) in self.plugins {
             let line = line_of(plugin.span().start);
-            if !is_plugin_name(&name) {
-                return Err(ConfigError {
-                    key: format!("plugins.{name:?}"),
-                    line: Some(line),
-                    message: "a plugin's name is 1 to 64 letters, digits, '-', '_' or '.' (it names the plugin's keys, metrics and log lines)".into(),
-                });
-            }
+            let why = " (it names the plugin's keys, metrics and log lines)";
+            check_name("plugins", &name, line, "a plugin's name", why)?;
             let mut plugin: PluginConfig = plugin.into_inner();
             plugin.line = Some(line);
             plugins.insert(name, plugin);
@@ -39,13 +34,7 @@ impl RawConfig {
         let mut milters = std::collections::BTreeMap::new();
         for (name, milter) in self.milters {
             let line = line_of(milter.span().start);
-            if !is_plugin_name(&name) {
-                return Err(ConfigError {
-                    key: format!("milters.{name:?}"),
-                    line: Some(line),
-                    message: "a milter's name is 1 to 64 letters, digits, '-', '_' or '.'".into(),
-                });
-            }
+            check_name("milters", &name, line, "a milter's name", "")?;
             if plugins.contains_key(&name) {
                 return Err(ConfigError {
                     key: format!("milters.{name}"),
@@ -85,14 +74,8 @@ impl RawConfig {
         let mut upstreams = std::collections::BTreeMap::new();
         for (name, raw) in self.upstreams {
             let prefix = format!("upstreams.{name}");
-            if !is_plugin_name(&name) {
-                return Err(ConfigError {
-                    key: prefix,
-                    line: Some(line_of(raw.span().start)),
-                    message: "an upstream's name is 1 to 64 letters, digits, '-', '_' or '.'"
-                        .into(),
-                });
-            }
+            let line = line_of(raw.span().start);
+            check_name("upstreams", &name, line, "an upstream's name", "")?;
             let group = validate_upstream(raw, &prefix, line_of, &mut warnings)?;
             if matches!(group.target, UpstreamTarget::Development(_)) {
                 return Err(ConfigError {
@@ -590,6 +573,25 @@ fn warn_about_edge_auth(
 /// A plugin's name: it becomes the start of the plugin's key-value keys (so it must
 /// not be empty or hold the separator that follows it), a metrics label and a log
 /// field.
+/// Checks the NAME of a `[TABLE.NAME]` on `line` by [`is_plugin_name`]'s rule: names
+/// of plugins, milters and upstreams become keys, metric labels and log fields alike.
+fn check_name(
+    table: &str,
+    name: &str,
+    line: usize,
+    what: &str,
+    why: &str,
+) -> Result<(), ConfigError> {
+    if is_plugin_name(name) {
+        return Ok(());
+    }
+    Err(ConfigError {
+        key: format!("{table}.{name:?}"),
+        line: Some(line),
+        message: format!("{what} is 1 to 64 letters, digits, '-', '_' or '.'{why}"),
+    })
+}
+
 fn is_plugin_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
