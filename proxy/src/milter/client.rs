@@ -562,41 +562,19 @@ impl Conversation {
         packet: Packet<'_>,
         limit: Duration,
     ) -> Result<(), MilterError> {
-        let wanted: Vec<(&str, String)>;
+        let pairs: Vec<(&str, String)>;
         let mut packets = Vec::with_capacity(2);
         if let Some(stage) = stage {
-            wanted = self.wanted(stage, macros);
-            if !wanted.is_empty() {
+            pairs = wanted(self.negotiated.macros[stage.index()].as_deref(), macros);
+            if !pairs.is_empty() {
                 packets.push(Packet::Macros {
                     stage,
-                    pairs: &wanted,
+                    pairs: &pairs,
                 });
             }
         }
         packets.push(packet);
         self.send(&packets, limit).await
-    }
-
-    /// The macros the milter asked for at `stage` (all of them if it did not say).
-    fn wanted<'a>(
-        &self,
-        stage: MacroStage,
-        macros: &[(&'a str, String)],
-    ) -> Vec<(&'a str, String)> {
-        let Some(names) = &self.negotiated.macros[stage.index()] else {
-            return macros.to_vec();
-        };
-        let bare = |name: &str| {
-            name.trim_start_matches('{')
-                .trim_end_matches('}')
-                .to_string()
-        };
-        let names: Vec<String> = names.iter().map(|n| bare(n)).collect();
-        macros
-            .iter()
-            .filter(|(name, _)| names.contains(&bare(name)))
-            .cloned()
-            .collect()
     }
 
     async fn send(&mut self, packets: &[Packet<'_>], limit: Duration) -> Result<(), MilterError> {
@@ -685,6 +663,23 @@ impl Conversation {
             Some(response) => final_verdict(&response, "the message").map(Some),
         }
     }
+}
+
+/// Of `macros`, those a milter asked for (`names`, from its negotiation), or all of
+/// them if it did not say.
+fn wanted<'a>(names: Option<&[String]>, macros: &[(&'a str, String)]) -> Vec<(&'a str, String)> {
+    let Some(names) = names else {
+        return macros.to_vec();
+    };
+    // `{auth_type}` and `auth_type` name the same macro.
+    fn bare(name: &str) -> &str {
+        name.trim_start_matches('{').trim_end_matches('}')
+    }
+    macros
+        .iter()
+        .filter(|(name, _)| names.iter().any(|n| bare(n) == bare(name)))
+        .cloned()
+        .collect()
 }
 
 fn final_verdict(response: &Response, step: &'static str) -> Result<MilterVerdict, MilterError> {
@@ -806,6 +801,23 @@ mod tests {
         for (value, leading, fixed) in table {
             assert_eq!(header_value_from_milter(value, leading), fixed, "{value:?}");
         }
+    }
+
+    #[test]
+    fn only_the_macros_a_milter_asked_for_are_sent() {
+        let macros = [
+            ("i", "q1".to_string()),
+            ("{mail_addr}", "a@example.com".to_string()),
+            ("{auth_type}", "PLAIN".to_string()),
+        ];
+        assert_eq!(wanted(None, &macros), macros.to_vec());
+        let names = ["mail_addr".to_string(), "{i}".to_string()];
+        let sent: Vec<&str> = wanted(Some(&names), &macros)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(sent, ["i", "{mail_addr}"]);
+        assert!(wanted(Some(&[]), &macros).is_empty());
     }
 
     #[test]
