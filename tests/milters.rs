@@ -317,16 +317,15 @@ fn rspamd_refuses_gtube_with_its_own_reply_marks_clean_mail_and_only_logs_in_sha
     let delivered = upstream.wait_messages(1);
     let text = String::from_utf8_lossy(&delivered[0]);
     assert!(!text.contains("X-Rspamd"), "shadow edits applied: {text}");
-    let line = proxy.wait_for_log("shadow plugin");
-    let line = if line.contains("\"hook\":\"data\"") {
-        line
-    } else {
+    // The log reader may lag the reply: wait for the DATA stage's shadow line.
+    let data_line = || {
         proxy
             .logs()
             .into_iter()
             .find(|l| l.contains("shadow plugin") && l.contains("\"hook\":\"data\""))
-            .expect("a shadow line for the message")
     };
+    common::wait_until("the shadow line of the message", || data_line().is_some());
+    let line = data_line().unwrap();
     assert!(line.contains("reject 554 5.7.1 Gtube pattern"), "{line}");
 }
 
