@@ -147,20 +147,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             };
         }
         let _ = self.flush().await;
-        // TLS ends with close_notify (RFC 8446 §6.1), plaintext with FIN; a client
-        // that does not read gets no longer than this.
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.downstream.shutdown()).await;
+        self.close_downstream().await;
         if !self.hooks.is_empty() {
             let info = self.plugin_session();
             self.hooks.session_end(&info).await;
         }
         let (context, link) = (self.context.clone(), std::mem::take(&mut self.link));
-        // Close the downstream socket first: the client sees the end at once, not after
-        // the upstream's QUIT round trip.
         drop(self);
         listener.meters.open.decrement(1.0);
         link.release(&context).await;
         debug!("disconnected");
+    }
+
+    /// Closes the client's connection, before the session-end hook and the upstream's
+    /// QUIT so that the client sees the end at once. TLS ends with close_notify (RFC
+    /// 8446 §6.1; a client that does not read gets no longer than `CLOSE_TIMEOUT`),
+    /// plaintext with the FIN the close sends.
+    async fn close_downstream(&mut self) {
+        if self.downstream.stream().is_tls() {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.downstream.shutdown()).await;
+        }
+        drop(std::mem::replace(
+            self.downstream.stream_mut(),
+            MaybeTls::Upgrading,
+        ));
     }
 
     /// The next command line. Queued replies are flushed first if no further command
@@ -185,17 +195,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             &shutdown.stopping
         };
         let deadline = Instant::now() + self.context.config.smtp.command_timeout;
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => Err(Some(replies::shutting_down(hostname))),
-            result = self.downstream.read_line(limit, deadline) => match result {
-                Ok(line) => Ok(line),
-                Err(ReadError::Timeout) => {
-                    info!("command timeout");
-                    Err(Some(replies::timeout(hostname)))
-                }
-                Err(ReadError::Closed | ReadError::Io(_)) => Err(None),
-            },
+        // An upstream session opening ahead of MAIL goes on while the client is
+        // awaited (the read is cancel-safe: what arrived stays in the buffer).
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Err(Some(replies::shutting_down(hostname))),
+                result = self.downstream.read_line(limit, deadline) => return match result {
+                    Ok(line) => Ok(line),
+                    Err(ReadError::Timeout) => {
+                        info!("command timeout");
+                        Err(Some(replies::timeout(hostname)))
+                    }
+                    Err(ReadError::Closed | ReadError::Io(_)) => Err(None),
+                },
+                () = self.link.advance(), if self.link.is_opening() => {}
+            }
         }
     }
 
