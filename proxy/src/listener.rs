@@ -80,6 +80,15 @@ pub(crate) async fn accept_loop(
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
+    // Replies go out as whole writes and are waited on, so Nagle's algorithm would
+    // only add delay. Set once here: on Linux accepted sockets inherit it.
+    let _ = socket2::SockRef::from(&socket).set_tcp_nodelay(true);
+    // A listener bound to one address is every connection's local address; only a
+    // wildcard one needs asking for each connection.
+    let bound = socket
+        .local_addr()
+        .ok()
+        .filter(|bound| !bound.ip().is_unspecified());
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -119,8 +128,8 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        let Ok(local_address) = stream.local_addr() else {
+        inherit_nodelay(&stream);
+        let Some(local_address) = bound.or_else(|| stream.local_addr().ok()) else {
             continue;
         };
         let peer = Peer::new(address, local_address);
@@ -200,11 +209,19 @@ fn behind_balancer(
                 return;
             }
         };
-        let _ = stream.set_nodelay(true);
+        inherit_nodelay(&stream);
         let peer = Peer::new(client, local);
         Session::new(context, stream, peer, listener).run().await;
         drop((permit, client_slot));
     });
+}
+
+/// Where accepted sockets do not inherit TCP_NODELAY from the listener (Linux's do),
+/// sets it on each.
+fn inherit_nodelay(stream: &TcpStream) {
+    if cfg!(not(target_os = "linux")) {
+        let _ = stream.set_nodelay(true);
+    }
 }
 
 fn accepts(versions: ProxyVersions, version: Version) -> bool {
