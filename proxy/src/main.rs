@@ -7,6 +7,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use portcullis::Config;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc rather than glibc's malloc: a session allocates and frees the same few
+/// buffers, and glibc gave the freed memory back to the kernel (madvise) only to
+/// fault it in again for the next session.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// An SMTP proxy that runs filters at every stage of each session.
 #[derive(Debug, Parser)]
 #[command(name = "portcullis", version, about)]
