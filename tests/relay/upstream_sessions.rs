@@ -236,7 +236,7 @@ fn an_upstream_that_fails_while_opening_early_is_a_451_at_mail() {
     let proxy = Proxy::start(&closed_port(), "capabilities_wait = \"100ms\"\n");
     let mut client = proxy.client();
     client.expect("EHLO early.test", 250);
-    proxy.wait_for_log("opening the upstream session in the background");
+    proxy.wait_for_log("opening the upstream session ahead of MAIL");
     let reply = client.expect("MAIL FROM:<a@example.org>", 451);
     assert!(reply.lines[0].starts_with("451 4."), "{reply:?}");
     client.expect("QUIT", 221);
