@@ -7,7 +7,7 @@ mod common;
 
 use std::{path::PathBuf, process::Command, thread, time::Duration};
 
-use common::{Client, ClientReply, Proxy, closed_port, require_program, tls::Pki, wait_until};
+use common::{Client, ClientReply, Proxy, closed_ports, require_program, tls::Pki, wait_until};
 
 /// A private Postfix instance; stopped on drop.
 struct Postfix {
@@ -47,7 +47,8 @@ impl Postfix {
         run("chmod", &["755", root.to_str().unwrap()]);
         run("chmod", &["777", root.join("mail").to_str().unwrap()]);
         run("chown", &["postfix", root.join("data").to_str().unwrap()]);
-        let port = || closed_port().rsplit_once(':').unwrap().1.to_string();
+        let mut ports = closed_ports(9).into_iter().map(|port| port.to_string());
+        let mut port = || ports.next().unwrap();
         let (xclient_port, proxy_protocol_port) = (port(), port());
         let (starttls_port, smtps_port, sasl_port) = (port(), port(), port());
         let (known_name_port, known_reverse_port) = (port(), port());

@@ -430,12 +430,41 @@ pub fn wait_until(what: &str, condition: impl Fn() -> bool) {
     }
 }
 
-/// A port nothing listens on.
+/// A port nothing listens on, as `127.0.0.1:PORT`.
 pub fn closed_port() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    drop(listener);
-    address.to_string()
+    format!("127.0.0.1:{}", closed_ports(1)[0])
+}
+
+/// `count` distinct ports nothing listens on, for a server started next to bind. They
+/// are drawn below the range the kernel hands out to outgoing connections, so that
+/// none is taken by one (of this test or another running beside it) before the
+/// server binds it, and all are held at once while drawing, so none comes twice.
+pub fn closed_ports(count: usize) -> Vec<u16> {
+    let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10_000u16.min(first_ephemeral / 2);
+    let span = u64::from(first_ephemeral - low);
+    let mut state = {
+        use std::hash::{BuildHasher, Hasher};
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    };
+    let mut held = Vec::with_capacity(count);
+    while held.len() < count {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let port = low + ((state >> 33) % span) as u16;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(listener);
+        }
+    }
+    held.iter()
+        .map(|listener| listener.local_addr().unwrap().port())
+        .collect()
 }
 
 /// Fails under CI when an external program is missing; elsewhere returns false so
