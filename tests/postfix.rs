@@ -727,6 +727,16 @@ fn postfix_judges_the_clients_own_helo_name_in_every_mode() {
     let xclient = proxy_in_front(&postfix, &postfix.helo_xclient_port, "xclient");
     let v1 = proxy_in_front(&postfix, &postfix.helo_proxy_port, "proxy-v1");
     let v2 = proxy_in_front(&postfix, &postfix.helo_proxy_port, "proxy-v2");
+    // Opened as the client connects, before its HELO name is known.
+    let at_connect = |port, mode| {
+        proxy_with(
+            &postfix,
+            port,
+            &format!("client_address = \"{mode}\"\nopen = \"connect\"\n"),
+        )
+    };
+    let xclient_early = at_connect(&postfix.helo_xclient_port, "xclient");
+    let v2_early = at_connect(&postfix.helo_proxy_port, "proxy-v2");
     let direct: std::net::SocketAddr = postfix.address(&postfix.helo_xclient_port).parse().unwrap();
     for name in ["single", "bad!host", "my_pc", "client.test"] {
         let greeting = format!("EHLO {name}");
@@ -737,7 +747,14 @@ fn postfix_judges_the_clients_own_helo_name_in_every_mode() {
                 "{expected:?}"
             );
         }
-        for (mode, proxy) in [("xclient", &xclient), ("proxy-v1", &v1), ("proxy-v2", &v2)] {
+        let proxies = [
+            ("xclient", &xclient),
+            ("proxy-v1", &v1),
+            ("proxy-v2", &v2),
+            ("xclient, open at connect", &xclient_early),
+            ("proxy-v2, open at connect", &v2_early),
+        ];
+        for (mode, proxy) in proxies {
             let through = rcpt_after(proxy.address, &greeting);
             assert_eq!(
                 through.lines,

@@ -241,3 +241,48 @@ fn an_upstream_that_fails_while_opening_early_is_a_451_at_mail() {
     assert!(reply.lines[0].starts_with("451 4."), "{reply:?}");
     client.expect("QUIT", 221);
 }
+
+#[test]
+fn with_open_at_connect_the_upstream_is_connected_before_the_client_greets() {
+    let upstream = RecordingUpstream::start();
+    let proxy = Proxy::start(&upstream.address(), "open = \"connect\"\n");
+    common::wait_until("the capability probe ended", || {
+        upstream
+            .recorded()
+            .first()
+            .is_some_and(|r| r.commands.last().is_some_and(|c| c == "QUIT"))
+    });
+    let mut client = proxy.client();
+    // Connected and greeted by the upstream, but told nothing before the client's
+    // own greeting, which is the first thing it hears.
+    common::wait_until("the upstream connection opened at connect", || {
+        upstream.recorded().len() == 2
+    });
+    thread::sleep(Duration::from_millis(100));
+    assert!(
+        upstream.recorded()[1].commands.is_empty(),
+        "{:?}",
+        upstream.recorded()[1].commands
+    );
+    client.expect("EHLO prompt.test", 250);
+    client.expect("MAIL FROM:<a@example.org>", 250);
+    client.expect("RCPT TO:<b@example.com>", 250);
+    client.expect("DATA", 354);
+    client.send(b"Subject: prompt\r\n\r\nhi\r\n.\r\n");
+    assert_eq!(client.read_reply().code, 250);
+    client.expect("QUIT", 221);
+    let sessions = upstream.recorded();
+    assert_eq!(sessions.len(), 2, "one upstream session for the client");
+    assert_eq!(sessions[1].commands[0], "EHLO prompt.test");
+    assert_eq!(sessions[1].messages.len(), 1);
+
+    // A client that leaves without greeting: its upstream connection hears QUIT only.
+    let client = proxy.client();
+    common::wait_until("the second client's upstream connection", || {
+        upstream.recorded().len() == 3
+    });
+    drop(client);
+    common::wait_until("the unused upstream connection ended with QUIT", || {
+        upstream.recorded()[2].commands == ["QUIT"]
+    });
+}

@@ -79,6 +79,12 @@ pub struct UpstreamConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OpenAt {
+    /// As soon as the client is let in: connect, PROXY header, TLS and the upstream's
+    /// greeting overlap the client's greeting and EHLO too; EHLO, STARTTLS and
+    /// XCLIENT follow once the client's HELO name is known. Each client let in costs
+    /// the upstream a connection (an smtpd process), greeting or not. Where the client
+    /// may start TLS or log in at the proxy after EHLO, it opens as `Ehlo` does.
+    Connect,
     /// In the background once the client's HELO or EHLO was accepted, so connect,
     /// greeting, EHLO, STARTTLS and XCLIENT overlap the client's own round trips and
     /// MAIL pays only its own. Not at an EHLO that offered STARTTLS to a client in

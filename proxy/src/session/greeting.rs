@@ -56,7 +56,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.reply(Reply::multiline(250, lines))
     }
 
-    /// With `upstream.open = "ehlo"`: starts opening the upstream session now, so its
+    /// With `upstream.open = "ehlo"` (or `"connect"` where that did not start one): starts
+    /// opening the upstream session now, so its
     /// connect, greeting, EHLO, STARTTLS and XCLIENT overlap the client's next round
     /// trips instead of adding to MAIL's. Not while a STARTTLS the client was offered
     /// or an AUTH the proxy checks itself may follow: either ends the upstream
@@ -64,7 +65,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// opening would be wasted.
     fn open_upstream_early(&mut self) {
         let config = &self.context.upstream.config;
-        if config.open != OpenAt::Ehlo || !self.link.is_closed() {
+        if config.open == OpenAt::Mail {
+            return;
+        }
+        // One begun at connect goes on with the greeting just accepted.
+        self.link.greeted(&self.peer);
+        if !self.link.is_closed() {
             return;
         }
         let tls_may_follow =
@@ -78,6 +84,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let lookup = self.name_lookup.take();
         self.link
             .start_opening(self.context.clone(), self.peer.clone(), lookup);
+    }
+
+    /// With `upstream.open = "connect"`: starts opening the upstream session as the
+    /// client is let in, its connect and the upstream's greeting overlapping the
+    /// client's greeting and EHLO. Not where the client may start TLS or log in at
+    /// the proxy after EHLO (the upstream session would start over; it opens after
+    /// EHLO as `"ehlo"` says instead), nor where idle upstream sessions are kept
+    /// (taking one costs no set-up to hide).
+    pub(super) fn open_upstream_at_connect(&mut self) {
+        let config = &self.context.upstream.config;
+        let listener = &self.listener.config;
+        let may_restart = (listener.tls == TlsMode::Starttls && self.peer.tls.is_none())
+            || listener.auth.mode == AuthMode::Edge;
+        if config.open != OpenAt::Connect
+            || may_restart
+            || !config.reuse.idle_timeout.is_zero()
+            || !self.link.is_closed()
+        {
+            return;
+        }
+        let lookup = self.name_lookup.take();
+        self.link
+            .start_opening_at_connect(self.context.clone(), self.peer.clone(), lookup);
     }
 
     /// The upstream's extensions: from the open session, the cache, or a probe waited

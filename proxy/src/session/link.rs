@@ -6,6 +6,7 @@
 
 use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
 
+use tokio::sync::oneshot;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, warn};
 
@@ -26,9 +27,14 @@ type Opened = Result<(UpstreamSession, Option<ClientName>), UpstreamError>;
 
 /// An upstream session being opened while the client is served. It is a future the
 /// session's own task polls whenever it waits for the client, not a task of its own:
-/// a spawned task cost a wake-up on another thread and a join, measured at ~12 % of
-/// a one-message session's CPU (bench/RESULTS.md).
-struct Opening(Pin<Box<dyn Future<Output = Opened> + Send>>);
+/// a spawned task cost a wake-up on another thread and a join for every session
+/// (bench/RESULTS.md).
+struct Opening {
+    future: Pin<Box<dyn Future<Output = Opened> + Send>>,
+    /// Where the client's greeting goes, while an opening begun at connect waits for
+    /// it. Dropped unused, it ends the opening with QUIT.
+    greeting: Option<oneshot::Sender<Peer>>,
+}
 
 impl fmt::Debug for Opening {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -107,23 +113,71 @@ impl UpstreamLink {
         lookup: Option<AbortOnDropHandle<ClientName>>,
     ) {
         debug!("opening the upstream session ahead of MAIL");
-        self.state = LinkState::Opening(Opening(Box::pin(async move {
-            if let Some(lookup) = lookup {
-                client.name = Some(super::names::finished(lookup).await);
-            }
-            let session = open_session(&context, Some(&client)).await?;
-            Ok((session, client.name))
-        })));
+        self.state = LinkState::Opening(Opening {
+            future: Box::pin(async move {
+                if let Some(lookup) = lookup {
+                    client.name = Some(super::names::finished(lookup).await);
+                }
+                let session = open_session(&context, Some(&client)).await?;
+                Ok((session, client.name))
+            }),
+            greeting: None,
+        });
+    }
+
+    /// Starts opening the upstream session as soon as `client` is let in
+    /// (`upstream.open = "connect"`): connect, PROXY header, TLS and the upstream's
+    /// 220 go now; EHLO, XCLIENT and the client's own greeting once
+    /// [`UpstreamLink::greeted`] gives the client's greeting.
+    pub(super) fn start_opening_at_connect(
+        &mut self,
+        context: Arc<SessionContext>,
+        client: Peer,
+        lookup: Option<AbortOnDropHandle<ClientName>>,
+    ) {
+        debug!("opening the upstream session at connect");
+        let (greeting, greeted) = oneshot::channel::<Peer>();
+        self.state = LinkState::Opening(Opening {
+            future: Box::pin(async move {
+                let connected = UpstreamSession::connect_for(&context.upstream, &client).await;
+                count_connect(connected.is_ok());
+                let session = connected?;
+                let Ok(mut client) = greeted.await else {
+                    session.quit().await;
+                    return Err(UpstreamError::Connect(std::io::Error::other(
+                        "the client's session ended before it greeted",
+                    )));
+                };
+                if let Some(lookup) = lookup {
+                    client.name = Some(super::names::finished(lookup).await);
+                }
+                let hostname = &context.config.server.hostname;
+                let session = session.greet_for(hostname, &client).await?;
+                context.capabilities.update(session.capabilities());
+                Ok((session, client.name))
+            }),
+            greeting: Some(greeting),
+        });
+    }
+
+    /// The client greeted (or needs the upstream before greeting): an opening begun
+    /// at connect goes on with `client` as it is now.
+    pub(super) fn greeted(&mut self, client: &Peer) {
+        if let LinkState::Opening(Opening { greeting, .. }) = &mut self.state
+            && let Some(greeting) = greeting.take()
+        {
+            let _ = greeting.send(client.clone());
+        }
     }
 
     /// Drives an opening to its end (pending for ever if there is none). Cancel-safe:
     /// a session waiting for its client polls it beside the read and drops this when
     /// the client's line comes first; the opening goes on at the next wait.
     pub(super) async fn advance(&mut self) {
-        let LinkState::Opening(Opening(opening)) = &mut self.state else {
+        let LinkState::Opening(Opening { future, .. }) = &mut self.state else {
             return std::future::pending().await;
         };
-        let opened = opening.await;
+        let opened = future.await;
         self.settle(opened);
     }
 
@@ -323,10 +377,7 @@ async fn open_session(
         None => {
             let hostname = &context.config.server.hostname;
             let opened = UpstreamSession::open(&context.upstream, hostname, client).await;
-            if telemetry::on() {
-                let outcome = if opened.is_ok() { "ok" } else { "failed" };
-                counter!(telemetry::UPSTREAM_CONNECTS, "outcome" => outcome).increment(1);
-            }
+            count_connect(opened.is_ok());
             opened?
         }
     };
@@ -334,11 +385,21 @@ async fn open_session(
     Ok(session)
 }
 
+fn count_connect(ok: bool) {
+    if telemetry::on() {
+        let outcome = if ok { "ok" } else { "failed" };
+        counter!(telemetry::UPSTREAM_CONNECTS, "outcome" => outcome).increment(1);
+    }
+}
+
 /// A session opened for a client that no longer needs it: QUIT once it is open, in
-/// the background (the upstream then logs a clean end, not a lost connection).
-fn quit_when_open(Opening(opening): Opening) {
+/// the background (the upstream then logs a clean end, not a lost connection). One
+/// begun at connect that still waits for the client's greeting hears it never will.
+fn quit_when_open(opening: Opening) {
+    let Opening { future, greeting } = opening;
+    drop(greeting);
     tokio::spawn(async move {
-        if let Ok((session, _)) = opening.await {
+        if let Ok((session, _)) = future.await {
             session.quit().await;
         }
     });

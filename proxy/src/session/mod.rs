@@ -133,6 +133,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let mut flow = self.connect_hook().await;
         if flow == Flow::Continue {
             self.start_name_lookup();
+            self.open_upstream_at_connect();
             self.reply(replies::greeting(&hostname));
         }
         while flow == Flow::Continue {
@@ -278,6 +279,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// The upstream session, opened (or taken from the pool) if there is none yet, and
     /// greeted as the client greeted.
     async fn upstream_session(&mut self) -> Result<&mut UpstreamSession, UpstreamError> {
+        self.link.greeted(&self.peer);
         if let Some(name) = self.link.opened().await? {
             self.peer.name = Some(name);
         }

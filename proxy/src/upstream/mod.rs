@@ -80,11 +80,74 @@ impl UpstreamSession {
         Err(failure.expect("an upstream has at least one server"))
     }
 
+    /// The first part of [`Self::open`], for a client whose HELO name is not known
+    /// yet (`upstream.open = "connect"`): connected, with its PROXY header, implicit
+    /// TLS and 220 behind it, trying the servers in turn as `open` does. Then
+    /// [`Self::greet_for`].
+    pub(crate) async fn connect_for(
+        upstream: &Arc<Upstream>,
+        client: &Peer,
+    ) -> Result<Self, UpstreamError> {
+        let mut failure = None;
+        for server in upstream.candidates() {
+            match Self::connect_to(upstream, &server.address, Some(client)).await {
+                Ok(session) => {
+                    upstream.succeeded(server);
+                    return Ok(session);
+                }
+                Err(error) => {
+                    upstream.failed(server, &error);
+                    failure = Some(error);
+                }
+            }
+        }
+        Err(failure.expect("an upstream has at least one server"))
+    }
+
+    /// The rest of the handshake of a session from [`Self::connect_for`], once the
+    /// client greeted: EHLO, STARTTLS, XCLIENT and the client's own greeting.
+    pub(crate) async fn greet_for(
+        self,
+        hostname: &str,
+        client: &Peer,
+    ) -> Result<Self, UpstreamError> {
+        self.finish(hostname, Some(client)).await
+    }
+
+    /// [`Self::handshake_for`], closing the session with QUIT if that fails while the
+    /// upstream is still in step.
+    async fn finish(
+        mut self,
+        hostname: &str,
+        client: Option<&Peer>,
+    ) -> Result<Self, UpstreamError> {
+        match self.handshake_for(hostname, client).await {
+            Ok(()) => Ok(self),
+            Err(error) => {
+                if error.leaves_session_usable() {
+                    self.quit().await;
+                }
+                Err(error)
+            }
+        }
+    }
+
     /// [`Self::open`] on one server at `address`.
     async fn open_on(
         upstream: &Arc<Upstream>,
         address: &str,
         hostname: &str,
+        client: Option<&Peer>,
+    ) -> Result<Self, UpstreamError> {
+        let session = Self::connect_to(upstream, address, client).await?;
+        session.finish(hostname, client).await
+    }
+
+    /// Connects to the server at `address` and reads its 220, after the PROXY header
+    /// and implicit TLS if configured.
+    async fn connect_to(
+        upstream: &Arc<Upstream>,
+        address: &str,
         client: Option<&Peer>,
     ) -> Result<Self, UpstreamError> {
         let config = &upstream.config;
@@ -126,15 +189,7 @@ impl UpstreamSession {
         session
             .expect(Step::Greeting, timeouts.greeting, 220)
             .await?;
-        match session.handshake_for(hostname, client).await {
-            Ok(()) => Ok(session),
-            Err(error) => {
-                if error.leaves_session_usable() {
-                    session.quit().await;
-                }
-                Err(error)
-            }
-        }
+        Ok(session)
     }
 
     /// After the 220: EHLO (to learn the extensions, STARTTLS and XCLIENT among
