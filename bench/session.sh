@@ -3,11 +3,14 @@
 # message costs through Portcullis, with its logs at their default level (info: a
 # line per message), against sending straight to smtp-sink.
 #
-#  1. Throughput and proxy CPU, 10 KiB, 10 and 100 at once, a session per message.
+#  1. Throughput and proxy CPU, 10 KiB, 10 and 100 at once, a session per message,
+#     through the proxy as configured by default (a thread per core) and with
+#     server.worker_threads = 1; the sink's own CPU per message in the direct runs is
+#     the reference the proxy's is divided by (machines here differ ~2x in speed).
 #  2. Time per one-message session, one at a time: direct vs through the proxy.
 #  3. The same with the sink DELAY_MS (default 2) round trip away (bench/delay.py):
 #     direct to the delayed sink, through Portcullis (upstream.open = "ehlo", the
-#     default, and "mail"), and through Postfix's smtpd with the delayed sink as its
+#     default, "mail" and "connect"), and through Postfix's smtpd with the delayed sink as its
 #     before-queue proxy filter (smtpd_proxy_filter).
 #
 #   bench/session.sh            # MESSAGES=5000 per throughput run
@@ -25,8 +28,9 @@ messages=$(( quick ? 1000 : 5000 ))
 serial=$(( quick ? 300 : 1000 ))
 delay=${DELAY_MS:-2}
 sink=$(free_port); far=$(free_port); near_proxy=$(free_port); far_proxy=$(free_port)
-far_proxy_mail=$(free_port); postfix_far=$(free_port)
-remote_ehlo=$(free_port); remote_mail=$(free_port)
+far_proxy_mail=$(free_port); postfix_far=$(free_port); single_proxy=$(free_port)
+far_proxy_connect=$(free_port); remote_ehlo=$(free_port); remote_mail=$(free_port)
+remote_connect=$(free_port); near_connect=$(free_port)
 
 smtp-sink -u nobody -m 1000 127.0.0.1:$sink 1000 &
 sink_pid=$!
@@ -34,11 +38,12 @@ python3 bench/delay.py $far $sink "$delay" &
 
 # One proxy per upstream, logging at the default level into a file, as under systemd.
 start_proxy() {
-  local name=$1 port=$2 upstream=$3 open=$4
+  local name=$1 port=$2 upstream=$3 open=$4 threads=${5:-0}
   cat > "$work/$name.toml" <<TOML
 [server]
 hostname = "bench.test"
 max_connections = 20000
+worker_threads = $threads
 [client_limits]
 max_sessions = 0
 [[listener]]
@@ -53,17 +58,23 @@ TOML
 }
 start_proxy near $near_proxy $sink ehlo
 near_pid=$!
+start_proxy single $single_proxy $sink ehlo 1
+single_pid=$!
 start_proxy far $far_proxy $far ehlo
 start_proxy far-mail $far_proxy_mail $far mail
+start_proxy far-connect $far_proxy_connect $far connect
+start_proxy near-connect $near_connect $sink connect
 # The client DELAY_MS away too, as clients on the internet are: the case the early
 # open is for (its set-up overlaps the client's greeting and EHLO).
 python3 bench/delay.py $remote_ehlo $far_proxy "$delay" &
 python3 bench/delay.py $remote_mail $far_proxy_mail "$delay" &
+python3 bench/delay.py $remote_connect $far_proxy_connect "$delay" &
 
 # Postfix's smtpd with the delayed sink as its before-queue content filter.
 start_postfix "" \
   "127.0.0.1:$postfix_far inet n - n - - smtpd -o smtpd_proxy_filter=127.0.0.1:$far"
-wait_ports $far $near_proxy $far_proxy $far_proxy_mail $postfix_far $remote_ehlo $remote_mail
+wait_ports $far $near_proxy $single_proxy $near_connect $far_proxy $far_proxy_mail $far_proxy_connect \
+  $postfix_far $remote_ehlo $remote_mail $remote_connect
 
 ticks_per_second=$(getconf CLK_TCK)
 # run PORT MESSAGES CONCURRENCY PID -> "msg/s cpu_ms_per_message ms_per_session"
@@ -83,16 +94,22 @@ echo "## One-message sessions (\`bench/session.sh\`)"
 echo
 echo "Machine: $(nproc) cores, load average before the run: $(cut -d' ' -f1-3 /proc/loadavg). Release build, logs at the default level (info) into a file; 10 KiB messages, a session per message; median of three alternating runs."
 echo
-echo "| concurrency | direct msg/s | proxy msg/s | ratio | proxy CPU ms/msg |"
-echo "|---|---|---|---|---|"
+echo "| concurrency | path | msg/s | ratio to direct | CPU ms/msg | CPU / sink's CPU |"
+echo "|---|---|---|---|---|---|"
 for concurrency in 10 100; do
-  d=(); p=(); c=()
+  d=(); k=(); p=(); c=(); q=(); e=()
   for _ in 1 2 3; do
-    read -r rate _ _ < <(run $sink $messages $concurrency $sink_pid); d+=("$rate")
+    read -r rate cpu _ < <(run $sink $messages $concurrency $sink_pid); d+=("$rate"); k+=("$cpu")
     read -r rate cpu _ < <(run $near_proxy $messages $concurrency $near_pid); p+=("$rate"); c+=("$cpu")
+    read -r rate cpu _ < <(run $single_proxy $messages $concurrency $single_pid); q+=("$rate"); e+=("$cpu")
   done
-  dm=$(median "${d[@]}"); pm=$(median "${p[@]}")
-  echo "| $concurrency | $dm | $pm | $(python3 -c "print(f'{$pm / $dm:.2f}')") | $(median "${c[@]}") |"
+  dm=$(median "${d[@]}"); km=$(median "${k[@]}")
+  echo "| $concurrency | direct to smtp-sink (sink's CPU) | $dm | | $km | |"
+  for row in "Portcullis, a thread per core|$(median "${p[@]}")|$(median "${c[@]}")" \
+             "Portcullis, worker_threads = 1|$(median "${q[@]}")|$(median "${e[@]}")"; do
+    IFS='|' read -r label rate cpu <<< "$row"
+    echo "| $concurrency | $label | $rate | $(python3 -c "print(f'{$rate / $dm:.2f}')") | $cpu | $(python3 -c "print(f'{$cpu / $km:.2f}')") |"
+  done
 done
 echo
 echo "One session at a time ($serial sessions per run), time per session:"
@@ -109,11 +126,15 @@ row() {
 direct=$(row "direct to smtp-sink" $sink 0 2>/dev/null)
 echo "| direct to smtp-sink | $direct | |"
 row "through Portcullis" $near_proxy "$direct" 2>&1 >/dev/null
+row "through Portcullis, worker_threads = 1" $single_proxy "$direct" 2>&1 >/dev/null
+row "through Portcullis, open = connect" $near_connect "$direct" 2>&1 >/dev/null
 far_direct=$(row "direct to the sink $delay ms away" $far 0 2>/dev/null)
 echo "| direct to the sink $delay ms away | $far_direct | |"
 row "Portcullis, upstream $delay ms away, open = ehlo" $far_proxy "$far_direct" 2>&1 >/dev/null
 row "Portcullis, upstream $delay ms away, open = mail" $far_proxy_mail "$far_direct" 2>&1 >/dev/null
+row "Portcullis, upstream $delay ms away, open = connect" $far_proxy_connect "$far_direct" 2>&1 >/dev/null
 row "Postfix smtpd_proxy_filter, filter $delay ms away" $postfix_far "$far_direct" 2>&1 >/dev/null
 remote=$(row "client and upstream $delay ms away, open = mail" $remote_mail 0 2>/dev/null)
 echo "| client and upstream $delay ms away, open = mail | $remote | |"
 row "client and upstream $delay ms away, open = ehlo" $remote_ehlo "$remote" 2>&1 >/dev/null
+row "client and upstream $delay ms away, open = connect" $remote_connect "$remote" 2>&1 >/dev/null
