@@ -29,6 +29,27 @@ wait_ports() {
   done
 }
 
+# proxy_config FILE PORT UPSTREAM_PORT OPEN THREADS: a proxy on 127.0.0.1:PORT in front
+# of 127.0.0.1:UPSTREAM_PORT, as the session benchmarks run it (no client limits,
+# client_address = "none", logs at the default level).
+proxy_config() {
+  cat > "$1" <<TOML
+[server]
+hostname = "bench.test"
+max_connections = 20000
+worker_threads = $5
+[client_limits]
+max_sessions = 0
+[[listener]]
+name = "bench"
+address = "127.0.0.1:$2"
+[upstream]
+address = "127.0.0.1:$3"
+client_address = "none"
+open = "$4"
+TOML
+}
+
 # utime + stime of a process, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 

@@ -39,21 +39,7 @@ python3 bench/delay.py $far $sink "$delay" &
 # One proxy per upstream, logging at the default level into a file, as under systemd.
 start_proxy() {
   local name=$1 port=$2 upstream=$3 open=$4 threads=${5:-0}
-  cat > "$work/$name.toml" <<TOML
-[server]
-hostname = "bench.test"
-max_connections = 20000
-worker_threads = $threads
-[client_limits]
-max_sessions = 0
-[[listener]]
-name = "bench"
-address = "127.0.0.1:$port"
-[upstream]
-address = "127.0.0.1:$upstream"
-client_address = "none"
-open = "$open"
-TOML
+  proxy_config "$work/$name.toml" "$port" "$upstream" "$open" "$threads"
   "$binary" run --config "$work/$name.toml" >/dev/null 2>"$work/$name.log" &
 }
 start_proxy near $near_proxy $sink ehlo

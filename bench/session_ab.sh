@@ -23,21 +23,7 @@ smtp-sink -u nobody -m 1000 127.0.0.1:$sink 1000 &
 
 # proxy NAME BINARY PORT OPEN THREADS: started in the background, logging at info.
 proxy() {
-  cat > "$work/$1.toml" <<TOML
-[server]
-hostname = "bench.test"
-max_connections = 20000
-worker_threads = $5
-[client_limits]
-max_sessions = 0
-[[listener]]
-name = "bench"
-address = "127.0.0.1:$3"
-[upstream]
-address = "127.0.0.1:$sink"
-client_address = "none"
-open = "$4"
-TOML
+  proxy_config "$work/$1.toml" "$3" "$sink" "$4" "$5"
   "$2" run --config "$work/$1.toml" >/dev/null 2>"$work/$1.log" &
 }
 proxy a "$binary_a" $port_a "${OPEN_A:-ehlo}" "${THREADS_A:-0}"

@@ -265,11 +265,9 @@ fn with_open_at_connect_the_upstream_is_connected_before_the_client_greets() {
         upstream.recorded()[1].commands
     );
     client.expect("EHLO prompt.test", 250);
-    client.expect("MAIL FROM:<a@example.org>", 250);
-    client.expect("RCPT TO:<b@example.com>", 250);
-    client.expect("DATA", 354);
-    client.send(b"Subject: prompt\r\n\r\nhi\r\n.\r\n");
-    assert_eq!(client.read_reply().code, 250);
+    let wire = b"Subject: prompt\r\n\r\nhi\r\n.\r\n";
+    let reply = client.send_message("a@example.org", &["b@example.com"], wire);
+    assert_eq!(reply.code, 250, "{reply:?}");
     client.expect("QUIT", 221);
     let sessions = upstream.recorded();
     assert_eq!(sessions.len(), 2, "one upstream session for the client");

@@ -56,13 +56,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.reply(Reply::multiline(250, lines))
     }
 
-    /// With `upstream.open = "ehlo"` (or `"connect"` where that did not start one): starts
-    /// opening the upstream session now, so its
-    /// connect, greeting, EHLO, STARTTLS and XCLIENT overlap the client's next round
-    /// trips instead of adding to MAIL's. Not while a STARTTLS the client was offered
-    /// or an AUTH the proxy checks itself may follow: either ends the upstream
-    /// session (it was told of a client that is no longer the one talking), so the
-    /// opening would be wasted.
+    /// With `upstream.open = "ehlo"` (or `"connect"` where that did not start one):
+    /// starts opening the upstream session now, so its connect, greeting, EHLO,
+    /// STARTTLS and XCLIENT overlap the client's next round trips instead of adding
+    /// to MAIL's. Not while a STARTTLS the client was offered or an AUTH the proxy
+    /// checks itself may follow: either ends the upstream session (it was told of a
+    /// client that is no longer the one talking), so the opening would be wasted.
     fn open_upstream_early(&mut self) {
         let config = &self.context.upstream.config;
         if config.open == OpenAt::Mail {
