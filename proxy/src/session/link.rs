@@ -55,7 +55,7 @@ enum LinkState {
     /// No upstream session.
     #[default]
     Closed,
-    /// One being opened ahead of MAIL (`upstream.open = "ehlo"`).
+    /// One being opened ahead of MAIL (`upstream.open = "ehlo"` or `"connect"`).
     Opening(Opening),
     /// Opening one ahead of MAIL failed: the next command that needs it hears why.
     Failed(UpstreamError),
