@@ -284,3 +284,34 @@ fn with_open_at_connect_the_upstream_is_connected_before_the_client_greets() {
         upstream.recorded()[2].commands == ["QUIT"]
     });
 }
+
+#[test]
+fn an_upstream_session_opened_at_connect_that_went_away_is_opened_anew() {
+    // The connection opened at connect is gone when the client greets (as after the
+    // upstream's idle timeout): the client's EHLO closes it the first time.
+    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let upstream = RecordingUpstream::scripted(
+        FULL_EHLO,
+        Arc::new(move |line| {
+            if line == "EHLO slow.test" && !dropped.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                Action::Drop
+            } else {
+                Action::Default
+            }
+        }),
+    );
+    let proxy = Proxy::start(&upstream.address(), "open = \"connect\"\n");
+    let mut client = proxy.client();
+    client.expect("EHLO slow.test", 250);
+    let reply = client.send_message(
+        "a@example.org",
+        &["b@example.com"],
+        b"Subject: x\r\n\r\nhi\r\n.\r\n",
+    );
+    assert_eq!(reply.code, 250, "{reply:?}");
+    client.expect("QUIT", 221);
+    let sessions = client_sessions(&upstream, "slow.test");
+    assert_eq!(sessions.len(), 2, "the dropped one and the one opened anew");
+    assert_eq!(sessions[1].messages.len(), 1);
+}

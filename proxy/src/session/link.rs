@@ -152,8 +152,21 @@ impl UpstreamLink {
                     client.name = Some(super::names::finished(lookup).await);
                 }
                 let hostname = &context.config.server.hostname;
-                let session = session.greet_for(hostname, &client).await?;
-                context.capabilities.update(session.capabilities());
+                let session = match session.greet_for(hostname, &client).await {
+                    Ok(session) => {
+                        context.capabilities.update(session.capabilities());
+                        session
+                    }
+                    // The upstream's verdict on the client's greeting: the client's to hear.
+                    Err(error @ UpstreamError::GreetingRefused(_)) => return Err(error),
+                    // The connection did not outlast the client's wait to greet (the
+                    // upstream's idle timeout), or the server failed: open another, as
+                    // at EHLO, with failover.
+                    Err(error) => {
+                        debug!(%error, "the upstream session opened at connect failed; opening another");
+                        open_session(&context, Some(&client)).await?
+                    }
+                };
                 Ok((session, client.name))
             }),
             greeting: Some(greeting),
