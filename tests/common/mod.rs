@@ -444,8 +444,20 @@ pub fn closed_ports(count: usize) -> Vec<u16> {
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
-    let low = 10_000u16.min(first_ephemeral / 2);
-    let span = u64::from(first_ephemeral - low);
+    // Unprivileged ports below the ephemeral range; where it leaves too few, the
+    // kernel's own choice (then only the holding-at-once guards against repeats).
+    let (low, span) = match first_ephemeral.checked_sub(10_000) {
+        Some(span) if span >= 1_000 => (10_000u16, u64::from(span)),
+        _ => {
+            let held: Vec<_> = (0..count)
+                .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+                .collect();
+            return held
+                .iter()
+                .map(|listener| listener.local_addr().unwrap().port())
+                .collect();
+        }
+    };
     let mut state = {
         use std::hash::{BuildHasher, Hasher};
         std::collections::hash_map::RandomState::new()

@@ -78,13 +78,16 @@ fn messages_reach_the_upstream_byte_for_byte() {
         1,
         "one upstream session reused for every message"
     );
-    // One summary line per message.
-    let summaries = proxy
-        .logs()
-        .into_iter()
-        .filter(|l| l.contains("\"message\":\"message\""))
-        .count();
-    assert_eq!(summaries, 5);
+    // One summary line per message (the log reader may lag the replies).
+    let summaries = || {
+        proxy
+            .logs()
+            .into_iter()
+            .filter(|l| l.contains("\"message\":\"message\""))
+            .count()
+    };
+    common::wait_until("five summary lines", || summaries() >= 5);
+    assert_eq!(summaries(), 5);
 }
 
 #[test]
