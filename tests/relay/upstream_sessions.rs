@@ -304,11 +304,8 @@ fn an_upstream_session_opened_at_connect_that_went_away_is_opened_anew() {
     let proxy = Proxy::start(&upstream.address(), "open = \"connect\"\n");
     let mut client = proxy.client();
     client.expect("EHLO slow.test", 250);
-    let reply = client.send_message(
-        "a@example.org",
-        &["b@example.com"],
-        b"Subject: x\r\n\r\nhi\r\n.\r\n",
-    );
+    let wire = b"Subject: slow\r\n\r\nhi\r\n.\r\n";
+    let reply = client.send_message("a@example.org", &["b@example.com"], wire);
     assert_eq!(reply.code, 250, "{reply:?}");
     client.expect("QUIT", 221);
     let sessions = client_sessions(&upstream, "slow.test");

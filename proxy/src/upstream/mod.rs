@@ -13,7 +13,7 @@ mod error;
 pub(crate) mod pool;
 mod target;
 
-use std::{io, sync::Arc, time::Duration};
+use std::{io, ops::ControlFlow, sync::Arc, time::Duration};
 
 use tokio::{net::TcpStream, time::Instant};
 
@@ -63,18 +63,10 @@ impl UpstreamSession {
     ) -> Result<Self, UpstreamError> {
         let mut failure = None;
         for server in upstream.candidates() {
-            match Self::open_on(upstream, &server.address, hostname, client).await {
-                Ok(session) => {
-                    upstream.succeeded(server);
-                    return Ok(session);
-                }
-                // The upstream's answer to the client's own greeting: its policy,
-                // which the client hears, not a failure of this server.
-                Err(error @ UpstreamError::GreetingRefused(_)) => return Err(error),
-                Err(error) => {
-                    upstream.failed(server, &error);
-                    failure = Some(error);
-                }
+            let attempt = Self::open_on(upstream, &server.address, hostname, client).await;
+            match upstream.judge(server, attempt) {
+                ControlFlow::Break(outcome) => return outcome,
+                ControlFlow::Continue(error) => failure = Some(error),
             }
         }
         Err(failure.expect("an upstream has at least one server"))
@@ -90,15 +82,10 @@ impl UpstreamSession {
     ) -> Result<Self, UpstreamError> {
         let mut failure = None;
         for server in upstream.candidates() {
-            match Self::connect_to(upstream, &server.address, Some(client)).await {
-                Ok(session) => {
-                    upstream.succeeded(server);
-                    return Ok(session);
-                }
-                Err(error) => {
-                    upstream.failed(server, &error);
-                    failure = Some(error);
-                }
+            let attempt = Self::connect_to(upstream, &server.address, Some(client)).await;
+            match upstream.judge(server, attempt) {
+                ControlFlow::Break(outcome) => return outcome,
+                ControlFlow::Continue(error) => failure = Some(error),
             }
         }
         Err(failure.expect("an upstream has at least one server"))

@@ -2,6 +2,7 @@
 //! order a session tries them in.
 
 use std::{
+    ops::ControlFlow,
     sync::{
         Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -103,10 +104,32 @@ impl Upstream {
         up.into_iter().chain(down).collect()
     }
 
+    /// Records how a session attempt on `server` fared, for the next attempt's choice:
+    /// `Break` with what the session gets (a session, or the upstream's refusal of the
+    /// client's own greeting — its policy, which the client hears, not a failure of
+    /// this server), `Continue` with the failure, to try the next server.
+    pub(super) fn judge<T>(
+        &self,
+        server: &Server,
+        attempt: Result<T, UpstreamError>,
+    ) -> ControlFlow<Result<T, UpstreamError>, UpstreamError> {
+        match attempt {
+            Ok(session) => {
+                self.succeeded(server);
+                ControlFlow::Break(Ok(session))
+            }
+            Err(error @ UpstreamError::GreetingRefused(_)) => ControlFlow::Break(Err(error)),
+            Err(error) => {
+                self.failed(server, &error);
+                ControlFlow::Continue(error)
+            }
+        }
+    }
+
     /// `server` failed before the client heard anything: passed over for
     /// `down_for`, and the session tries the next. (A lone server is not marked:
     /// there is no other to prefer, and the session's own error says enough.)
-    pub(super) fn failed(&self, server: &Server, error: &UpstreamError) {
+    fn failed(&self, server: &Server, error: &UpstreamError) {
         if telemetry::on() {
             counter!(telemetry::UPSTREAM_SERVER_FAILURES, "upstream" => self.name.clone(), "server" => server.position.clone())
                 .increment(1);
@@ -128,7 +151,7 @@ impl Upstream {
     }
 
     /// `server` took a session: up again if it was down.
-    pub(super) fn succeeded(&self, server: &Server) {
+    fn succeeded(&self, server: &Server) {
         let was_down = server.down_until.lock().expect("lock poisoned").take();
         if was_down.is_some() {
             info!(server = %server.address, "upstream server up again");
